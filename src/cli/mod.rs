@@ -1,0 +1,37 @@
+//! Command-line interface: flags are parsed here, resolved into ready objects, and handed to
+//! the library. Data goes to stdout, logs and errors to stderr.
+
+pub mod domain;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Verified multi-turn tool-use data and agent evaluation on local models.
+#[derive(Debug, Parser)]
+#[command(name = "apigen-mt", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect, check, replay and generate executable domains.
+    #[command(subcommand)]
+    Domain(domain::DomainCommand),
+}
+
+/// Parse the command line, run it, and turn errors into a message and an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Domain(cmd) => domain::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! `domain check`: everything that can be verified about a domain without a model.
+//!
+//! Loading already proves the schemas are valid, every tool has a body and every body a schema,
+//! and the scripts compile. On top of that, every task's gold actions are replayed on a fresh
+//! database: no action may be unknown or break its schema, read tools must never change the
+//! hash, and every write tool that succeeds at least once must change it at least once.
+
+use crate::domain::Domain;
+use crate::domain::task::{RESPOND_ACTION_NAME, read_tasks};
+use crate::domain::tools::ToolKind;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// One problem found, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub location: String,
+    pub message: String,
+}
+
+/// The outcome of a check.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Report {
+    pub tools: usize,
+    pub tasks: usize,
+    pub actions: usize,
+    pub db_hash: String,
+    pub problems: Vec<Problem>,
+}
+
+/// Replay every task of the domain (and of `extra_task_files`) and check tool effects.
+pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
+    let mut report = Report { tools: domain.tools().len(), db_hash: domain.pristine().hash(), ..Report::default() };
+    let mut files: Vec<PathBuf> = domain.task_files().into_iter().map(|(_, p)| p).collect();
+    files.extend(extra_task_files.iter().cloned());
+    // write tool → (successful calls, calls that changed the hash, first location)
+    let mut writes: BTreeMap<String, (usize, usize, String)> = BTreeMap::new();
+    let mut env = domain.env();
+    for file in files {
+        let tasks = match read_tasks(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                report.problems.push(Problem { location: file.display().to_string(), message: e.to_string() });
+                continue;
+            }
+        };
+        for (ti, task) in tasks.iter().enumerate() {
+            report.tasks += 1;
+            env.reset();
+            let mut hash = env.hash();
+            for (ai, action) in task.actions.iter().enumerate() {
+                report.actions += 1;
+                let location = format!("{} task {ti} action {ai} ({})", file.display(), action.name);
+                if action.name == RESPOND_ACTION_NAME {
+                    continue;
+                }
+                let step = env.step(action);
+                let Some(tool) = domain.tool(&action.name) else {
+                    report.problems.push(Problem { location, message: step.observation });
+                    continue;
+                };
+                if let Some(fault) = &step.fault {
+                    report.problems.push(Problem { location: location.clone(), message: format!("{fault:?}: {}", step.observation) });
+                }
+                let new_hash = env.hash();
+                let changed = new_hash != hash;
+                hash = new_hash;
+                match tool.kind {
+                    ToolKind::Write => {
+                        let entry = writes.entry(tool.name.clone()).or_insert((0, 0, location.clone()));
+                        if !step.observation.starts_with("Error") {
+                            entry.0 += 1;
+                            entry.1 += changed as usize;
+                        }
+                    }
+                    kind if changed => report.problems.push(Problem {
+                        location,
+                        message: format!("{kind:?} tool changed the database"),
+                    }),
+                    _ => {}
+                }
+            }
+        }
+    }
+    for (name, (ok, changed, location)) in writes {
+        if ok > 0 && changed == 0 {
+            report.problems.push(Problem {
+                location,
+                message: format!("write tool `{name}` succeeded {ok} times and never changed the database"),
+            });
+        }
+    }
+    report
+}

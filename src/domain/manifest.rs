@@ -1,0 +1,82 @@
+//! `domain.toml`: what a domain folder contains and how to run it.
+
+use crate::domain::script::Limits;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The manifest file name inside a domain folder.
+pub const MANIFEST_FILE: &str = "domain.toml";
+
+/// A parsed `domain.toml`. Paths are relative to the domain folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Short identifier, e.g. `retail`.
+    pub name: String,
+    /// One paragraph on what the domain simulates.
+    #[serde(default)]
+    pub description: String,
+    /// The agent policy (markdown).
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// Tool schemas: a JSON array in OpenAI function format, each entry with a `kind`.
+    #[serde(default = "default_tools")]
+    pub tools: String,
+    /// Folder of Starlark tool bodies.
+    #[serde(default = "default_scripts")]
+    pub scripts: String,
+    /// Built-in tools this domain offers (`think`, `calculate`, `transfer_to_human_agents`).
+    #[serde(default)]
+    pub builtins: Vec<String>,
+    /// The database.
+    pub db: DbSection,
+    /// Tools that end the episode when called.
+    #[serde(default)]
+    pub terminate_tools: Vec<String>,
+    /// Resource bounds for every script call.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Optional folder of Starlark policy rules (used by blueprint checks).
+    #[serde(default)]
+    pub rules: Option<String>,
+    /// Named task files, e.g. `test = "tasks/test.json"`.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, String>,
+    /// Optional seeded database generator.
+    #[serde(default)]
+    pub generator: Option<GeneratorSection>,
+}
+
+/// `[db]`: table names and where their files live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbSection {
+    /// Table names; each is the file `<dir>/<table>.json`, a JSON object of records.
+    pub tables: Vec<String>,
+    /// Folder holding the table files.
+    #[serde(default = "default_data")]
+    pub dir: String,
+}
+
+/// `[generator]`: a Starlark script whose `generate(size)` returns the tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorSection {
+    pub script: String,
+    /// Default record counts per table (or any size knobs the script reads).
+    #[serde(default)]
+    pub size: BTreeMap<String, i64>,
+}
+
+fn default_policy() -> String {
+    "policy.md".into()
+}
+fn default_tools() -> String {
+    "tools.json".into()
+}
+fn default_scripts() -> String {
+    "tools".into()
+}
+fn default_data() -> String {
+    "data".into()
+}

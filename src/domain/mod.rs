@@ -1,0 +1,206 @@
+//! Executable domains: a database, tools that read and change it, and a policy.
+//!
+//! A domain is a folder of data (see `docs/domain-format.md`): a manifest, a policy, tool schemas
+//! in OpenAI function format, tool bodies in sandboxed Starlark, tables of JSON records and
+//! optional tasks. [`Domain::load`] validates it once; [`env::Env`] runs episodes with
+//! tau-bench's semantics. This module never touches models.
+
+pub mod calculate;
+pub mod check;
+pub mod db;
+pub mod env;
+pub mod generate;
+pub mod manifest;
+pub mod pyjson;
+pub mod script;
+pub mod task;
+pub mod tools;
+
+use db::{Db, DbError};
+use manifest::{MANIFEST_FILE, Manifest};
+use script::{ScriptError, Scripts};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tools::{Body, Builtin, Tool, ToolKind};
+
+/// A domain folder that cannot be loaded. Every variant names the file (and line when known).
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}:{line}: {message}")]
+    Invalid { path: PathBuf, line: usize, message: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Script(#[from] ScriptError),
+}
+
+/// A loaded, validated domain. Cheap to share between threads; every episode starts from
+/// [`Domain::pristine`], which is never modified.
+pub struct Domain {
+    pub root: PathBuf,
+    pub manifest: Manifest,
+    pub policy: String,
+    tools: Vec<Tool>,
+    index: HashMap<String, usize>,
+    pub(crate) scripts: Scripts,
+    pristine: Db,
+    /// Where the database was loaded from.
+    pub db_dir: PathBuf,
+}
+
+impl Domain {
+    /// Load the domain in `dir`, with its tables from `db_dir` (default: the manifest's `db.dir`).
+    pub fn load(dir: &Path, db_dir: Option<&Path>) -> Result<Domain, DomainError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let text = read(&manifest_path)?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
+            DomainError::Syntax { path: manifest_path.clone(), line, column, message: e.message().to_owned() }
+        })?;
+        let invalid = |line: usize, message: String| DomainError::Invalid { path: manifest_path.clone(), line, message };
+        for b in &manifest.builtins {
+            if Builtin::from_name(b).is_none() {
+                let known: Vec<&str> = Builtin::ALL.iter().map(|(n, _)| *n).collect();
+                return Err(invalid(find_line(&text, b), format!("unknown builtin tool {b:?} (known: {})", known.join(", "))));
+            }
+        }
+        let policy_path = dir.join(&manifest.policy);
+        let policy = read(&policy_path)?;
+        let scripts_dir = dir.join(&manifest.scripts);
+        let scripts = Scripts::load_dir(&scripts_dir, None)?;
+        let tools_path = dir.join(&manifest.tools);
+        let tools = load_tools(&tools_path, &manifest, &scripts)?;
+        for t in &manifest.terminate_tools {
+            if !tools.iter().any(|x| &x.name == t) {
+                return Err(invalid(find_line(&text, t), format!("terminate tool {t:?} is not in {}", manifest.tools)));
+            }
+        }
+        let db_dir = db_dir.map(Path::to_path_buf).unwrap_or_else(|| dir.join(&manifest.db.dir));
+        let pristine = Db::load(&db_dir, &manifest.db.tables)?;
+        let index = tools.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(Domain { root: dir.to_path_buf(), manifest, policy, tools, index, scripts, pristine, db_dir })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    pub fn tools(&self) -> &[Tool] {
+        &self.tools
+    }
+
+    pub fn tool(&self, name: &str) -> Option<&Tool> {
+        self.index.get(name).map(|i| &self.tools[*i])
+    }
+
+    /// The database every episode starts from.
+    pub fn pristine(&self) -> &Db {
+        &self.pristine
+    }
+
+    /// The tool schemas exactly as a model sees them (OpenAI function format, no `kind`).
+    pub fn tool_schemas(&self) -> Vec<Value> {
+        self.tools.iter().map(|t| t.schema.clone()).collect()
+    }
+
+    /// A fresh environment on the pristine database.
+    pub fn env(&self) -> env::Env<'_> {
+        env::Env::new(self)
+    }
+
+    /// Paths of the task files named in the manifest.
+    pub fn task_files(&self) -> Vec<(String, PathBuf)> {
+        self.manifest.tasks.iter().map(|(k, v)| (k.clone(), self.root.join(v))).collect()
+    }
+}
+
+fn read(path: &Path) -> Result<String, DomainError> {
+    std::fs::read_to_string(path).map_err(|source| DomainError::Read { path: path.into(), source })
+}
+
+fn load_tools(path: &Path, manifest: &Manifest, scripts: &Scripts) -> Result<Vec<Tool>, DomainError> {
+    let text = read(path)?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| DomainError::Syntax {
+        path: path.into(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })?;
+    let invalid = |line: usize, message: String| DomainError::Invalid { path: path.into(), line, message };
+    let Value::Array(entries) = value else {
+        return Err(invalid(1, "tool schemas must be a JSON array".into()));
+    };
+    let mut tools: Vec<Tool> = Vec::new();
+    for (i, mut entry) in entries.into_iter().enumerate() {
+        let name = entry.pointer("/function/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let line = if name.is_empty() { 1 } else { find_line(&text, &format!("\"{name}\"")) };
+        let what = if name.is_empty() { format!("tool #{}", i + 1) } else { format!("tool `{name}`") };
+        tools::validate_schema(&entry).map_err(|m| invalid(line, format!("{what}: {m}")))?;
+        let kind = match entry.as_object_mut().and_then(|o| o.shift_remove("kind")) {
+            Some(k) => serde_json::from_value::<ToolKind>(k.clone()).map_err(|_| {
+                invalid(line, format!("{what}: \"kind\" must be \"read\", \"write\", \"think\" or \"generic\", not {k}"))
+            })?,
+            None => return Err(invalid(line, format!("{what}: missing \"kind\" (read, write, think or generic)"))),
+        };
+        if tools.iter().any(|t| t.name == name) {
+            return Err(invalid(line, format!("{what} is defined twice")));
+        }
+        let builtin = manifest.builtins.iter().any(|b| *b == name).then(|| Builtin::from_name(&name)).flatten();
+        let body = match (builtin, scripts.has(&name)) {
+            (Some(_), true) => {
+                return Err(invalid(line, format!("{what} is both a builtin (domain.toml) and a script function")));
+            }
+            (Some(b), false) => Body::Builtin(b),
+            (None, true) => Body::Script,
+            (None, false) => {
+                let hint = if Builtin::from_name(&name).is_some() {
+                    format!(" (add \"{name}\" to `builtins` in domain.toml to use the built-in one)")
+                } else {
+                    String::new()
+                };
+                return Err(invalid(
+                    line,
+                    format!("{what} has no body: define `def {name}(data, ...)` in {}/*.star{hint}", manifest.scripts),
+                ));
+            }
+        };
+        tools.push(Tool { name, kind, schema: entry, body });
+    }
+    for (f, file) in scripts.functions() {
+        if !tools.iter().any(|t| t.name == f) {
+            let src = std::fs::read_to_string(file).unwrap_or_default();
+            return Err(DomainError::Invalid {
+                path: file.into(),
+                line: find_line(&src, &format!("def {f}(")),
+                message: format!(
+                    "function `{f}` has no schema in {} (name private helpers with a leading `_`)",
+                    manifest.tools
+                ),
+            });
+        }
+    }
+    for b in &manifest.builtins {
+        if !tools.iter().any(|t| &t.name == b) {
+            return Err(invalid(1, format!("builtin tool `{b}` is listed in domain.toml but has no schema here")));
+        }
+    }
+    Ok(tools)
+}
+
+/// 1-based line of the first occurrence of `needle` (1 when absent).
+pub(crate) fn find_line(text: &str, needle: &str) -> usize {
+    text.find(needle).map(|at| line_col(text, at).0).unwrap_or(1)
+}
+
+/// 1-based (line, column) of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}

@@ -1,0 +1,316 @@
+//! Tool bodies and rules as sandboxed Starlark, a hermetic Python dialect.
+//!
+//! Starlark was chosen because tau-bench's Python tools port to it nearly line by line and its
+//! dicts keep insertion order (tool results must come out in tau-bench's key order). Scripts have
+//! no file, network or clock access; `load()` only reaches other scripts inside the same folder;
+//! and every call runs under a work bound (ticks: function calls plus loop iterations), a heap
+//! bound and a call-depth bound, so a runaway script stops with a clear error.
+//!
+//! A [`Scripts`] set is compiled once and frozen; calling a function is cheap and thread-safe.
+//! The database reaches a script as `data` (see [`data`]) and comes back as a list of changes.
+
+pub mod builtins;
+pub mod convert;
+pub mod data;
+
+use crate::domain::db::Db;
+use indexmap::IndexMap;
+use serde_json::{Map, Value as Json};
+use starlark::collections::SmallMap;
+use starlark::environment::{FrozenModule, Globals, GlobalsBuilder, LibraryExtension, Module};
+use starlark::eval::{Evaluator, FileLoader};
+use starlark::syntax::{AstModule, Dialect};
+use starlark::values::{OwnedFrozenValue, Value, ValueLike};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+/// Resource bounds for one script call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Function calls plus loop iterations.
+    pub max_ticks: u64,
+    /// Bytes of Starlark heap.
+    pub max_heap_bytes: usize,
+    /// Nested calls.
+    pub max_call_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_ticks: 20_000_000, max_heap_bytes: 1 << 30, max_call_depth: 200 }
+    }
+}
+
+/// A script set that cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// Syntax and top-level evaluation errors; the message names file, line and column.
+    #[error("{0}")]
+    Compile(String),
+    #[error("function `{name}` is defined in both {first} and {second}")]
+    Duplicate { name: String, first: PathBuf, second: PathBuf },
+}
+
+/// Why a call did not return normally. The environment turns these into `Error: ...`
+/// observations, as tau-bench turns a raised exception into one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallFault {
+    /// The script raised (`fail(...)`, a missing key, a type error, ...).
+    #[error("{0}")]
+    Raised(String),
+    /// The script ran past a resource bound and was stopped; its changes were discarded.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// No function of that name.
+    #[error("no script function named `{0}`")]
+    Missing(String),
+}
+
+/// A compiled, frozen set of Starlark files.
+pub struct Scripts {
+    globals: Globals,
+    /// Function name → (file, value).
+    functions: IndexMap<String, (PathBuf, OwnedFrozenValue)>,
+}
+
+/// The dialect every domain script is parsed with.
+pub fn dialect() -> Dialect {
+    Dialect { enable_f_strings: true, enable_keyword_only_arguments: true, ..Dialect::Standard }
+}
+
+/// Starlark's standard library plus the Python builtins tau-bench's tools rely on.
+pub fn globals(extra: Option<fn(&mut GlobalsBuilder)>) -> Globals {
+    let mut b = GlobalsBuilder::extended_by(&[
+        LibraryExtension::StructType,
+        LibraryExtension::Map,
+        LibraryExtension::Filter,
+        LibraryExtension::Typing,
+    ])
+    .with(builtins::python_builtins)
+    .with_namespace("json", builtins::json_namespace);
+    if let Some(extra) = extra {
+        b = b.with(extra);
+    }
+    b.build()
+}
+
+impl Scripts {
+    /// Compile every `*.star` file in `dir` (sorted by name). Public functions (names not
+    /// starting with `_`) become callable; `load("x.star", ...)` resolves inside `dir`.
+    pub fn load_dir(dir: &Path, extra: Option<fn(&mut GlobalsBuilder)>) -> Result<Scripts, ScriptError> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| ScriptError::Read { path: dir.into(), source })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "star"))
+            .collect();
+        files.sort();
+        let mut sources = Vec::new();
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(|source| ScriptError::Read { path: path.clone(), source })?;
+            sources.push((path, text));
+        }
+        Scripts::from_sources(dir, sources, extra)
+    }
+
+    /// Compile the given files; `dir` is where `load()` looks.
+    pub fn from_sources(
+        dir: &Path,
+        sources: Vec<(PathBuf, String)>,
+        extra: Option<fn(&mut GlobalsBuilder)>,
+    ) -> Result<Scripts, ScriptError> {
+        let globals = globals(extra);
+        let loader = DirLoader { dir: dir.to_path_buf(), globals: &globals, cache: RefCell::new(HashMap::new()), depth: RefCell::new(0) };
+        let mut functions: IndexMap<String, (PathBuf, OwnedFrozenValue)> = IndexMap::new();
+        for (path, text) in sources {
+            let frozen = loader.compile(&path, text)?;
+            for name in frozen.names() {
+                let name = name.as_str();
+                if name.starts_with('_') {
+                    continue;
+                }
+                let Ok(value) = frozen.get(name) else { continue };
+                if value.value().get_type() != "function" {
+                    continue;
+                }
+                // Functions brought in by load() belong to the file that defines them.
+                let defined_here = value.value().to_repr().contains(&format!("{}.", name)) || true;
+                if let Some((first, _)) = functions.get(name) {
+                    if defined_here && !is_loaded_symbol(&frozen, name, first) {
+                        return Err(ScriptError::Duplicate { name: name.into(), first: first.clone(), second: path.clone() });
+                    }
+                    continue;
+                }
+                functions.insert(name.to_owned(), (path.clone(), value));
+            }
+        }
+        Ok(Scripts { globals, functions })
+    }
+
+    /// Public function names with the file that defines each.
+    pub fn functions(&self) -> impl Iterator<Item = (&str, &Path)> {
+        self.functions.iter().map(|(n, (p, _))| (n.as_str(), p.as_path()))
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
+    }
+
+    /// The parameter names a function declares (for checking it against a schema).
+    pub fn signature(&self, name: &str) -> Option<String> {
+        self.functions.get(name).map(|(_, f)| f.value().to_repr())
+    }
+
+    /// Call `name(data, **args)` against `db`. The script's changes are applied to `db` when
+    /// it returns or raises (as Python mutates in place before an exception), and discarded when
+    /// it is stopped by a limit. Returns the function's result as JSON.
+    pub fn call_with_db(&self, name: &str, db: &mut Db, args: &Map<String, Json>, limits: Limits) -> Result<Json, CallFault> {
+        let (_, func) = self.functions.get(name).ok_or_else(|| CallFault::Missing(name.into()))?;
+        Module::with_temp_heap(|module| {
+            let heap = module.heap();
+            let mut tables = SmallMap::new();
+            for t in db.table_names() {
+                let view = data::TableValue::new(t.to_owned(), Arc::clone(db.table(t).expect("listed table")));
+                tables.insert(t.to_owned(), heap.alloc(view));
+            }
+            let data_value = heap.alloc(data::DbValue::new(tables));
+            module.set("__data", data_value);
+            let named: Vec<(String, Value)> = args.iter().map(|(k, v)| (k.clone(), convert::to_starlark(heap, v))).collect();
+            let named_refs: Vec<(&str, Value)> = named.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            let func = module.heap().access_owned_frozen_value(func);
+            let mut eval = Evaluator::new(&module);
+            let outcome = configure(&mut eval, limits).and_then(|_| eval.eval_function(func, &[data_value], &named_refs));
+            drop(eval);
+            let outcome = outcome.map_err(fault_from_error);
+            if matches!(outcome, Err(CallFault::LimitExceeded(_))) {
+                return outcome.map(|_| Json::Null);
+            }
+            let data_value = module.get("__data").expect("data stays in the module");
+            let db_view = data_value.downcast_ref::<data::DbValue>().expect("data is a DbValue");
+            for table in db_view.tables() {
+                let changes = table.changes().map_err(CallFault::Raised)?;
+                if changes.removed.is_empty() && changes.upserts.is_empty() {
+                    continue;
+                }
+                let target = db.table_mut(table.name()).expect("table exists");
+                for id in &changes.removed {
+                    target.shift_remove(id);
+                }
+                for (id, record) in changes.upserts {
+                    target.insert(id, Arc::new(record));
+                }
+            }
+            let result = outcome?;
+            convert::to_json(result).map_err(|e| CallFault::Raised(format!("{name} returned {e}")))
+        })
+    }
+
+    /// Call `name(*args)` without a database, returning its result as JSON.
+    pub fn call(&self, name: &str, args: &[Json], limits: Limits) -> Result<Json, CallFault> {
+        let (_, func) = self.functions.get(name).ok_or_else(|| CallFault::Missing(name.into()))?;
+        Module::with_temp_heap(|module| {
+            let heap = module.heap();
+            let pos: Vec<Value> = args.iter().map(|a| convert::to_starlark(heap, a)).collect();
+            let func = module.heap().access_owned_frozen_value(func);
+            let mut eval = Evaluator::new(&module);
+            let result = configure(&mut eval, limits)
+                .and_then(|_| eval.eval_function(func, &pos, &[]))
+                .map_err(fault_from_error)?;
+            convert::to_json(result).map_err(|e| CallFault::Raised(format!("{name} returned {e}")))
+        })
+    }
+
+    /// The globals scripts see (for tools that evaluate snippets).
+    pub fn globals(&self) -> &Globals {
+        &self.globals
+    }
+}
+
+fn is_loaded_symbol(_module: &FrozenModule, _name: &str, _first: &Path) -> bool {
+    false
+}
+
+fn configure(eval: &mut Evaluator, limits: Limits) -> starlark::Result<()> {
+    eval.disable_gc();
+    eval.set_max_tick_count(limits.max_ticks.max(1)).map_err(starlark::Error::new_other)?;
+    eval.set_max_heap_size(limits.max_heap_bytes.max(1)).map_err(starlark::Error::new_other)?;
+    eval.set_max_callstack_size(limits.max_call_depth.max(1)).map_err(starlark::Error::new_other)?;
+    Ok(())
+}
+
+/// The short message of a runtime error, as tau-bench would print the exception.
+fn fault_from_error(e: starlark::Error) -> CallFault {
+    use starlark::ErrorKind;
+    let message = match e.kind() {
+        ErrorKind::Fail(inner) => inner.to_string().trim_start().to_owned(),
+        ErrorKind::StackOverflow(inner) => return CallFault::LimitExceeded(format!("script stopped: {inner}")),
+        ErrorKind::Value(inner)
+        | ErrorKind::Function(inner)
+        | ErrorKind::Scope(inner)
+        | ErrorKind::Native(inner)
+        | ErrorKind::Other(inner)
+        | ErrorKind::Internal(inner)
+        | ErrorKind::Parser(inner)
+        | ErrorKind::Freeze(inner) => inner.to_string(),
+        _ => e.without_diagnostic().to_string(),
+    };
+    if message.contains("ticks has been exceeded") || message.contains("Starlark heap") || message.contains("heap size") {
+        let where_ = e.span().map(|s| format!(" at {}", s.resolve_span())).unwrap_or_default();
+        return CallFault::LimitExceeded(format!("script stopped{where_}: {message}"));
+    }
+    CallFault::Raised(message)
+}
+
+/// Resolves `load("name.star", ...)` inside one folder, compiling each file once.
+struct DirLoader<'g> {
+    dir: PathBuf,
+    globals: &'g Globals,
+    cache: RefCell<HashMap<PathBuf, FrozenModule>>,
+    depth: RefCell<usize>,
+}
+
+impl DirLoader<'_> {
+    fn compile(&self, path: &Path, text: String) -> Result<FrozenModule, ScriptError> {
+        let name = path.display().to_string();
+        let ast = AstModule::parse(&name, text, &dialect()).map_err(|e| ScriptError::Compile(e.to_string()))?;
+        Module::with_temp_heap(|module| {
+            {
+                let mut eval = Evaluator::new(&module);
+                eval.set_loader(self);
+                eval.set_max_tick_count(Limits::default().max_ticks).map_err(|e| ScriptError::Compile(e.to_string()))?;
+                eval.eval_module(ast, self.globals).map_err(|e| ScriptError::Compile(e.to_string()))?;
+            }
+            module.freeze().map_err(|e| ScriptError::Compile(format!("{name}: {e:?}")))
+        })
+    }
+}
+
+impl FileLoader for DirLoader<'_> {
+    fn load(&self, path: &str) -> starlark::Result<FrozenModule> {
+        let rel = Path::new(path);
+        if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(starlark::Error::new_other(anyhow::anyhow!(
+                "load(\"{path}\"): only files inside the script folder can be loaded"
+            )));
+        }
+        let full = self.dir.join(rel);
+        if let Some(m) = self.cache.borrow().get(&full) {
+            return Ok(m.clone());
+        }
+        if *self.depth.borrow() > 16 {
+            return Err(starlark::Error::new_other(anyhow::anyhow!("load(\"{path}\"): loads nested too deeply")));
+        }
+        let text = std::fs::read_to_string(&full)
+            .map_err(|e| starlark::Error::new_other(anyhow::anyhow!("load(\"{path}\"): {e}")))?;
+        *self.depth.borrow_mut() += 1;
+        let result = self.compile(&full, text);
+        *self.depth.borrow_mut() -= 1;
+        let module = result.map_err(|e| starlark::Error::new_other(anyhow::anyhow!("{e}")))?;
+        self.cache.borrow_mut().insert(full, module.clone());
+        Ok(module)
+    }
+}
