@@ -14,7 +14,49 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// One table: record id → record, in file order.
-pub type Table = IndexMap<String, Arc<Value>>;
+pub type Table = IndexMap<String, Arc<Record>>;
+
+/// One record, with its canonical JSON text computed at most once. Records are immutable once
+/// shared: a change makes a new `Record`, so the cached text can never go stale.
+#[derive(Debug)]
+pub struct Record {
+    value: Value,
+    canonical: std::sync::OnceLock<Box<str>>,
+}
+
+impl Record {
+    pub fn new(value: Value) -> Record {
+        Record { value, canonical: std::sync::OnceLock::new() }
+    }
+
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// `json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`.
+    pub fn canonical(&self) -> &str {
+        self.canonical.get_or_init(|| pyjson::to_string(&self.value, Style::CANONICAL).into_boxed_str())
+    }
+}
+
+impl std::ops::Deref for Record {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
+impl Clone for Record {
+    fn clone(&self) -> Record {
+        Record { value: self.value.clone(), canonical: self.canonical.clone() }
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Record) -> bool {
+        self.value == other.value
+    }
+}
 
 /// A database: table name → table, in manifest order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -54,7 +96,7 @@ impl Db {
             let Value::Object(records) = table else {
                 return Err(format!("table `{name}` must be a JSON object of records"));
             };
-            let table: Table = records.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+            let table: Table = records.into_iter().map(|(k, v)| (k, Arc::new(Record::new(v)))).collect();
             db.tables.insert(name, Arc::new(table));
         }
         Ok(db)
@@ -65,7 +107,7 @@ impl Db {
         let mut out = serde_json::Map::new();
         for (name, table) in &self.tables {
             let records: serde_json::Map<String, Value> =
-                table.iter().map(|(k, v)| (k.clone(), (**v).clone())).collect();
+                table.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
             out.insert(name.clone(), Value::Object(records));
         }
         Value::Object(out)
@@ -88,7 +130,7 @@ impl Db {
 
     /// One record.
     pub fn record(&self, table: &str, id: &str) -> Option<&Value> {
-        self.tables.get(table)?.get(id).map(|r| &**r)
+        self.tables.get(table)?.get(id).map(|r| &r.value)
     }
 
     /// The canonical hash (lowercase hex SHA-256), as defined by tau-bench's conformance data.
@@ -113,7 +155,7 @@ impl Db {
                 }
                 pyjson::write_str(&mut buf, id, false);
                 buf.push(':');
-                pyjson::write_value(&mut buf, &table[id.as_str()], Style::CANONICAL);
+                buf.push_str(table[id.as_str()].canonical());
                 if buf.len() > 1 << 15 {
                     hasher.update(buf.as_bytes());
                     buf.clear();
@@ -137,7 +179,7 @@ pub fn read_table(path: &Path) -> Result<Table, DbError> {
         message: e.to_string(),
     })?;
     match value {
-        Value::Object(map) => Ok(map.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()),
+        Value::Object(map) => Ok(map.into_iter().map(|(k, v)| (k, Arc::new(Record::new(v)))).collect()),
         other => Err(DbError::NotAnObject { path: path.into(), found: json_kind(&other) }),
     }
 }

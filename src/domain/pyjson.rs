@@ -162,7 +162,18 @@ pub fn write_float_repr(out: &mut String, f: f64) {
 /// A JSON string literal, escaped as Python's `json` module escapes it.
 pub fn write_str(out: &mut String, s: &str, ensure_ascii: bool) {
     out.push('"');
-    for c in s.chars() {
+    // Copy runs of characters that need no escaping in one go.
+    let needs_escape = |b: u8| b < 0x20 || b == b'"' || b == b'\\' || (ensure_ascii && b >= 0x7f);
+    let bytes = s.as_bytes();
+    let mut run_start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !needs_escape(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        out.push_str(&s[run_start..i]);
+        let c = s[i..].chars().next().expect("char boundary");
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
@@ -174,7 +185,7 @@ pub fn write_str(out: &mut String, s: &str, ensure_ascii: bool) {
             c if (c as u32) < 0x20 => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
-            c if ensure_ascii && !(' '..='~').contains(&c) => {
+            c if ensure_ascii => {
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
                     let _ = write!(out, "\\u{unit:04x}");
@@ -182,7 +193,10 @@ pub fn write_str(out: &mut String, s: &str, ensure_ascii: bool) {
             }
             c => out.push(c),
         }
+        i += c.len_utf8();
+        run_start = i;
     }
+    out.push_str(&s[run_start..]);
     out.push('"');
 }
 

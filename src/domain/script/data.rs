@@ -144,7 +144,7 @@ impl<'v> TableValue<'v> {
             let o = self.overlay.borrow();
             let json = match o.live.get(id.as_str()) {
                 Some(v) => convert::to_json(*v)?,
-                None => self.base.get(&id).map(|r| (**r).clone()).unwrap_or(Json::Null),
+                None => self.base.get(&id).map(|r| r.value().clone()).unwrap_or(Json::Null),
             };
             map.insert(id, json);
         }
@@ -159,7 +159,7 @@ impl<'v> TableValue<'v> {
             let json = convert::to_json(*value).map_err(|e| format!("{}[{id:?}]: {e}", self.name))?;
             let re_added = o.appended.iter().any(|a| a == id);
             match self.base.get(id) {
-                Some(original) if !re_added && **original == json => {}
+                Some(original) if !re_added && *original.value() == json => {}
                 _ => changes.upserts.push((id.clone(), json)),
             }
         }

@@ -201,7 +201,7 @@ impl Scripts {
                     target.shift_remove(id);
                 }
                 for (id, record) in changes.upserts {
-                    target.insert(id, Arc::new(record));
+                    target.insert(id, Arc::new(crate::domain::db::Record::new(record)));
                 }
             }
             let result = outcome?;
