@@ -21,8 +21,9 @@ pub enum DomainCommand {
     ///
     /// Each input line is an action, `{"name": ..., "arguments": {...}}` (`kwargs` is accepted
     /// for `arguments`), or `{"reset": true}`. Each action prints `{"observation": "..."}`; each
-    /// reset, and the end of input, prints `{"db_hash": "..."}` for the state before it. The first
-    /// episode starts from the pristine database.
+    /// reset, and the end of input, prints `{"db_hash": "..."}` for the state before it;
+    /// `{"db_hash": true}` prints the current hash without resetting. The first episode starts
+    /// from the pristine database. A terminate tool adds `"done": true` to its observation.
     Replay(DbArgs),
     /// Print the tool schemas as a model sees them (OpenAI function format).
     Tools(DomainArg),
@@ -139,7 +140,9 @@ fn run_replay(args: DbArgs) -> Result<ExitCode> {
                 continue;
             }
         };
-        if record.get("reset").and_then(Value::as_bool) == Some(true) {
+        if record.get("db_hash").and_then(Value::as_bool) == Some(true) {
+            writeln!(out, "{}", json!({"db_hash": env.hash()}))?;
+        } else if record.get("reset").and_then(Value::as_bool) == Some(true) {
             writeln!(out, "{}", json!({"db_hash": env.hash()}))?;
             env.reset();
         } else {

@@ -40,7 +40,7 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
         let tasks = match read_tasks(&file) {
             Ok(t) => t,
             Err(e) => {
-                report.problems.push(Problem { location: file.display().to_string(), message: e.to_string() });
+                report.problems.push(Problem { location: "tasks".into(), message: e.to_string() });
                 continue;
             }
         };

@@ -176,7 +176,7 @@ pub fn read_table(path: &Path) -> Result<Table, DbError> {
         path: path.into(),
         line: e.line(),
         column: e.column(),
-        message: e.to_string(),
+        message: serde_message(&e),
     })?;
     match value {
         Value::Object(map) => Ok(map.into_iter().map(|(k, v)| (k, Arc::new(Record::new(v)))).collect()),
@@ -218,5 +218,14 @@ mod tests {
         // sha256(b'{"orders":{},"users":{"a":{"x":1.0},"b":{"a":"\xc3\xa9","z":1}}}')
         let text = "{\"orders\":{},\"users\":{\"a\":{\"x\":1.0},\"b\":{\"a\":\"é\",\"z\":1}}}";
         assert_eq!(db.hash(), hex(&Sha256::digest(text.as_bytes())));
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C" (the caller prints those).
+pub fn serde_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
     }
 }

@@ -20,6 +20,7 @@ use db::{Db, DbError};
 use manifest::{MANIFEST_FILE, Manifest};
 use script::{ScriptError, Scripts};
 use serde_json::Value;
+use crate::domain::db::serde_message;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tools::{Body, Builtin, Tool, ToolKind};
@@ -129,7 +130,7 @@ fn load_tools(path: &Path, manifest: &Manifest, scripts: &Scripts) -> Result<Vec
         path: path.into(),
         line: e.line(),
         column: e.column(),
-        message: e.to_string(),
+        message: serde_message(&e),
     })?;
     let invalid = |line: usize, message: String| DomainError::Invalid { path: path.into(), line, message };
     let Value::Array(entries) = value else {

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use crate::domain::db::serde_message;
 use std::path::{Path, PathBuf};
 
 /// The action name for a message to the user (not a tool).
@@ -97,7 +98,7 @@ pub fn read_tasks(path: &Path) -> Result<Vec<Task>, TaskError> {
         path: path.into(),
         line: e.line() + line_offset,
         column: e.column(),
-        message: e.to_string(),
+        message: serde_message(&e),
     };
     if text.trim_start().starts_with('[') {
         return serde_json::from_str(&text).map_err(|e| parse_err(e, 0));

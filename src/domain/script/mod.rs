@@ -80,7 +80,7 @@ pub struct Scripts {
 
 /// The dialect every domain script is parsed with.
 pub fn dialect() -> Dialect {
-    Dialect { enable_f_strings: true, enable_keyword_only_arguments: true, ..Dialect::Standard }
+    Dialect { enable_f_strings: true, enable_keyword_only_arguments: true, enable_load_reexport: false, ..Dialect::Standard }
 }
 
 /// Starlark's standard library plus the Python builtins tau-bench's tools rely on.
@@ -100,13 +100,15 @@ pub fn globals(extra: Option<fn(&mut GlobalsBuilder)>) -> Globals {
 }
 
 impl Scripts {
-    /// Compile every `*.star` file in `dir` (sorted by name). Public functions (names not
-    /// starting with `_`) become callable; `load("x.star", ...)` resolves inside `dir`.
+    /// Compile every `*.star` file in `dir` (sorted by name) except libraries, whose names start
+    /// with `_` and which are only reached through `load("_x.star", ...)` (resolved inside `dir`).
+    /// Public functions (names not starting with `_`) become callable.
     pub fn load_dir(dir: &Path, extra: Option<fn(&mut GlobalsBuilder)>) -> Result<Scripts, ScriptError> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|source| ScriptError::Read { path: dir.into(), source })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "star"))
+            .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('_')))
             .collect();
         files.sort();
         let mut sources = Vec::new();
@@ -133,17 +135,13 @@ impl Scripts {
                 if name.starts_with('_') {
                     continue;
                 }
-                let Ok(value) = frozen.get(name) else { continue };
+                // Names bound by load() are private to the loading file.
+                let Ok(Some(value)) = frozen.get_option(name) else { continue };
                 if value.value().get_type() != "function" {
                     continue;
                 }
-                // Functions brought in by load() belong to the file that defines them.
-                let defined_here = value.value().to_repr().contains(&format!("{}.", name)) || true;
                 if let Some((first, _)) = functions.get(name) {
-                    if defined_here && !is_loaded_symbol(&frozen, name, first) {
-                        return Err(ScriptError::Duplicate { name: name.into(), first: first.clone(), second: path.clone() });
-                    }
-                    continue;
+                    return Err(ScriptError::Duplicate { name: name.into(), first: first.clone(), second: path.clone() });
                 }
                 functions.insert(name.to_owned(), (path.clone(), value));
             }
@@ -228,10 +226,6 @@ impl Scripts {
     pub fn globals(&self) -> &Globals {
         &self.globals
     }
-}
-
-fn is_loaded_symbol(_module: &FrozenModule, _name: &str, _first: &Path) -> bool {
-    false
 }
 
 fn configure(eval: &mut Evaluator, limits: Limits) -> starlark::Result<()> {

@@ -1,0 +1,134 @@
+//! Broken domains must fail with an error that names the file (and line), never a panic or a hang.
+
+use crate::util;
+use std::fs;
+
+fn check(dir: &std::path::Path) -> (i32, String) {
+    let (code, _, stderr) = util::run(&["domain", "check", dir.to_str().unwrap()], "");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (code, stderr)
+}
+
+#[test]
+fn broken_tool_json_names_file_line_and_column() {
+    let d = util::mock_copy();
+    let path = d.path().join("tools.json");
+    let text = fs::read_to_string(&path).unwrap().replacen("\"kind\": \"read\",", "\"kind\": \"read\"", 1);
+    fs::write(&path, text).unwrap();
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("tools.json:5:5: expected `,` or `}`"), "{err}");
+}
+
+#[test]
+fn script_syntax_error_names_file_and_line() {
+    let d = util::mock_copy();
+    let path = d.path().join("tools/accounts.star");
+    let text = fs::read_to_string(&path).unwrap().replace("def find_accounts_by_owner(data, owner):", "def find_accounts_by_owner(data, owner)");
+    fs::write(&path, text).unwrap();
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("accounts.star:11:"), "{err}");
+}
+
+#[test]
+fn tool_without_body_is_named() {
+    let d = util::mock_copy();
+    let path = d.path().join("tools/accounts.star");
+    let text = fs::read_to_string(&path).unwrap().replace("def get_account(", "def _get_account(");
+    fs::write(&path, text).unwrap();
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("tools.json:") && err.contains("tool `get_account` has no body"), "{err}");
+}
+
+#[test]
+fn body_without_schema_is_named() {
+    let d = util::mock_copy();
+    fs::write(d.path().join("tools/extra.star"), "def close_account(data, account_id):\n    return 'ok'\n").unwrap();
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("extra.star:1: function `close_account` has no schema"), "{err}");
+}
+
+#[test]
+fn infinite_loop_is_stopped_with_a_clear_error() {
+    let d = util::mock_copy();
+    let path = d.path().join("tools/accounts.star");
+    let text = fs::read_to_string(&path).unwrap().replace(
+        "    accounts = data[\"accounts\"]\n    if account_id not in accounts:\n        return \"Error: account not found\"\n    return json.dumps(accounts[account_id])",
+        "    n = 0\n    for i in range(1000000):\n        for j in range(1000000):\n            n += j\n    return str(n)",
+    );
+    fs::write(&path, text).unwrap();
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = util::run(
+        &["domain", "replay", d.path().to_str().unwrap()],
+        "{\"name\": \"get_account\", \"arguments\": {\"account_id\": \"acc_1001\"}}\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let obs = first["observation"].as_str().unwrap();
+    assert!(obs.starts_with("Error: script stopped") && obs.contains("1000000 ticks"), "{obs}");
+    assert!(started.elapsed().as_secs() < 60);
+}
+
+#[test]
+fn scripts_cannot_reach_files() {
+    let d = util::mock_copy();
+    let path = d.path().join("tools/accounts.star");
+    let text = fs::read_to_string(&path).unwrap().replace(
+        "    accounts = data[\"accounts\"]\n    if account_id not in accounts:",
+        "    secret = open(\"/etc/passwd\").read()\n    accounts = data[\"accounts\"]\n    if account_id not in accounts:",
+    );
+    fs::write(&path, text).unwrap();
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("accounts.star:6:") && err.contains("open"), "{err}");
+
+    let d = util::mock_copy();
+    let path = d.path().join("tools/transfers.star");
+    let text = fs::read_to_string(&path).unwrap().replace("load(\"_money.star\", \"cents\")", "load(\"../../../etc/passwd\", \"cents\")");
+    fs::write(&path, text).unwrap();
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("only files inside the script folder"), "{err}");
+}
+
+#[test]
+fn bad_manifest_and_missing_tables_are_named() {
+    let d = util::mock_copy();
+    let path = d.path().join("domain.toml");
+    let text = fs::read_to_string(&path).unwrap().replace("tables = [\"accounts\", \"transfers\"]", "tables = [\"accounts\", \"loans\"]");
+    fs::write(&path, text).unwrap();
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("loans.json: cannot read"), "{err}");
+
+    let d = util::mock_copy();
+    let path = d.path().join("domain.toml");
+    let text = fs::read_to_string(&path).unwrap().replace("builtins = [", "bultins = [");
+    fs::write(&path, text).unwrap();
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("domain.toml:") && err.contains("bultins"), "{err}");
+
+    let d = util::mock_copy();
+    fs::write(d.path().join("data/accounts.json"), "[1, 2]").unwrap();
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("accounts.json: a table file must hold a JSON object"), "{err}");
+}
+
+#[test]
+fn read_tool_that_writes_is_caught() {
+    let d = util::mock_copy();
+    let path = d.path().join("tools/accounts.star");
+    let text = fs::read_to_string(&path).unwrap().replace(
+        "    return json.dumps(accounts[account_id])",
+        "    accounts[account_id][\"seen\"] = True\n    return json.dumps(accounts[account_id])",
+    );
+    fs::write(&path, text).unwrap();
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("(get_account): Read tool changed the database"), "{err}");
+}

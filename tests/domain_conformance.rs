@@ -1,0 +1,77 @@
+//! tau-bench conformance: every step of `shared/taubench/conformance/*.jsonl` (tau-bench's own
+//! tools run on its own data, gold actions twice per task) must give the byte-identical
+//! observation through `apigen-mt domain replay`, and both database hashes must match.
+
+use crate::util;
+use serde_json::{Value, json};
+
+fn replay_conformance(domain: &str) {
+    let Some(shared) = util::shared() else { return };
+    let fixture = shared.join(format!("taubench/conformance/{domain}.jsonl"));
+    let text = std::fs::read_to_string(&fixture).unwrap();
+    let mut lines = text.lines();
+    let meta: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    // What to feed, and what each output line must be.
+    let mut input = vec![json!({"db_hash": true}).to_string()];
+    let mut expected = vec![("initial".to_owned(), "db_hash", meta["meta"]["initial_db_hash"].clone())];
+    let mut steps = 0;
+    let mut tasks = 0;
+    for line in lines {
+        let task: Value = serde_json::from_str(line).unwrap();
+        let label = format!("{} {}", task["split"].as_str().unwrap(), task["index"]);
+        for round in [1, 2] {
+            for step in task["steps"].as_array().unwrap().iter().filter(|s| s["round"] == round) {
+                assert_eq!(step["python_exception"], false, "fixture step raised in Python");
+                input.push(json!({"name": step["name"], "arguments": step["arguments"]}).to_string());
+                expected.push((format!("{label} round {round} {}", step["name"]), "observation", step["observation"].clone()));
+                steps += 1;
+            }
+            input.push(json!({"db_hash": true}).to_string());
+            expected.push((format!("{label} after round {round}"), "db_hash", task[format!("db_hash_after_round{round}")].clone()));
+        }
+        input.push(json!({"reset": true}).to_string());
+        expected.push((format!("{label} reset"), "db_hash", task["db_hash_after_round2"].clone()));
+        tasks += 1;
+    }
+    let data = shared.join(format!("taubench/{domain}/data"));
+    let (code, stdout, stderr) =
+        util::run(&["domain", "replay", &format!("domains/{domain}"), "--db", data.to_str().unwrap()], &(input.join("\n") + "\n"));
+    assert_eq!(code, 0, "replay failed: {stderr}");
+    let outputs: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(outputs.len(), expected.len() + 1, "one output per input line plus the final hash");
+    let mut mismatches = Vec::new();
+    for (got, (label, key, want)) in outputs.iter().zip(&expected) {
+        if &got[*key] != want {
+            mismatches.push(format!("{label}: want {key} {want}, got {got}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "{} of {} outputs differ, first: {:#?}", mismatches.len(), expected.len(), &mismatches[..mismatches.len().min(5)]);
+    eprintln!("{domain}: {tasks} tasks, {steps} steps, {} hashes: all identical", expected.len() - steps);
+}
+
+#[test]
+fn retail_matches_tau_bench_byte_for_byte() {
+    replay_conformance("retail");
+}
+
+#[test]
+fn airline_matches_tau_bench_byte_for_byte() {
+    replay_conformance("airline");
+}
+
+#[test]
+fn domain_check_passes_with_tau_bench_data_and_tasks() {
+    let Some(shared) = util::shared() else { return };
+    for (domain, splits) in [("retail", vec!["test", "train", "dev"]), ("airline", vec!["test"])] {
+        let data = shared.join(format!("taubench/{domain}/data"));
+        let mut args = vec!["domain".to_owned(), "check".into(), format!("domains/{domain}"), "--db".into(), data.display().to_string()];
+        for s in splits {
+            args.push("--tasks".into());
+            args.push(shared.join(format!("taubench/{domain}/tasks_{s}.json")).display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = util::run(&args, "");
+        assert_eq!(code, 0, "{domain}: {stderr}");
+        assert!(stderr.contains(&format!("ok {domain}")), "{stderr}");
+    }
+}

@@ -1,0 +1,6 @@
+//! The integration suite: one test binary, with helpers in `util/`.
+mod util;
+
+mod domain_bad;
+mod domain_conformance;
+mod domain_mock;
