@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use sha2::Digest;
 use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
@@ -29,6 +30,21 @@ pub enum DomainCommand {
     Tools(DomainArg),
     /// Generate the domain's database with its seeded generator script.
     Generate(GenerateArgs),
+    /// Time tau-bench's scoring work: for every task, reset, replay the gold actions, hash.
+    /// Prints JSON with the load time, the loop time and the per-task hashes' digest.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Task files to replay (default: the domain's own task files).
+    #[arg(long = "tasks", value_name = "FILE")]
+    pub tasks: Vec<PathBuf>,
+    /// Run the whole loop this many times and report the fastest.
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +99,7 @@ pub fn run(cmd: DomainCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DomainCommand::Generate(args) => run_generate(args),
+        DomainCommand::Bench(args) => run_bench(args),
     }
 }
 
@@ -200,5 +217,39 @@ fn run_generate(args: GenerateArgs) -> Result<ExitCode> {
         out.display()
     );
     println!("{}", json!({"db_hash": db.hash()}));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_bench(args: BenchArgs) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let domain = load(&args.db.dir, args.db.db.as_deref())?;
+    let files: Vec<PathBuf> =
+        if args.tasks.is_empty() { domain.task_files().into_iter().map(|(_, p)| p).collect() } else { args.tasks.clone() };
+    let mut tasks = Vec::new();
+    for f in &files {
+        tasks.extend(crate::domain::task::read_tasks(f)?);
+    }
+    let load_s = started.elapsed().as_secs_f64();
+    let mut best = f64::INFINITY;
+    let mut hashes = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        let t = std::time::Instant::now();
+        hashes = check::gold_hashes(&domain, &tasks);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let actions: usize = tasks.iter().map(|t| t.actions.len()).sum();
+    let digest = crate::domain::db::hex(&sha2::Sha256::digest(hashes.join("\n").as_bytes()));
+    println!(
+        "{}",
+        json!({
+            "domain": domain.name(),
+            "tasks": tasks.len(),
+            "actions": actions,
+            "load_s": load_s,
+            "loop_s": best,
+            "ms_per_task": best * 1000.0 / tasks.len().max(1) as f64,
+            "gold_hashes_sha256": digest,
+        })
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -92,3 +92,19 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
     }
     report
 }
+
+/// What tau-bench does to score a task, for every task: reset to the pristine database, run the
+/// gold actions, hash the result. Returns one hash per task (the gold final states).
+pub fn gold_hashes(domain: &Domain, tasks: &[crate::domain::task::Task]) -> Vec<String> {
+    let mut env = domain.env();
+    tasks
+        .iter()
+        .map(|task| {
+            env.reset();
+            for action in &task.actions {
+                env.step(action);
+            }
+            env.hash()
+        })
+        .collect()
+}

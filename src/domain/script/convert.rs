@@ -109,3 +109,36 @@ fn key_string(key: Value) -> Result<String, String> {
     }
     Err(format!("keys must be str, int, float, bool or None, not {}", key.get_type()))
 }
+
+/// Whether a Starlark value equals a JSON value, with the same int/float and key-order rules as
+/// [`to_json`] — without allocating. Used to find which touched records really changed.
+pub fn matches_json(value: Value, json: &Json) -> bool {
+    match json {
+        Json::Null => value.is_none(),
+        Json::Bool(b) => value.unpack_bool() == Some(*b),
+        Json::String(s) => value.unpack_str() == Some(s.as_str()),
+        Json::Number(n) => {
+            if let Some(f) = value.downcast_ref::<StarlarkFloat>() {
+                return n.is_f64() && n.as_f64().is_some_and(|x| x.to_bits() == f.0.to_bits());
+            }
+            if value.get_type() != "int" {
+                return false;
+            }
+            match (n.as_i64(), i64::unpack_value(value)) {
+                (Some(x), Ok(Some(y))) => x == y,
+                _ => false,
+            }
+        }
+        Json::Array(items) => match ListRef::from_value(value) {
+            Some(list) => list.len() == items.len() && list.iter().zip(items).all(|(v, j)| matches_json(v, j)),
+            None => false,
+        },
+        Json::Object(map) => match DictRef::from_value(value) {
+            Some(dict) => {
+                dict.len() == map.len()
+                    && dict.iter().zip(map).all(|((k, v), (jk, jv))| k.unpack_str() == Some(jk.as_str()) && matches_json(v, jv))
+            }
+            None => false,
+        },
+    }
+}

@@ -156,12 +156,14 @@ impl<'v> TableValue<'v> {
         let o = self.overlay.borrow();
         let mut changes = TableChanges { removed: o.removed.clone(), upserts: Vec::new() };
         for (id, value) in o.live.iter() {
-            let json = convert::to_json(*value).map_err(|e| format!("{}[{id:?}]: {e}", self.name))?;
             let re_added = o.appended.iter().any(|a| a == id);
-            match self.base.get(id) {
-                Some(original) if !re_added && *original.value() == json => {}
-                _ => changes.upserts.push((id.clone(), json)),
+            if let Some(original) = self.base.get(id) {
+                if !re_added && convert::matches_json(*value, original.value()) {
+                    continue;
+                }
             }
+            let json = convert::to_json(*value).map_err(|e| format!("{}[{id:?}]: {e}", self.name))?;
+            changes.upserts.push((id.clone(), json));
         }
         // Appended ids must be inserted in their assignment order, after in-place updates.
         changes.upserts.sort_by_key(|(id, _)| o.appended.iter().position(|a| a == id));
