@@ -308,3 +308,78 @@ impl FileLoader for DirLoader<'_> {
         Ok(module)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scripts(src: &str) -> Scripts {
+        Scripts::from_sources(Path::new("."), vec![(PathBuf::from("t.star"), src.to_owned())], None).unwrap()
+    }
+
+    fn db() -> Db {
+        Db::from_json(json!({"t": {"a": {"n": 1}, "b": {"n": 2.5}, "c": {"n": [1, 2]}}})).unwrap()
+    }
+
+    fn args(v: serde_json::Value) -> Map<String, Json> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn table_edits_follow_python_dict_order() {
+        let s = scripts(
+            "def f(data):\n    t = data['t']\n    t.pop('a')\n    t['d'] = {'n': 4}\n    t['a'] = {'n': 9}\n    t['b']['n'] += 1\n    return json.dumps(list(t.keys()))\n",
+        );
+        let mut db = db();
+        let out = s.call_with_db("f", &mut db, &Map::new(), Limits::default()).unwrap();
+        assert_eq!(out, json!("[\"b\", \"c\", \"d\", \"a\"]"));
+        let keys: Vec<&String> = db.table("t").unwrap().keys().collect();
+        assert_eq!(keys, ["b", "c", "d", "a"]);
+        assert_eq!(db.record("t", "b").unwrap(), &json!({"n": 3.5}));
+        assert_eq!(db.record("t", "a").unwrap(), &json!({"n": 9}));
+    }
+
+    #[test]
+    fn untouched_and_unchanged_records_stay_shared() {
+        let s = scripts("def f(data, k):\n    r = data['t'][k]\n    r['n'] = r['n']\n    return str(r['n'])\n");
+        let mut db = db();
+        let before = db.clone();
+        let out = s.call_with_db("f", &mut db, &args(json!({"k": "b"})), Limits::default()).unwrap();
+        assert_eq!(out, json!("2.5"));
+        assert!(Arc::ptr_eq(db.table("t").unwrap(), before.table("t").unwrap()), "no change, no copy");
+    }
+
+    #[test]
+    fn errors_keep_earlier_changes_and_limits_discard_them() {
+        let s = scripts(
+            "def raises(data):\n    data['t']['a']['n'] = 7\n    fail('boom')\n\ndef spins(data):\n    data['t']['a']['n'] = 8\n    for i in range(100000):\n        pass\n",
+        );
+        let mut db = db();
+        assert_eq!(s.call_with_db("raises", &mut db, &Map::new(), Limits::default()), Err(CallFault::Raised("boom".into())));
+        assert_eq!(db.record("t", "a").unwrap(), &json!({"n": 7}));
+        let limits = Limits { max_ticks: 1000, ..Limits::default() };
+        let fault = s.call_with_db("spins", &mut db, &Map::new(), limits).unwrap_err();
+        assert!(matches!(fault, CallFault::LimitExceeded(ref m) if m.contains("1000 ticks")), "{fault:?}");
+        assert_eq!(db.record("t", "a").unwrap(), &json!({"n": 7}));
+    }
+
+    #[test]
+    fn python_builtins_behave_like_python() {
+        let s = scripts(concat!(
+            "def f(data):\n",
+            "    x = 0\n",
+            "    x += 0.1\n",
+            "    x += 0.2\n",
+            "    return json.dumps([x, round(2.675, 2), round(2.5), sum([1, 2.5]), count([1, 2, 1], 1), str(0.00001), str(1e16), {'k': 'é'}])\n",
+        ));
+        let out = s.call_with_db("f", &mut db(), &Map::new(), Limits::default()).unwrap();
+        assert_eq!(out, json!("[0.30000000000000004, 2.67, 2, 3.5, 2, \"1e-05\", \"1e+16\", {\"k\": \"\\u00e9\"}]"));
+    }
+
+    #[test]
+    fn missing_key_reads_like_a_python_key_error() {
+        let s = scripts("def f(data):\n    return data['t']['zzz']\n");
+        assert_eq!(s.call_with_db("f", &mut db(), &Map::new(), Limits::default()), Err(CallFault::Raised("'zzz'".into())));
+    }
+}
