@@ -11,10 +11,7 @@ fn check(dir: &std::path::Path) -> (i32, String) {
 
 #[test]
 fn broken_tool_json_names_file_line_and_column() {
-    let d = util::mock_copy();
-    let path = d.path().join("tools.json");
-    let text = fs::read_to_string(&path).unwrap().replacen("\"kind\": \"read\",", "\"kind\": \"read\"", 1);
-    fs::write(&path, text).unwrap();
+    let d = util::mock_with("tools.json", "\"kind\": \"read\",", "\"kind\": \"read\"");
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
     assert!(err.contains("tools.json:5:5: expected `,` or `}`"), "{err}");
@@ -22,10 +19,7 @@ fn broken_tool_json_names_file_line_and_column() {
 
 #[test]
 fn script_syntax_error_names_file_and_line() {
-    let d = util::mock_copy();
-    let path = d.path().join("tools/accounts.star");
-    let text = fs::read_to_string(&path).unwrap().replace("def find_accounts_by_owner(data, owner):", "def find_accounts_by_owner(data, owner)");
-    fs::write(&path, text).unwrap();
+    let d = util::mock_with("tools/accounts.star", "def find_accounts_by_owner(data, owner):", "def find_accounts_by_owner(data, owner)");
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
     assert!(err.contains("accounts.star:11:"), "{err}");
@@ -33,10 +27,7 @@ fn script_syntax_error_names_file_and_line() {
 
 #[test]
 fn tool_without_body_is_named() {
-    let d = util::mock_copy();
-    let path = d.path().join("tools/accounts.star");
-    let text = fs::read_to_string(&path).unwrap().replace("def get_account(", "def _get_account(");
-    fs::write(&path, text).unwrap();
+    let d = util::mock_with("tools/accounts.star", "def get_account(", "def _get_account(");
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
     assert!(err.contains("tools.json:") && err.contains("tool `get_account` has no body"), "{err}");
@@ -53,13 +44,7 @@ fn body_without_schema_is_named() {
 
 #[test]
 fn infinite_loop_is_stopped_with_a_clear_error() {
-    let d = util::mock_copy();
-    let path = d.path().join("tools/accounts.star");
-    let text = fs::read_to_string(&path).unwrap().replace(
-        "    accounts = data[\"accounts\"]\n    if account_id not in accounts:\n        return \"Error: account not found\"\n    return json.dumps(accounts[account_id])",
-        "    n = 0\n    for i in range(1000000):\n        for j in range(1000000):\n            n += j\n    return str(n)",
-    );
-    fs::write(&path, text).unwrap();
+    let d = util::mock_with("tools/accounts.star", "    accounts = data[\"accounts\"]\n    if account_id not in accounts:\n        return \"Error: account not found\"\n    return json.dumps(accounts[account_id])", "    n = 0\n    for i in range(1000000):\n        for j in range(1000000):\n            n += j\n    return str(n)");
     let started = std::time::Instant::now();
     let (code, stdout, stderr) = util::run(
         &["domain", "replay", d.path().to_str().unwrap()],
@@ -74,21 +59,12 @@ fn infinite_loop_is_stopped_with_a_clear_error() {
 
 #[test]
 fn scripts_cannot_reach_files() {
-    let d = util::mock_copy();
-    let path = d.path().join("tools/accounts.star");
-    let text = fs::read_to_string(&path).unwrap().replace(
-        "    accounts = data[\"accounts\"]\n    if account_id not in accounts:",
-        "    secret = open(\"/etc/passwd\").read()\n    accounts = data[\"accounts\"]\n    if account_id not in accounts:",
-    );
-    fs::write(&path, text).unwrap();
+    let d = util::mock_with("tools/accounts.star", "    accounts = data[\"accounts\"]\n    if account_id not in accounts:", "    secret = open(\"/etc/passwd\").read()\n    accounts = data[\"accounts\"]\n    if account_id not in accounts:");
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
     assert!(err.contains("accounts.star:6:") && err.contains("open"), "{err}");
 
-    let d = util::mock_copy();
-    let path = d.path().join("tools/transfers.star");
-    let text = fs::read_to_string(&path).unwrap().replace("load(\"_money.star\", \"cents\")", "load(\"../../../etc/passwd\", \"cents\")");
-    fs::write(&path, text).unwrap();
+    let d = util::mock_with("tools/transfers.star", "load(\"_money.star\", \"cents\")", "load(\"../../../etc/passwd\", \"cents\")");
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
     assert!(err.contains("only files inside the script folder"), "{err}");
@@ -96,18 +72,12 @@ fn scripts_cannot_reach_files() {
 
 #[test]
 fn bad_manifest_and_missing_tables_are_named() {
-    let d = util::mock_copy();
-    let path = d.path().join("domain.toml");
-    let text = fs::read_to_string(&path).unwrap().replace("tables = [\"accounts\", \"transfers\"]", "tables = [\"accounts\", \"loans\"]");
-    fs::write(&path, text).unwrap();
+    let d = util::mock_with("domain.toml", "tables = [\"accounts\", \"transfers\"]", "tables = [\"accounts\", \"loans\"]");
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
     assert!(err.contains("loans.json: cannot read"), "{err}");
 
-    let d = util::mock_copy();
-    let path = d.path().join("domain.toml");
-    let text = fs::read_to_string(&path).unwrap().replace("builtins = [", "bultins = [");
-    fs::write(&path, text).unwrap();
+    let d = util::mock_with("domain.toml", "builtins = [", "bultins = [");
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
     assert!(err.contains("domain.toml:") && err.contains("bultins"), "{err}");
@@ -121,13 +91,7 @@ fn bad_manifest_and_missing_tables_are_named() {
 
 #[test]
 fn read_tool_that_writes_is_caught() {
-    let d = util::mock_copy();
-    let path = d.path().join("tools/accounts.star");
-    let text = fs::read_to_string(&path).unwrap().replace(
-        "    return json.dumps(accounts[account_id])",
-        "    accounts[account_id][\"seen\"] = True\n    return json.dumps(accounts[account_id])",
-    );
-    fs::write(&path, text).unwrap();
+    let d = util::mock_with("tools/accounts.star", "    return json.dumps(accounts[account_id])", "    accounts[account_id][\"seen\"] = True\n    return json.dumps(accounts[account_id])");
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
     assert!(err.contains("(get_account): Read tool changed the database"), "{err}");

@@ -71,3 +71,13 @@ pub fn mock_copy() -> tempfile::TempDir {
     copy_dir(&root().join("domains/mock"), dir.path());
     dir
 }
+
+/// A scratch copy of `domains/mock` with `from` replaced by `to` in `file` (which must contain it).
+pub fn mock_with(file: &str, from: &str, to: &str) -> tempfile::TempDir {
+    let dir = mock_copy();
+    let path = dir.path().join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{file} does not contain {from:?}");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    dir
+}
