@@ -75,3 +75,21 @@ fn domain_check_passes_with_tau_bench_data_and_tasks() {
         assert!(stderr.contains(&format!("ok {domain}")), "{stderr}");
     }
 }
+
+#[test]
+fn tau_bench_task_files_round_trip_in_their_own_shape() {
+    let Some(shared) = util::shared() else { return };
+    use apigen_mt::domain::task::{read_tasks, write_tasks};
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["retail/tasks_test.json", "retail/tasks_train.json", "airline/tasks_test.json"] {
+        let path = shared.join("taubench").join(file);
+        let tasks = read_tasks(&path).unwrap();
+        assert!(tasks.iter().all(|t| t.actions.iter().all(|a| a.kwargs_style)));
+        let out = dir.path().join("tasks.json");
+        write_tasks(&out, &tasks).unwrap();
+        assert_eq!(read_tasks(&out).unwrap(), tasks);
+        let original: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let written: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(original, written, "{file}: written back in the same shape");
+    }
+}
