@@ -4,3 +4,4 @@ mod util;
 mod domain_bad;
 mod domain_conformance;
 mod domain_mock;
+mod domain_shipped;
