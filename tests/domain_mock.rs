@@ -100,3 +100,27 @@ fn generator_is_deterministic_and_matches_the_shipped_data() {
     assert_eq!(std::fs::read(a.path().join("accounts.json")).unwrap(), std::fs::read(util::root().join("domains/mock/data/accounts.json")).unwrap());
     assert_ne!(first, run(b.path(), "1"));
 }
+
+#[test]
+fn policy_rules_flag_violating_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks.json");
+    let task = json!([{"user_id": "acc_1002", "instruction": "move money", "outputs": [], "actions": [
+        {"name": "freeze_account", "arguments": {"account_id": "acc_1001", "reason": "lost card"}},
+        {"name": "transfer_funds", "arguments": {"from_account_id": "acc_1003", "to_account_id": "acc_1002", "amount": 1}},
+        {"name": "transfer_funds", "arguments": {"from_account_id": "acc_1002", "to_account_id": "acc_1001", "amount": 1}},
+    ]}]);
+    std::fs::write(&tasks, task.to_string()).unwrap();
+    let (code, _, stderr) = util::run(&["domain", "check", "domains/mock", "--tasks", tasks.to_str().unwrap()], "");
+    assert_eq!(code, 1);
+    assert!(stderr.contains("task 0: policy.transfer_only_from_own_accounts: transfer_funds takes money from acc_1003, which Barbara Allen does not hold"), "{stderr}");
+    assert!(stderr.contains("policy.no_transfer_after_freeze: transfer_funds moves money through acc_1001 after it was frozen"), "{stderr}");
+}
+
+#[test]
+fn a_rule_that_raises_counts_as_violated() {
+    let d = util::mock_with("rules/policy.star", "    frozen = []\n", "    frozen = []\n    fail(\"rule bug\")\n");
+    let (code, _, stderr) = util::run(&["domain", "check", d.path().to_str().unwrap()], "");
+    assert_eq!(code, 1);
+    assert!(stderr.contains("policy.no_transfer_after_freeze: rule failed: rule bug"), "{stderr}");
+}

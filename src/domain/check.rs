@@ -3,7 +3,8 @@
 //! Loading already proves the schemas are valid, every tool has a body and every body a schema,
 //! and the scripts compile. On top of that, every task's gold actions are replayed on a fresh
 //! database: no action may be unknown or break its schema, read tools must never change the
-//! hash, and every write tool that succeeds at least once must change it at least once.
+//! hash, every write tool that succeeds at least once must change it at least once, and no task
+//! may break one of the domain's policy rules.
 
 use crate::domain::Domain;
 use crate::domain::task::{RESPOND_ACTION_NAME, read_tasks};
@@ -46,6 +47,9 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
         };
         for (ti, task) in tasks.iter().enumerate() {
             report.tasks += 1;
+            for v in crate::domain::policy::check(domain, &task.user_id, &task.actions) {
+                report.problems.push(Problem { location: format!("{} task {ti}", file.display()), message: format!("{}: {}", v.code(), v.message) });
+            }
             env.reset();
             let mut hash = env.hash();
             for (ai, action) in task.actions.iter().enumerate() {

@@ -11,6 +11,7 @@ pub mod db;
 pub mod env;
 pub mod generate;
 pub mod manifest;
+pub mod policy;
 pub mod pyjson;
 pub mod script;
 pub mod task;
@@ -49,6 +50,7 @@ pub struct Domain {
     tools: Vec<Tool>,
     index: HashMap<String, usize>,
     pub(crate) scripts: Scripts,
+    rules: Option<Scripts>,
     pristine: Db,
     /// Where the database was loaded from.
     pub db_dir: PathBuf,
@@ -81,10 +83,14 @@ impl Domain {
                 return Err(invalid(find_line(&text, t), format!("terminate tool {t:?} is not in {}", manifest.tools)));
             }
         }
+        let rules = match &manifest.rules {
+            Some(r) => Some(Scripts::load_dir(&dir.join(r), None)?),
+            None => None,
+        };
         let db_dir = db_dir.map(Path::to_path_buf).unwrap_or_else(|| dir.join(&manifest.db.dir));
         let pristine = Db::load(&db_dir, &manifest.db.tables)?;
         let index = tools.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Domain { root: dir.to_path_buf(), manifest, policy, tools, index, scripts, pristine, db_dir })
+        Ok(Domain { root: dir.to_path_buf(), manifest, policy, tools, index, scripts, rules, pristine, db_dir })
     }
 
     pub fn name(&self) -> &str {
@@ -97,6 +103,11 @@ impl Domain {
 
     pub fn tool(&self, name: &str) -> Option<&Tool> {
         self.index.get(name).map(|i| &self.tools[*i])
+    }
+
+    /// The policy rules, when the domain has a `rules` folder.
+    pub fn rules(&self) -> Option<&Scripts> {
+        self.rules.as_ref()
     }
 
     /// The database every episode starts from.

@@ -20,6 +20,8 @@ use starlark::collections::SmallMap;
 use starlark::environment::{FrozenModule, Globals, GlobalsBuilder, LibraryExtension, Module};
 use starlark::eval::{Evaluator, FileLoader};
 use starlark::syntax::{AstModule, Dialect};
+use starlark::values::dict::AllocDict;
+use starlark::values::list::AllocList;
 use starlark::values::{OwnedFrozenValue, Value, ValueLike};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -170,12 +172,7 @@ impl Scripts {
         let (_, func) = self.functions.get(name).ok_or_else(|| CallFault::Missing(name.into()))?;
         Module::with_temp_heap(|module| {
             let heap = module.heap();
-            let mut tables = SmallMap::new();
-            for t in db.table_names() {
-                let view = data::TableValue::new(t.to_owned(), Arc::clone(db.table(t).expect("listed table")));
-                tables.insert(t.to_owned(), heap.alloc(view));
-            }
-            let data_value = heap.alloc(data::DbValue::new(tables));
+            let data_value = db_view(heap, db);
             module.set("__data", data_value);
             let named: Vec<(String, Value)> = args.iter().map(|(k, v)| (k.clone(), convert::to_starlark(heap, v))).collect();
             let named_refs: Vec<(&str, Value)> = named.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -207,6 +204,54 @@ impl Scripts {
         })
     }
 
+    /// Call a policy rule: `name(trace)` where `trace` is
+    /// `{"user_id", "steps": [{"name", "arguments", "observation", "data"}], "final"}`, each step's
+    /// `data` being the database *before* that step and `final` the database after the last one
+    /// (read-only views in spirit: changes made to them are discarded). The rule returns `None`
+    /// or `""` when the trace complies, a message or a list of messages when it does not.
+    pub fn call_rule(&self, name: &str, trace: &RuleTrace, limits: Limits) -> Result<Vec<String>, CallFault> {
+        let (_, func) = self.functions.get(name).ok_or_else(|| CallFault::Missing(name.into()))?;
+        Module::with_temp_heap(|module| {
+            let heap = module.heap();
+            let steps: Vec<Value> = trace
+                .steps
+                .iter()
+                .map(|s| {
+                    heap.alloc(AllocDict([
+                        ("name", heap.alloc(s.name.as_str())),
+                        ("arguments", convert::to_starlark(heap, &Json::Object(s.arguments.clone()))),
+                        ("observation", heap.alloc(s.observation.as_str())),
+                        ("data", db_view(heap, &s.before)),
+                    ]))
+                })
+                .collect();
+            let trace_value = heap.alloc(AllocDict([
+                ("user_id", heap.alloc(trace.user_id.as_str())),
+                ("steps", heap.alloc(AllocList(steps))),
+                ("final", db_view(heap, &trace.after)),
+            ]));
+            let func = module.heap().access_owned_frozen_value(func);
+            let mut eval = Evaluator::new(&module);
+            let result = configure(&mut eval, limits)
+                .and_then(|_| eval.eval_function(func, &[trace_value], &[]))
+                .map_err(fault_from_error)?;
+            match convert::to_json(result).map_err(|e| CallFault::Raised(format!("{name} returned {e}")))? {
+                Json::Null => Ok(vec![]),
+                Json::String(s) if s.is_empty() => Ok(vec![]),
+                Json::String(s) => Ok(vec![s]),
+                Json::Array(items) => Ok(items
+                    .into_iter()
+                    .filter_map(|i| match i {
+                        Json::String(s) if s.is_empty() => None,
+                        Json::String(s) => Some(s),
+                        other => Some(other.to_string()),
+                    })
+                    .collect()),
+                other => Err(CallFault::Raised(format!("{name} must return None, a string or a list of strings, not {other}"))),
+            }
+        })
+    }
+
     /// Call `name(*args)` without a database, returning its result as JSON.
     pub fn call(&self, name: &str, args: &[Json], limits: Limits) -> Result<Json, CallFault> {
         let (_, func) = self.functions.get(name).ok_or_else(|| CallFault::Missing(name.into()))?;
@@ -226,6 +271,33 @@ impl Scripts {
     pub fn globals(&self) -> &Globals {
         &self.globals
     }
+}
+
+/// The database as the `data` value scripts see: a lazy view per table.
+fn db_view<'v>(heap: starlark::values::Heap<'v>, db: &Db) -> Value<'v> {
+    let mut tables = SmallMap::new();
+    for t in db.table_names() {
+        let view = data::TableValue::new(t.to_owned(), Arc::clone(db.table(t).expect("listed table")));
+        tables.insert(t.to_owned(), heap.alloc(view));
+    }
+    heap.alloc(data::DbValue::new(tables))
+}
+
+/// One executed action, with the database as it was before it ran.
+#[derive(Debug, Clone)]
+pub struct RuleStep {
+    pub name: String,
+    pub arguments: Map<String, Json>,
+    pub observation: String,
+    pub before: Db,
+}
+
+/// What a policy rule sees: who the task is for, every step, and the final database.
+#[derive(Debug, Clone)]
+pub struct RuleTrace {
+    pub user_id: String,
+    pub steps: Vec<RuleStep>,
+    pub after: Db,
 }
 
 fn configure(eval: &mut Evaluator, limits: Limits) -> starlark::Result<()> {
