@@ -8,6 +8,7 @@
 pub mod calculate;
 pub mod check;
 pub mod db;
+pub mod diff;
 pub mod env;
 pub mod generate;
 pub mod manifest;
