@@ -3,9 +3,12 @@
 //! Pipeline map (dependencies point downward):
 //!
 //! - [`cli`]: argument parsing and one file per subcommand; the binary is a thin shell over it.
+//! - [`blueprint`]: phase 1, task blueprints: stage-1 checks (format, execution and diff, policy
+//!   rules, duplicates) with stable rejection codes.
 //! - [`domain`]: executable domains: manifest, database, tool schemas, sandboxed Starlark tool
 //!   bodies, the tau-bench style environment (`reset`, `step`), tasks and the canonical hash.
 //!   It never touches models.
 
+pub mod blueprint;
 pub mod cli;
 pub mod domain;

@@ -1,6 +1,7 @@
 //! The integration suite: one test binary, with helpers in `util/`.
 mod util;
 
+mod blueprint_checks;
 mod domain_bad;
 mod domain_conformance;
 mod domain_mock;

@@ -1,0 +1,212 @@
+//! Stage 1: the deterministic checks a blueprint must pass before any reviewer sees it.
+//!
+//! 1. **Format**: the proposer's answer is one JSON object with a non-empty `instruction`, an
+//!    `actions` array of `{name, arguments}` and an `outputs` array of strings.
+//! 2. **Execution**: every action runs, in order, in a fresh environment; an unknown tool, an
+//!    argument the schema rejects, an `Error: ...` observation or a script fault rejects the
+//!    blueprint. The database diff is recorded for the reviewers.
+//! 3. **Policy**: every rule of the domain holds over the executed trace.
+//! 4. **Duplicates**: the same user with the same actions was already accepted.
+
+use super::Rejection;
+use crate::domain::Domain;
+use crate::domain::diff::{self, Edit};
+use crate::domain::env::Fault;
+use crate::domain::policy;
+use crate::domain::task::{Action, RESPOND_ACTION_NAME, Task};
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+
+/// Parse a proposer's JSON answer into a task for `user_id` (an explicit `user_id` in the answer
+/// must agree with it). Tolerates a ```json fence or prose around one JSON object.
+pub fn parse(answer: &str, user_id: &str) -> Result<Task, Rejection> {
+    let value = extract_object(answer)
+        .ok_or_else(|| Rejection::new("format.not_json", "the answer must contain one JSON object with instruction, actions and outputs"))?;
+    let obj = value.as_object().expect("extract_object returns objects");
+    let instruction = match obj.get("instruction") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+        Some(Value::String(_)) => return Err(Rejection::new("format.missing_field", "\"instruction\" is empty")),
+        Some(_) => return Err(Rejection::new("format.bad_field", "\"instruction\" must be a string")),
+        None => return Err(Rejection::new("format.missing_field", "missing \"instruction\"")),
+    };
+    let actions = match obj.get("actions") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Action::from_json(a).map_err(|e| Rejection::new("format.bad_action", format!("actions[{i}]: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(Rejection::new("format.bad_field", "\"actions\" must be an array")),
+        None => return Err(Rejection::new("format.missing_field", "missing \"actions\"")),
+    };
+    let outputs = match obj.get("outputs") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, o)| match o {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                _ => Err(Rejection::new("format.bad_output", format!("outputs[{i}] must be a string"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(Rejection::new("format.bad_field", "\"outputs\" must be an array of strings")),
+    };
+    if let Some(Value::String(u)) = obj.get("user_id") {
+        if u != user_id {
+            return Err(Rejection::new("format.wrong_user", format!("the task must be for user {user_id}, not {u}")));
+        }
+    }
+    Ok(Task { user_id: user_id.to_owned(), instruction, actions, outputs, extra: Map::new() })
+}
+
+/// The first balanced JSON object in `text` that parses (after stripping code fences).
+pub fn extract_object(text: &str) -> Option<Value> {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    while let Some(offset) = text[start..].find('{') {
+        let open = start + offset;
+        let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+        for (i, &b) in bytes.iter().enumerate().skip(open) {
+            if in_str {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_str = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_str = true,
+                b'{' => depth += 1,
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        if let Ok(v @ Value::Object(_)) = serde_json::from_str(&text[open..=i]) {
+                            return Some(v);
+                        }
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        start = open + 1;
+    }
+    None
+}
+
+/// A blueprint that executed cleanly: what each action returned and what changed.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    pub observations: Vec<String>,
+    pub diff: Vec<Edit>,
+    pub final_hash: String,
+}
+
+/// Run every action in a fresh environment; the first failure rejects the blueprint.
+pub fn execute(domain: &Domain, task: &Task) -> Result<Executed, Rejection> {
+    if task.actions.iter().all(|a| a.name == RESPOND_ACTION_NAME) {
+        return Err(Rejection::new("exec.no_actions", "a blueprint needs at least one tool call"));
+    }
+    let mut env = domain.env();
+    let mut observations = Vec::with_capacity(task.actions.len());
+    for (i, action) in task.actions.iter().enumerate() {
+        if action.name == RESPOND_ACTION_NAME {
+            return Err(Rejection::new("exec.respond_action", format!("actions[{i}]: ground-truth actions are tool calls only; put what the agent must say in outputs")));
+        }
+        let step = env.step(action);
+        let at = format!("actions[{i}] {}", action.name);
+        match step.fault {
+            Some(Fault::UnknownAction) => {
+                let known: Vec<&str> = domain.tools().iter().map(|t| t.name.as_str()).collect();
+                return Err(Rejection::new("exec.unknown_tool", format!("{at}: no such tool (tools: {})", known.join(", "))));
+            }
+            Some(Fault::BadArguments(e)) => return Err(Rejection::new("exec.bad_arguments", format!("{at}: {e}"))),
+            Some(Fault::ScriptRaised(e) | Fault::LimitExceeded(e)) => return Err(Rejection::new("exec.tool_error", format!("{at}: {e}"))),
+            None if step.observation.starts_with("Error") => {
+                return Err(Rejection::new("exec.tool_error", format!("{at} returned {:?}", step.observation)));
+            }
+            None => {}
+        }
+        if step.done && i + 1 < task.actions.len() {
+            return Err(Rejection::new("exec.after_terminate", format!("{at} ends the conversation but more actions follow")));
+        }
+        observations.push(step.observation);
+    }
+    Ok(Executed { observations, diff: diff::diff(domain.pristine(), env.db()), final_hash: env.hash() })
+}
+
+/// Every policy rule the executed actions break, as rejections coded `policy.<rule>`.
+pub fn policy(domain: &Domain, task: &Task) -> Vec<Rejection> {
+    policy::check(domain, &task.user_id, &task.actions).into_iter().map(|v| Rejection::new(v.code(), v.message)).collect()
+}
+
+/// Accepted (user, actions) pairs, to reject exact repeats.
+#[derive(Debug, Default)]
+pub struct Dedup {
+    seen: HashSet<String>,
+}
+
+impl Dedup {
+    /// The identity of a blueprint: its user and its actions with canonical argument order.
+    pub fn key(task: &Task) -> String {
+        let actions: Vec<Value> = task.actions.iter().map(|a| serde_json::json!([a.name, Value::Object(a.arguments.clone())])).collect();
+        crate::domain::pyjson::to_string(&serde_json::json!([task.user_id, actions]), crate::domain::pyjson::Style::CANONICAL)
+    }
+
+    pub fn contains(&self, task: &Task) -> bool {
+        self.seen.contains(&Self::key(task))
+    }
+
+    /// Record an accepted blueprint; `Err` when it was already there.
+    pub fn insert(&mut self, task: &Task) -> Result<(), Rejection> {
+        if self.seen.insert(Self::key(task)) {
+            Ok(())
+        } else {
+            Err(Rejection::new("dedup.duplicate", format!("user {} already has a blueprint with exactly these actions", task.user_id)))
+        }
+    }
+}
+
+/// All of stage 1 in order. Returns the execution record, or every rejection found by the first
+/// failing check (policy can report several rules at once).
+pub fn stage1(domain: &Domain, answer: &str, user_id: &str, dedup: &Dedup) -> Result<(Task, Executed), Vec<Rejection>> {
+    let task = parse(answer, user_id).map_err(|r| vec![r])?;
+    let executed = execute(domain, &task).map_err(|r| vec![r])?;
+    let violations = policy(domain, &task);
+    if !violations.is_empty() {
+        return Err(violations);
+    }
+    if dedup.contains(&task) {
+        return Err(vec![Rejection::new("dedup.duplicate", format!("user {} already has a blueprint with exactly these actions", task.user_id))]);
+    }
+    Ok((task, executed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_json_object_in_prose_and_fences() {
+        let text = "Thought: easy.\n```json\n{\"instruction\": \"say {hi}\", \"actions\": [], \"outputs\": [\"a}\"]}\n```\nDone {not json}";
+        let v = extract_object(text).unwrap();
+        assert_eq!(v["instruction"], "say {hi}");
+        assert!(extract_object("no json here { nope").is_none());
+        assert_eq!(extract_object("{bad} then {\"ok\": 1}").unwrap()["ok"], 1);
+    }
+
+    #[test]
+    fn format_errors_have_stable_codes() {
+        let code = |s: &str| parse(s, "u1").unwrap_err().code;
+        assert_eq!(code("nothing"), "format.not_json");
+        assert_eq!(code("{\"actions\": []}"), "format.missing_field");
+        assert_eq!(code("{\"instruction\": 3, \"actions\": []}"), "format.bad_field");
+        assert_eq!(code("{\"instruction\": \"x\", \"actions\": [{\"arguments\": {}}]}"), "format.bad_action");
+        assert_eq!(code("{\"instruction\": \"x\", \"actions\": [], \"outputs\": [{}]}"), "format.bad_output");
+        assert_eq!(code("{\"user_id\": \"u2\", \"instruction\": \"x\", \"actions\": []}"), "format.wrong_user");
+        let task = parse("{\"instruction\": \" x \", \"actions\": [{\"name\": \"t\", \"arguments\": \"{\\\"a\\\": 1}\"}], \"outputs\": [12]}", "u1").unwrap();
+        assert_eq!((task.instruction.as_str(), task.actions[0].arguments["a"].clone(), task.outputs[0].as_str()), ("x", 1.into(), "12"));
+    }
+}
