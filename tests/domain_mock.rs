@@ -124,3 +124,22 @@ fn a_rule_that_raises_counts_as_violated() {
     assert_eq!(code, 1);
     assert!(stderr.contains("policy.no_transfer_after_freeze: rule failed: rule bug"), "{stderr}");
 }
+
+#[test]
+fn reward_needs_the_gold_state_and_every_output() {
+    use apigen_mt::domain::{Domain, reward, task::read_tasks};
+    let domain = Domain::load(&util::root().join("domains/mock"), None).unwrap();
+    let tasks = read_tasks(&util::root().join("domains/mock/tasks/train.json")).unwrap();
+    let task = &tasks[1]; // find, look up, freeze; output "1757.18"
+    let mut env = domain.env();
+    for a in &task.actions {
+        env.step(a);
+    }
+    let said = ["Your balance is $1,757.18 and the account is now frozen."];
+    let r = reward::score(&domain, task, &env.hash(), &said);
+    assert_eq!((r.reward, r.db_match), (1.0, true));
+    let r = reward::score(&domain, task, &env.hash(), &["It is frozen."]);
+    assert_eq!((r.reward, r.db_match, r.outputs[0].1), (0.0, true, false));
+    let r = reward::score(&domain, task, &domain.pristine().hash(), &said);
+    assert_eq!((r.reward, r.db_match), (0.0, false));
+}

@@ -14,6 +14,7 @@ pub mod generate;
 pub mod manifest;
 pub mod policy;
 pub mod pyjson;
+pub mod reward;
 pub mod script;
 pub mod task;
 pub mod tools;
