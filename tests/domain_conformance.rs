@@ -60,19 +60,47 @@ fn airline_matches_tau_bench_byte_for_byte() {
 }
 
 #[test]
-fn domain_check_passes_with_tau_bench_data_and_tasks() {
+fn domain_check_passes_on_tau_bench_data() {
     let Some(shared) = util::shared() else { return };
-    for (domain, splits) in [("retail", vec!["test", "train", "dev"]), ("airline", vec!["test"])] {
+    for domain in ["retail", "airline"] {
         let data = shared.join(format!("taubench/{domain}/data"));
-        let mut args = vec!["domain".to_owned(), "check".into(), format!("domains/{domain}"), "--db".into(), data.display().to_string()];
+        let (code, _, stderr) = util::run(&["domain", "check", &format!("domains/{domain}"), "--db", data.to_str().unwrap()], "");
+        assert_eq!(code, 0, "{domain}: {stderr}");
+        assert!(stderr.contains(&format!("ok {domain}")), "{stderr}");
+    }
+}
+
+/// tau-bench's gold tasks all replay (no unknown action, no fault, tool kinds respected). The only
+/// problems are policy-rule flags, on the tasks whose gold actions attempt what the written policy
+/// forbids (the tools refuse most of those attempts): pinned here so a rule change is noticed.
+#[test]
+fn tau_bench_gold_tasks_replay_and_only_known_tasks_break_policy() {
+    let Some(shared) = util::shared() else { return };
+    let cases: [(&str, &[&str], usize, &[usize]); 2] = [
+        ("retail", &["test", "train", "dev"], 23, &[12, 13, 64, 106]),
+        ("airline", &["test"], 9, &[10, 16, 19, 23, 26, 27, 34, 45, 46]),
+    ];
+    for (domain, splits, flagged, test_indices) in cases {
+        let data = shared.join(format!("taubench/{domain}/data"));
+        let mut args = vec!["domain".to_owned(), "check".into(), format!("domains/{domain}"), "--json".into(), "--db".into(), data.display().to_string()];
         for s in splits {
             args.push("--tasks".into());
             args.push(shared.join(format!("taubench/{domain}/tasks_{s}.json")).display().to_string());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (code, _, stderr) = util::run(&args, "");
-        assert_eq!(code, 0, "{domain}: {stderr}");
-        assert!(stderr.contains(&format!("ok {domain}")), "{stderr}");
+        let (_, stdout, stderr) = util::run(&args, "");
+        let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        let problems = report["problems"].as_array().unwrap();
+        let other: Vec<&Value> = problems.iter().filter(|p| p["kind"] != "policy").collect();
+        assert!(other.is_empty(), "{domain}: {other:#?}");
+        let mut tasks: Vec<&str> = problems.iter().map(|p| p["location"].as_str().unwrap()).collect();
+        tasks.dedup();
+        assert_eq!(tasks.len(), flagged, "{domain}: {tasks:#?}");
+        let test_file = format!("tasks_test.json task ");
+        let mut in_test: Vec<usize> =
+            tasks.iter().filter_map(|t| t.split_once(&test_file).map(|(_, i)| i.parse().unwrap())).collect();
+        in_test.sort();
+        assert_eq!(in_test, test_indices, "{domain}");
     }
 }
 

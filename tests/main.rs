@@ -5,4 +5,5 @@ mod blueprint_checks;
 mod domain_bad;
 mod domain_conformance;
 mod domain_mock;
+mod domain_policy;
 mod domain_shipped;

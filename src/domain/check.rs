@@ -15,8 +15,25 @@ use std::path::PathBuf;
 /// One problem found, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
+    pub kind: ProblemKind,
     pub location: String,
     pub message: String,
+}
+
+/// What sort of problem it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// A task file could not be read.
+    TaskFile,
+    /// An action names no tool.
+    UnknownAction,
+    /// An action broke its schema, or its script raised or ran past a limit.
+    Fault,
+    /// A tool's effect contradicts its kind.
+    ToolKind,
+    /// A task breaks one of the domain's policy rules.
+    Policy,
 }
 
 /// The outcome of a check.
@@ -41,14 +58,18 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
         let tasks = match read_tasks(&file) {
             Ok(t) => t,
             Err(e) => {
-                report.problems.push(Problem { location: "tasks".into(), message: e.to_string() });
+                report.problems.push(Problem { kind: ProblemKind::TaskFile, location: "tasks".into(), message: e.to_string() });
                 continue;
             }
         };
         for (ti, task) in tasks.iter().enumerate() {
             report.tasks += 1;
             for v in crate::domain::policy::check(domain, &task.user_id, &task.actions) {
-                report.problems.push(Problem { location: format!("{} task {ti}", file.display()), message: format!("{}: {}", v.code(), v.message) });
+                report.problems.push(Problem {
+                    kind: ProblemKind::Policy,
+                    location: format!("{} task {ti}", file.display()),
+                    message: format!("{}: {}", v.code(), v.message),
+                });
             }
             env.reset();
             let mut hash = env.hash();
@@ -60,11 +81,11 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
                 }
                 let step = env.step(action);
                 let Some(tool) = domain.tool(&action.name) else {
-                    report.problems.push(Problem { location, message: step.observation });
+                    report.problems.push(Problem { kind: ProblemKind::UnknownAction, location, message: step.observation });
                     continue;
                 };
                 if let Some(fault) = &step.fault {
-                    report.problems.push(Problem { location: location.clone(), message: format!("{fault:?}: {}", step.observation) });
+                    report.problems.push(Problem { kind: ProblemKind::Fault, location: location.clone(), message: format!("{fault:?}: {}", step.observation) });
                 }
                 let new_hash = env.hash();
                 let changed = new_hash != hash;
@@ -78,6 +99,7 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
                         }
                     }
                     kind if changed => report.problems.push(Problem {
+                        kind: ProblemKind::ToolKind,
                         location,
                         message: format!("{kind:?} tool changed the database"),
                     }),
@@ -89,6 +111,7 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
     for (name, (ok, changed, location)) in writes {
         if ok > 0 && changed == 0 {
             report.problems.push(Problem {
+                kind: ProblemKind::ToolKind,
                 location,
                 message: format!("write tool `{name}` succeeded {ok} times and never changed the database"),
             });
