@@ -2,6 +2,7 @@
 mod util;
 
 mod blueprint_checks;
+mod blueprint_sampler;
 mod domain_bad;
 mod domain_conformance;
 mod domain_mock;

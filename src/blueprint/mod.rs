@@ -6,6 +6,7 @@
 //! domain's policy rules, and duplicates. It uses domains but never touches models.
 
 pub mod check;
+pub mod sampler;
 
 use serde::{Deserialize, Serialize};
 
