@@ -5,6 +5,8 @@
 //! - [`cli`]: argument parsing and one file per subcommand; the binary is a thin shell over it.
 //! - [`blueprint`]: phase 1, task blueprints: stage-1 checks (format, execution and diff, policy
 //!   rules, duplicates) with stable rejection codes.
+//! - [`run`]: run directories: append-only JSON Lines records that survive a crash, pinned
+//!   settings, atomic summaries — what makes long jobs resumable.
 //! - [`domain`]: executable domains: manifest, database, tool schemas, sandboxed Starlark tool
 //!   bodies, the tau-bench style environment (`reset`, `step`), tasks and the canonical hash.
 //!   It never touches models.
@@ -12,3 +14,4 @@
 pub mod blueprint;
 pub mod cli;
 pub mod domain;
+pub mod run;

@@ -60,3 +60,18 @@ fn mixes_vary() {
     assert!(mixes.iter().any(|m| m.writes == 1) && mixes.iter().any(|m| m.writes > 1));
     assert!(mixes.iter().all(|m| (4000..=8000).contains(&m.data_budget)));
 }
+
+#[test]
+fn shipped_personas_load() {
+    use apigen_mt::blueprint::sampler::read_personas;
+    for (domain, n) in [("retail", 60), ("airline", 60), ("mock", 20)] {
+        let personas = read_personas(&util::root().join("domains").join(domain).join("personas.jsonl")).unwrap();
+        assert_eq!(personas.len(), n, "{domain}");
+        assert!(personas.iter().all(|p| p.id.starts_with(domain)));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("p.jsonl");
+    std::fs::write(&bad, "{\"id\": \"x\", \"persona\": \"a\", \"style\": \"b\", \"goals_hint\": \"c\"}\n{\"id\": \"y\"}\n").unwrap();
+    let err = read_personas(&bad).unwrap_err();
+    assert!(err.contains("p.jsonl:2: missing field"), "{err}");
+}

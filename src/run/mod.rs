@@ -1,0 +1,190 @@
+//! Run directories: where long jobs (blueprints, rollouts, evaluations) write their records so
+//! that nothing written is ever lost and a re-run resumes where the last one stopped.
+//!
+//! - Records are JSON Lines, appended and flushed one by one ([`JsonlLog`]). A line cut short by
+//!   a crash is dropped (and truncated away) when the file is reopened, so the file always holds
+//!   whole records.
+//! - `config.toml` holds the resolved settings of the run; reopening with different settings is
+//!   an error that names the first differing key, because mixing two configurations in one
+//!   output would make the data unreproducible.
+//! - Small files (summaries) are replaced atomically ([`write_atomic`]).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// A run directory problem.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}: {message}")]
+    Record { path: PathBuf, line: usize, message: String },
+    #[error("{path}: this run was started with different settings ({key}: {was} then, {now} now); use a new run directory or the same settings")]
+    ConfigMismatch { path: PathBuf, key: String, was: String, now: String },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io { path: path.to_path_buf(), source }
+}
+
+/// An append-only JSON Lines file of records of type `T`.
+pub struct JsonlLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl JsonlLog {
+    /// Open (creating if needed) and return the whole records already there. A trailing partial
+    /// line — a write cut short — is removed from the file.
+    pub fn open<T: DeserializeOwned>(path: &Path) -> Result<(JsonlLog, Vec<T>), RunError> {
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io(path))?;
+        let mut records = Vec::new();
+        let mut good_len = 0u64;
+        {
+            let mut reader = BufReader::new(&file);
+            let mut line = String::new();
+            let mut number = 0;
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line).map_err(io(path))?;
+                if n == 0 {
+                    break;
+                }
+                number += 1;
+                if !line.ends_with('\n') {
+                    break; // cut short by a crash: dropped below
+                }
+                if !line.trim().is_empty() {
+                    let record = serde_json::from_str(&line).map_err(|e| RunError::Record {
+                        path: path.to_path_buf(),
+                        line: number,
+                        message: crate::domain::db::serde_message(&e),
+                    })?;
+                    records.push(record);
+                }
+                good_len += n as u64;
+            }
+        }
+        if file.metadata().map_err(io(path))?.len() > good_len {
+            file.set_len(good_len).map_err(io(path))?;
+            file.seek(SeekFrom::End(0)).map_err(io(path))?;
+        }
+        Ok((JsonlLog { path: path.to_path_buf(), file }, records))
+    }
+
+    /// Append one record as one line and flush it to the operating system.
+    pub fn append<T: Serialize>(&mut self, record: &T) -> Result<(), RunError> {
+        let mut line = serde_json::to_string(record).map_err(|e| RunError::Record { path: self.path.clone(), line: 0, message: e.to_string() })?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).map_err(io(&self.path))?;
+        self.file.flush().map_err(io(&self.path))
+    }
+
+    /// Force the records written so far onto the disk.
+    pub fn sync(&self) -> Result<(), RunError> {
+        self.file.sync_data().map_err(io(&self.path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Replace `path` with `contents` atomically (write a temporary file beside it, then rename).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), RunError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, contents).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Create `dir` (if needed) and pin its settings: the first run writes `config.toml`; a later
+/// run must bring the same settings, compared key by key except those in `volatile` (e.g. the
+/// program version or a thread count, which do not change the output).
+pub fn pin_config<C: Serialize>(dir: &Path, config: &C, volatile: &[&str]) -> Result<(), RunError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join("config.toml");
+    let now = toml::Value::try_from(config).map_err(|e| RunError::Config { path: path.clone(), message: e.to_string() })?;
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let was: toml::Value = toml::from_str(&text).map_err(|e| RunError::Config { path: path.clone(), message: e.to_string() })?;
+        if let Some((key, a, b)) = first_difference("", &was, &now, volatile) {
+            return Err(RunError::ConfigMismatch { path, key, was: a, now: b });
+        }
+    }
+    let text = toml::to_string_pretty(&now).map_err(|e| RunError::Config { path: path.clone(), message: e.to_string() })?;
+    write_atomic(&path, text.as_bytes())
+}
+
+fn first_difference(prefix: &str, a: &toml::Value, b: &toml::Value, volatile: &[&str]) -> Option<(String, String, String)> {
+    if volatile.contains(&prefix) {
+        return None;
+    }
+    match (a, b) {
+        (toml::Value::Table(x), toml::Value::Table(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => first_difference(&key, p, q, volatile),
+                    (p, q) if volatile.contains(&key.as_str()) => {
+                        let _ = (p, q);
+                        None
+                    }
+                    (p, q) => Some((key, show(p), show(q))),
+                }
+            })
+        }
+        (x, y) if x == y => None,
+        (x, y) => Some((prefix.to_owned(), x.to_string(), y.to_string())),
+    }
+}
+
+fn show(v: Option<&toml::Value>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "absent".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn a_cut_short_line_is_dropped_and_appending_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        std::fs::write(&path, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": 3, \"b\"").unwrap();
+        let (mut log, records) = JsonlLog::open::<Value>(&path).unwrap();
+        assert_eq!(records, vec![json!({"a": 1}), json!({"a": 2})]);
+        log.append(&json!({"a": 4})).unwrap();
+        drop(log);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\": 1}\n{\"a\": 2}\n{\"a\":4}\n");
+        let (_, records) = JsonlLog::open::<Value>(&path).unwrap();
+        assert_eq!(records.len(), 3);
+    }
+
+    #[test]
+    fn a_corrupt_whole_line_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        std::fs::write(&path, "{\"a\": 1}\nnot json\n").unwrap();
+        let err = JsonlLog::open::<Value>(&path).err().unwrap().to_string();
+        assert!(err.contains("r.jsonl:2: expected"), "{err}");
+    }
+
+    #[test]
+    fn settings_are_pinned_except_volatile_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        pin_config(dir.path(), &json!({"seed": 1, "version": "0.1", "model": {"name": "a"}}), &["version"]).unwrap();
+        pin_config(dir.path(), &json!({"seed": 1, "version": "0.2", "model": {"name": "a"}}), &["version"]).unwrap();
+        let err = pin_config(dir.path(), &json!({"seed": 1, "version": "0.2", "model": {"name": "b"}}), &["version"]).unwrap_err();
+        assert!(err.to_string().contains("(model.name: \"a\" then, \"b\" now)"), "{err}");
+    }
+}
