@@ -16,7 +16,8 @@ use std::process::ExitCode;
 #[derive(Debug, Subcommand)]
 pub enum DomainCommand {
     /// Validate a domain: schemas, bodies, scripts, and a replay of every task's gold actions
-    /// (no unknown actions; read tools never change the database; write tools do).
+    /// (no unknown actions; read tools never change the database; write tools do; the policy
+    /// rules hold).
     Check(CheckArgs),
     /// Run actions read as JSON Lines on stdin and print each observation.
     ///
