@@ -218,3 +218,13 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
     (line, column)
 }
+
+#[cfg(test)]
+mod tests {
+    /// Episodes run on many threads at once: a loaded domain must be shareable.
+    #[test]
+    fn domain_is_send_and_sync() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<super::Domain>();
+    }
+}
