@@ -96,3 +96,12 @@ fn read_tool_that_writes_is_caught() {
     assert_eq!(code, 1);
     assert!(err.contains("(get_account): Read tool changed the database"), "{err}");
 }
+
+#[test]
+fn a_raising_body_is_reported_with_file_and_line() {
+    let d = util::mock_with("tools/accounts.star", "    return json.dumps(accounts[account_id])", "    return json.dumps(accounts[account_id][\"nickname\"])");
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("(get_account): Error: 'nickname' (at "), "{err}");
+    assert!(err.contains("accounts.star:9:"), "{err}");
+}

@@ -123,7 +123,7 @@ pub fn execute(domain: &Domain, task: &Task) -> Result<Executed, Rejection> {
                 return Err(Rejection::new("exec.unknown_tool", format!("{at}: no such tool (tools: {})", known.join(", "))));
             }
             Some(Fault::BadArguments(e)) => return Err(Rejection::new("exec.bad_arguments", format!("{at}: {e}"))),
-            Some(Fault::ScriptRaised(e) | Fault::LimitExceeded(e)) => return Err(Rejection::new("exec.tool_error", format!("{at}: {e}"))),
+            Some(Fault::ScriptRaised(e, _) | Fault::LimitExceeded(e)) => return Err(Rejection::new("exec.tool_error", format!("{at}: {e}"))),
             None if step.observation.starts_with("Error") => {
                 return Err(Rejection::new("exec.tool_error", format!("{at} returned {:?}", step.observation)));
             }

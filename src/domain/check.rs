@@ -85,7 +85,11 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
                     continue;
                 };
                 if let Some(fault) = &step.fault {
-                    report.problems.push(Problem { kind: ProblemKind::Fault, location: location.clone(), message: format!("{fault:?}: {}", step.observation) });
+                    let message = match fault {
+                        crate::domain::env::Fault::ScriptRaised(_, Some(at)) => format!("{} (at {at})", step.observation),
+                        _ => step.observation.clone(),
+                    };
+                    report.problems.push(Problem { kind: ProblemKind::Fault, location: location.clone(), message });
                 }
                 let new_hash = env.hash();
                 let changed = new_hash != hash;

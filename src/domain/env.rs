@@ -30,7 +30,8 @@ pub struct Step {
 pub enum Fault {
     UnknownAction,
     BadArguments(String),
-    ScriptRaised(String),
+    /// The script raised: its message and where (`file:line:col`) when known.
+    ScriptRaised(String, Option<String>),
     LimitExceeded(String),
 }
 
@@ -90,9 +91,9 @@ impl<'d> Env<'d> {
                     Ok(Value::String(s)) => (s, None),
                     Ok(Value::Null) => ("None".to_owned(), None),
                     Ok(other) => (crate::domain::pyjson::dumps(&other), None),
-                    Err(CallFault::Raised(e)) => (format!("Error: {e}"), Some(Fault::ScriptRaised(e))),
+                    Err(CallFault::Raised(e, at)) => (format!("Error: {e}"), Some(Fault::ScriptRaised(e, at))),
                     Err(CallFault::LimitExceeded(e)) => (format!("Error: {e}"), Some(Fault::LimitExceeded(e))),
-                    Err(CallFault::Missing(e)) => (format!("Error: {e}"), Some(Fault::ScriptRaised(e))),
+                    Err(CallFault::Missing(e)) => (format!("Error: {e}"), Some(Fault::ScriptRaised(e, None))),
                 }
             }
         };

@@ -135,7 +135,7 @@ pub fn generate(script: &Path, seed: u64, size: &BTreeMap<String, i64>, tables: 
     let size_json = Value::Object(size.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect());
     let limits = Limits { max_ticks: 2_000_000_000, max_heap_bytes: 8 << 30, ..Limits::default() };
     let out = scripts.call("generate", &[size_json], limits).map_err(|e| match e {
-        CallFault::Raised(m) | CallFault::LimitExceeded(m) | CallFault::Missing(m) => format!("{}: generate(): {m}", script.display()),
+        CallFault::Raised(m, _) | CallFault::LimitExceeded(m) | CallFault::Missing(m) => format!("{}: generate(): {m}", script.display()),
     })?;
     let Value::Object(mut map) = out else {
         return Err(format!("{}: generate() must return a dict of tables", script.display()));

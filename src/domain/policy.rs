@@ -47,7 +47,10 @@ pub fn check(domain: &Domain, user_id: &str, actions: &[Action]) -> Vec<Violatio
     for (rule, _) in rules.functions() {
         match rules.call_rule(rule, &trace, domain.manifest.limits) {
             Ok(messages) => violations.extend(messages.into_iter().map(|message| Violation { rule: rule.to_owned(), message })),
-            Err(CallFault::Raised(e) | CallFault::LimitExceeded(e) | CallFault::Missing(e)) => {
+            Err(CallFault::Raised(e, Some(at))) => {
+                violations.push(Violation { rule: rule.to_owned(), message: format!("rule failed: {e} (at {at})") })
+            }
+            Err(CallFault::Raised(e, None) | CallFault::LimitExceeded(e) | CallFault::Missing(e)) => {
                 violations.push(Violation { rule: rule.to_owned(), message: format!("rule failed: {e}") })
             }
         }

@@ -62,9 +62,10 @@ pub enum ScriptError {
 /// observations, as tau-bench turns a raised exception into one.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CallFault {
-    /// The script raised (`fail(...)`, a missing key, a type error, ...).
+    /// The script raised (`fail(...)`, a missing key, a type error, ...): the message, and where
+    /// in the script (`file:line:col`) when known.
     #[error("{0}")]
-    Raised(String),
+    Raised(String, Option<String>),
     /// The script ran past a resource bound and was stopped; its changes were discarded.
     #[error("{0}")]
     LimitExceeded(String),
@@ -187,7 +188,7 @@ impl Scripts {
             let data_value = module.get("__data").expect("data stays in the module");
             let db_view = data_value.downcast_ref::<data::DbValue>().expect("data is a DbValue");
             for table in db_view.tables() {
-                let changes = table.changes().map_err(CallFault::Raised)?;
+                let changes = table.changes().map_err(|e| CallFault::Raised(e, None))?;
                 if changes.removed.is_empty() && changes.upserts.is_empty() {
                     continue;
                 }
@@ -200,7 +201,7 @@ impl Scripts {
                 }
             }
             let result = outcome?;
-            convert::to_json(result).map_err(|e| CallFault::Raised(format!("{name} returned {e}")))
+            convert::to_json(result).map_err(|e| CallFault::Raised(format!("{name} returned {e}"), None))
         })
     }
 
@@ -235,7 +236,7 @@ impl Scripts {
             let result = configure(&mut eval, limits)
                 .and_then(|_| eval.eval_function(func, &[trace_value], &[]))
                 .map_err(fault_from_error)?;
-            match convert::to_json(result).map_err(|e| CallFault::Raised(format!("{name} returned {e}")))? {
+            match convert::to_json(result).map_err(|e| CallFault::Raised(format!("{name} returned {e}"), None))? {
                 Json::Null => Ok(vec![]),
                 Json::String(s) if s.is_empty() => Ok(vec![]),
                 Json::String(s) => Ok(vec![s]),
@@ -247,7 +248,7 @@ impl Scripts {
                         other => Some(other.to_string()),
                     })
                     .collect()),
-                other => Err(CallFault::Raised(format!("{name} must return None, a string or a list of strings, not {other}"))),
+                other => Err(CallFault::Raised(format!("{name} must return None, a string or a list of strings, not {other}"), None)),
             }
         })
     }
@@ -263,7 +264,7 @@ impl Scripts {
             let result = configure(&mut eval, limits)
                 .and_then(|_| eval.eval_function(func, &pos, &[]))
                 .map_err(fault_from_error)?;
-            convert::to_json(result).map_err(|e| CallFault::Raised(format!("{name} returned {e}")))
+            convert::to_json(result).map_err(|e| CallFault::Raised(format!("{name} returned {e}"), None))
         })
     }
 
@@ -328,7 +329,16 @@ fn fault_from_error(e: starlark::Error) -> CallFault {
         let where_ = e.span().map(|s| format!(" at {}", s.resolve_span())).unwrap_or_default();
         return CallFault::LimitExceeded(format!("script stopped{where_}: {message}"));
     }
-    CallFault::Raised(message)
+    CallFault::Raised(python_key_error(message), e.span().map(|s| s.to_string()))
+}
+
+/// Starlark says ``Key `"x"` was not found``; Python's KeyError, as tau-bench prints it, is `'x'`.
+fn python_key_error(message: String) -> String {
+    let inner = message.strip_prefix("Key `").and_then(|m| m.strip_suffix("` was not found"));
+    match inner.and_then(|k| serde_json::from_str::<String>(k).ok()) {
+        Some(key) => data::py_str_repr(&key),
+        None => message,
+    }
 }
 
 /// Resolves `load("name.star", ...)` inside one folder, compiling each file once.
@@ -428,7 +438,7 @@ mod tests {
             "def raises(data):\n    data['t']['a']['n'] = 7\n    fail('boom')\n\ndef spins(data):\n    data['t']['a']['n'] = 8\n    for i in range(100000):\n        pass\n",
         );
         let mut db = db();
-        assert_eq!(s.call_with_db("raises", &mut db, &Map::new(), Limits::default()), Err(CallFault::Raised("boom".into())));
+        assert_eq!(s.call_with_db("raises", &mut db, &Map::new(), Limits::default()), Err(CallFault::Raised("boom".into(), Some("t.star:3:5-17".into()))));
         assert_eq!(db.record("t", "a").unwrap(), &json!({"n": 7}));
         let limits = Limits { max_ticks: 1000, ..Limits::default() };
         let fault = s.call_with_db("spins", &mut db, &Map::new(), limits).unwrap_err();
@@ -452,6 +462,7 @@ mod tests {
     #[test]
     fn missing_key_reads_like_a_python_key_error() {
         let s = scripts("def f(data):\n    return data['t']['zzz']\n");
-        assert_eq!(s.call_with_db("f", &mut db(), &Map::new(), Limits::default()), Err(CallFault::Raised("'zzz'".into())));
+        let fault = s.call_with_db("f", &mut db(), &Map::new(), Limits::default()).unwrap_err();
+        assert!(matches!(fault, CallFault::Raised(ref m, Some(ref at)) if m == "'zzz'" && at.starts_with("t.star:2:")), "{fault:?}");
     }
 }
