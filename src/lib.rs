@@ -1,11 +1,2 @@
-//! apigen-mt: verified multi-turn tool-use data from executable domains and local models.
-//!
-//! Pipeline map (dependencies point downward):
-//!
-//! - [`cli`]: argument parsing and one file per subcommand; the binary is a thin shell over it.
-//! - [`domain`]: executable domains: manifest, database, tool schemas, sandboxed Starlark tool
-//!   bodies, the tau-bench style environment (`reset`, `step`), tasks and the canonical hash.
-//!   It never touches models.
-
-pub mod cli;
-pub mod domain;
+//! apigen-mt (inference branch scaffold).
+pub mod llm;

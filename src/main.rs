@@ -1,3 +1,1 @@
-fn main() -> std::process::ExitCode {
-    apigen_mt::cli::main()
-}
+fn main() {}
