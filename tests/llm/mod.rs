@@ -1,0 +1,4 @@
+//! Tests of `apigen_mt::llm`.
+
+mod support;
+mod tokenizer;
