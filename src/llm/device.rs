@@ -55,6 +55,18 @@ pub fn configure_threads(threads: Option<usize>) -> usize {
     n
 }
 
+/// Threads the inference layer's own CPU kernels use: `CANDLE_NUM_THREADS`, else
+/// `RAYON_NUM_THREADS`, else the available cores (candle's own rule), read once.
+pub fn matmul_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().and_then(|s| s.parse::<usize>().ok()).filter(|&n| n > 0))
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ const COMPARED: usize = 16;
 
 #[test]
 fn greedy_continuations_agree_with_llama_cpp() {
+    let mut failures = vec![];
     for &(profile, reference_file) in REFERENCED {
         let (Some(reference), Some(_)) = (reference(reference_file), model_file(profile)) else { continue };
         let mut opts = LoadOptions::default(); if std::env::var("XREQ").is_ok() { opts.requantize.clear(); }
@@ -29,6 +30,9 @@ fn greedy_continuations_agree_with_llama_cpp() {
             }
         }
         eprintln!("{profile}: {agree}/{} prompts agree on the first {COMPARED} tokens", cases.len());
-        assert!(agree >= 6, "{profile}: only {agree}/{} agree:\n{}", cases.len(), report.join("\n"));
+        if agree < 6 {
+            failures.push(format!("{profile}: only {agree}/{} agree:\n{}", cases.len(), report.join("\n")));
+        }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

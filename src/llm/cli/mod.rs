@@ -30,6 +30,9 @@ pub struct LoadArgs {
     /// Keep GGUF quant types as stored instead of re-quantizing slow ones to Q8_0.
     #[arg(long)]
     pub no_requantize: bool,
+    /// Keep attention in f32 instead of rounding its operands to f16 like llama.cpp.
+    #[arg(long)]
+    pub f32_attention: bool,
 }
 
 impl LoadArgs {
@@ -37,6 +40,7 @@ impl LoadArgs {
     pub fn options(&self) -> anyhow::Result<LoadOptions> {
         device::configure_threads(self.threads);
         let mut opts = LoadOptions { device: device::select_device(&self.device)?, max_seq_len: self.max_context, ..Default::default() };
+        opts.f16_attention = !self.f32_attention;
         if self.no_requantize {
             opts.requantize.clear();
         }

@@ -11,7 +11,8 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
-use super::transformer::{rope_tables, Embedding, Layer, Transformer};
+use super::blocks::{self, BlockLinear};
+use super::transformer::{rope_tables, Embedding, Layer, Linear, Transformer};
 use super::{inv_freqs, Architecture, Config, LoadOptions, Loaded};
 use crate::llm::error::{LlmError, Result};
 use crate::llm::Tokenizer;
@@ -29,11 +30,23 @@ impl Reader<'_> {
         self.content.tensor_infos.contains_key(name)
     }
 
-    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+    fn raw(&mut self, name: &str) -> Result<QTensor> {
         if !self.has(name) {
             return Err(LlmError::checkpoint(self.path, format!("missing tensor {name}")));
         }
-        let t = self.content.tensor(&mut self.file, name, &Device::Cpu)?;
+        Ok(self.content.tensor(&mut self.file, name, &Device::Cpu)?)
+    }
+
+    fn native_blocks(&self) -> bool {
+        self.opts.native_blocks && self.opts.device.is_cpu() && blocks::supported()
+    }
+
+    /// A weight matrix as our block kernel's input when it can take it.
+    fn blocks(&mut self, t: &QTensor) -> Result<Option<BlockLinear>> {
+        if self.native_blocks() { BlockLinear::from_qtensor(t) } else { Ok(None) }
+    }
+
+    fn prepare(&mut self, t: QTensor, name: &str) -> Result<QTensor> {
         let last = t.shape().dims().last().copied().unwrap_or(0);
         let target = self.opts.requantize_to;
         if self.opts.requantize.contains(&t.dtype()) && last % target.block_size() == 0 {
@@ -49,8 +62,12 @@ impl Reader<'_> {
         }
     }
 
-    fn linear(&mut self, name: &str) -> Result<QMatMul> {
-        Ok(QMatMul::from_qtensor(self.qtensor(name)?)?)
+    fn linear(&mut self, name: &str) -> Result<Linear> {
+        let t = self.raw(name)?;
+        if let Some(b) = self.blocks(&t)? {
+            return Ok(Linear::Blocks(Arc::new(b)));
+        }
+        Ok(Linear::Candle(QMatMul::from_qtensor(self.prepare(t, name)?)?))
     }
 
     fn dense(&mut self, name: &str) -> Result<Tensor> {
@@ -114,15 +131,24 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         context_length,
         max_seq_len: context_length.min(opts.max_seq_len),
         tied_embeddings: !has_output,
+        f16_attention: opts.f16_attention,
     };
     cfg.validate()?;
 
-    let embd = Arc::new(r.qtensor("token_embd.weight")?);
+    let raw_embd = r.raw("token_embd.weight")?;
+    // Tied output layer on the stored blocks when the kernel takes them.
+    let tied_blocks = if has_output { None } else { r.blocks(&raw_embd)? };
+    // Row lookups are fast in any format; only a tied output layer needs a fast matmul type.
+    let embd = Arc::new(if tied_blocks.is_some() || has_output { raw_embd } else { r.prepare(raw_embd, "token_embd.weight")? });
     let embed = match embd.dtype() {
         GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => Embedding::Dense(embd.dequantize(&opts.device)?),
         _ => Embedding::Quantized(embd.clone()),
     };
-    let lm_head = if has_output { r.linear("output.weight")? } else { QMatMul::from_arc(embd)? };
+    let lm_head = match (has_output, tied_blocks) {
+        (true, _) => r.linear("output.weight")?,
+        (false, Some(b)) => Linear::Blocks(Arc::new(b)),
+        (false, None) => Linear::Candle(QMatMul::from_arc(embd)?),
+    };
     let norm = r.dense("output_norm.weight")?;
     let mut inv = inv_freqs(cfg.head_dim, cfg.rope_theta, None);
     if r.has("rope_freqs.weight") {

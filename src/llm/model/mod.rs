@@ -4,6 +4,7 @@
 //! All architectures share one decoder ([`Transformer`]); [`Architecture`] names what differs.
 //! A loaded model is immutable and `Send + Sync`; conversations each own a [`KvCache`].
 
+mod blocks;
 mod cache;
 mod gguf;
 mod safetensors;
@@ -76,6 +77,8 @@ pub struct Config {
     /// Positions this instance supports (RoPE tables and cache limit).
     pub max_seq_len: usize,
     pub tied_embeddings: bool,
+    /// Attention operands (Q, K, V, weights) rounded to f16 precision, as llama.cpp computes.
+    pub f16_attention: bool,
 }
 
 impl Config {
@@ -103,6 +106,11 @@ pub struct LoadOptions {
     pub requantize_to: GgmlDType,
     /// Quantize dense (safetensors) linear weights; otherwise they stay f32.
     pub quantize_dense: bool,
+    /// Run 4/5/8-bit legacy block formats with this crate's CPU kernel (when the CPU has
+    /// AVX-512 VNNI) instead of re-quantizing them for candle.
+    pub native_blocks: bool,
+    /// Round attention operands to f16 precision like llama.cpp (see [`Config::f16_attention`]).
+    pub f16_attention: bool,
 }
 
 impl Default for LoadOptions {
@@ -113,6 +121,8 @@ impl Default for LoadOptions {
             requantize: vec![GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1],
             requantize_to: GgmlDType::Q8_0,
             quantize_dense: true,
+            native_blocks: true,
+            f16_attention: true,
         }
     }
 }

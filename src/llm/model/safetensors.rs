@@ -12,7 +12,7 @@ use candle_core::{DType, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::transformer::{rope_tables, Embedding, Layer, Transformer};
+use super::transformer::{rope_tables, Embedding, Layer, Linear, Transformer};
 use super::{inv_freqs, Architecture, Config, Llama3Scaling, LoadOptions, Loaded};
 use crate::llm::error::{LlmError, Result};
 use crate::llm::Tokenizer;
@@ -113,9 +113,9 @@ impl Weights<'_> {
         Ok(q)
     }
 
-    fn linear(&mut self, name: &str) -> Result<QMatMul> {
+    fn linear(&mut self, name: &str) -> Result<Linear> {
         let t = self.dense(name)?;
-        if self.quantizable(&t) { Ok(QMatMul::from_qtensor(self.qtensor(&t)?)?) } else { Ok(QMatMul::Tensor(t)) }
+        Ok(Linear::Candle(if self.quantizable(&t) { QMatMul::from_qtensor(self.qtensor(&t)?)? } else { QMatMul::Tensor(t) }))
     }
 }
 
@@ -169,15 +169,16 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         context_length: hf.max_position_embeddings,
         max_seq_len: hf.max_position_embeddings.min(opts.max_seq_len),
         tied_embeddings: tied,
+        f16_attention: opts.f16_attention,
     };
     cfg.validate()?;
 
     let embed_t = w.dense("model.embed_tokens.weight")?;
     let (embed, tied_head) = if w.quantizable(&embed_t) {
         let q = Arc::new(w.qtensor(&embed_t)?);
-        (Embedding::Quantized(q.clone()), QMatMul::from_arc(q)?)
+        (Embedding::Quantized(q.clone()), Linear::Candle(QMatMul::from_arc(q)?))
     } else {
-        (Embedding::Dense(embed_t.clone()), QMatMul::Tensor(embed_t))
+        (Embedding::Dense(embed_t.clone()), Linear::Candle(QMatMul::Tensor(embed_t)))
     };
     let lm_head = if tied { tied_head } else { w.linear("lm_head.weight")? };
     let norm = w.dense("model.norm.weight")?;

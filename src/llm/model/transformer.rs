@@ -10,12 +10,26 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::blocks::BlockLinear;
 use super::cache::KvCache;
 use super::Config;
 use crate::llm::error::{LlmError, Result};
 
-/// A linear layer without bias (quantized or dense).
-pub(crate) type Linear = QMatMul;
+/// A linear layer without bias: stored GGML blocks run by our own kernel, or anything candle
+/// multiplies (K-quants, Q8_0 on other CPUs and GPUs, dense tensors).
+pub(crate) enum Linear {
+    Blocks(Arc<BlockLinear>),
+    Candle(QMatMul),
+}
+
+impl Linear {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Blocks(b) => b.forward(x),
+            Linear::Candle(q) => Ok(q.forward(x)?),
+        }
+    }
+}
 
 /// Token embedding table.
 pub(crate) enum Embedding {
@@ -109,7 +123,7 @@ impl Transformer {
 
     fn logits(&self, h: &Tensor) -> Result<Tensor> {
         let h = candle_nn::ops::rms_norm(h, &self.norm, self.cfg.rms_eps)?;
-        Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+        self.lm_head.forward(&h)?.to_dtype(DType::F32).map_err(Into::into)
     }
 
     /// Final hidden states `(t, hidden)` before the output norm.
@@ -198,6 +212,7 @@ impl Transformer {
         } else {
             (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
         };
+        let (q, k, v) = if cfg.f16_attention { (f16_round(&q)?, f16_round(&k)?, f16_round(&v)?) } else { (q, k, v) };
         let (k, v) = cache.append(index, &k, &v, cfg.max_seq_len)?;
         // Grouped-query attention without copying K/V: the query heads sharing a KV head are
         // stacked as rows, `(1, n_kv, n_rep * t, hd)`.
@@ -210,8 +225,16 @@ impl Transformer {
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = if cfg.f16_attention { f16_round(&probs)? } else { probs };
         let out = probs.matmul(&v)?; // (1, n_kv, n_rep * t, hd)
         let out = out.reshape((1, cfg.n_head, t, hd))?.transpose(1, 2)?.reshape((t, cfg.n_head * hd))?;
         Ok(layer.wo.forward(&out)?)
     }
+}
+
+/// Round to f16 precision (values stay f32): llama.cpp keeps K and V in f16 and converts Q and
+/// the attention weights to f16 for its products; matching that keeps greedy decoding on the
+/// same path as the reference engine without paying for f16 arithmetic.
+fn f16_round(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F16)?.to_dtype(DType::F32)?)
 }

@@ -1,0 +1,370 @@
+//! Linear layers over GGML's 32-element block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), kept
+//! bit-for-bit as stored in the GGUF file, with an AVX-512 VNNI kernel.
+//!
+//! candle has fast CPU kernels for K-quants and Q8_0 but falls back to scalar code for the
+//! 4- and 5-bit legacy formats that small models use (SmolLM2's Q4_1, most of
+//! Qwen2.5-Coder-0.5B's Q5_0 tensors, whose 896-wide rows cannot be K-quantized). Re-quantizing
+//! them to Q8_0 is fast but adds noise and bytes. Here the stored blocks are used directly:
+//! activations are quantized to 8 bits per 32-block (as llama.cpp does), the integer dot products
+//! are exact, and each block contributes `d_w * d_x * dot + offset term`. Without VNNI the
+//! loader keeps using candle's kernels, so this module only has to be fast where it is used.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::llm::error::{LlmError, Result};
+
+const QK: usize = 32;
+
+/// The block formats handled here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlockKind {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+}
+
+impl BlockKind {
+    fn from_ggml(t: GgmlDType) -> Option<Self> {
+        Some(match t {
+            GgmlDType::Q4_0 => BlockKind::Q4_0,
+            GgmlDType::Q4_1 => BlockKind::Q4_1,
+            GgmlDType::Q5_0 => BlockKind::Q5_0,
+            GgmlDType::Q5_1 => BlockKind::Q5_1,
+            GgmlDType::Q8_0 => BlockKind::Q8_0,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per block as stored.
+    fn block_bytes(self) -> usize {
+        match self {
+            BlockKind::Q4_0 => 18,
+            BlockKind::Q4_1 => 20,
+            BlockKind::Q5_0 => 22,
+            BlockKind::Q5_1 => 24,
+            BlockKind::Q8_0 => 34,
+        }
+    }
+
+    /// Constant subtracted from the unsigned quant (`w = d * (u - offset)`); the `_1`
+    /// formats use a per-block minimum instead.
+    fn offset(self) -> f32 {
+        match self {
+            BlockKind::Q4_0 => 8.0,
+            BlockKind::Q5_0 => 16.0,
+            BlockKind::Q8_0 => 128.0,
+            BlockKind::Q4_1 | BlockKind::Q5_1 => 0.0,
+        }
+    }
+
+    fn has_min(self) -> bool {
+        matches!(self, BlockKind::Q4_1 | BlockKind::Q5_1)
+    }
+}
+
+/// Whether this CPU runs the kernel.
+pub(crate) fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A `(n, k)` weight matrix in one of the block formats.
+pub(crate) struct BlockLinear {
+    kind: BlockKind,
+    n: usize,
+    k: usize,
+    /// Raw blocks, row-major.
+    data: Vec<u8>,
+    /// Per-block scale `d` and minimum `m` (0 for formats without one), as f32.
+    d: Vec<f32>,
+    m: Vec<f32>,
+}
+
+/// One activation row quantized to 8 bits per 32-block.
+struct QRow {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    /// `d * sum(q)` per block.
+    s: Vec<f32>,
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+impl BlockLinear {
+    /// Take a 2-D quantized tensor of a supported format; `None` for other formats.
+    pub(crate) fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
+        let Some(kind) = BlockKind::from_ggml(t.dtype()) else { return Ok(None) };
+        let (n, k) = t.shape().dims2()?;
+        if k % QK != 0 {
+            return Ok(None);
+        }
+        let data = t.data()?.into_owned();
+        let nb = n * k / QK;
+        if data.len() != nb * kind.block_bytes() {
+            return Err(LlmError::Unsupported(format!("{kind:?} tensor of {} bytes for shape ({n}, {k})", data.len())));
+        }
+        let bb = kind.block_bytes();
+        let d = (0..nb).map(|i| f16_at(&data, i * bb)).collect();
+        let m = (0..nb).map(|i| if kind.has_min() { f16_at(&data, i * bb + 2) } else { 0.0 }).collect();
+        Ok(Some(BlockLinear { kind, n, k, data, d, m }))
+    }
+
+    /// `x (.., k) -> (.., n)`; CPU tensors only.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let Some((&k, lead)) = dims.split_last() else { return Err(LlmError::InvalidRequest("scalar input to a linear layer".into())) };
+        if k != self.k {
+            return Err(LlmError::InvalidRequest(format!("linear layer expects {} inputs, got {k}", self.k)));
+        }
+        let rows: usize = lead.iter().product();
+        let xs = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let qrows: Vec<QRow> = (0..rows).map(|r| quantize_row(&xs[r * k..(r + 1) * k])).collect();
+        let mut out = vec![0f32; rows * self.n];
+        let threads = crate::llm::device::matmul_threads();
+        if threads > 1 && self.n >= 64 {
+            let chunk = self.n.div_ceil(threads);
+            let mut parts: Vec<Vec<f32>> = Vec::new();
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let qrows = &qrows;
+                        s.spawn(move || {
+                            let lo = (t * chunk).min(self.n);
+                            let hi = ((t + 1) * chunk).min(self.n);
+                            let mut part = vec![0f32; rows * (hi - lo)];
+                            self.rows_into(qrows, lo, hi, &mut part);
+                            part
+                        })
+                    })
+                    .collect();
+                parts = handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
+            });
+            for (t, part) in parts.iter().enumerate() {
+                let lo = (t * chunk).min(self.n);
+                let hi = ((t + 1) * chunk).min(self.n);
+                let w = hi - lo;
+                if part.len() != rows * w {
+                    return Err(LlmError::Unsupported("matmul worker failed".into()));
+                }
+                for r in 0..rows {
+                    out[r * self.n + lo..r * self.n + hi].copy_from_slice(&part[r * w..(r + 1) * w]);
+                }
+            }
+        } else {
+            let n = self.n;
+            let mut tmp = vec![0f32; rows * n];
+            self.rows_into(&qrows, 0, n, &mut tmp);
+            out = tmp;
+        }
+        let mut shape = lead.to_vec();
+        shape.push(self.n);
+        Ok(Tensor::from_vec(out, shape, &Device::Cpu)?)
+    }
+
+    /// Output columns `lo..hi` for every activation row into `out` (`rows x (hi - lo)`).
+    fn rows_into(&self, qrows: &[QRow], lo: usize, hi: usize, out: &mut [f32]) {
+        let w = hi - lo;
+        let nb = self.k / QK;
+        for j in lo..hi {
+            let row = &self.data[j * nb * self.kind.block_bytes()..(j + 1) * nb * self.kind.block_bytes()];
+            let d = &self.d[j * nb..(j + 1) * nb];
+            let m = &self.m[j * nb..(j + 1) * nb];
+            for (r, qx) in qrows.iter().enumerate() {
+                out[r * w + (j - lo)] = self.dot_row(row, d, m, qx);
+            }
+        }
+    }
+
+    fn dot_row(&self, row: &[u8], d: &[f32], m: &[f32], qx: &QRow) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: BlockLinear is only built for use when `supported()` holds (checked by
+            // the loader), which covers every instruction the kernel uses.
+            unsafe { x86::dot_row(self.kind, row, d, m, qx) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            dot_row_scalar(self.kind, row, d, m, qx)
+        }
+    }
+}
+
+/// llama.cpp's `quantize_row_q8_0` (scale rounded through f16 as stored there) plus the
+/// `d * sum(q)` term its `q8_1` carries.
+fn quantize_row(x: &[f32]) -> QRow {
+    let nb = x.len() / QK;
+    let mut q = vec![0i8; x.len()];
+    let mut d = Vec::with_capacity(nb);
+    let mut s = Vec::with_capacity(nb);
+    for b in 0..nb {
+        let xs = &x[b * QK..(b + 1) * QK];
+        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let db = amax / 127.0;
+        let id = if db != 0.0 { 1.0 / db } else { 0.0 };
+        let mut sum = 0i32;
+        for (i, &v) in xs.iter().enumerate() {
+            let qi = (v * id).round() as i32;
+            q[b * QK + i] = qi as i8;
+            sum += qi;
+        }
+        d.push(half::f16::from_f32(db).to_f32());
+        s.push(half::f16::from_f32(db * sum as f32).to_f32());
+    }
+    QRow { q, d, s }
+}
+
+/// The unsigned quants of block `b` of `row` (`w = d * (u - offset) + m`).
+fn unpack(kind: BlockKind, blk: &[u8]) -> [u8; QK] {
+    let mut u = [0u8; QK];
+    match kind {
+        BlockKind::Q8_0 => {
+            for i in 0..QK {
+                u[i] = (blk[2 + i] as i8 as i16 + 128) as u8;
+            }
+        }
+        BlockKind::Q4_0 | BlockKind::Q4_1 => {
+            let qs = if kind == BlockKind::Q4_0 { &blk[2..18] } else { &blk[4..20] };
+            for i in 0..16 {
+                u[i] = qs[i] & 0x0F;
+                u[i + 16] = qs[i] >> 4;
+            }
+        }
+        BlockKind::Q5_0 | BlockKind::Q5_1 => {
+            let at = if kind == BlockKind::Q5_0 { 2 } else { 4 };
+            let qh = u32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]]);
+            let qs = &blk[at + 4..at + 20];
+            for i in 0..16 {
+                u[i] = (qs[i] & 0x0F) | ((((qh >> i) & 1) as u8) << 4);
+                u[i + 16] = (qs[i] >> 4) | ((((qh >> (i + 16)) & 1) as u8) << 4);
+            }
+        }
+    }
+    u
+}
+
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn dot_row_scalar(kind: BlockKind, row: &[u8], d: &[f32], m: &[f32], qx: &QRow) -> f32 {
+    let bb = kind.block_bytes();
+    let off = kind.offset();
+    let mut acc = 0f32;
+    for b in 0..d.len() {
+        let u = unpack(kind, &row[b * bb..(b + 1) * bb]);
+        let dot: i32 = u.iter().zip(&qx.q[b * QK..(b + 1) * QK]).map(|(&a, &c)| a as i32 * c as i32).sum();
+        acc += d[b] * qx.d[b] * dot as f32 - d[b] * off * qx.s[b] + m[b] * qx.s[b];
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{BlockKind, QRow, QK};
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    pub(super) unsafe fn dot_row(kind: BlockKind, row: &[u8], d: &[f32], m: &[f32], qx: &QRow) -> f32 {
+        // SAFETY: the caller guarantees the CPU features; `row` holds `d.len()` blocks and
+        // `qx` as many activation blocks (checked in debug builds), so every load is in bounds.
+        unsafe {
+            let bb = kind.block_bytes();
+            let off = kind.offset();
+            let nb = d.len();
+            debug_assert!(row.len() >= nb * bb && qx.q.len() >= nb * QK);
+            let low = _mm_set1_epi8(0x0F);
+            let bit5 = _mm256_set1_epi8(0x10);
+            let flip = _mm256_set1_epi8(-128);
+            let mut acc = _mm256_setzero_ps();
+            let mut tail = 0f32;
+            let p = row.as_ptr();
+            let xq = qx.q.as_ptr();
+            for b in 0..nb {
+                let blk = p.add(b * bb);
+                let u = match kind {
+                    BlockKind::Q8_0 => _mm256_xor_si256(_mm256_loadu_si256(blk.add(2) as *const __m256i), flip),
+                    BlockKind::Q4_0 | BlockKind::Q4_1 => {
+                        let qs = _mm_loadu_si128(blk.add(if kind == BlockKind::Q4_0 { 2 } else { 4 }) as *const __m128i);
+                        let lo = _mm_and_si128(qs, low);
+                        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low);
+                        _mm256_set_m128i(hi, lo)
+                    }
+                    BlockKind::Q5_0 | BlockKind::Q5_1 => {
+                        let at = if kind == BlockKind::Q5_0 { 2 } else { 4 };
+                        let qh = (blk.add(at) as *const u32).read_unaligned();
+                        let qs = _mm_loadu_si128(blk.add(at + 4) as *const __m128i);
+                        let lo = _mm_and_si128(qs, low);
+                        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low);
+                        let nib = _mm256_set_m128i(hi, lo);
+                        _mm256_or_si256(nib, _mm256_maskz_mov_epi8(qh, bit5))
+                    }
+                };
+                let x = _mm256_loadu_si256(xq.add(b * QK) as *const __m256i);
+                let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+                let scale = *d.get_unchecked(b) * *qx.d.get_unchecked(b);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), acc);
+                let sx = *qx.s.get_unchecked(b);
+                tail += (*m.get_unchecked(b) - *d.get_unchecked(b) * off) * sx;
+            }
+            let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+            let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+            _mm_cvtss_f32(s1) + tail
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every format against dequantize-then-f32 matmul.
+    #[test]
+    fn matches_dequantized_matmul() {
+        if !supported() {
+            eprintln!("SKIPPED: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (n, k) = (40, 128);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3).collect();
+        let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
+        let x: Vec<f32> = (0..3 * k).map(|i| ((i * 104729 % 997) as f32 / 498.0 - 1.0)).collect();
+        let x = Tensor::from_vec(x, (3, k), &dev).unwrap();
+        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
+            let q = QTensor::quantize(&w, t).unwrap();
+            let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
+            let lin = BlockLinear::from_qtensor(&q).unwrap().unwrap();
+            let got = lin.forward(&x).unwrap();
+            let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err < 0.02 * scale, "{t:?}: max error {err} (scale {scale})");
+            // The scalar reference agrees with the SIMD kernel.
+            let qr = quantize_row(&x.get(0).unwrap().to_vec1::<f32>().unwrap());
+            let nb = k / QK;
+            let bb = lin.kind.block_bytes();
+            let simd = lin.dot_row(&lin.data[..nb * bb], &lin.d[..nb], &lin.m[..nb], &qr);
+            let scalar = dot_row_scalar(lin.kind, &lin.data[..nb * bb], &lin.d[..nb], &lin.m[..nb], &qr);
+            assert!((simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "{t:?}: {simd} vs {scalar}");
+        }
+    }
+
+    #[test]
+    fn k_quants_are_left_to_candle() {
+        let w = Tensor::zeros((8, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        assert!(BlockLinear::from_qtensor(&q).unwrap().is_none());
+    }
+}
