@@ -87,9 +87,10 @@ pub(crate) struct BlockLinear {
     k: usize,
     /// Raw blocks, row-major.
     data: Vec<u8>,
-    /// Per-block scale `d` and minimum `m` (0 for formats without one), as f32.
+    /// Per-block scale `d`, and `c = m - d * offset` (the per-block constant each weight
+    /// carries besides `d * u`), as f32.
     d: Vec<f32>,
-    m: Vec<f32>,
+    c: Vec<f32>,
 }
 
 /// One activation row quantized to 8 bits per 32-block.
@@ -118,9 +119,10 @@ impl BlockLinear {
             return Err(LlmError::Unsupported(format!("{kind:?} tensor of {} bytes for shape ({n}, {k})", data.len())));
         }
         let bb = kind.block_bytes();
-        let d = (0..nb).map(|i| f16_at(&data, i * bb)).collect();
-        let m = (0..nb).map(|i| if kind.has_min() { f16_at(&data, i * bb + 2) } else { 0.0 }).collect();
-        Ok(Some(BlockLinear { kind, n, k, data, d, m }))
+        let d: Vec<f32> = (0..nb).map(|i| f16_at(&data, i * bb)).collect();
+        let off = kind.offset();
+        let c = (0..nb).map(|i| if kind.has_min() { f16_at(&data, i * bb + 2) } else { 0.0 } - d[i] * off).collect();
+        Ok(Some(BlockLinear { kind, n, k, data, d, c }))
     }
 
     /// `x (.., k) -> (.., n)`; CPU tensors only.
@@ -177,28 +179,23 @@ impl BlockLinear {
 
     /// Output columns `lo..hi` for every activation row into `out` (`rows x (hi - lo)`).
     fn rows_into(&self, qrows: &[QRow], lo: usize, hi: usize, out: &mut [f32]) {
-        let w = hi - lo;
         let nb = self.k / QK;
-        for j in lo..hi {
-            let row = &self.data[j * nb * self.kind.block_bytes()..(j + 1) * nb * self.kind.block_bytes()];
-            let d = &self.d[j * nb..(j + 1) * nb];
-            let m = &self.m[j * nb..(j + 1) * nb];
-            for (r, qx) in qrows.iter().enumerate() {
-                out[r * w + (j - lo)] = self.dot_row(row, d, m, qx);
-            }
-        }
-    }
-
-    fn dot_row(&self, row: &[u8], d: &[f32], m: &[f32], qx: &QRow) -> f32 {
         #[cfg(target_arch = "x86_64")]
         {
-            // SAFETY: BlockLinear is only built for use when `supported()` holds (checked by
-            // the loader), which covers every instruction the kernel uses.
-            unsafe { x86::dot_row(self.kind, row, d, m, qx) }
+            // SAFETY: BlockLinear is only built for use when `supported()` holds (the loader
+            // checks it); the sizes were validated in `from_qtensor`.
+            unsafe { x86::rows_into(self.kind, &self.data, nb, &self.d, &self.c, lo, hi, qrows, out) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            dot_row_scalar(self.kind, row, d, m, qx)
+            let bb = self.kind.block_bytes();
+            let w = hi - lo;
+            for j in lo..hi {
+                let row = &self.data[j * nb * bb..(j + 1) * nb * bb];
+                for (r, qx) in qrows.iter().enumerate() {
+                    out[r * w + (j - lo)] = dot_row_scalar(self.kind, row, &self.d[j * nb..(j + 1) * nb], &self.c[j * nb..(j + 1) * nb], qx);
+                }
+            }
         }
     }
 }
@@ -256,15 +253,15 @@ fn unpack(kind: BlockKind, blk: &[u8]) -> [u8; QK] {
     u
 }
 
+/// Portable reference of one row's dot product (the SIMD kernel is tested against it).
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-fn dot_row_scalar(kind: BlockKind, row: &[u8], d: &[f32], m: &[f32], qx: &QRow) -> f32 {
+fn dot_row_scalar(kind: BlockKind, row: &[u8], d: &[f32], c: &[f32], qx: &QRow) -> f32 {
     let bb = kind.block_bytes();
-    let off = kind.offset();
     let mut acc = 0f32;
     for b in 0..d.len() {
         let u = unpack(kind, &row[b * bb..(b + 1) * bb]);
-        let dot: i32 = u.iter().zip(&qx.q[b * QK..(b + 1) * QK]).map(|(&a, &c)| a as i32 * c as i32).sum();
-        acc += d[b] * qx.d[b] * dot as f32 - d[b] * off * qx.s[b] + m[b] * qx.s[b];
+        let dot: i32 = u.iter().zip(&qx.q[b * QK..(b + 1) * QK]).map(|(&a, &q)| a as i32 * q as i32).sum();
+        acc += d[b] * qx.d[b] * dot as f32 + c[b] * qx.s[b];
     }
     acc
 }
@@ -275,53 +272,158 @@ mod x86 {
 
     use super::{BlockKind, QRow, QK};
 
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q5_0: u8 = 2;
+    const Q5_1: u8 = 3;
+    const Q8_0: u8 = 4;
+    /// Bytes ahead of the current block to prefetch when streaming one row.
+    const PREFETCH_AHEAD: usize = 1024;
+
+    fn code(kind: BlockKind) -> u8 {
+        match kind {
+            BlockKind::Q4_0 => Q4_0,
+            BlockKind::Q4_1 => Q4_1,
+            BlockKind::Q5_0 => Q5_0,
+            BlockKind::Q5_1 => Q5_1,
+            BlockKind::Q8_0 => Q8_0,
+        }
+    }
+
+    /// The 32 unsigned quants of the block at `blk`.
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    pub(super) unsafe fn dot_row(kind: BlockKind, row: &[u8], d: &[f32], m: &[f32], qx: &QRow) -> f32 {
-        // SAFETY: the caller guarantees the CPU features; `row` holds `d.len()` blocks and
-        // `qx` as many activation blocks (checked in debug builds), so every load is in bounds.
+    unsafe fn unpack<const K: u8>(blk: *const u8) -> __m256i {
+        // SAFETY (all loads): the caller passes a pointer to a whole block of format K.
         unsafe {
-            let bb = kind.block_bytes();
-            let off = kind.offset();
-            let nb = d.len();
-            debug_assert!(row.len() >= nb * bb && qx.q.len() >= nb * QK);
             let low = _mm_set1_epi8(0x0F);
-            let bit5 = _mm256_set1_epi8(0x10);
-            let flip = _mm256_set1_epi8(-128);
-            let mut acc = _mm256_setzero_ps();
-            let mut tail = 0f32;
-            let p = row.as_ptr();
+            match K {
+                Q8_0 => _mm256_xor_si256(_mm256_loadu_si256(blk.add(2) as *const __m256i), _mm256_set1_epi8(-128)),
+                Q4_0 | Q4_1 => {
+                    let qs = _mm_loadu_si128(blk.add(if K == Q4_0 { 2 } else { 4 }) as *const __m128i);
+                    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), low), _mm_and_si128(qs, low))
+                }
+                _ => {
+                    let at = if K == Q5_0 { 2 } else { 4 };
+                    let qh = (blk.add(at) as *const u32).read_unaligned();
+                    let qs = _mm_loadu_si128(blk.add(at + 4) as *const __m128i);
+                    let nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), low), _mm_and_si128(qs, low));
+                    _mm256_or_si256(nib, _mm256_maskz_mov_epi8(qh, _mm256_set1_epi8(0x10)))
+                }
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        // Register-only arithmetic.
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+    }
+
+    /// `sum_b c[b] * s[b]`: the offset/minimum term of a row.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn dot_f32(c: &[f32], s: &[f32]) -> f32 {
+        // SAFETY: indices stay below `c.len()`, and `s` is as long.
+        unsafe {
+            let n = c.len();
+            let mut acc = _mm512_setzero_ps();
+            let mut i = 0;
+            while i + 16 <= n {
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(c.as_ptr().add(i)), _mm512_loadu_ps(s.as_ptr().add(i)), acc);
+                i += 16;
+            }
+            let mut t = _mm512_reduce_add_ps(acc);
+            while i < n {
+                t += c.get_unchecked(i) * s.get_unchecked(i);
+                i += 1;
+            }
+            t
+        }
+    }
+
+    /// Dot products of `R` consecutive weight rows (starting at `rows`, `stride` bytes apart)
+    /// with one activation row.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn dot_rows<const K: u8, const R: usize>(rows: *const u8, stride: usize, bb: usize, d: &[f32], c: &[f32], nb: usize, qx: &QRow, out: &mut [f32]) {
+        // SAFETY: the caller guarantees R rows of nb blocks at `rows`, R * nb scales in `d`
+        // and `c`, and nb activation blocks in `qx`.
+        unsafe {
+            // Two accumulators per row (even and odd blocks) so consecutive FMAs do not wait on
+            // each other.
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut acc2 = [_mm256_setzero_ps(); R];
             let xq = qx.q.as_ptr();
             for b in 0..nb {
-                let blk = p.add(b * bb);
-                let u = match kind {
-                    BlockKind::Q8_0 => _mm256_xor_si256(_mm256_loadu_si256(blk.add(2) as *const __m256i), flip),
-                    BlockKind::Q4_0 | BlockKind::Q4_1 => {
-                        let qs = _mm_loadu_si128(blk.add(if kind == BlockKind::Q4_0 { 2 } else { 4 }) as *const __m128i);
-                        let lo = _mm_and_si128(qs, low);
-                        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low);
-                        _mm256_set_m128i(hi, lo)
-                    }
-                    BlockKind::Q5_0 | BlockKind::Q5_1 => {
-                        let at = if kind == BlockKind::Q5_0 { 2 } else { 4 };
-                        let qh = (blk.add(at) as *const u32).read_unaligned();
-                        let qs = _mm_loadu_si128(blk.add(at + 4) as *const __m128i);
-                        let lo = _mm_and_si128(qs, low);
-                        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low);
-                        let nib = _mm256_set_m128i(hi, lo);
-                        _mm256_or_si256(nib, _mm256_maskz_mov_epi8(qh, bit5))
-                    }
-                };
+                if R == 1 && b % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(rows.wrapping_add(b * bb + PREFETCH_AHEAD) as *const i8);
+                }
                 let x = _mm256_loadu_si256(xq.add(b * QK) as *const __m256i);
-                let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
-                let scale = *d.get_unchecked(b) * *qx.d.get_unchecked(b);
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), acc);
-                let sx = *qx.s.get_unchecked(b);
-                tail += (*m.get_unchecked(b) - *d.get_unchecked(b) * off) * sx;
+                let dx = *qx.d.get_unchecked(b);
+                for r in 0..R {
+                    let u = unpack::<K>(rows.add(r * stride + b * bb));
+                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+                    let scale = _mm256_set1_ps(*d.get_unchecked(r * nb + b) * dx);
+                    if b % 2 == 0 {
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+                    } else {
+                        acc2[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc2[r]);
+                    }
+                }
             }
-            let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-            _mm_cvtss_f32(s1) + tail
+            for r in 0..R {
+                out[r] = hsum(_mm256_add_ps(acc[r], acc2[r])) + dot_f32(&c[r * nb..(r + 1) * nb], &qx.s[..nb]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn rows_k<const K: u8>(data: &[u8], bb: usize, nb: usize, d: &[f32], c: &[f32], lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
+        let w = hi - lo;
+        let stride = nb * bb;
+        let mut j = lo;
+        let mut tmp = [0f32; 4];
+        // SAFETY: rows lo..hi exist in `data`, `d` and `c` (checked by the caller).
+        unsafe {
+            while j < hi {
+                let r = if qrows.len() > 1 && hi - j >= 4 { 4 } else { 1 };
+                let p = data.as_ptr().add(j * stride);
+                let (dj, cj) = (&d[j * nb..(j + r) * nb], &c[j * nb..(j + r) * nb]);
+                for (i, qx) in qrows.iter().enumerate() {
+                    if r == 4 {
+                        dot_rows::<K, 4>(p, stride, bb, dj, cj, nb, qx, &mut tmp);
+                    } else {
+                        dot_rows::<K, 1>(p, stride, bb, dj, cj, nb, qx, &mut tmp[..1]);
+                    }
+                    out[i * w + (j - lo)..i * w + (j - lo) + r].copy_from_slice(&tmp[..r]);
+                }
+                j += r;
+            }
+        }
+    }
+
+    /// Output columns `lo..hi` for every activation row into `out` (`rows x (hi - lo)`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW/VL/VNNI, and `data`, `d`, `c` must hold at least `hi`
+    /// rows of `nb` blocks of `kind`.
+    pub(super) unsafe fn rows_into(kind: BlockKind, data: &[u8], nb: usize, d: &[f32], c: &[f32], lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
+        let bb = kind.block_bytes();
+        assert!(data.len() >= hi * nb * bb && d.len() >= hi * nb && c.len() >= hi * nb);
+        assert!(qrows.iter().all(|q| q.q.len() >= nb * QK && q.d.len() >= nb && q.s.len() >= nb));
+        // SAFETY: bounds asserted above; CPU features are the caller's promise.
+        unsafe {
+            match code(kind) {
+                Q4_0 => rows_k::<Q4_0>(data, bb, nb, d, c, lo, hi, qrows, out),
+                Q4_1 => rows_k::<Q4_1>(data, bb, nb, d, c, lo, hi, qrows, out),
+                Q5_0 => rows_k::<Q5_0>(data, bb, nb, d, c, lo, hi, qrows, out),
+                Q5_1 => rows_k::<Q5_1>(data, bb, nb, d, c, lo, hi, qrows, out),
+                _ => rows_k::<Q8_0>(data, bb, nb, d, c, lo, hi, qrows, out),
+            }
         }
     }
 }
@@ -338,7 +440,7 @@ mod tests {
             return;
         }
         let dev = Device::Cpu;
-        let (n, k) = (40, 128);
+        let (n, k) = (42, 160);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3).collect();
         let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
         let x: Vec<f32> = (0..3 * k).map(|i| ((i * 104729 % 997) as f32 / 498.0 - 1.0)).collect();
@@ -351,13 +453,17 @@ mod tests {
             let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err < 0.02 * scale, "{t:?}: max error {err} (scale {scale})");
-            // The scalar reference agrees with the SIMD kernel.
+            // The scalar reference agrees with the SIMD kernel on every output.
             let qr = quantize_row(&x.get(0).unwrap().to_vec1::<f32>().unwrap());
             let nb = k / QK;
             let bb = lin.kind.block_bytes();
-            let simd = lin.dot_row(&lin.data[..nb * bb], &lin.d[..nb], &lin.m[..nb], &qr);
-            let scalar = dot_row_scalar(lin.kind, &lin.data[..nb * bb], &lin.d[..nb], &lin.m[..nb], &qr);
-            assert!((simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "{t:?}: {simd} vs {scalar}");
+            let mut simd = vec![0f32; n];
+            lin.rows_into(std::slice::from_ref(&qr), 0, n, &mut simd);
+            for (j, &v) in simd.iter().enumerate() {
+                let row = &lin.data[j * nb * bb..(j + 1) * nb * bb];
+                let scalar = dot_row_scalar(lin.kind, row, &lin.d[j * nb..(j + 1) * nb], &lin.c[j * nb..(j + 1) * nb], &qr);
+                assert!((v - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "{t:?} row {j}: {v} vs {scalar}");
+            }
         }
     }
 
