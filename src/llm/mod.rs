@@ -21,6 +21,7 @@ pub mod model;
 pub mod profile;
 pub mod sampler;
 pub mod tokenizer;
+pub mod tools;
 
 pub use engine::{Engine, Finish, GenerateRequest, Generation};
 pub use error::{LlmError, Result};
