@@ -5,6 +5,9 @@
 //! - [`cli`]: argument parsing and one file per subcommand; the binary is a thin shell over it.
 //! - [`blueprint`]: phase 1, task blueprints: stage-1 checks (format, execution and diff, policy
 //!   rules, duplicates) with stable rejection codes.
+//! - [`llm`]: local inference with candle: GGUF and safetensors checkpoints, tokenizers, chat
+//!   templates, generation with per-conversation KV caches, model profiles. It never touches
+//!   domains.
 //! - [`run`]: run directories: append-only JSON Lines records that survive a crash, pinned
 //!   settings, atomic summaries — what makes long jobs resumable.
 //! - [`domain`]: executable domains: manifest, database, tool schemas, sandboxed Starlark tool
@@ -14,4 +17,5 @@
 pub mod blueprint;
 pub mod cli;
 pub mod domain;
+pub mod llm;
 pub mod run;

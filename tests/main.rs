@@ -8,3 +8,4 @@ mod domain_conformance;
 mod domain_mock;
 mod domain_policy;
 mod domain_shipped;
+mod llm;

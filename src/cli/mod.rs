@@ -19,6 +19,10 @@ pub enum Command {
     /// Inspect, check, replay and generate executable domains.
     #[command(subcommand)]
     Domain(domain::DomainCommand),
+    /// Model profiles: list, show, check, tokenize, complete.
+    Models(crate::llm::cli::ModelsArgs),
+    /// Prefill and decode speed of a model (JSON).
+    Bench(crate::llm::cli::BenchArgs),
 }
 
 /// Parse the command line, run it, and turn errors into a message and an exit code.
@@ -26,6 +30,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Domain(cmd) => domain::run(cmd),
+        Command::Models(args) => crate::llm::cli::run_models(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => crate::llm::cli::run_bench(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,75 @@
+//! `bench NAME`: prefill and decode speed (tok/s, median of runs) as JSON.
+
+use clap::Args;
+use serde_json::json;
+
+use super::LoadArgs;
+use crate::llm::engine::GenerateRequest;
+use crate::llm::KvCache;
+
+/// The prompt llama.cpp's benchmark script uses, so figures compare like for like.
+pub const BENCH_PROMPT: &str = "Write a short story about a robot who learns to cook. Once upon a time,";
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Profile name or checkpoint path.
+    pub name: String,
+    /// Tokens to generate per decode run (greedy, end-of-turn ignored).
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 256)]
+    pub prefill_tokens: usize,
+    /// Runs per measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let engine = args.load.load(&args.name)?;
+    let tok = engine.tokenizer();
+    let prompt = tok.encode(BENCH_PROMPT, false)?;
+    let mut long = Vec::new();
+    while long.len() < args.prefill_tokens {
+        long.extend(tok.encode(" Then the robot tried again, and again, with more care each time.", false)?);
+    }
+    long.truncate(args.prefill_tokens.max(1));
+    let runs = args.runs.max(1);
+    // Warm-up (first-op thread pool start, page faults).
+    engine.generate(&mut KvCache::new(), &prompt, &GenerateRequest { max_tokens: 4, ignore_eos: true, ..Default::default() }, None)?;
+    let mut prefill = vec![];
+    for _ in 0..runs {
+        let g = engine.generate(&mut KvCache::new(), &long, &GenerateRequest { max_tokens: 1, ignore_eos: true, ..Default::default() }, None)?;
+        prefill.push(long.len() as f64 / (g.prefill_ms / 1e3));
+    }
+    let mut decode = vec![];
+    let mut first_ms = vec![];
+    let mut text = String::new();
+    for _ in 0..runs {
+        let req = GenerateRequest { max_tokens: args.gen_tokens, ignore_eos: true, ..Default::default() };
+        let g = engine.generate(&mut KvCache::new(), &prompt, &req, None)?;
+        decode.push((g.ids.len().saturating_sub(1)) as f64 / (g.decode_ms / 1e3));
+        first_ms.push(g.prefill_ms);
+        text = g.text;
+    }
+    let report = json!({
+        "model": args.name,
+        "file": engine.path().file_name().map(|f| f.to_string_lossy().into_owned()),
+        "device": args.load.device,
+        "threads": std::env::var("CANDLE_NUM_THREADS").ok().and_then(|s| s.parse::<usize>().ok()),
+        "runs": runs,
+        "prefill": {"prompt_tokens": long.len(), "tok_per_s": (median(prefill) * 10.0).round() / 10.0},
+        "decode": {"prompt_tokens": prompt.len(), "gen_tokens": args.gen_tokens, "prompt_ms": (median(first_ms) * 10.0).round() / 10.0,
+                   "tok_per_s": (median(decode) * 100.0).round() / 100.0},
+        "text": text.chars().take(200).collect::<String>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Command-line front ends of the inference layer: `models …`, `bench` and `chat`.
+//!
+//! Each subcommand exposes clap `Args` and a `run` function returning `anyhow::Result`; the
+//! binary's argument tree embeds them. Data goes to stdout (JSON), logs to stderr.
+
+pub mod bench;
+pub mod models;
+
+use clap::Args;
+
+use crate::llm::device;
+use crate::llm::engine::Engine;
+use crate::llm::model::LoadOptions;
+
+pub use bench::{run as run_bench, BenchArgs};
+pub use models::{run as run_models, ModelsArgs, ModelsCommand};
+
+/// Options for loading a model, shared by every subcommand that runs one.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Compute device: cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads for matrix products (default: 1 on machines with 2 cores or fewer).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Cap on context positions.
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub max_context: usize,
+    /// Keep GGUF quant types as stored instead of re-quantizing slow ones to Q8_0.
+    #[arg(long)]
+    pub no_requantize: bool,
+    /// Keep attention in f32 instead of rounding its operands to f16 like llama.cpp.
+    #[arg(long)]
+    pub f32_attention: bool,
+}
+
+impl LoadArgs {
+    /// Set the thread count (before any tensor work) and build load options.
+    pub fn options(&self) -> anyhow::Result<LoadOptions> {
+        device::configure_threads(self.threads);
+        let mut opts = LoadOptions { device: device::select_device(&self.device)?, max_seq_len: self.max_context, ..Default::default() };
+        opts.f16_attention = !self.f32_attention;
+        if self.no_requantize {
+            opts.requantize.clear();
+        }
+        Ok(opts)
+    }
+
+    /// Load a profile by name or a checkpoint by path.
+    pub fn load(&self, model: &str) -> anyhow::Result<Engine> {
+        let opts = self.options()?;
+        let started = std::time::Instant::now();
+        let engine = Engine::load(model, &opts)?;
+        eprintln!(
+            "loaded {} ({}) in {:.2}s (re-quantizing {} ms), {} thread(s)",
+            model,
+            engine.path().display(),
+            started.elapsed().as_secs_f64(),
+            engine.requantize_ms(),
+            std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "?".into())
+        );
+        Ok(engine)
+    }
+}
+
+/// Sampling flags; greedy unless `--temperature` is given.
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> crate::llm::SamplingParams {
+        match self.temperature {
+            None => crate::llm::SamplingParams::greedy(),
+            Some(t) => crate::llm::SamplingParams { temperature: t, top_p: self.top_p.unwrap_or(1.0), top_k: self.top_k.unwrap_or(0), seed: self.seed },
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The engine: a loaded model, its tokenizer and chat template, and generation.
+//!
+//! An [`Engine`] is immutable and shared (`Arc`) by every conversation; each conversation owns a
+//! [`KvCache`] and passes it to [`Engine::generate`], which reuses whatever prefix of the new
+//! prompt the cache already holds. Nothing here assumes one request at a time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::llm::error::{LlmError, Result};
+use crate::llm::model::{self, KvCache, LoadOptions, Transformer};
+use crate::llm::profile::Profile;
+use crate::llm::sampler::{Sampler, SamplingParams};
+use crate::llm::Tokenizer;
+
+/// What a generation call should do.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateRequest {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Extra stop strings (the engine's own are always active unless `ignore_eos`).
+    pub stop: Vec<String>,
+    /// Keep going through end-of-turn tokens and stop strings (benchmarks, references).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        GenerateRequest { max_tokens: 256, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: false }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Finish {
+    /// An end-of-turn token was produced.
+    StopToken { id: u32 },
+    /// A stop string appeared; it is cut from the text.
+    StopString { stop: String },
+    /// `max_tokens` reached.
+    Length,
+    /// The constraint accepted a complete output.
+    ConstraintDone,
+    /// No token was allowed (all logits masked).
+    NoAllowedToken,
+}
+
+/// The result of one generation call.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    /// Generated ids, including a final stop token if there was one.
+    pub ids: Vec<u32>,
+    /// Decoded text without the stop token or stop string.
+    pub text: String,
+    pub finish: Finish,
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the conversation's cache.
+    pub cached_tokens: usize,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+/// Per-step hook that can restrict the next token (constrained decoding plugs in here).
+pub trait LogitsProcessor {
+    /// Mask disallowed entries of `logits` (set them to negative infinity).
+    fn process(&mut self, logits: &mut [f32]) -> Result<()>;
+    /// Record the chosen token; return true when the output is complete.
+    fn accept(&mut self, token: u32) -> Result<bool>;
+}
+
+/// A loaded model ready to serve conversations.
+pub struct Engine {
+    model: Arc<Transformer>,
+    tokenizer: Arc<Tokenizer>,
+    chat_template: Option<String>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    stop_tokens: Vec<u32>,
+    stop_strings: Vec<String>,
+    profile: Option<Profile>,
+    path: PathBuf,
+    requantize_ms: u128,
+}
+
+/// Which model to load: a profile name, or a path to a GGUF file / checkpoint directory.
+pub fn resolve(name_or_path: &str) -> Result<(Option<Profile>, PathBuf)> {
+    let p = Path::new(name_or_path);
+    if p.exists() && (p.is_dir() || name_or_path.ends_with(".gguf")) {
+        return Ok((None, p.to_path_buf()));
+    }
+    let profile = Profile::find(name_or_path)?;
+    let path = profile.model_path()?;
+    Ok((Some(profile), path))
+}
+
+impl Engine {
+    /// Load a profile by name or a checkpoint by path.
+    pub fn load(name_or_path: &str, opts: &LoadOptions) -> Result<Self> {
+        let (profile, path) = resolve(name_or_path)?;
+        let loaded = model::load(&path, opts)?;
+        let tok = &loaded.tokenizer;
+        let mut stop_strings: Vec<String> = profile.as_ref().map(|p| p.stop.clone()).unwrap_or_default();
+        let mut stop_tokens: Vec<u32> = tok.eos().into_iter().collect();
+        // Stop strings that are single special tokens are matched as tokens.
+        stop_strings.retain(|s| match tok.token_id(s).filter(|&id| tok.is_special(id)) {
+            Some(id) => {
+                stop_tokens.push(id);
+                false
+            }
+            None => true,
+        });
+        for t in ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>"] {
+            if let Some(id) = tok.token_id(t).filter(|&id| tok.is_special(id)) {
+                if profile.is_none() {
+                    stop_tokens.push(id);
+                }
+            }
+        }
+        stop_tokens.sort_unstable();
+        stop_tokens.dedup();
+        let mut chat_template = loaded.chat_template;
+        if let Some(p) = &profile {
+            if let Some(t) = crate::llm::chat::template_override(&p.chat_template)? {
+                chat_template = Some(t);
+            }
+        }
+        Ok(Engine {
+            model: Arc::new(loaded.model),
+            tokenizer: Arc::new(loaded.tokenizer),
+            chat_template,
+            bos_token: loaded.bos_token,
+            eos_token: loaded.eos_token,
+            stop_tokens,
+            stop_strings,
+            profile,
+            path,
+            requantize_ms: loaded.requantize_ms,
+        })
+    }
+
+    pub fn model(&self) -> &Transformer {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos_token.as_deref()
+    }
+
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_token.as_deref()
+    }
+
+    pub fn profile(&self) -> Option<&Profile> {
+        self.profile.as_ref()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stop_tokens(&self) -> &[u32] {
+        &self.stop_tokens
+    }
+
+    pub fn requantize_ms(&self) -> u128 {
+        self.requantize_ms
+    }
+
+    /// Logits of the next token after `prompt`, (re)using `cache`; truncated to the
+    /// tokenizer's vocabulary (checkpoints pad the output layer).
+    pub fn prefill(&self, cache: &mut KvCache, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
+        if prompt.is_empty() {
+            return Err(LlmError::InvalidRequest("empty prompt".into()));
+        }
+        let reuse = cache.reusable_prefix(prompt);
+        cache.truncate(reuse);
+        let logits = self.model.forward(&prompt[reuse..], cache)?;
+        Ok((self.to_vec(&logits)?, reuse))
+    }
+
+    /// Logits after feeding one more token.
+    pub fn step(&self, cache: &mut KvCache, token: u32) -> Result<Vec<f32>> {
+        let logits = self.model.forward(&[token], cache)?;
+        self.to_vec(&logits)
+    }
+
+    fn to_vec(&self, logits: &candle_core::Tensor) -> Result<Vec<f32>> {
+        let mut v = logits.to_device(&candle_core::Device::Cpu)?.to_vec1::<f32>()?;
+        v.truncate(self.tokenizer.vocab_size());
+        Ok(v)
+    }
+
+    /// Generate after `prompt` (token ids, already templated), continuing `cache`.
+    pub fn generate(
+        &self,
+        cache: &mut KvCache,
+        prompt: &[u32],
+        req: &GenerateRequest,
+        mut processor: Option<&mut dyn LogitsProcessor>,
+    ) -> Result<Generation> {
+        let start = Instant::now();
+        let (mut logits, cached) = self.prefill(cache, prompt)?;
+        let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+        let decode_start = Instant::now();
+        let mut sampler = Sampler::new(req.sampling);
+        let stops: Vec<&str> = if req.ignore_eos {
+            vec![]
+        } else {
+            self.stop_strings.iter().chain(&req.stop).map(String::as_str).filter(|s| !s.is_empty()).collect()
+        };
+        let mut ids = Vec::new();
+        let mut text_end: Option<usize> = None;
+        let finish = loop {
+            if ids.len() >= req.max_tokens {
+                break Finish::Length;
+            }
+            if let Some(p) = processor.as_deref_mut() {
+                p.process(&mut logits)?;
+            }
+            let Some(tok) = sampler.sample(&logits) else { break Finish::NoAllowedToken };
+            ids.push(tok);
+            if !req.ignore_eos && self.stop_tokens.contains(&tok) {
+                text_end = Some(ids.len() - 1);
+                break Finish::StopToken { id: tok };
+            }
+            if let Some(p) = processor.as_deref_mut() {
+                if p.accept(tok)? {
+                    break Finish::ConstraintDone;
+                }
+            }
+            if !stops.is_empty() {
+                let text = self.tokenizer.decode(&ids, false);
+                if let Some(stop) = stops.iter().find(|s| text.contains(**s)) {
+                    break Finish::StopString { stop: stop.to_string() };
+                }
+            }
+            if ids.len() >= req.max_tokens {
+                break Finish::Length;
+            }
+            logits = self.step(cache, tok)?;
+        };
+        let shown = &ids[..text_end.unwrap_or(ids.len())];
+        let mut text = self.tokenizer.decode(shown, false);
+        if let Finish::StopString { stop } = &finish {
+            if let Some(pos) = text.find(stop.as_str()) {
+                text.truncate(pos);
+            }
+        }
+        Ok(Generation {
+            ids,
+            text,
+            finish,
+            prompt_tokens: prompt.len(),
+            cached_tokens: cached,
+            prefill_ms,
+            decode_ms: decode_start.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}

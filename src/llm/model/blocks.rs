@@ -1,0 +1,476 @@
+//! Linear layers over GGML's 32-element block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), kept
+//! bit-for-bit as stored in the GGUF file, with an AVX-512 VNNI kernel.
+//!
+//! candle has fast CPU kernels for K-quants and Q8_0 but falls back to scalar code for the
+//! 4- and 5-bit legacy formats that small models use (SmolLM2's Q4_1, most of
+//! Qwen2.5-Coder-0.5B's Q5_0 tensors, whose 896-wide rows cannot be K-quantized). Re-quantizing
+//! them to Q8_0 is fast but adds noise and bytes. Here the stored blocks are used directly:
+//! activations are quantized to 8 bits per 32-block (as llama.cpp does), the integer dot products
+//! are exact, and each block contributes `d_w * d_x * dot + offset term`. Without VNNI the
+//! loader keeps using candle's kernels, so this module only has to be fast where it is used.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::llm::error::{LlmError, Result};
+
+const QK: usize = 32;
+
+/// The block formats handled here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlockKind {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+}
+
+impl BlockKind {
+    fn from_ggml(t: GgmlDType) -> Option<Self> {
+        Some(match t {
+            GgmlDType::Q4_0 => BlockKind::Q4_0,
+            GgmlDType::Q4_1 => BlockKind::Q4_1,
+            GgmlDType::Q5_0 => BlockKind::Q5_0,
+            GgmlDType::Q5_1 => BlockKind::Q5_1,
+            GgmlDType::Q8_0 => BlockKind::Q8_0,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per block as stored.
+    fn block_bytes(self) -> usize {
+        match self {
+            BlockKind::Q4_0 => 18,
+            BlockKind::Q4_1 => 20,
+            BlockKind::Q5_0 => 22,
+            BlockKind::Q5_1 => 24,
+            BlockKind::Q8_0 => 34,
+        }
+    }
+
+    /// Constant subtracted from the unsigned quant (`w = d * (u - offset)`); the `_1`
+    /// formats use a per-block minimum instead.
+    fn offset(self) -> f32 {
+        match self {
+            BlockKind::Q4_0 => 8.0,
+            BlockKind::Q5_0 => 16.0,
+            BlockKind::Q8_0 => 128.0,
+            BlockKind::Q4_1 | BlockKind::Q5_1 => 0.0,
+        }
+    }
+
+    fn has_min(self) -> bool {
+        matches!(self, BlockKind::Q4_1 | BlockKind::Q5_1)
+    }
+}
+
+/// Whether this CPU runs the kernel.
+pub(crate) fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A `(n, k)` weight matrix in one of the block formats.
+pub(crate) struct BlockLinear {
+    kind: BlockKind,
+    n: usize,
+    k: usize,
+    /// Raw blocks, row-major.
+    data: Vec<u8>,
+    /// Per-block scale `d`, and `c = m - d * offset` (the per-block constant each weight
+    /// carries besides `d * u`), as f32.
+    d: Vec<f32>,
+    c: Vec<f32>,
+}
+
+/// One activation row quantized to 8 bits per 32-block.
+struct QRow {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    /// `d * sum(q)` per block.
+    s: Vec<f32>,
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+impl BlockLinear {
+    /// Take a 2-D quantized tensor of a supported format; `None` for other formats.
+    pub(crate) fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
+        let Some(kind) = BlockKind::from_ggml(t.dtype()) else { return Ok(None) };
+        let (n, k) = t.shape().dims2()?;
+        if k % QK != 0 {
+            return Ok(None);
+        }
+        let data = t.data()?.into_owned();
+        let nb = n * k / QK;
+        if data.len() != nb * kind.block_bytes() {
+            return Err(LlmError::Unsupported(format!("{kind:?} tensor of {} bytes for shape ({n}, {k})", data.len())));
+        }
+        let bb = kind.block_bytes();
+        let d: Vec<f32> = (0..nb).map(|i| f16_at(&data, i * bb)).collect();
+        let off = kind.offset();
+        let c = (0..nb).map(|i| if kind.has_min() { f16_at(&data, i * bb + 2) } else { 0.0 } - d[i] * off).collect();
+        Ok(Some(BlockLinear { kind, n, k, data, d, c }))
+    }
+
+    /// `x (.., k) -> (.., n)`; CPU tensors only.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let Some((&k, lead)) = dims.split_last() else { return Err(LlmError::InvalidRequest("scalar input to a linear layer".into())) };
+        if k != self.k {
+            return Err(LlmError::InvalidRequest(format!("linear layer expects {} inputs, got {k}", self.k)));
+        }
+        let rows: usize = lead.iter().product();
+        let xs = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let qrows: Vec<QRow> = (0..rows).map(|r| quantize_row(&xs[r * k..(r + 1) * k])).collect();
+        let mut out = vec![0f32; rows * self.n];
+        let threads = crate::llm::device::matmul_threads();
+        if threads > 1 && self.n >= 64 {
+            let chunk = self.n.div_ceil(threads);
+            let mut parts: Vec<Vec<f32>> = Vec::new();
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let qrows = &qrows;
+                        s.spawn(move || {
+                            let lo = (t * chunk).min(self.n);
+                            let hi = ((t + 1) * chunk).min(self.n);
+                            let mut part = vec![0f32; rows * (hi - lo)];
+                            self.rows_into(qrows, lo, hi, &mut part);
+                            part
+                        })
+                    })
+                    .collect();
+                parts = handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
+            });
+            for (t, part) in parts.iter().enumerate() {
+                let lo = (t * chunk).min(self.n);
+                let hi = ((t + 1) * chunk).min(self.n);
+                let w = hi - lo;
+                if part.len() != rows * w {
+                    return Err(LlmError::Unsupported("matmul worker failed".into()));
+                }
+                for r in 0..rows {
+                    out[r * self.n + lo..r * self.n + hi].copy_from_slice(&part[r * w..(r + 1) * w]);
+                }
+            }
+        } else {
+            let n = self.n;
+            let mut tmp = vec![0f32; rows * n];
+            self.rows_into(&qrows, 0, n, &mut tmp);
+            out = tmp;
+        }
+        let mut shape = lead.to_vec();
+        shape.push(self.n);
+        Ok(Tensor::from_vec(out, shape, &Device::Cpu)?)
+    }
+
+    /// Output columns `lo..hi` for every activation row into `out` (`rows x (hi - lo)`).
+    fn rows_into(&self, qrows: &[QRow], lo: usize, hi: usize, out: &mut [f32]) {
+        let nb = self.k / QK;
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: BlockLinear is only built for use when `supported()` holds (the loader
+            // checks it); the sizes were validated in `from_qtensor`.
+            unsafe { x86::rows_into(self.kind, &self.data, nb, &self.d, &self.c, lo, hi, qrows, out) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let bb = self.kind.block_bytes();
+            let w = hi - lo;
+            for j in lo..hi {
+                let row = &self.data[j * nb * bb..(j + 1) * nb * bb];
+                for (r, qx) in qrows.iter().enumerate() {
+                    out[r * w + (j - lo)] = dot_row_scalar(self.kind, row, &self.d[j * nb..(j + 1) * nb], &self.c[j * nb..(j + 1) * nb], qx);
+                }
+            }
+        }
+    }
+}
+
+/// llama.cpp's `quantize_row_q8_0` (scale rounded through f16 as stored there) plus the
+/// `d * sum(q)` term its `q8_1` carries.
+fn quantize_row(x: &[f32]) -> QRow {
+    let nb = x.len() / QK;
+    let mut q = vec![0i8; x.len()];
+    let mut d = Vec::with_capacity(nb);
+    let mut s = Vec::with_capacity(nb);
+    for b in 0..nb {
+        let xs = &x[b * QK..(b + 1) * QK];
+        let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let db = amax / 127.0;
+        let id = if db != 0.0 { 1.0 / db } else { 0.0 };
+        let mut sum = 0i32;
+        for (i, &v) in xs.iter().enumerate() {
+            let qi = (v * id).round() as i32;
+            q[b * QK + i] = qi as i8;
+            sum += qi;
+        }
+        d.push(half::f16::from_f32(db).to_f32());
+        s.push(half::f16::from_f32(db * sum as f32).to_f32());
+    }
+    QRow { q, d, s }
+}
+
+/// The unsigned quants of block `b` of `row` (`w = d * (u - offset) + m`).
+fn unpack(kind: BlockKind, blk: &[u8]) -> [u8; QK] {
+    let mut u = [0u8; QK];
+    match kind {
+        BlockKind::Q8_0 => {
+            for i in 0..QK {
+                u[i] = (blk[2 + i] as i8 as i16 + 128) as u8;
+            }
+        }
+        BlockKind::Q4_0 | BlockKind::Q4_1 => {
+            let qs = if kind == BlockKind::Q4_0 { &blk[2..18] } else { &blk[4..20] };
+            for i in 0..16 {
+                u[i] = qs[i] & 0x0F;
+                u[i + 16] = qs[i] >> 4;
+            }
+        }
+        BlockKind::Q5_0 | BlockKind::Q5_1 => {
+            let at = if kind == BlockKind::Q5_0 { 2 } else { 4 };
+            let qh = u32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]]);
+            let qs = &blk[at + 4..at + 20];
+            for i in 0..16 {
+                u[i] = (qs[i] & 0x0F) | ((((qh >> i) & 1) as u8) << 4);
+                u[i + 16] = (qs[i] >> 4) | ((((qh >> (i + 16)) & 1) as u8) << 4);
+            }
+        }
+    }
+    u
+}
+
+/// Portable reference of one row's dot product (the SIMD kernel is tested against it).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn dot_row_scalar(kind: BlockKind, row: &[u8], d: &[f32], c: &[f32], qx: &QRow) -> f32 {
+    let bb = kind.block_bytes();
+    let mut acc = 0f32;
+    for b in 0..d.len() {
+        let u = unpack(kind, &row[b * bb..(b + 1) * bb]);
+        let dot: i32 = u.iter().zip(&qx.q[b * QK..(b + 1) * QK]).map(|(&a, &q)| a as i32 * q as i32).sum();
+        acc += d[b] * qx.d[b] * dot as f32 + c[b] * qx.s[b];
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{BlockKind, QRow, QK};
+
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q5_0: u8 = 2;
+    const Q5_1: u8 = 3;
+    const Q8_0: u8 = 4;
+    /// Bytes ahead of the current block to prefetch when streaming one row.
+    const PREFETCH_AHEAD: usize = 1024;
+
+    fn code(kind: BlockKind) -> u8 {
+        match kind {
+            BlockKind::Q4_0 => Q4_0,
+            BlockKind::Q4_1 => Q4_1,
+            BlockKind::Q5_0 => Q5_0,
+            BlockKind::Q5_1 => Q5_1,
+            BlockKind::Q8_0 => Q8_0,
+        }
+    }
+
+    /// The 32 unsigned quants of the block at `blk`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn unpack<const K: u8>(blk: *const u8) -> __m256i {
+        // SAFETY (all loads): the caller passes a pointer to a whole block of format K.
+        unsafe {
+            let low = _mm_set1_epi8(0x0F);
+            match K {
+                Q8_0 => _mm256_xor_si256(_mm256_loadu_si256(blk.add(2) as *const __m256i), _mm256_set1_epi8(-128)),
+                Q4_0 | Q4_1 => {
+                    let qs = _mm_loadu_si128(blk.add(if K == Q4_0 { 2 } else { 4 }) as *const __m128i);
+                    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), low), _mm_and_si128(qs, low))
+                }
+                _ => {
+                    let at = if K == Q5_0 { 2 } else { 4 };
+                    let qh = (blk.add(at) as *const u32).read_unaligned();
+                    let qs = _mm_loadu_si128(blk.add(at + 4) as *const __m128i);
+                    let nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), low), _mm_and_si128(qs, low));
+                    _mm256_or_si256(nib, _mm256_maskz_mov_epi8(qh, _mm256_set1_epi8(0x10)))
+                }
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        // Register-only arithmetic.
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+    }
+
+    /// `sum_b c[b] * s[b]`: the offset/minimum term of a row.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn dot_f32(c: &[f32], s: &[f32]) -> f32 {
+        // SAFETY: indices stay below `c.len()`, and `s` is as long.
+        unsafe {
+            let n = c.len();
+            let mut acc = _mm512_setzero_ps();
+            let mut i = 0;
+            while i + 16 <= n {
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(c.as_ptr().add(i)), _mm512_loadu_ps(s.as_ptr().add(i)), acc);
+                i += 16;
+            }
+            let mut t = _mm512_reduce_add_ps(acc);
+            while i < n {
+                t += c.get_unchecked(i) * s.get_unchecked(i);
+                i += 1;
+            }
+            t
+        }
+    }
+
+    /// Dot products of `R` consecutive weight rows (starting at `rows`, `stride` bytes apart)
+    /// with one activation row.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn dot_rows<const K: u8, const R: usize>(rows: *const u8, stride: usize, bb: usize, d: &[f32], c: &[f32], nb: usize, qx: &QRow, out: &mut [f32]) {
+        // SAFETY: the caller guarantees R rows of nb blocks at `rows`, R * nb scales in `d`
+        // and `c`, and nb activation blocks in `qx`.
+        unsafe {
+            // Two accumulators per row (even and odd blocks) so consecutive FMAs do not wait on
+            // each other.
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut acc2 = [_mm256_setzero_ps(); R];
+            let xq = qx.q.as_ptr();
+            for b in 0..nb {
+                if R == 1 && b % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(rows.wrapping_add(b * bb + PREFETCH_AHEAD) as *const i8);
+                }
+                let x = _mm256_loadu_si256(xq.add(b * QK) as *const __m256i);
+                let dx = *qx.d.get_unchecked(b);
+                for r in 0..R {
+                    let u = unpack::<K>(rows.add(r * stride + b * bb));
+                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+                    let scale = _mm256_set1_ps(*d.get_unchecked(r * nb + b) * dx);
+                    if b % 2 == 0 {
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+                    } else {
+                        acc2[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc2[r]);
+                    }
+                }
+            }
+            for r in 0..R {
+                out[r] = hsum(_mm256_add_ps(acc[r], acc2[r])) + dot_f32(&c[r * nb..(r + 1) * nb], &qx.s[..nb]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn rows_k<const K: u8>(data: &[u8], bb: usize, nb: usize, d: &[f32], c: &[f32], lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
+        let w = hi - lo;
+        let stride = nb * bb;
+        let mut j = lo;
+        let mut tmp = [0f32; 4];
+        // SAFETY: rows lo..hi exist in `data`, `d` and `c` (checked by the caller).
+        unsafe {
+            while j < hi {
+                let r = if qrows.len() > 1 && hi - j >= 4 { 4 } else { 1 };
+                let p = data.as_ptr().add(j * stride);
+                let (dj, cj) = (&d[j * nb..(j + r) * nb], &c[j * nb..(j + r) * nb]);
+                for (i, qx) in qrows.iter().enumerate() {
+                    if r == 4 {
+                        dot_rows::<K, 4>(p, stride, bb, dj, cj, nb, qx, &mut tmp);
+                    } else {
+                        dot_rows::<K, 1>(p, stride, bb, dj, cj, nb, qx, &mut tmp[..1]);
+                    }
+                    out[i * w + (j - lo)..i * w + (j - lo) + r].copy_from_slice(&tmp[..r]);
+                }
+                j += r;
+            }
+        }
+    }
+
+    /// Output columns `lo..hi` for every activation row into `out` (`rows x (hi - lo)`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW/VL/VNNI, and `data`, `d`, `c` must hold at least `hi`
+    /// rows of `nb` blocks of `kind`.
+    pub(super) unsafe fn rows_into(kind: BlockKind, data: &[u8], nb: usize, d: &[f32], c: &[f32], lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
+        let bb = kind.block_bytes();
+        assert!(data.len() >= hi * nb * bb && d.len() >= hi * nb && c.len() >= hi * nb);
+        assert!(qrows.iter().all(|q| q.q.len() >= nb * QK && q.d.len() >= nb && q.s.len() >= nb));
+        // SAFETY: bounds asserted above; CPU features are the caller's promise.
+        unsafe {
+            match code(kind) {
+                Q4_0 => rows_k::<Q4_0>(data, bb, nb, d, c, lo, hi, qrows, out),
+                Q4_1 => rows_k::<Q4_1>(data, bb, nb, d, c, lo, hi, qrows, out),
+                Q5_0 => rows_k::<Q5_0>(data, bb, nb, d, c, lo, hi, qrows, out),
+                Q5_1 => rows_k::<Q5_1>(data, bb, nb, d, c, lo, hi, qrows, out),
+                _ => rows_k::<Q8_0>(data, bb, nb, d, c, lo, hi, qrows, out),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every format against dequantize-then-f32 matmul.
+    #[test]
+    fn matches_dequantized_matmul() {
+        if !supported() {
+            eprintln!("SKIPPED: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (n, k) = (42, 160);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3).collect();
+        let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
+        let x: Vec<f32> = (0..3 * k).map(|i| ((i * 104729 % 997) as f32 / 498.0 - 1.0)).collect();
+        let x = Tensor::from_vec(x, (3, k), &dev).unwrap();
+        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
+            let q = QTensor::quantize(&w, t).unwrap();
+            let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
+            let lin = BlockLinear::from_qtensor(&q).unwrap().unwrap();
+            let got = lin.forward(&x).unwrap();
+            let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err < 0.02 * scale, "{t:?}: max error {err} (scale {scale})");
+            // The scalar reference agrees with the SIMD kernel on every output.
+            let qr = quantize_row(&x.get(0).unwrap().to_vec1::<f32>().unwrap());
+            let nb = k / QK;
+            let bb = lin.kind.block_bytes();
+            let mut simd = vec![0f32; n];
+            lin.rows_into(std::slice::from_ref(&qr), 0, n, &mut simd);
+            for (j, &v) in simd.iter().enumerate() {
+                let row = &lin.data[j * nb * bb..(j + 1) * nb * bb];
+                let scalar = dot_row_scalar(lin.kind, row, &lin.d[j * nb..(j + 1) * nb], &lin.c[j * nb..(j + 1) * nb], &qr);
+                assert!((v - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "{t:?} row {j}: {v} vs {scalar}");
+            }
+        }
+    }
+
+    #[test]
+    fn k_quants_are_left_to_candle() {
+        let w = Tensor::zeros((8, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        assert!(BlockLinear::from_qtensor(&q).unwrap().is_none());
+    }
+}

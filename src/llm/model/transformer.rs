@@ -1,0 +1,240 @@
+//! The decoder shared by every supported architecture: pre-norm attention with grouped KV heads
+//! and RoPE, then a SwiGLU MLP. [`Architecture`](super::Architecture) selects the differences
+//! (QKV biases for Qwen2, per-head Q/K norms for Qwen3, interleaved RoPE for llama GGUF files).
+//!
+//! Weights are immutable and shared; all per-conversation state lives in a [`KvCache`], so one
+//! loaded model serves any number of conversations.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::blocks::BlockLinear;
+use super::cache::KvCache;
+use super::Config;
+use crate::llm::error::{LlmError, Result};
+
+/// A linear layer without bias: stored GGML blocks run by our own kernel, or anything candle
+/// multiplies (K-quants, Q8_0 on other CPUs and GPUs, dense tensors).
+pub(crate) enum Linear {
+    Blocks(Arc<BlockLinear>),
+    Candle(QMatMul),
+}
+
+impl Linear {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Blocks(b) => b.forward(x),
+            Linear::Candle(q) => Ok(q.forward(x)?),
+        }
+    }
+}
+
+/// Token embedding table.
+pub(crate) enum Embedding {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+impl Embedding {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Embedding::Quantized(q) => q.embedding(ids)?,
+            Embedding::Dense(t) => t.index_select(ids, 0)?.to_dtype(DType::F32)?,
+        })
+    }
+}
+
+pub(crate) struct Layer {
+    pub attn_norm: Tensor,
+    pub wq: Linear,
+    pub wk: Linear,
+    pub wv: Linear,
+    pub wo: Linear,
+    pub bq: Option<Tensor>,
+    pub bk: Option<Tensor>,
+    pub bv: Option<Tensor>,
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
+    pub ffn_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// Loaded weights of a decoder-only transformer.
+pub struct Transformer {
+    pub(crate) cfg: Config,
+    pub(crate) embed: Embedding,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Tensor,
+    pub(crate) lm_head: Linear,
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    pub(crate) device: Device,
+}
+
+/// RoPE tables `(max_len, head_dim / 2)` for the given per-pair inverse frequencies.
+pub(crate) fn rope_tables(inv_freq: &[f32], max_len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(max_len * half);
+    let mut sin = Vec::with_capacity(max_len * half);
+    for p in 0..max_len {
+        for &f in inv_freq {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    Ok((Tensor::from_vec(cos, (max_len, half), device)?, Tensor::from_vec(sin, (max_len, half), device)?))
+}
+
+fn add_bias(x: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
+    Ok(match b {
+        Some(b) => x.broadcast_add(b)?,
+        None => x,
+    })
+}
+
+impl Transformer {
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Run `tokens` after what `cache` holds; returns the logits of the last position
+    /// (`(vocab,)`, f32). The cache then holds `tokens` too.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.hidden(tokens, cache)?;
+        let t = tokens.len();
+        let last = h.narrow(0, t - 1, 1)?.contiguous()?;
+        self.logits(&last)?.squeeze(0).map_err(Into::into)
+    }
+
+    /// Like [`forward`](Self::forward) but returns every position's logits (`(t, vocab)`).
+    pub fn forward_all(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.hidden(tokens, cache)?;
+        self.logits(&h)
+    }
+
+    fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        let h = candle_nn::ops::rms_norm(h, &self.norm, self.cfg.rms_eps)?;
+        self.lm_head.forward(&h)?.to_dtype(DType::F32).map_err(Into::into)
+    }
+
+    /// Final hidden states `(t, hidden)` before the output norm.
+    fn hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let t = tokens.len();
+        if t == 0 {
+            return Err(LlmError::InvalidRequest("forward on zero tokens".into()));
+        }
+        let pos = cache.len();
+        if pos + t > self.cfg.max_seq_len {
+            return Err(LlmError::InvalidRequest(format!(
+                "context overflow: {} cached + {t} new tokens > {} positions",
+                pos, self.cfg.max_seq_len
+            )));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(LlmError::InvalidRequest(format!("token id {bad} outside the vocabulary")));
+        }
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.forward(&ids)?;
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        let mask = if t > 1 { Some(self.causal_mask(t, pos)?) } else { None };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;
+            let a = self.attention(layer, i, &h, &cos, &sin, mask.as_ref(), cache)?;
+            x = (x + a)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps)?;
+            let g = layer.gate.forward(&h)?;
+            let u = layer.up.forward(&h)?;
+            let m = layer.down.forward(&(candle_nn::ops::silu(&g)? * u)?)?;
+            x = (x + m)?;
+        }
+        cache.commit(t);
+        cache.record(tokens);
+        Ok(x)
+    }
+
+    /// Additive mask `(n_rep * t, pos + t)`: row `g * t + i` is query `i` of a head in a group.
+    fn causal_mask(&self, t: usize, pos: usize) -> Result<Tensor> {
+        let n_rep = self.cfg.n_head / self.cfg.n_kv_head;
+        let total = pos + t;
+        let mut m = Vec::with_capacity(n_rep * t * total);
+        for _ in 0..n_rep {
+            for i in 0..t {
+                for j in 0..total {
+                    m.push(if j <= pos + i { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (n_rep * t, total), &self.device)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        index: usize,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (t, _) = x.dims2()?;
+        let hd = cfg.head_dim;
+        let q = add_bias(layer.wq.forward(x)?, &layer.bq)?;
+        let k = add_bias(layer.wk.forward(x)?, &layer.bk)?;
+        let v = add_bias(layer.wv.forward(x)?, &layer.bv)?;
+        let q = q.reshape((1, t, cfg.n_head, hd))?;
+        let k = k.reshape((1, t, cfg.n_kv_head, hd))?;
+        let q = match &layer.q_norm {
+            Some(w) => candle_nn::ops::rms_norm(&q, w, cfg.rms_eps)?,
+            None => q,
+        };
+        let k = match &layer.k_norm {
+            Some(w) => candle_nn::ops::rms_norm(&k, w, cfg.rms_eps)?,
+            None => k,
+        };
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((1, t, cfg.n_kv_head, hd))?.transpose(1, 2)?;
+        let (q, k) = if cfg.rope_interleaved {
+            (candle_nn::rotary_emb::rope_i(&q, cos, sin)?, candle_nn::rotary_emb::rope_i(&k, cos, sin)?)
+        } else {
+            (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
+        };
+        let (q, k, v) = if cfg.f16_attention { (f16_round(&q)?, f16_round(&k)?, f16_round(&v)?) } else { (q, k, v) };
+        let (k, v) = cache.append(index, &k, &v, cfg.max_seq_len)?;
+        // Grouped-query attention without copying K/V: the query heads sharing a KV head are
+        // stacked as rows, `(1, n_kv, n_rep * t, hd)`.
+        let n_rep = cfg.n_head / cfg.n_kv_head;
+        let q = q.reshape((1, cfg.n_kv_head, n_rep * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = if cfg.f16_attention { f16_round(&probs)? } else { probs };
+        let out = probs.matmul(&v)?; // (1, n_kv, n_rep * t, hd)
+        let out = out.reshape((1, cfg.n_head, t, hd))?.transpose(1, 2)?.reshape((t, cfg.n_head * hd))?;
+        Ok(layer.wo.forward(&out)?)
+    }
+}
+
+/// Round to f16 precision (values stay f32): llama.cpp keeps K and V in f16 and converts Q and
+/// the attention weights to f16 for its products; matching that keeps greedy decoding on the
+/// same path as the reference engine without paying for f16 arithmetic.
+fn f16_round(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F16)?.to_dtype(DType::F32)?)
+}

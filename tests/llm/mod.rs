@@ -1,0 +1,5 @@
+//! Tests of `apigen_mt::llm`.
+
+mod agreement;
+mod support;
+mod tokenizer;
