@@ -10,8 +10,11 @@
 //! - [`domain`]: executable domains: manifest, database, tool schemas, sandboxed Starlark tool
 //!   bodies, the tau-bench style environment (`reset`, `step`), tasks and the canonical hash.
 //!   It never touches models.
+//! - [`pyjson`]: Python's `json.dumps` and float `repr`, byte for byte, shared by tool results,
+//!   the database hash and chat templates' `tojson`.
 
 pub mod blueprint;
 pub mod cli;
 pub mod domain;
+pub mod pyjson;
 pub mod run;
