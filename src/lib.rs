@@ -5,6 +5,8 @@
 //! - [`cli`]: argument parsing and one file per subcommand; the binary is a thin shell over it.
 //! - [`blueprint`]: phase 1, task blueprints: stage-1 checks (format, execution and diff, policy
 //!   rules, duplicates) with stable rejection codes.
+//! - [`dataset`]: the canonical training record (OpenAI chat form) and its exports (APIGen-MT,
+//!   OpenAI, ShareGPT), with the conversation rules they must satisfy.
 //! - [`run`]: run directories: append-only JSON Lines records that survive a crash, pinned
 //!   settings, atomic summaries — what makes long jobs resumable.
 //! - [`domain`]: executable domains: manifest, database, tool schemas, sandboxed Starlark tool
@@ -15,6 +17,7 @@
 
 pub mod blueprint;
 pub mod cli;
+pub mod dataset;
 pub mod domain;
 pub mod pyjson;
 pub mod run;

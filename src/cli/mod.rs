@@ -2,6 +2,7 @@
 //! the library. Data goes to stdout, logs and errors to stderr.
 
 pub mod domain;
+pub mod export;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -19,6 +20,8 @@ pub enum Command {
     /// Inspect, check, replay and generate executable domains.
     #[command(subcommand)]
     Domain(domain::DomainCommand),
+    /// Export a run's kept conversations as training data (APIGen-MT, OpenAI or ShareGPT).
+    Export(export::ExportArgs),
 }
 
 /// Parse the command line, run it, and turn errors into a message and an exit code.
@@ -26,6 +29,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Domain(cmd) => domain::run(cmd),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(code) => code,
