@@ -7,6 +7,7 @@
 //!   rules, duplicates) with stable rejection codes.
 //! - [`dataset`]: the canonical training record (OpenAI chat form) and its exports (APIGen-MT,
 //!   OpenAI, ShareGPT), with the conversation rules they must satisfy.
+//! - [`eval`]: scoring checkpoints on tasks: tau-bench's pass^k.
 //! - [`run`]: run directories: append-only JSON Lines records that survive a crash, pinned
 //!   settings, atomic summaries — what makes long jobs resumable.
 //! - [`domain`]: executable domains: manifest, database, tool schemas, sandboxed Starlark tool
@@ -19,5 +20,6 @@ pub mod blueprint;
 pub mod cli;
 pub mod dataset;
 pub mod domain;
+pub mod eval;
 pub mod pyjson;
 pub mod run;
