@@ -8,14 +8,22 @@
 //! - [`llm`]: local inference with candle: GGUF and safetensors checkpoints, tokenizers, chat
 //!   templates, generation with per-conversation KV caches, model profiles. It never touches
 //!   domains.
+//! - [`dataset`]: the canonical training record (OpenAI chat form) and its exports (APIGen-MT,
+//!   OpenAI, ShareGPT), with the conversation rules they must satisfy.
+//! - [`eval`]: scoring checkpoints on tasks: tau-bench's pass^k.
 //! - [`run`]: run directories: append-only JSON Lines records that survive a crash, pinned
 //!   settings, atomic summaries — what makes long jobs resumable.
 //! - [`domain`]: executable domains: manifest, database, tool schemas, sandboxed Starlark tool
 //!   bodies, the tau-bench style environment (`reset`, `step`), tasks and the canonical hash.
 //!   It never touches models.
+//! - [`pyjson`]: Python's `json.dumps` and float `repr`, byte for byte, shared by tool results,
+//!   the database hash and chat templates' `tojson`.
 
 pub mod blueprint;
 pub mod cli;
+pub mod dataset;
 pub mod domain;
 pub mod llm;
+pub mod eval;
+pub mod pyjson;
 pub mod run;

@@ -3,6 +3,7 @@ mod util;
 
 mod blueprint_checks;
 mod blueprint_sampler;
+mod dataset_export;
 mod domain_bad;
 mod domain_conformance;
 mod domain_mock;

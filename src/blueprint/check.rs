@@ -152,7 +152,7 @@ impl Dedup {
     /// The identity of a blueprint: its user and its actions with canonical argument order.
     pub fn key(task: &Task) -> String {
         let actions: Vec<Value> = task.actions.iter().map(|a| serde_json::json!([a.name, Value::Object(a.arguments.clone())])).collect();
-        crate::domain::pyjson::to_string(&serde_json::json!([task.user_id, actions]), crate::domain::pyjson::Style::CANONICAL)
+        crate::pyjson::to_string(&serde_json::json!([task.user_id, actions]), crate::pyjson::Style::CANONICAL)
     }
 
     pub fn contains(&self, task: &Task) -> bool {

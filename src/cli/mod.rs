@@ -2,6 +2,7 @@
 //! the library. Data goes to stdout, logs and errors to stderr.
 
 pub mod domain;
+pub mod export;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +24,8 @@ pub enum Command {
     Models(crate::llm::cli::ModelsArgs),
     /// Prefill and decode speed of a model (JSON).
     Bench(crate::llm::cli::BenchArgs),
+    /// Export a run's kept conversations as training data (APIGen-MT, OpenAI or ShareGPT).
+    Export(export::ExportArgs),
 }
 
 /// Parse the command line, run it, and turn errors into a message and an exit code.
@@ -32,6 +35,7 @@ pub fn main() -> ExitCode {
         Command::Domain(cmd) => domain::run(cmd),
         Command::Models(args) => crate::llm::cli::run_models(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => crate::llm::cli::run_bench(args).map(|()| ExitCode::SUCCESS),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,7 +2,7 @@
 //! this is a small Python-arithmetic evaluator (arbitrary-precision ints, true and floor
 //! division, `**`, unary signs) producing `str(round(float(result), 2))` and Python's error texts.
 
-use crate::domain::pyjson;
+use crate::pyjson;
 use num_bigint::BigInt;
 use num_traits::{Signed, ToPrimitive, Zero};
 

@@ -6,7 +6,7 @@
 //! canonical hash is tau-bench's: SHA-256 of `json.dumps(db, sort_keys=True,
 //! separators=(",", ":"), ensure_ascii=False)`. This module does not run tools.
 
-use crate::domain::pyjson::{self, Style};
+use crate::pyjson::{self, Style};
 use indexmap::IndexMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};

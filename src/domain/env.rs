@@ -90,7 +90,7 @@ impl<'d> Env<'d> {
                 match self.domain.scripts.call_with_db(&tool.name, &mut self.db, &action.arguments, limits) {
                     Ok(Value::String(s)) => (s, None),
                     Ok(Value::Null) => ("None".to_owned(), None),
-                    Ok(other) => (crate::domain::pyjson::dumps(&other), None),
+                    Ok(other) => (crate::pyjson::dumps(&other), None),
                     Err(CallFault::Raised(e, at)) => (format!("Error: {e}"), Some(Fault::ScriptRaised(e, at))),
                     Err(CallFault::LimitExceeded(e)) => (format!("Error: {e}"), Some(Fault::LimitExceeded(e))),
                     Err(CallFault::Missing(e)) => (format!("Error: {e}"), Some(Fault::ScriptRaised(e, None))),

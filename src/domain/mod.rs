@@ -13,7 +13,7 @@ pub mod env;
 pub mod generate;
 pub mod manifest;
 pub mod policy;
-pub mod pyjson;
+
 pub mod reward;
 pub mod script;
 pub mod task;

@@ -3,7 +3,7 @@
 //! namespace whose `dumps` is byte-identical to Python's.
 
 use super::convert;
-use crate::domain::pyjson;
+use crate::pyjson;
 use starlark::environment::GlobalsBuilder;
 use starlark::starlark_module;
 use starlark::values::float::StarlarkFloat;

@@ -102,7 +102,7 @@ fn key_string(key: Value) -> Result<String, String> {
         return Ok(if b { "true" } else { "false" }.into());
     }
     if let Some(f) = key.downcast_ref::<StarlarkFloat>() {
-        return Ok(crate::domain::pyjson::float_repr(f.0));
+        return Ok(crate::pyjson::float_repr(f.0));
     }
     if key.get_type() == "int" {
         return Ok(key.to_str());

@@ -3,8 +3,9 @@
 //! tau-bench tools return `json.dumps(obj)` with the default separators (`", "`, `": "`),
 //! `ensure_ascii=True` and keys in insertion order; the canonical database hash uses
 //! `sort_keys=True`, compact separators and `ensure_ascii=False`. Both live here so that every
-//! byte a tool or a hash produces goes through one formatter. This module knows nothing of
-//! domains or scripts: it formats [`serde_json::Value`]s (built with `preserve_order`).
+//! byte a tool or a hash produces goes through one formatter; chat templates' `tojson` (Python's
+//! `json.dumps(x, ensure_ascii=False[, indent=n])` in Hugging Face's Jinja environment) uses it
+//! too. It formats [`serde_json::Value`]s (built with `preserve_order`) and knows nothing else.
 
 use serde_json::{Map, Number, Value};
 use std::fmt::Write as _;
@@ -18,13 +19,17 @@ pub struct Style {
     pub sort_keys: bool,
     /// Escape every character outside printable ASCII as `\uXXXX`.
     pub ensure_ascii: bool,
+    /// Pretty-print with this many spaces per level (Python then separates items with `","`).
+    pub indent: Option<usize>,
 }
 
 impl Style {
     /// `json.dumps(x)` with Python's defaults: what tau-bench tools return.
-    pub const PYTHON: Style = Style { compact: false, sort_keys: false, ensure_ascii: true };
+    pub const PYTHON: Style = Style { compact: false, sort_keys: false, ensure_ascii: true, indent: None };
     /// `json.dumps(x, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`: the hash input.
-    pub const CANONICAL: Style = Style { compact: true, sort_keys: true, ensure_ascii: false };
+    pub const CANONICAL: Style = Style { compact: true, sort_keys: true, ensure_ascii: false, indent: None };
+    /// `json.dumps(x, ensure_ascii=False)`: what chat templates' `tojson` writes.
+    pub const TOJSON: Style = Style { compact: false, sort_keys: false, ensure_ascii: false, indent: None };
 }
 
 /// `json.dumps(value)` with Python's default settings.
@@ -41,35 +46,55 @@ pub fn to_string(value: &Value, style: Style) -> String {
 
 /// Append the JSON text of `value` to `out`.
 pub fn write_value(out: &mut String, value: &Value, style: Style) {
+    write_level(out, value, style, 0)
+}
+
+fn item_separator(style: Style) -> &'static str {
+    if style.compact || style.indent.is_some() { "," } else { ", " }
+}
+
+fn newline(out: &mut String, style: Style, level: usize) {
+    if let Some(n) = style.indent {
+        out.push('\n');
+        out.extend(std::iter::repeat_n(' ', n * level));
+    }
+}
+
+fn write_level(out: &mut String, value: &Value, style: Style, level: usize) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
         Value::Bool(false) => out.push_str("false"),
         Value::Number(n) => write_number(out, n),
         Value::String(s) => write_str(out, s, style.ensure_ascii),
+        Value::Array(items) if items.is_empty() => out.push_str("[]"),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push_str(if style.compact { "," } else { ", " });
+                    out.push_str(item_separator(style));
                 }
-                write_value(out, item, style);
+                newline(out, style, level + 1);
+                write_level(out, item, style, level + 1);
             }
+            newline(out, style, level);
             out.push(']');
         }
-        Value::Object(map) => write_object(out, map, style),
+        Value::Object(map) if map.is_empty() => out.push_str("{}"),
+        Value::Object(map) => write_object(out, map, style, level),
     }
 }
 
-fn write_object(out: &mut String, map: &Map<String, Value>, style: Style) {
+fn write_object(out: &mut String, map: &Map<String, Value>, style: Style, level: usize) {
     out.push('{');
     let entry = |i: usize, k: &str, v: &Value, out: &mut String| {
         if i > 0 {
-            out.push_str(if style.compact { "," } else { ", " });
+            out.push_str(item_separator(style));
         }
+        newline(out, style, level + 1);
         write_str(out, k, style.ensure_ascii);
         out.push_str(if style.compact { ":" } else { ": " });
-        write_value(out, v, style);
+        write_level(out, v, style, level + 1);
     };
     if style.sort_keys {
         let mut entries: Vec<(&String, &Value)> = map.iter().collect();
@@ -82,6 +107,7 @@ fn write_object(out: &mut String, map: &Map<String, Value>, style: Style) {
             entry(i, k, v, out);
         }
     }
+    newline(out, style, level);
     out.push('}');
 }
 
@@ -269,6 +295,15 @@ mod tests {
             to_string(&v, Style::CANONICAL),
             "{\"a\":\"é\\\"\\n\u{7f}\",\"b\":[1,2.5,null,true],\"emoji\":\"😀\",\"n\":1.0}"
         );
+    }
+
+    #[test]
+    fn indent_matches_python() {
+        // json.dumps({"a": [1, {}], "b": "é"}, ensure_ascii=False, indent=2)
+        let v = json!({"a": [1, {}], "b": "é", "c": []});
+        let style = Style { indent: Some(2), ..Style::TOJSON };
+        assert_eq!(to_string(&v, style), "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": \"é\",\n  \"c\": []\n}");
+        assert_eq!(to_string(&v, Style::TOJSON), "{\"a\": [1, {}], \"b\": \"é\", \"c\": []}");
     }
 
     #[test]
