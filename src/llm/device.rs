@@ -34,11 +34,18 @@ pub fn default_threads() -> usize {
     if n <= 2 { 1 } else { n - 1 }
 }
 
-/// Set candle's CPU thread count. Has an effect only before the first tensor op; an explicit
-/// `CANDLE_NUM_THREADS` in the environment wins when `threads` is `None`.
+/// Set candle's CPU thread count (and this crate's kernels'). Only the first call in a process
+/// has an effect, and only before the first tensor op; an explicit `CANDLE_NUM_THREADS` in the
+/// environment wins when `threads` is `None`. Returns the count in force.
 ///
-/// Call it from `main` before other threads start (it writes the process environment).
+/// [`Engine::load`](crate::llm::Engine::load) calls it; call it earlier (first thing in `main`)
+/// when other threads may be reading the environment.
 pub fn configure_threads(threads: Option<usize>) -> usize {
+    static CONFIGURED: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CONFIGURED.get_or_init(|| set_threads(threads))
+}
+
+fn set_threads(threads: Option<usize>) -> usize {
     let n = match threads {
         Some(n) => n.max(1),
         None => match std::env::var("CANDLE_NUM_THREADS").ok().and_then(|s| s.parse::<usize>().ok()).filter(|&n| n > 0) {
@@ -56,14 +63,14 @@ pub fn configure_threads(threads: Option<usize>) -> usize {
 }
 
 /// Threads the inference layer's own CPU kernels use: `CANDLE_NUM_THREADS`, else
-/// `RAYON_NUM_THREADS`, else the available cores (candle's own rule), read once.
+/// `RAYON_NUM_THREADS`, else [`default_threads`], read once.
 pub fn matmul_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| {
         ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"]
             .iter()
             .find_map(|k| std::env::var(k).ok().and_then(|s| s.parse::<usize>().ok()).filter(|&n| n > 0))
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .unwrap_or_else(default_threads)
     })
 }
 

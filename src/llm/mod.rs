@@ -2,6 +2,10 @@
 //!
 //! Map (dependencies point down):
 //!
+//! - [`backend`]: the narrow trait the pipeline talks to; [`local`] (a loaded model) and
+//!   [`scripted`] (canned replies for tests) implement it.
+//! - [`constrain`]: llguidance grammars (JSON schema, tool calls) as logits masks.
+//! - [`tools`]: tool-call wire formats (render, tolerant parse).
 //! - [`engine`]: a loaded model serving many conversations; generation with stop rules.
 //! - [`chat`]: chat templates (the model's own Jinja, rendered with minijinja).
 //! - [`sampler`]: greedy and seeded sampling.
@@ -12,19 +16,26 @@
 //!
 //! This module never touches domains, blueprints or rollouts.
 
+pub mod backend;
 pub mod chat;
 pub mod cli;
+pub mod constrain;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod local;
 pub mod model;
 pub mod profile;
 pub mod sampler;
+pub mod scripted;
 pub mod tokenizer;
 pub mod tools;
 
+pub use backend::{Backend, ChatReply, ChatRequest, Constraint, Conversation};
+pub use chat::{Message, ToolCall};
 pub use engine::{Engine, Finish, GenerateRequest, Generation};
 pub use error::{LlmError, Result};
 pub use model::KvCache;
 pub use sampler::SamplingParams;
 pub use tokenizer::Tokenizer;
+pub use tools::{ModelOutput, ToolFormat};

@@ -3,17 +3,17 @@
 use apigen_mt::llm::model::LoadOptions;
 use apigen_mt::llm::{Engine, GenerateRequest, KvCache};
 
-use super::support::{model_file, reference, REFERENCED};
+use super::support::{model_file, model_lock, reference, REFERENCED};
 
 const COMPARED: usize = 16;
 
 #[test]
 fn greedy_continuations_agree_with_llama_cpp() {
+    let _serial = model_lock();
     let mut failures = vec![];
     for &(profile, reference_file) in REFERENCED {
         let (Some(reference), Some(_)) = (reference(reference_file), model_file(profile)) else { continue };
-        let mut opts = LoadOptions::default(); if std::env::var("XREQ").is_ok() { opts.requantize.clear(); }
-        let engine = Engine::load(profile, &opts).unwrap();
+        let engine = Engine::load(profile, &LoadOptions::default()).unwrap();
         let cases = reference["continuations"].as_array().unwrap();
         let mut agree = 0;
         let mut report = vec![];

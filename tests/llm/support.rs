@@ -48,3 +48,10 @@ pub fn model_file(profile: &str) -> Option<PathBuf> {
 /// The two real models with llama.cpp references: (profile, reference file).
 pub const REFERENCED: &[(&str, &str)] =
     &[("smollm2-135m", "smollm2-135m-q4_1.json"), ("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-q4_k_m.json")];
+
+/// Serializes tests that run real models: on a small machine, two at once fight over the cores
+/// and both crawl.
+pub fn model_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

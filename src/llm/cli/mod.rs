@@ -39,7 +39,7 @@ impl LoadArgs {
     /// Set the thread count (before any tensor work) and build load options.
     pub fn options(&self) -> anyhow::Result<LoadOptions> {
         device::configure_threads(self.threads);
-        let mut opts = LoadOptions { device: device::select_device(&self.device)?, max_seq_len: self.max_context, ..Default::default() };
+        let mut opts = LoadOptions { device: device::select_device(&self.device)?, threads: self.threads, max_seq_len: self.max_context, ..Default::default() };
         opts.f16_attention = !self.f32_attention;
         if self.no_requantize {
             opts.requantize.clear();

@@ -98,6 +98,9 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
+    /// CPU threads (see [`configure_threads`](crate::llm::device::configure_threads)); `None`:
+    /// `CANDLE_NUM_THREADS` or the machine default.
+    pub threads: Option<usize>,
     /// Cap on positions (RoPE tables, KV cache); the checkpoint's own limit applies too.
     pub max_seq_len: usize,
     /// GGUF quant types re-quantized at load because candle has no fast kernels for them.
@@ -117,6 +120,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             device: Device::Cpu,
+            threads: None,
             max_seq_len: 32 * 1024,
             requantize: vec![GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1],
             requantize_to: GgmlDType::Q8_0,
@@ -142,6 +146,7 @@ pub struct Loaded {
 
 /// Load a GGUF file or a safetensors checkpoint directory.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    crate::llm::device::configure_threads(opts.threads);
     if path.is_dir() {
         safetensors::load(path, opts)
     } else {

@@ -163,6 +163,31 @@ impl Tokenizer {
         Ok(out)
     }
 
+    /// Encode raw bytes without parsing special tokens: valid UTF-8 runs as text, any invalid
+    /// byte as its byte token.
+    pub fn encode_bytes(&self, mut bytes: &[u8]) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            match std::str::from_utf8(bytes) {
+                Ok(s) => {
+                    self.encode_plain(s, &mut out)?;
+                    break;
+                }
+                Err(e) => {
+                    let (valid, rest) = bytes.split_at(e.valid_up_to());
+                    // The prefix is valid UTF-8 by construction.
+                    self.encode_plain(std::str::from_utf8(valid).unwrap_or_default(), &mut out)?;
+                    let bad = e.error_len().unwrap_or(rest.len()).max(1).min(rest.len());
+                    for &b in &rest[..bad] {
+                        out.push(self.byte_ids[b as usize].ok_or_else(|| LlmError::Tokenizer(format!("no token for byte {b:#04x}")))?);
+                    }
+                    bytes = &rest[bad..];
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Split on special tokens the way llama.cpp does: each special token in turn (longest
     /// first) partitions the text fragments that are still raw.
     fn split_specials<'t>(&self, text: &'t str) -> Vec<Fragment<'t>> {
@@ -290,6 +315,13 @@ pub(crate) mod tests {
         assert_eq!(t.decode(&ids, true), "hello<tool_call><|im_end|>");
         assert_eq!(t.token_id("<|im_end|>"), Some(261));
         assert_eq!(t.token_id("hello"), Some(259));
+    }
+
+    #[test]
+    fn invalid_utf8_encodes_as_byte_tokens() {
+        let t = tiny();
+        let ids = t.encode_bytes(&[b'h', b'e', 0xF0, 0x9F, b'l', b'l', b'o']).unwrap();
+        assert_eq!(t.decode_bytes(&ids, true), vec![b'h', b'e', 0xF0, 0x9F, b'l', b'l', b'o']);
     }
 
     #[test]

@@ -1,0 +1,96 @@
+//! The seam between the pipeline and models: one narrow trait, [`Backend`], with two
+//! implementations — [`LocalBackend`](crate::llm::local::LocalBackend) (a loaded model) and
+//! [`ScriptedBackend`](crate::llm::scripted::ScriptedBackend) (canned replies for tests).
+//!
+//! Callers keep one [`Conversation`] per dialogue and pass the whole message list each turn;
+//! a backend may keep state in it (the local one keeps the KV cache, so a new turn runs only
+//! its new tokens). Backends are `Send + Sync` and take `&self`: many conversations may be
+//! served at once.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::llm::chat::Message;
+use crate::llm::engine::Finish;
+use crate::llm::error::Result;
+use crate::llm::model::KvCache;
+use crate::llm::sampler::SamplingParams;
+use crate::llm::tools::ModelOutput;
+
+/// Output restriction for one reply.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Constraint {
+    /// The reply is one JSON value matching this JSON schema.
+    JsonSchema(Value),
+    /// The reply is a tool call in the model's format, to one of the request's tools.
+    ToolCall,
+}
+
+/// One reply request.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    /// Tool schemas offered to the model (OpenAI function format or bare `{name, parameters}`).
+    pub tools: Vec<Value>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub constraint: Option<Constraint>,
+}
+
+impl ChatRequest {
+    pub fn new(messages: Vec<Message>) -> Self {
+        ChatRequest { messages, tools: vec![], max_tokens: 512, sampling: SamplingParams::greedy(), stop: vec![], constraint: None }
+    }
+}
+
+/// Token counts and timings of one reply.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+    pub completion_tokens: usize,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+/// A reply: the raw text and what it means.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatReply {
+    pub raw: String,
+    pub output: ModelOutput,
+    pub finish: Finish,
+    pub usage: Usage,
+}
+
+/// Per-dialogue state a backend may keep between turns.
+#[derive(Debug, Default)]
+pub struct Conversation {
+    pub(crate) cache: KvCache,
+    pub(crate) turns: usize,
+}
+
+impl Conversation {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replies produced so far.
+    pub fn turns(&self) -> usize {
+        self.turns
+    }
+
+    /// Tokens held in this conversation's cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+/// Something that writes the next assistant message.
+pub trait Backend: Send + Sync {
+    /// A short name for logs and run metadata.
+    fn name(&self) -> String;
+    /// The next assistant reply for `request.messages`.
+    fn reply(&self, conversation: &mut Conversation, request: &ChatRequest) -> Result<ChatReply>;
+}

@@ -1,0 +1,164 @@
+//! Constrained decoding with llguidance: a JSON schema, or a tool call in the model's own
+//! format built from the tools' parameter schemas, enforced by masking logits each step.
+//!
+//! [`Constrainer`] adapts our tokenizer to llguidance (its token trie: each token's bytes, with
+//! control tokens marked special) and is built once per model; each reply gets its own
+//! [`Grammar`]. Masking sets disallowed logits to negative infinity (llguidance's own
+//! `apply_to` adds a bias instead, which would not mask).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::{Matcher, ParserFactory};
+use serde_json::{json, Value};
+use toktrie::{TokRxInfo, TokTrie, TokenizerEnv};
+
+use crate::llm::engine::LogitsProcessor;
+use crate::llm::error::{LlmError, Result};
+use crate::llm::tokenizer::TokenKind;
+use crate::llm::tools::{hermes, ToolFormat};
+use crate::llm::Tokenizer;
+
+struct Env {
+    trie: TokTrie,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl TokenizerEnv for Env {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<u32> {
+        // Only fails for vocabularies without byte tokens, which `Tokenizer` rejects at load.
+        self.tokenizer.encode_bytes(s).unwrap_or_default()
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> LlmError {
+    LlmError::Constraint(e.to_string())
+}
+
+/// llguidance set up for one tokenizer; cheap to share.
+pub struct Constrainer {
+    factory: ParserFactory,
+}
+
+impl Constrainer {
+    /// Build the token trie for `tokenizer`; `eos` is the token that ends a constrained reply.
+    pub fn new(tokenizer: Arc<Tokenizer>, eos: u32) -> Result<Self> {
+        let n = tokenizer.vocab_size();
+        let words: Vec<Vec<u8>> = (0..n as u32)
+            .map(|id| {
+                let bytes = tokenizer.token_bytes(id).unwrap_or_default();
+                match tokenizer.kind(id) {
+                    // Control tokens are only reachable as special tokens.
+                    Some(TokenKind::Control) | Some(TokenKind::Unused) => {
+                        let mut w = vec![TokTrie::SPECIAL_TOKEN_MARKER];
+                        w.extend_from_slice(if bytes.is_empty() { format!("<unused_{id}>").into_bytes() } else { bytes.to_vec() }.as_slice());
+                        w
+                    }
+                    _ => bytes.to_vec(),
+                }
+            })
+            .collect();
+        let trie = TokTrie::from(&TokRxInfo::new(n as u32, eos), &words);
+        let env: toktrie::TokEnv = Arc::new(Env { trie, tokenizer });
+        let mut factory = ParserFactory::new_simple(&env).map_err(err)?;
+        factory.quiet();
+        Ok(Constrainer { factory })
+    }
+
+    fn grammar(&self, g: TopLevelGrammar) -> Result<Grammar> {
+        let parser = self.factory.create_parser(g).map_err(err)?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(err(e));
+        }
+        Ok(Grammar { matcher, mask_time_us: 0, steps: 0 })
+    }
+
+    /// Output must be one JSON value valid under `schema`.
+    pub fn json_schema(&self, schema: &Value) -> Result<Grammar> {
+        self.grammar(TopLevelGrammar::from_json_schema(schema.clone()))
+    }
+
+    /// Output must be one call (Hermes, Llama 3) or a call array (xLAM) to one of `tools`.
+    pub fn tool_call(&self, format: ToolFormat, tools: &[Value]) -> Result<Grammar> {
+        let call = call_schema(format, tools)?;
+        match format {
+            ToolFormat::Hermes => {
+                let lark = format!("start: {:?} %json {} {:?}\n", format!("{}\n", hermes::OPEN), call, format!("\n{}", hermes::CLOSE));
+                self.grammar(TopLevelGrammar::from_lark(lark))
+            }
+            ToolFormat::Llama3Json => self.grammar(TopLevelGrammar::from_json_schema(call)),
+            ToolFormat::Xlam => self.grammar(TopLevelGrammar::from_json_schema(json!({"type": "array", "items": call, "minItems": 1}))),
+        }
+    }
+}
+
+/// The JSON schema of one call to any of `tools` in `format`'s key names.
+fn call_schema(format: ToolFormat, tools: &[Value]) -> Result<Value> {
+    let args_key = if format == ToolFormat::Llama3Json { "parameters" } else { "arguments" };
+    let mut options = Vec::new();
+    for t in tools {
+        let f = t.get("function").unwrap_or(t);
+        let name = f.get("name").and_then(Value::as_str).ok_or_else(|| LlmError::Constraint(format!("tool without a name: {t}")))?;
+        let params = f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}));
+        options.push(json!({
+            "type": "object",
+            "properties": {"name": {"const": name}, args_key: params},
+            "required": ["name", args_key],
+            "additionalProperties": false,
+        }));
+    }
+    if options.is_empty() {
+        return Err(LlmError::Constraint("a tool-call constraint needs at least one tool".into()));
+    }
+    Ok(if options.len() == 1 { options.remove(0) } else { json!({"anyOf": options}) })
+}
+
+/// One reply's grammar state; a [`LogitsProcessor`] for [`Engine::generate`](crate::llm::Engine::generate).
+pub struct Grammar {
+    matcher: Matcher,
+    mask_time_us: u128,
+    steps: usize,
+}
+
+impl Grammar {
+    /// Mean time spent computing a token mask, in microseconds.
+    pub fn mean_mask_us(&self) -> f64 {
+        if self.steps == 0 { 0.0 } else { self.mask_time_us as f64 / self.steps as f64 }
+    }
+
+    /// Whether the output so far is a complete match.
+    pub fn is_accepting(&mut self) -> bool {
+        self.matcher.is_accepting().unwrap_or(false)
+    }
+}
+
+impl LogitsProcessor for Grammar {
+    fn process(&mut self, logits: &mut [f32]) -> Result<()> {
+        let start = Instant::now();
+        let mask = self.matcher.compute_mask_or_eos().map_err(err)?;
+        let n = logits.len();
+        mask.iter_unset_entries(|i| {
+            if i < n {
+                logits[i] = f32::NEG_INFINITY;
+            }
+        });
+        // Entries past the mask's length (padding in the output layer) are never allowed.
+        for l in logits.iter_mut().skip(mask.len()) {
+            *l = f32::NEG_INFINITY;
+        }
+        self.mask_time_us += start.elapsed().as_micros();
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn accept(&mut self, token: u32) -> Result<bool> {
+        self.matcher.consume_token(token).map_err(err)?;
+        Ok(self.matcher.is_stopped())
+    }
+}

@@ -1,0 +1,91 @@
+//! The real backend: a loaded [`Engine`] with its chat template and tool-call format.
+
+use std::sync::Arc;
+
+use crate::llm::backend::{Backend, ChatReply, ChatRequest, Constraint, Conversation, Usage};
+use crate::llm::chat::ChatTemplate;
+use crate::llm::constrain::Constrainer;
+use crate::llm::engine::{Engine, GenerateRequest};
+use crate::llm::error::{LlmError, Result};
+use crate::llm::tools::ToolFormat;
+
+/// A model serving conversations.
+pub struct LocalBackend {
+    engine: Arc<Engine>,
+    template: ChatTemplate,
+    format: ToolFormat,
+    name: String,
+    constrainer: std::sync::OnceLock<Constrainer>,
+}
+
+impl LocalBackend {
+    /// Wrap an engine; its chat template must compile.
+    pub fn new(engine: Arc<Engine>) -> Result<Self> {
+        let source = engine.chat_template().ok_or_else(|| LlmError::Template("the model has no chat template".into()))?;
+        let template = ChatTemplate::new(source, engine.bos_token(), engine.eos_token())?;
+        let format = match engine.profile() {
+            Some(p) => ToolFormat::from_name(&p.tool_format)?,
+            None => ToolFormat::Hermes,
+        };
+        let name = engine.profile().map(|p| p.name.clone()).unwrap_or_else(|| engine.path().display().to_string());
+        Ok(LocalBackend { engine, template, format, name, constrainer: std::sync::OnceLock::new() })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    pub fn format(&self) -> ToolFormat {
+        self.format
+    }
+
+    /// llguidance set up for this model's tokenizer (built on first use).
+    pub fn constrainer(&self) -> Result<&Constrainer> {
+        if let Some(c) = self.constrainer.get() {
+            return Ok(c);
+        }
+        let eos = self.engine.stop_tokens().first().copied().or(self.engine.tokenizer().eos()).ok_or_else(|| LlmError::Constraint("the model has no end-of-turn token".into()))?;
+        let c = Constrainer::new(self.engine.tokenizer().clone(), eos)?;
+        Ok(self.constrainer.get_or_init(|| c))
+    }
+
+    /// The prompt text for a request (what the model will see).
+    pub fn prompt(&self, request: &ChatRequest) -> Result<String> {
+        self.template.render(&request.messages, &request.tools, true)
+    }
+}
+
+impl Backend for LocalBackend {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn reply(&self, conversation: &mut Conversation, request: &ChatRequest) -> Result<ChatReply> {
+        let prompt = self.prompt(request)?;
+        let ids = self.engine.tokenizer().encode(&prompt, true)?;
+        let settings = GenerateRequest { max_tokens: request.max_tokens, sampling: request.sampling, stop: request.stop.clone(), ignore_eos: false };
+        let mut grammar = match &request.constraint {
+            None => None,
+            Some(Constraint::JsonSchema(schema)) => Some(self.constrainer()?.json_schema(schema)?),
+            Some(Constraint::ToolCall) => Some(self.constrainer()?.tool_call(self.format, &request.tools)?),
+        };
+        let g = self.engine.generate(&mut conversation.cache, &ids, &settings, grammar.as_mut().map(|g| g as _))?;
+        conversation.turns += 1;
+        Ok(ChatReply {
+            output: self.format.parse(&g.text),
+            raw: g.text,
+            finish: g.finish,
+            usage: Usage {
+                prompt_tokens: g.prompt_tokens,
+                cached_tokens: g.cached_tokens,
+                completion_tokens: g.ids.len(),
+                prefill_ms: g.prefill_ms,
+                decode_ms: g.decode_ms,
+            },
+        })
+    }
+}
