@@ -2,6 +2,7 @@
 mod util;
 
 mod blueprint_checks;
+mod blueprint_pipeline;
 mod blueprint_sampler;
 mod dataset_export;
 mod domain_bad;

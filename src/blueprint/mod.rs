@@ -6,6 +6,9 @@
 //! domain's policy rules, and duplicates. It uses domains but never touches models.
 
 pub mod check;
+pub mod committee;
+pub mod pipeline;
+pub mod prompt;
 pub mod sampler;
 
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,7 @@
 //! Command-line interface: flags are parsed here, resolved into ready objects, and handed to
 //! the library. Data goes to stdout, logs and errors to stderr.
 
+pub mod blueprints;
 pub mod domain;
 pub mod export;
 
@@ -24,6 +25,8 @@ pub enum Command {
     Models(crate::llm::cli::ModelsArgs),
     /// Prefill and decode speed of a model (JSON).
     Bench(crate::llm::cli::BenchArgs),
+    /// Phase 1: generate verified task blueprints into a run directory (resumable).
+    Blueprints(blueprints::BlueprintsArgs),
     /// Export a run's kept conversations as training data (APIGen-MT, OpenAI or ShareGPT).
     Export(export::ExportArgs),
 }
@@ -36,6 +39,7 @@ pub fn main() -> ExitCode {
         Command::Models(args) => crate::llm::cli::run_models(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => crate::llm::cli::run_bench(args).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => export::run(args),
+        Command::Blueprints(args) => blueprints::run(args),
     };
     match result {
         Ok(code) => code,

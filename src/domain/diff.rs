@@ -6,12 +6,12 @@
 //! Unchanged records are skipped by pointer comparison, so a diff costs what changed.
 
 use crate::domain::db::Db;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 
 /// One edit.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Edit {
     Add { path: String, value: Value },

@@ -45,6 +45,25 @@ pub struct Manifest {
     /// Optional seeded database generator.
     #[serde(default)]
     pub generator: Option<GeneratorSection>,
+    /// Blueprint generation settings for this domain.
+    #[serde(default)]
+    pub blueprints: BlueprintSection,
+}
+
+/// `[blueprints]`: how phase 1 treats this domain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlueprintSection {
+    /// The table of customers a task is about.
+    pub user_table: String,
+    /// Proposals per task, the first included (the paper uses 3 for retail, 5 for airline).
+    pub max_turns: usize,
+}
+
+impl Default for BlueprintSection {
+    fn default() -> Self {
+        BlueprintSection { user_table: "users".into(), max_turns: 3 }
+    }
 }
 
 /// `[db]`: table names and where their files live.

@@ -1,0 +1,555 @@
+//! The phase-1 loop: sample a context, propose, check (stage 1), review (stage 2), accept or
+//! feed the failure back and revise (stage 3); then recombine accepted blueprints of the same
+//! user into longer ones.
+//!
+//! Items are processed in order, each with its own seeded generator, so a run is reproducible.
+//! An item is the unit of durability: its rejections, its blueprint (if accepted) and finally its
+//! line in `items.jsonl` are appended when it ends; on restart, records of an item without that
+//! line are discarded and the item is redone, giving the same accepted set as an uninterrupted run.
+
+use super::Rejection;
+use super::check::{self, Dedup, Executed};
+use super::committee::{self, Review, Threshold, Verdict};
+use super::prompt::{self, Context};
+use super::sampler::{self, ApiGraph, Mix, Persona};
+use crate::domain::Domain;
+use crate::domain::diff::Edit;
+use crate::domain::task::{Action, Task};
+use crate::llm::{Backend, ChatRequest, Constraint, Conversation, Message, SamplingParams};
+use crate::run::{JsonlLog, RunError, write_atomic};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A model in a role: the backend and how to sample from it.
+#[derive(Clone)]
+pub struct Role {
+    pub name: String,
+    pub backend: Arc<dyn Backend>,
+    pub temperature: f32,
+    pub max_tokens: usize,
+}
+
+impl Role {
+    fn ask(&self, conv: &mut Conversation, messages: Vec<Message>, schema: Option<Value>, seed: u64) -> Result<(String, usize), String> {
+        let mut req = ChatRequest::new(messages);
+        req.max_tokens = self.max_tokens;
+        req.sampling = SamplingParams { temperature: self.temperature, seed, ..SamplingParams::greedy() };
+        req.constraint = schema.map(Constraint::JsonSchema);
+        let reply = self.backend.reply(conv, &req).map_err(|e| e.to_string())?;
+        Ok((reply.raw, reply.usage.completion_tokens + reply.usage.prompt_tokens - reply.usage.cached_tokens))
+    }
+}
+
+/// Settings of a blueprint run (mirrored by the command-line flags).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub count: usize,
+    pub seed: u64,
+    /// Proposals per item, the first included (the paper: 3 retail, 5 airline).
+    pub max_turns: usize,
+    pub threshold: Threshold,
+    /// Characters of database records shown to the proposer, at most.
+    pub data_budget: usize,
+    /// Recombined blueprints to make after `count` are accepted.
+    pub recombine: usize,
+    /// Give up after this many items without reaching `count`.
+    pub max_items: usize,
+    /// The table of customers.
+    pub user_table: String,
+    /// Sample only these customers (empty: all of the table).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only_users: Vec<String>,
+}
+
+/// An accepted blueprint as written to `blueprints.jsonl`: a tau-bench task plus provenance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlueprintRecord {
+    pub id: String,
+    pub user_id: String,
+    pub instruction: String,
+    pub actions: Vec<Value>,
+    pub outputs: Vec<String>,
+    pub diff: Vec<Edit>,
+    pub reviews: Vec<Review>,
+    pub verdict: Verdict,
+    pub attempts: usize,
+    pub context: Value,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recombined_from: Vec<String>,
+}
+
+impl BlueprintRecord {
+    /// The tau-bench task this record is.
+    pub fn task(&self) -> Task {
+        Task {
+            user_id: self.user_id.clone(),
+            instruction: self.instruction.clone(),
+            actions: self.actions.iter().filter_map(|a| Action::from_json(a).ok()).collect(),
+            outputs: self.outputs.clone(),
+            extra: Map::new(),
+        }
+    }
+}
+
+/// One rejection, as written to `rejected.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RejectedRecord {
+    pub id: String,
+    pub attempt: usize,
+    pub code: String,
+    pub detail: String,
+}
+
+/// What one item did, as written to `items.jsonl` (its commit record).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ItemRecord {
+    pub id: String,
+    pub accepted: bool,
+    pub funnel: Funnel,
+    pub tokens: BTreeMap<String, usize>,
+    pub seconds: BTreeMap<String, f64>,
+}
+
+/// The stages a proposal passed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Funnel {
+    pub proposed: usize,
+    pub format_ok: usize,
+    pub executed: usize,
+    pub policy_ok: usize,
+    pub committee_ok: usize,
+    pub accepted: usize,
+}
+
+impl Funnel {
+    fn add(&mut self, o: &Funnel) {
+        self.proposed += o.proposed;
+        self.format_ok += o.format_ok;
+        self.executed += o.executed;
+        self.policy_ok += o.policy_ok;
+        self.committee_ok += o.committee_ok;
+        self.accepted += o.accepted;
+    }
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub domain: String,
+    pub target: usize,
+    pub accepted: usize,
+    pub recombined: usize,
+    pub items: usize,
+    pub funnel: Funnel,
+    pub rejections: BTreeMap<String, usize>,
+    pub tokens: BTreeMap<String, usize>,
+    pub seconds: BTreeMap<String, f64>,
+    pub complete: bool,
+}
+
+/// Everything the loop needs.
+pub struct Pipeline<'d> {
+    pub domain: &'d Domain,
+    pub proposer: Role,
+    pub reviewers: Vec<Role>,
+    pub summariser: Role,
+    pub settings: Settings,
+    pub graph: ApiGraph,
+    pub personas: Vec<Persona>,
+    /// Well-formed example tasks (the domain's non-test tasks).
+    pub examples: Vec<Task>,
+}
+
+struct ItemState {
+    record: ItemRecord,
+    rejected: Vec<RejectedRecord>,
+}
+
+impl ItemState {
+    fn new(id: &str) -> Self {
+        ItemState { record: ItemRecord { id: id.into(), ..Default::default() }, rejected: vec![] }
+    }
+    fn reject(&mut self, attempt: usize, r: &Rejection) {
+        self.rejected.push(RejectedRecord { id: self.record.id.clone(), attempt, code: r.code.clone(), detail: r.detail.clone() });
+    }
+    fn time(&mut self, stage: &str, since: Instant) {
+        *self.record.seconds.entry(stage.into()).or_default() += since.elapsed().as_secs_f64();
+    }
+    fn tokens(&mut self, stage: &str, n: usize) {
+        *self.record.tokens.entry(stage.into()).or_default() += n;
+    }
+}
+
+/// The files of a run directory, opened for appending, with what they already hold.
+struct Files {
+    blueprints: JsonlLog,
+    rejected: JsonlLog,
+    items: JsonlLog,
+    accepted: Vec<BlueprintRecord>,
+    done: Vec<ItemRecord>,
+    rejections: Vec<RejectedRecord>,
+}
+
+impl Files {
+    /// Open the logs and drop records of items that never committed.
+    fn open(out: &Path) -> Result<Files, RunError> {
+        let (items, done) = JsonlLog::open::<ItemRecord>(&out.join("items.jsonl"))?;
+        let committed: std::collections::HashSet<String> = done.iter().map(|i| i.id.clone()).collect();
+        let (blueprints, mut accepted) = JsonlLog::open::<BlueprintRecord>(&out.join("blueprints.jsonl"))?;
+        let (rejected, mut rejections) = JsonlLog::open::<RejectedRecord>(&out.join("rejected.jsonl"))?;
+        let (a0, r0) = (accepted.len(), rejections.len());
+        accepted.retain(|b| committed.contains(&b.id));
+        rejections.retain(|r| committed.contains(&r.id));
+        let (blueprints, rejected) = if accepted.len() != a0 || rejections.len() != r0 {
+            drop((blueprints, rejected));
+            rewrite(&out.join("blueprints.jsonl"), &accepted)?;
+            rewrite(&out.join("rejected.jsonl"), &rejections)?;
+            (JsonlLog::open::<Value>(&out.join("blueprints.jsonl"))?.0, JsonlLog::open::<Value>(&out.join("rejected.jsonl"))?.0)
+        } else {
+            (blueprints, rejected)
+        };
+        Ok(Files { blueprints, rejected, items, accepted, done, rejections })
+    }
+
+    fn commit(&mut self, state: ItemState, blueprint: Option<BlueprintRecord>) -> Result<(), RunError> {
+        for r in &state.rejected {
+            self.rejected.append(r)?;
+        }
+        if let Some(b) = &blueprint {
+            self.blueprints.append(b)?;
+        }
+        self.items.append(&state.record)?;
+        self.rejections.extend(state.rejected);
+        self.accepted.extend(blueprint);
+        self.done.push(state.record);
+        Ok(())
+    }
+}
+
+fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> Result<(), RunError> {
+    let text: String = records.iter().map(|r| serde_json::to_string(r).unwrap_or_default() + "\n").collect();
+    write_atomic(path, text.as_bytes())
+}
+
+impl<'d> Pipeline<'d> {
+    /// Run (or resume) into `out` until `count` blueprints are accepted (and `recombine` more
+    /// made), calling `progress` after every item.
+    pub fn run(&self, out: &Path, mut progress: impl FnMut(&Summary)) -> Result<Summary, RunError> {
+        let mut files = Files::open(out)?;
+        let mut dedup = Dedup::default();
+        for b in &files.accepted {
+            let _ = dedup.insert(&b.task());
+        }
+        let mut summary = self.summarise(&files);
+        progress(&summary);
+        let mut index = files.done.iter().filter(|i| i.id.starts_with("bp-")).count();
+        while summary.accepted < self.settings.count && index < self.settings.max_items {
+            let id = format!("bp-{index:05}");
+            index += 1;
+            if files.done.iter().any(|i| i.id == id) {
+                continue;
+            }
+            let (state, blueprint) = self.item(&id, &files.accepted, &dedup);
+            if let Some(b) = &blueprint {
+                let _ = dedup.insert(&b.task());
+            }
+            files.commit(state, blueprint)?;
+            summary = self.summarise(&files);
+            self.write_summary(out, &summary)?;
+            progress(&summary);
+        }
+        let mut r = files.done.iter().filter(|i| i.id.starts_with("rc-")).count();
+        let mut tries = 0;
+        while summary.accepted >= self.settings.count && summary.recombined < self.settings.recombine && tries < self.settings.recombine * 10 {
+            let id = format!("rc-{r:05}");
+            r += 1;
+            tries += 1;
+            let Some((state, blueprint)) = self.recombine(&id, &files.accepted, &dedup) else { break };
+            if let Some(b) = &blueprint {
+                let _ = dedup.insert(&b.task());
+            }
+            files.commit(state, blueprint)?;
+            summary = self.summarise(&files);
+            self.write_summary(out, &summary)?;
+            progress(&summary);
+        }
+        summary.complete = summary.accepted >= self.settings.count && summary.recombined >= self.settings.recombine;
+        self.write_summary(out, &summary)?;
+        files.blueprints.sync()?;
+        files.rejected.sync()?;
+        files.items.sync()?;
+        Ok(summary)
+    }
+
+    fn write_summary(&self, out: &Path, summary: &Summary) -> Result<(), RunError> {
+        write_atomic(&out.join("summary.json"), (serde_json::to_string_pretty(summary).unwrap_or_default() + "\n").as_bytes())
+    }
+
+    fn summarise(&self, files: &Files) -> Summary {
+        let mut s = Summary { domain: self.domain.name().into(), target: self.settings.count, items: files.done.len(), ..Default::default() };
+        for i in &files.done {
+            s.funnel.add(&i.funnel);
+            for (k, v) in &i.tokens {
+                *s.tokens.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &i.seconds {
+                *s.seconds.entry(k.clone()).or_default() += v;
+            }
+        }
+        for r in &files.rejections {
+            *s.rejections.entry(r.code.clone()).or_default() += 1;
+        }
+        s.recombined = files.accepted.iter().filter(|b| !b.recombined_from.is_empty()).count();
+        s.accepted = files.accepted.len() - s.recombined;
+        s
+    }
+
+    /// Sample the context of one item.
+    fn context(&self, rng: &mut impl Rng, accepted: &[BlueprintRecord]) -> Option<(Context, Mix)> {
+        let mix = Mix::draw(rng, self.settings.data_budget);
+        let tools = self.graph.walk(rng, mix.writes, mix.feeder_depth);
+        let user = if self.settings.only_users.is_empty() {
+            sampler::sample_user(self.domain, &self.settings.user_table, rng)?
+        } else {
+            self.settings.only_users[rng.random_range(0..self.settings.only_users.len())].clone()
+        };
+        let data = sampler::user_context(self.domain, &self.settings.user_table, &user, 2, mix.data_budget)?;
+        let persona = if mix.persona && !self.personas.is_empty() { Some(self.personas[rng.random_range(0..self.personas.len())].clone()) } else { None };
+        let mut pool: Vec<Task> = self.examples.clone();
+        pool.extend(accepted.iter().map(|b| b.task()));
+        let examples = sampler::sample_k(&pool, mix.examples, rng).into_iter().cloned().collect();
+        Some((Context { tools, data, persona, examples }, mix))
+    }
+
+    fn review(&self, state: &mut ItemState, task: &Task, diff: &[Edit], rng: &mut impl Rng) -> Vec<Review> {
+        let started = Instant::now();
+        let reviews: Vec<Review> = self
+            .reviewers
+            .iter()
+            .map(|role| {
+                let messages = vec![Message::system(prompt::reviewer_system(self.domain)), Message::user(prompt::reviewer_user(self.domain, task, diff))];
+                match role.ask(&mut Conversation::new(), messages, Some(prompt::review_schema()), rng.random()) {
+                    Ok((raw, tokens)) => {
+                        state.tokens("reviewers", tokens);
+                        Review::parse(&role.name, &raw)
+                    }
+                    Err(e) => Review::unreadable(&role.name, &e),
+                }
+            })
+            .collect();
+        state.time("reviewers", started);
+        reviews
+    }
+
+    fn feedback(&self, state: &mut ItemState, task: &Task, diff: &[Edit], reviews: &[Review], rng: &mut impl Rng) -> String {
+        let started = Instant::now();
+        let reviews_json: Vec<Value> = reviews.iter().map(|r| serde_json::to_value(r).unwrap_or(Value::Null)).collect();
+        let messages = vec![Message::user(prompt::summariser_user(task, diff, &reviews_json))];
+        let text = match self.summariser.ask(&mut Conversation::new(), messages, None, rng.random()) {
+            Ok((raw, tokens)) => {
+                state.tokens("summariser", tokens);
+                raw.trim().to_owned()
+            }
+            Err(_) => String::new(),
+        };
+        state.time("summariser", started);
+        if text.is_empty() {
+            reviews.iter().filter(|r| !r.correction.is_empty()).map(|r| r.correction.clone()).collect::<Vec<_>>().join(" ")
+        } else {
+            text
+        }
+    }
+
+    /// One item: up to `max_turns` proposals, each checked and reviewed.
+    fn item(&self, id: &str, accepted: &[BlueprintRecord], dedup: &Dedup) -> (ItemState, Option<BlueprintRecord>) {
+        let mut state = ItemState::new(id);
+        let mut rng = sampler::rng_for(self.settings.seed, id);
+        let Some((ctx, mix)) = self.context(&mut rng, accepted) else {
+            state.reject(0, &Rejection::new("context.no_user", format!("table `{}` has no records", self.settings.user_table)));
+            return (state, None);
+        };
+        let schema = prompt::blueprint_schema(self.domain, &ctx.tools);
+        let mut messages = vec![Message::system(prompt::proposer_system(self.domain)), Message::user(prompt::proposer_user(self.domain, &ctx))];
+        let mut conv = Conversation::new();
+        for turn in 1..=self.settings.max_turns.max(1) {
+            let started = Instant::now();
+            let answer = self.proposer.ask(&mut conv, messages.clone(), Some(schema.clone()), rng.random());
+            state.time("proposer", started);
+            state.record.funnel.proposed += 1;
+            let raw = match answer {
+                Ok((raw, tokens)) => {
+                    state.tokens("proposer", tokens);
+                    raw
+                }
+                Err(e) => {
+                    state.reject(turn, &Rejection::new("model.error", e));
+                    break;
+                }
+            };
+            let outcome = self.check(&mut state, turn, &raw, &ctx, dedup, &mut rng);
+            let feedback = match outcome {
+                Ok((task, executed, reviews, verdict)) => {
+                    state.record.funnel.accepted += 1;
+                    state.record.accepted = true;
+                    let context = json!({
+                        "tools": ctx.tools, "persona": ctx.persona.as_ref().map(|p| p.id.clone()),
+                        "examples": ctx.examples.len(), "records": ctx.data.records.iter().map(|r| format!("{}/{}", r.0, r.1)).collect::<Vec<_>>(),
+                        "mix": mix,
+                    });
+                    return (state, Some(record(id, &task, executed.diff, reviews, verdict, turn, context, vec![])));
+                }
+                Err(feedback) => feedback,
+            };
+            messages.push(Message::assistant(raw));
+            messages.push(Message::user(prompt::revise_user(&feedback)));
+        }
+        (state, None)
+    }
+
+    /// Stage 1 then the committee; `Err` is the feedback for a revision.
+    #[allow(clippy::type_complexity)]
+    fn check(
+        &self,
+        state: &mut ItemState,
+        turn: usize,
+        raw: &str,
+        ctx: &Context,
+        dedup: &Dedup,
+        rng: &mut impl Rng,
+    ) -> Result<(Task, Executed, Vec<Review>, Verdict), String> {
+        let fail = |state: &mut ItemState, rs: Vec<Rejection>| {
+            for r in &rs {
+                state.reject(turn, r);
+            }
+            Err(rs.iter().map(|r| format!("- [{}] {}", r.code, r.detail)).collect::<Vec<_>>().join("\n"))
+        };
+        let started = Instant::now();
+        let task = match check::parse(raw, &ctx.data.user_id) {
+            Ok(t) => t,
+            Err(r) => return fail(state, vec![r]),
+        };
+        state.record.funnel.format_ok += 1;
+        let executed = match check::execute(self.domain, &task) {
+            Ok(e) => e,
+            Err(r) => return fail(state, vec![r]),
+        };
+        state.record.funnel.executed += 1;
+        let mut violations = check::policy(self.domain, &task);
+        if violations.is_empty() && dedup.contains(&task) {
+            violations.push(Rejection::new("dedup.duplicate", format!("user {} already has a blueprint with exactly these actions", task.user_id)));
+        }
+        state.time("checks", started);
+        if !violations.is_empty() {
+            return fail(state, violations);
+        }
+        state.record.funnel.policy_ok += 1;
+        let reviews = self.review(state, &task, &executed.diff, rng);
+        let verdict = committee::verdict(&reviews, &self.settings.threshold);
+        if !verdict.accepted {
+            let feedback = self.feedback(state, &task, &executed.diff, &reviews, rng);
+            let votes: Vec<String> = reviews.iter().map(|r| format!("{}:{}", r.reviewer, r.total)).collect();
+            state.reject(turn, &Rejection::new("committee.rejected", format!("totals {}; {feedback}", votes.join(" "))));
+            return Err(format!("- [committee.rejected] {feedback}"));
+        }
+        state.record.funnel.committee_ok += 1;
+        Ok((task, executed, reviews, verdict))
+    }
+
+    /// Combine 2–3 accepted blueprints of one user into one longer task.
+    fn recombine(&self, id: &str, accepted: &[BlueprintRecord], dedup: &Dedup) -> Option<(ItemState, Option<BlueprintRecord>)> {
+        let mut by_user: BTreeMap<&str, Vec<&BlueprintRecord>> = BTreeMap::new();
+        for b in accepted.iter().filter(|b| b.recombined_from.is_empty()) {
+            by_user.entry(&b.user_id).or_default().push(b);
+        }
+        let groups: Vec<Vec<&BlueprintRecord>> = by_user.into_values().filter(|g| g.len() >= 2).collect();
+        if groups.is_empty() {
+            return None;
+        }
+        let mut rng = sampler::rng_for(self.settings.seed, id);
+        let group = &groups[rng.random_range(0..groups.len())];
+        let k = rng.random_range(2..=group.len().min(3));
+        let parts: Vec<&BlueprintRecord> = sampler::sample_k(group, k, &mut rng).into_iter().copied().collect();
+        let mut state = ItemState::new(id);
+        state.record.funnel.proposed += 1;
+        let tasks: Vec<Task> = parts.iter().map(|p| p.task()).collect();
+        let mut combined = Task {
+            user_id: tasks[0].user_id.clone(),
+            instruction: String::new(),
+            actions: tasks.iter().flat_map(|t| t.actions.clone()).collect(),
+            outputs: tasks.iter().flat_map(|t| t.outputs.clone()).collect(),
+            extra: Map::new(),
+        };
+        state.record.funnel.format_ok += 1;
+        let executed = match check::execute(self.domain, &combined) {
+            Ok(e) => e,
+            Err(r) => {
+                state.reject(1, &r);
+                return Some((state, None));
+            }
+        };
+        state.record.funnel.executed += 1;
+        let mut violations = check::policy(self.domain, &combined);
+        if violations.is_empty() && dedup.contains(&combined) {
+            violations.push(Rejection::new("dedup.duplicate", "this combination was already accepted"));
+        }
+        if !violations.is_empty() {
+            violations.iter().for_each(|r| state.reject(1, r));
+            return Some((state, None));
+        }
+        state.record.funnel.policy_ok += 1;
+        let started = Instant::now();
+        let messages = vec![Message::system(prompt::proposer_system(self.domain)), Message::user(prompt::recombine_user(&tasks))];
+        let answer = self.proposer.ask(&mut Conversation::new(), messages, Some(prompt::instruction_schema()), rng.random());
+        state.time("proposer", started);
+        let instruction = match answer.map(|(raw, tokens)| {
+            state.tokens("proposer", tokens);
+            check::extract_object(&raw).and_then(|v| v["instruction"].as_str().map(str::to_owned))
+        }) {
+            Ok(Some(i)) if !i.trim().is_empty() => i,
+            Ok(_) => {
+                state.reject(1, &Rejection::new("format.missing_field", "the combined instruction is missing"));
+                return Some((state, None));
+            }
+            Err(e) => {
+                state.reject(1, &Rejection::new("model.error", e));
+                return Some((state, None));
+            }
+        };
+        combined.instruction = instruction;
+        let reviews = self.review(&mut state, &combined, &executed.diff, &mut rng);
+        let verdict = committee::verdict(&reviews, &self.settings.threshold);
+        if !verdict.accepted {
+            let votes: Vec<String> = reviews.iter().map(|r| format!("{}:{}", r.reviewer, r.total)).collect();
+            state.reject(1, &Rejection::new("committee.rejected", format!("totals {}", votes.join(" "))));
+            return Some((state, None));
+        }
+        state.record.funnel.committee_ok += 1;
+        state.record.funnel.accepted += 1;
+        state.record.accepted = true;
+        let from: Vec<String> = parts.iter().map(|p| p.id.clone()).collect();
+        let context = json!({"recombined": from});
+        Some((state, Some(record(id, &combined, executed.diff, reviews, verdict, 1, context, from))))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(id: &str, task: &Task, diff: Vec<Edit>, reviews: Vec<Review>, verdict: Verdict, attempts: usize, context: Value, from: Vec<String>) -> BlueprintRecord {
+    BlueprintRecord {
+        id: id.into(),
+        user_id: task.user_id.clone(),
+        instruction: task.instruction.clone(),
+        actions: task.actions.iter().map(|a| json!({"name": a.name, "arguments": a.arguments})).collect(),
+        outputs: task.outputs.clone(),
+        diff,
+        reviews,
+        verdict,
+        attempts,
+        context,
+        recombined_from: from,
+    }
+}

@@ -1,0 +1,188 @@
+//! What the proposer, reviewers and summariser are told, and the JSON shapes their answers are
+//! constrained to. Prompts follow the paper's structure (§1.3): the domain policy, the sampled
+//! tools, data, persona and examples, then the task; answers are JSON so small models can be held
+//! to them by constrained decoding.
+
+use super::sampler::{DataContext, Persona};
+use crate::domain::Domain;
+use crate::domain::diff::Edit;
+use crate::domain::task::Task;
+use serde_json::{Value, json};
+
+/// Everything sampled for one attempt.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Context {
+    pub tools: Vec<String>,
+    pub data: DataContext,
+    pub persona: Option<Persona>,
+    pub examples: Vec<Task>,
+}
+
+/// The JSON schema of a blueprint answer: a short thought, then the task. Action names are an
+/// enum of the sampled tools, each with its own argument schema.
+pub fn blueprint_schema(domain: &Domain, tools: &[String]) -> Value {
+    let variants: Vec<Value> = tools
+        .iter()
+        .filter_map(|t| domain.tool(t))
+        .map(|t| {
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": t.name}, "arguments": t.parameters()},
+                "required": ["name", "arguments"],
+                "additionalProperties": false
+            })
+        })
+        .collect();
+    json!({
+        "type": "object",
+        "properties": {
+            "thought": {"type": "string", "maxLength": 600},
+            "instruction": {"type": "string", "minLength": 20, "maxLength": 1200},
+            "actions": {"type": "array", "minItems": 1, "maxItems": 10, "items": {"anyOf": variants}},
+            "outputs": {"type": "array", "maxItems": 4, "items": {"type": "string", "maxLength": 80}}
+        },
+        "required": ["thought", "instruction", "actions", "outputs"],
+        "additionalProperties": false
+    })
+}
+
+/// The JSON schema of an instruction-only answer (recombination).
+pub fn instruction_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {"thought": {"type": "string", "maxLength": 400}, "instruction": {"type": "string", "minLength": 20, "maxLength": 1500}},
+        "required": ["thought", "instruction"],
+        "additionalProperties": false
+    })
+}
+
+/// The JSON schema of a review (the paper's rubric, one point each).
+pub fn review_schema() -> Value {
+    let bit = json!({"type": "integer", "enum": [0, 1]});
+    json!({
+        "type": "object",
+        "properties": {
+            "reflection": {"type": "string", "maxLength": 600},
+            "correctness": bit, "completeness": bit, "satisfaction": bit, "creativity": bit,
+            "total": {"type": "integer", "enum": [0, 1, 2, 3, 4]},
+            "correction": {"type": "string", "maxLength": 400}
+        },
+        "required": ["reflection", "correctness", "completeness", "satisfaction", "creativity", "total", "correction"],
+        "additionalProperties": false
+    })
+}
+
+fn tool_lines(domain: &Domain, tools: &[String]) -> String {
+    tools
+        .iter()
+        .filter_map(|t| domain.tool(t))
+        .map(|t| format!("- {}", crate::pyjson::dumps(&t.schema["function"])))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The proposer's system message.
+pub fn proposer_system(domain: &Domain) -> String {
+    format!(
+        "You write realistic customer-service tasks for training AI agents in the {name} domain. \
+A task is what a simulated customer wants (the instruction), the exact tool calls an agent following the policy must make to fulfil it \
+(the actions), and the facts the agent must tell the customer (the outputs).\n\n## Domain policy\n\n{policy}",
+        name = domain.name(),
+        policy = domain.policy.trim()
+    )
+}
+
+/// The proposer's request for a new task.
+pub fn proposer_user(domain: &Domain, ctx: &Context) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("## Tools to use (the task's actions come from these)\n{}\n\n", tool_lines(domain, &ctx.tools)));
+    s.push_str(&format!("## The customer\nuser id: {}\n", ctx.data.user_id));
+    for (table, id, record) in &ctx.data.records {
+        s.push_str(&format!("{table} {id}: {}\n", crate::pyjson::dumps(record)));
+    }
+    if let Some(p) = &ctx.persona {
+        s.push_str(&format!("\n## Persona\n{} Style: {} Typical wish: {}\n", p.persona, p.style, p.goals_hint));
+    }
+    if !ctx.examples.is_empty() {
+        s.push_str("\n## Examples of good tasks (other customers)\n");
+        for e in &ctx.examples {
+            let actions: Vec<Value> = e.actions.iter().map(|a| json!({"name": a.name, "arguments": a.arguments})).collect();
+            s.push_str(&format!("{}\n", crate::pyjson::dumps(&json!({"instruction": e.instruction, "actions": actions, "outputs": e.outputs}))));
+        }
+    }
+    s.push_str(
+        "\n## Your task\nWrite one new task for this customer. Rules:\n\
+- Use only ids, names and values that appear in the customer's data above; never invent them.\n\
+- The actions must follow the policy exactly and must all succeed when run in order on this data.\n\
+- The instruction is written to the customer in the second person (\"You are ...\"), says who they are and what they want \
+and gives every detail the agent needs (but not tool names or ids the customer would not know), and matches the persona.\n\
+- Outputs are short facts the agent must say (numbers, statuses); use [] when the customer only wants changes made.\n\
+Answer with one JSON object: {\"thought\": ..., \"instruction\": ..., \"actions\": [{\"name\": ..., \"arguments\": {...}}], \"outputs\": [...]}.",
+    );
+    s
+}
+
+/// The message asking the proposer to revise after a failure.
+pub fn revise_user(feedback: &str) -> String {
+    format!("Your task was rejected:\n{feedback}\n\nWrite a corrected task for the same customer. Answer with one JSON object as before.")
+}
+
+fn task_json(task: &Task) -> String {
+    let actions: Vec<Value> = task.actions.iter().map(|a| json!({"name": a.name, "arguments": a.arguments})).collect();
+    crate::pyjson::dumps(&json!({"instruction": task.instruction, "actions": actions, "outputs": task.outputs}))
+}
+
+fn diff_text(diff: &[Edit]) -> String {
+    if diff.is_empty() {
+        return "(no change: an information-only task)".into();
+    }
+    diff.iter().map(|e| crate::pyjson::dumps(&serde_json::to_value(e).unwrap_or(Value::Null))).collect::<Vec<_>>().join("\n")
+}
+
+/// The reviewer's system message: the paper's guidelines and rubric.
+pub fn reviewer_system(domain: &Domain) -> String {
+    format!(
+        "You review customer-service tasks written for training AI agents in the {} domain. You see the task (instruction, actions, outputs), \
+the tools, and the database diff the actions produce. The diff should reflect only changes the instruction asks for; an empty diff is \
+fine for information-only tasks. Reflect briefly, then score each criterion 0 or 1:\n\
+- correctness: the actions implement the instruction and follow the policy;\n\
+- completeness: the instruction gives every detail the actions need, and the actions cover everything it asks;\n\
+- satisfaction: the outputs answer every question the instruction asks (empty when it asks none);\n\
+- creativity: a plausible, non-trivial scenario.\n\
+total is the sum. correction says concretely what to fix (empty when nothing).\n\n## Domain policy\n\n{}",
+        domain.name(),
+        domain.policy.trim()
+    )
+}
+
+/// The reviewer's request.
+pub fn reviewer_user(domain: &Domain, task: &Task, diff: &[Edit]) -> String {
+    let tools: Vec<String> = task.actions.iter().map(|a| a.name.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    format!(
+        "## Tools\n{}\n\n## Task (customer {})\n{}\n\n## Database diff\n{}\n\nAnswer with one JSON object: {{\"reflection\", \"correctness\", \"completeness\", \"satisfaction\", \"creativity\", \"total\", \"correction\"}}.",
+        tool_lines(domain, &tools),
+        task.user_id,
+        task_json(task),
+        diff_text(diff)
+    )
+}
+
+/// The summariser's request: turn the reviews into one actionable feedback paragraph.
+pub fn summariser_user(task: &Task, diff: &[Edit], reviews: &[Value]) -> String {
+    format!(
+        "Reviewers judged this task. Summarise where they agree and disagree and write concise, actionable feedback for the author \
+(what to change). Do not re-judge the task yourself.\n\n## Task\n{}\n\n## Database diff\n{}\n\n## Reviews\n{}\n\nAnswer with the feedback only.",
+        task_json(task),
+        diff_text(diff),
+        reviews.iter().map(crate::pyjson::dumps).collect::<Vec<_>>().join("\n")
+    )
+}
+
+/// The request for one instruction covering a combination of tasks.
+pub fn recombine_user(parts: &[Task]) -> String {
+    format!(
+        "These tasks belong to the same customer:\n{}\n\nWrite ONE coherent instruction in the second person in which the customer wants all of this in a \
+single conversation, with every detail the actions need. Answer with one JSON object: {{\"thought\": ..., \"instruction\": ...}}.",
+        parts.iter().map(task_json).collect::<Vec<_>>().join("\n")
+    )
+}

@@ -1,0 +1,149 @@
+//! `apigen-mt blueprints`: phase 1 into a run directory.
+
+use crate::blueprint::committee::Threshold;
+use crate::blueprint::pipeline::{Pipeline, Role, Settings, Summary};
+use crate::blueprint::sampler::{ApiGraph, read_personas};
+use crate::domain::Domain;
+use crate::domain::task::read_tasks;
+use crate::llm::cli::LoadArgs;
+use crate::llm::local::LocalBackend;
+use crate::llm::profile::Profile;
+use crate::llm::Backend;
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Args)]
+pub struct BlueprintsArgs {
+    /// The domain folder.
+    #[arg(long, value_name = "DIR")]
+    pub domain: PathBuf,
+    /// Load the domain's tables from this folder instead.
+    #[arg(long, value_name = "DATA")]
+    pub db: Option<PathBuf>,
+    /// Blueprints to accept.
+    #[arg(long, default_value_t = 10)]
+    pub count: usize,
+    /// The proposer model (profile name or file; default: the default profile).
+    #[arg(long)]
+    pub proposer: Option<String>,
+    /// Reviewer models, comma-separated (default: the default profile three times, sampled
+    /// greedily, then at temperature 0.7 with two different seeds).
+    #[arg(long, value_delimiter = ',')]
+    pub reviewers: Vec<String>,
+    /// Run seed: every random choice derives from it and the item's id.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Proposals per task (default: the domain's `[blueprints] max_turns`).
+    #[arg(long)]
+    pub max_turns: Option<usize>,
+    /// Recombined blueprints to make once `count` are accepted.
+    #[arg(long, default_value_t = 0)]
+    pub recombine: usize,
+    /// Proposer sampling temperature.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Characters of database records shown to the proposer, at most.
+    #[arg(long, default_value_t = 6000)]
+    pub data_budget: usize,
+    /// Write tasks only for these customers (comma-separated ids; default: any).
+    #[arg(long, value_delimiter = ',')]
+    pub users: Vec<String>,
+    /// The run directory (created; re-running the same command resumes it).
+    #[arg(long, value_name = "RUN")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+fn progress_line(s: &Summary, started: std::time::Instant) -> String {
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    format!(
+        "blueprints {}/{} accepted ({} recombined), {} tasks attempted, {} proposals, {:.1} accepted/min",
+        s.accepted,
+        s.target,
+        s.recombined,
+        s.items,
+        s.funnel.proposed,
+        if minutes > 0.0 { s.accepted as f64 / minutes } else { 0.0 }
+    )
+}
+
+pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
+    let domain = Domain::load(&args.domain, args.db.as_deref()).with_context(|| format!("cannot load domain {}", args.domain.display()))?;
+    let default_model = || Profile::default_profile().map(|p| p.name).map_err(anyhow::Error::from);
+    let proposer_name = match &args.proposer {
+        Some(p) => p.clone(),
+        None => default_model()?,
+    };
+    let reviewer_names = if args.reviewers.is_empty() { vec![default_model()?; 3] } else { args.reviewers.clone() };
+    let mut loaded: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
+    let mut backend = |name: &str| -> Result<Arc<dyn Backend>> {
+        if let Some(b) = loaded.get(name) {
+            return Ok(b.clone());
+        }
+        let engine = args.load.load(name)?;
+        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(Arc::new(engine))?);
+        loaded.insert(name.to_owned(), b.clone());
+        Ok(b)
+    };
+    let proposer = Role { name: proposer_name.clone(), backend: backend(&proposer_name)?, temperature: args.temperature, max_tokens: 700 };
+    let reviewers: Vec<Role> = reviewer_names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Ok(Role { name: format!("{n}#{i}"), backend: backend(n)?, temperature: if i == 0 { 0.0 } else { 0.7 }, max_tokens: 400 }))
+        .collect::<Result<_>>()?;
+    let summariser = Role { name: proposer_name.clone(), backend: backend(&proposer_name)?, temperature: 0.0, max_tokens: 200 };
+    let section = &domain.manifest.blueprints;
+    let settings = Settings {
+        count: args.count,
+        seed: args.seed,
+        max_turns: args.max_turns.unwrap_or(section.max_turns),
+        threshold: Threshold::default(),
+        data_budget: args.data_budget,
+        recombine: args.recombine,
+        max_items: args.count.max(1) * 20,
+        user_table: section.user_table.clone(),
+        only_users: args.users.clone(),
+    };
+    let mut examples = Vec::new();
+    for (name, path) in domain.task_files() {
+        if !name.contains("test") {
+            examples.extend(read_tasks(&path)?);
+        }
+    }
+    let personas_path = domain.root.join("personas.jsonl");
+    let personas = if personas_path.exists() { read_personas(&personas_path).map_err(anyhow::Error::msg)? } else { vec![] };
+    let graph = ApiGraph::derive(&domain, &examples, &[]);
+    let hashes = |n: &str| Profile::find(n).map(|p| p.files.iter().map(|f| f.sha256.clone()).collect::<Vec<_>>()).unwrap_or_default();
+    let config = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "domain": {"name": domain.name(), "dir": args.domain, "db": domain.db_dir, "db_hash": domain.pristine().hash()},
+        "settings": settings,
+        "proposer": {"model": proposer_name, "sha256": hashes(&proposer_name), "temperature": args.temperature},
+        "reviewers": reviewer_names.iter().map(|n| json!({"model": n, "sha256": hashes(n)})).collect::<Vec<_>>(),
+        "data_budget": args.data_budget,
+        "load": {"device": args.load.device, "threads": args.load.threads, "requantize": !args.load.no_requantize},
+    });
+    crate::run::pin_config(&args.out, &config, &["version", "load"])?;
+    let pipeline = Pipeline { domain: &domain, proposer, reviewers, summariser, settings, graph, personas, examples };
+    let started = std::time::Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let summary = pipeline.run(&args.out, |s| {
+        if tty {
+            eprint!("\r{}", progress_line(s, started));
+        } else {
+            eprintln!("{}", progress_line(s, started));
+        }
+    })?;
+    if tty {
+        eprintln!();
+    }
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(if summary.complete { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
