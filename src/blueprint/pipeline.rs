@@ -103,6 +103,9 @@ pub struct RejectedRecord {
     pub attempt: usize,
     pub code: String,
     pub detail: String,
+    /// The proposal that was rejected (the model's raw answer), for analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<String>,
 }
 
 /// What one item did, as written to `items.jsonl` (its commit record).
@@ -175,7 +178,13 @@ impl ItemState {
         ItemState { record: ItemRecord { id: id.into(), ..Default::default() }, rejected: vec![] }
     }
     fn reject(&mut self, attempt: usize, r: &Rejection) {
-        self.rejected.push(RejectedRecord { id: self.record.id.clone(), attempt, code: r.code.clone(), detail: r.detail.clone() });
+        self.rejected.push(RejectedRecord { id: self.record.id.clone(), attempt, code: r.code.clone(), detail: r.detail.clone(), proposal: None });
+    }
+
+    fn reject_proposal(&mut self, attempt: usize, r: &Rejection, raw: &str) {
+        self.reject(attempt, r);
+        let cut: String = raw.chars().take(4000).collect();
+        self.rejected.last_mut().expect("just pushed").proposal = Some(cut);
     }
     fn time(&mut self, stage: &str, since: Instant) {
         *self.record.seconds.entry(stage.into()).or_default() += since.elapsed().as_secs_f64();
@@ -378,7 +387,10 @@ impl<'d> Pipeline<'d> {
         let mut conv = Conversation::new();
         for turn in 1..=self.settings.max_turns.max(1) {
             let started = Instant::now();
-            let answer = self.proposer.ask(&mut conv, messages.clone(), Some(schema.clone()), rng.random());
+            // Revisions sample hotter, so a small model does not copy the answer it is revising.
+            let mut proposer = self.proposer.clone();
+            proposer.temperature = (proposer.temperature + 0.3 * (turn - 1) as f32).min(1.2);
+            let answer = proposer.ask(&mut conv, messages.clone(), Some(schema.clone()), rng.random());
             state.time("proposer", started);
             state.record.funnel.proposed += 1;
             let raw = match answer {
@@ -424,7 +436,7 @@ impl<'d> Pipeline<'d> {
     ) -> Result<(Task, Executed, Vec<Review>, Verdict), String> {
         let fail = |state: &mut ItemState, rs: Vec<Rejection>| {
             for r in &rs {
-                state.reject(turn, r);
+                state.reject_proposal(turn, r, raw);
             }
             Err(rs.iter().map(|r| format!("- [{}] {}", r.code, r.detail)).collect::<Vec<_>>().join("\n"))
         };
@@ -453,7 +465,7 @@ impl<'d> Pipeline<'d> {
         if !verdict.accepted {
             let feedback = self.feedback(state, &task, &executed.diff, &reviews, rng);
             let votes: Vec<String> = reviews.iter().map(|r| format!("{}:{}", r.reviewer, r.total)).collect();
-            state.reject(turn, &Rejection::new("committee.rejected", format!("totals {}; {feedback}", votes.join(" "))));
+            state.reject_proposal(turn, &Rejection::new("committee.rejected", format!("totals {}; {feedback}", votes.join(" "))), raw);
             return Err(format!("- [committee.rejected] {feedback}"));
         }
         state.record.funnel.committee_ok += 1;

@@ -25,9 +25,14 @@ pub fn blueprint_schema(domain: &Domain, tools: &[String]) -> Value {
         .iter()
         .filter_map(|t| domain.tool(t))
         .map(|t| {
+            // No arguments beyond the schema's: small models otherwise add fields of the record.
+            let mut arguments = t.parameters().clone();
+            if let Some(obj) = arguments.as_object_mut() {
+                obj.insert("additionalProperties".into(), Value::Bool(false));
+            }
             json!({
                 "type": "object",
-                "properties": {"name": {"const": t.name}, "arguments": t.parameters()},
+                "properties": {"name": {"const": t.name}, "arguments": arguments},
                 "required": ["name", "arguments"],
                 "additionalProperties": false
             })
