@@ -87,8 +87,8 @@ pub(crate) struct BlockLinear {
     k: usize,
     /// Raw blocks, row-major.
     data: Vec<u8>,
-    /// Per-block scale `d`, and `c = m - d * offset` (the per-block constant each weight
-    /// carries besides `d * u`), as f32.
+    /// Per-block scale `d` and minimum `c` (`m` of the `_1` formats, 0 otherwise), as f32.
+    /// The offset formats subtract their constant in the integer domain instead.
     d: Vec<f32>,
     c: Vec<f32>,
 }
@@ -120,8 +120,7 @@ impl BlockLinear {
         }
         let bb = kind.block_bytes();
         let d: Vec<f32> = (0..nb).map(|i| f16_at(&data, i * bb)).collect();
-        let off = kind.offset();
-        let c = (0..nb).map(|i| if kind.has_min() { f16_at(&data, i * bb + 2) } else { 0.0 } - d[i] * off).collect();
+        let c = (0..nb).map(|i| if kind.has_min() { f16_at(&data, i * bb + 2) } else { 0.0 }).collect();
         Ok(Some(BlockLinear { kind, n, k, data, d, c }))
     }
 
@@ -257,13 +256,16 @@ fn unpack(kind: BlockKind, blk: &[u8]) -> [u8; QK] {
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 fn dot_row_scalar(kind: BlockKind, row: &[u8], d: &[f32], c: &[f32], qx: &QRow) -> f32 {
     let bb = kind.block_bytes();
+    let off = kind.offset() as i32;
     let mut acc = 0f32;
+    let mut mins = 0f32;
     for b in 0..d.len() {
         let u = unpack(kind, &row[b * bb..(b + 1) * bb]);
-        let dot: i32 = u.iter().zip(&qx.q[b * QK..(b + 1) * QK]).map(|(&a, &q)| a as i32 * q as i32).sum();
-        acc += d[b] * qx.d[b] * dot as f32 + c[b] * qx.s[b];
+        let dot: i32 = u.iter().zip(&qx.q[b * QK..(b + 1) * QK]).map(|(&a, &q)| (a as i32 - off) * q as i32).sum();
+        acc += d[b] * qx.d[b] * dot as f32;
+        mins += c[b] * qx.s[b];
     }
-    acc
+    acc + mins
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -323,26 +325,11 @@ mod x86 {
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
     }
 
-    /// `sum_b c[b] * s[b]`: the offset/minimum term of a row.
+    /// `sum_b m[b] * s[b]` in block order (the minimum term of the `_1` formats, summed the
+    /// way llama.cpp sums it).
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn dot_f32(c: &[f32], s: &[f32]) -> f32 {
-        // SAFETY: indices stay below `c.len()`, and `s` is as long.
-        unsafe {
-            let n = c.len();
-            let mut acc = _mm512_setzero_ps();
-            let mut i = 0;
-            while i + 16 <= n {
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(c.as_ptr().add(i)), _mm512_loadu_ps(s.as_ptr().add(i)), acc);
-                i += 16;
-            }
-            let mut t = _mm512_reduce_add_ps(acc);
-            while i < n {
-                t += c.get_unchecked(i) * s.get_unchecked(i);
-                i += 1;
-            }
-            t
-        }
+    fn mins(m: &[f32], s: &[f32]) -> f32 {
+        m.iter().zip(s).fold(0.0, |t, (a, b)| t + a * b)
     }
 
     /// Dot products of `R` consecutive weight rows (starting at `rows`, `stride` bytes apart)
@@ -353,30 +340,36 @@ mod x86 {
         // SAFETY: the caller guarantees R rows of nb blocks at `rows`, R * nb scales in `d`
         // and `c`, and nb activation blocks in `qx`.
         unsafe {
-            // Two accumulators per row (even and odd blocks) so consecutive FMAs do not wait on
-            // each other.
+            // One 8-lane accumulator per row, in block order: the same lanes and order as
+            // llama.cpp's AVX2 dot products, so results match the reference engine closely
+            // (greedy decoding of small models is sensitive to the last bits).
             let mut acc = [_mm256_setzero_ps(); R];
-            let mut acc2 = [_mm256_setzero_ps(); R];
             let xq = qx.q.as_ptr();
+            let offset = match K {
+                Q4_0 => 8,
+                Q5_0 => 16,
+                Q8_0 => 128,
+                _ => 0,
+            };
+            let offv = _mm256_set1_epi8(offset as u8 as i8);
             for b in 0..nb {
                 if R == 1 && b % 2 == 0 {
                     _mm_prefetch::<_MM_HINT_T0>(rows.wrapping_add(b * bb + PREFETCH_AHEAD) as *const i8);
                 }
                 let x = _mm256_loadu_si256(xq.add(b * QK) as *const __m256i);
                 let dx = *qx.d.get_unchecked(b);
+                // Per lane (4 consecutive elements, as llama.cpp groups them):
+                // sum((u - offset) * x) = sum(u * x) - sum(offset * x), exact in i32.
+                let xo = if offset != 0 { _mm256_dpbusd_epi32(_mm256_setzero_si256(), offv, x) } else { _mm256_setzero_si256() };
                 for r in 0..R {
                     let u = unpack::<K>(rows.add(r * stride + b * bb));
-                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+                    let dot = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x), xo);
                     let scale = _mm256_set1_ps(*d.get_unchecked(r * nb + b) * dx);
-                    if b % 2 == 0 {
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
-                    } else {
-                        acc2[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc2[r]);
-                    }
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
                 }
             }
             for r in 0..R {
-                out[r] = hsum(_mm256_add_ps(acc[r], acc2[r])) + dot_f32(&c[r * nb..(r + 1) * nb], &qx.s[..nb]);
+                out[r] = hsum(acc[r]) + if offset == 0 { mins(&c[r * nb..(r + 1) * nb], &qx.s[..nb]) } else { 0.0 };
             }
         }
     }
@@ -443,7 +436,7 @@ mod tests {
         let (n, k) = (42, 160);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3).collect();
         let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
-        let x: Vec<f32> = (0..3 * k).map(|i| ((i * 104729 % 997) as f32 / 498.0 - 1.0)).collect();
+        let x: Vec<f32> = (0..3 * k).map(|i| (i * 104729 % 997) as f32 / 498.0 - 1.0).collect();
         let x = Tensor::from_vec(x, (3, k), &dev).unwrap();
         for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
             let q = QTensor::quantize(&w, t).unwrap();
