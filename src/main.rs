@@ -18,12 +18,15 @@ enum Command {
     Models(cli::ModelsArgs),
     /// Prefill and decode speed of a model.
     Bench(cli::BenchArgs),
+    /// Talk to a model interactively.
+    Chat(cli::ChatArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Models(a) => cli::run_models(a),
         Command::Bench(a) => cli::run_bench(a),
+        Command::Chat(a) => cli::run_chat(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
