@@ -374,27 +374,78 @@ mod x86 {
         }
     }
 
+    /// One weight row against up to `A` activation rows: each block is unpacked once and used
+    /// for every activation row. Each output keeps its own accumulator in block order, so the
+    /// result equals [`dot_rows`] bit for bit.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn dot_acts<const K: u8, const A: usize>(row: *const u8, bb: usize, d: &[f32], c: &[f32], nb: usize, qxs: &[QRow], out: &mut [f32; A]) {
+        // SAFETY: the caller guarantees one row of nb blocks at `row`, nb scales in `d` and
+        // `c`, and at least A activation rows of nb blocks each in `qxs`.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); A];
+            let offset = match K {
+                Q4_0 => 8,
+                Q5_0 => 16,
+                Q8_0 => 128,
+                _ => 0,
+            };
+            let offv = _mm256_set1_epi8(offset as u8 as i8);
+            for b in 0..nb {
+                let u = unpack::<K>(row.add(b * bb));
+                let dw = *d.get_unchecked(b);
+                for i in 0..A {
+                    let qx = qxs.get_unchecked(i);
+                    let x = _mm256_loadu_si256(qx.q.as_ptr().add(b * QK) as *const __m256i);
+                    let xo = if offset != 0 { _mm256_dpbusd_epi32(_mm256_setzero_si256(), offv, x) } else { _mm256_setzero_si256() };
+                    let dot = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x), xo);
+                    let scale = _mm256_set1_ps(dw * *qx.d.get_unchecked(b));
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[i]);
+                }
+            }
+            for i in 0..A {
+                out[i] = hsum(acc[i]) + if offset == 0 { mins(c, &qxs.get_unchecked(i).s[..nb]) } else { 0.0 };
+            }
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
     unsafe fn rows_k<const K: u8>(data: &[u8], bb: usize, nb: usize, d: &[f32], c: &[f32], lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
         let w = hi - lo;
         let stride = nb * bb;
-        let mut j = lo;
-        let mut tmp = [0f32; 4];
         // SAFETY: rows lo..hi exist in `data`, `d` and `c` (checked by the caller).
         unsafe {
-            while j < hi {
-                let r = if qrows.len() > 1 && hi - j >= 4 { 4 } else { 1 };
-                let p = data.as_ptr().add(j * stride);
-                let (dj, cj) = (&d[j * nb..(j + r) * nb], &c[j * nb..(j + r) * nb]);
-                for (i, qx) in qrows.iter().enumerate() {
-                    if r == 4 {
-                        dot_rows::<K, 4>(p, stride, bb, dj, cj, nb, qx, &mut tmp);
-                    } else {
-                        dot_rows::<K, 1>(p, stride, bb, dj, cj, nb, qx, &mut tmp[..1]);
-                    }
-                    out[i * w + (j - lo)..i * w + (j - lo) + r].copy_from_slice(&tmp[..r]);
+            if qrows.len() == 1 {
+                // Decode: stream each weight row once.
+                let mut tmp = [0f32; 1];
+                for j in lo..hi {
+                    let (dj, cj) = (&d[j * nb..(j + 1) * nb], &c[j * nb..(j + 1) * nb]);
+                    dot_rows::<K, 1>(data.as_ptr().add(j * stride), stride, bb, dj, cj, nb, &qrows[0], &mut tmp);
+                    out[j - lo] = tmp[0];
                 }
-                j += r;
+                return;
+            }
+            // Prefill: activation rows in tiles of 8 share each unpacked weight block.
+            const A: usize = 8;
+            for j in lo..hi {
+                let p = data.as_ptr().add(j * stride);
+                let (dj, cj) = (&d[j * nb..(j + 1) * nb], &c[j * nb..(j + 1) * nb]);
+                let mut i = 0;
+                while i < qrows.len() {
+                    if qrows.len() - i >= A {
+                        let mut tmp = [0f32; A];
+                        dot_acts::<K, A>(p, bb, dj, cj, nb, &qrows[i..], &mut tmp);
+                        for (t, v) in tmp.iter().enumerate() {
+                            out[(i + t) * w + (j - lo)] = *v;
+                        }
+                        i += A;
+                    } else {
+                        let mut tmp = [0f32; 1];
+                        dot_acts::<K, 1>(p, bb, dj, cj, nb, &qrows[i..], &mut tmp);
+                        out[i * w + (j - lo)] = tmp[0];
+                        i += 1;
+                    }
+                }
             }
         }
     }
@@ -438,6 +489,8 @@ mod tests {
         let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
         let x: Vec<f32> = (0..3 * k).map(|i| (i * 104729 % 997) as f32 / 498.0 - 1.0).collect();
         let x = Tensor::from_vec(x, (3, k), &dev).unwrap();
+        let x11: Vec<f32> = (0..11 * k).map(|i| (i * 7 % 13) as f32 / 6.0 - 1.0).collect();
+        let x11 = Tensor::from_vec(x11, (11, k), &dev).unwrap();
         for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
             let q = QTensor::quantize(&w, t).unwrap();
             let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
@@ -446,6 +499,12 @@ mod tests {
             let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err < 0.02 * scale, "{t:?}: max error {err} (scale {scale})");
+            // Tiled (many activation rows) and streamed (one row) paths give the same bits.
+            let many = lin.forward(&x11).unwrap();
+            for i in 0..11 {
+                let one = lin.forward(&x11.narrow(0, i, 1).unwrap()).unwrap();
+                assert_eq!(many.get(i).unwrap().to_vec1::<f32>().unwrap(), one.get(0).unwrap().to_vec1::<f32>().unwrap(), "{t:?} row {i}");
+            }
             // The scalar reference agrees with the SIMD kernel on every output.
             let qr = quantize_row(&x.get(0).unwrap().to_vec1::<f32>().unwrap());
             let nb = k / QK;
