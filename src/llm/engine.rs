@@ -16,6 +16,9 @@ use crate::llm::profile::Profile;
 use crate::llm::sampler::{Sampler, SamplingParams};
 use crate::llm::Tokenizer;
 
+/// End-of-turn tokens of the chat formats we know, used when no profile says otherwise.
+const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>"];
+
 /// What a generation call should do.
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerateRequest {
@@ -105,21 +108,19 @@ impl Engine {
         let tok = &loaded.tokenizer;
         let mut stop_strings: Vec<String> = profile.as_ref().map(|p| p.stop.clone()).unwrap_or_default();
         let mut stop_tokens: Vec<u32> = tok.eos().into_iter().collect();
+        // The checkpoint's own end-of-sequence text (tokenizer_config.json) is a stop token too.
+        stop_tokens.extend(loaded.eos_token.as_deref().and_then(|t| tok.token_id(t)).filter(|&id| tok.is_special(id)));
+        // Without a profile, the usual end-of-turn tokens stop generation.
+        let defaults: &[&str] = if profile.is_none() { &END_OF_TURN } else { &[] };
+        stop_strings.extend(defaults.iter().map(|s| s.to_string()));
         // Stop strings that are single special tokens are matched as tokens.
         stop_strings.retain(|s| match tok.token_id(s).filter(|&id| tok.is_special(id)) {
             Some(id) => {
                 stop_tokens.push(id);
                 false
             }
-            None => true,
+            None => !defaults.contains(&s.as_str()),
         });
-        for t in ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>"] {
-            if let Some(id) = tok.token_id(t).filter(|&id| tok.is_special(id)) {
-                if profile.is_none() {
-                    stop_tokens.push(id);
-                }
-            }
-        }
         stop_tokens.sort_unstable();
         stop_tokens.dedup();
         let mut chat_template = loaded.chat_template;
