@@ -124,11 +124,10 @@ impl Engine {
         stop_tokens.sort_unstable();
         stop_tokens.dedup();
         let mut chat_template = loaded.chat_template;
-        if let Some(p) = &profile {
-            if let Some(t) = crate::llm::chat::template_override(&p.chat_template)? {
+        if let Some(p) = &profile
+            && let Some(t) = crate::llm::chat::template_override(&p.chat_template)? {
                 chat_template = Some(t);
             }
-        }
         Ok(Engine {
             model: Arc::new(loaded.model),
             tokenizer: Arc::new(loaded.tokenizer),
@@ -236,11 +235,10 @@ impl Engine {
                 text_end = Some(ids.len() - 1);
                 break Finish::StopToken { id: tok };
             }
-            if let Some(p) = processor.as_deref_mut() {
-                if p.accept(tok)? {
+            if let Some(p) = processor.as_deref_mut()
+                && p.accept(tok)? {
                     break Finish::ConstraintDone;
                 }
-            }
             if !stops.is_empty() {
                 let text = self.tokenizer.decode(&ids, false);
                 if let Some(stop) = stops.iter().find(|s| text.contains(**s)) {
@@ -254,11 +252,10 @@ impl Engine {
         };
         let shown = &ids[..text_end.unwrap_or(ids.len())];
         let mut text = self.tokenizer.decode(shown, false);
-        if let Finish::StopString { stop } = &finish {
-            if let Some(pos) = text.find(stop.as_str()) {
+        if let Finish::StopString { stop } = &finish
+            && let Some(pos) = text.find(stop.as_str()) {
                 text.truncate(pos);
             }
-        }
         Ok(Generation {
             ids,
             text,

@@ -178,15 +178,15 @@ impl BlockLinear {
 
     /// Output columns `lo..hi` for every activation row into `out` (`rows x (hi - lo)`).
     fn rows_into(&self, qrows: &[QRow], lo: usize, hi: usize, out: &mut [f32]) {
-        let nb = self.k / QK;
         #[cfg(target_arch = "x86_64")]
         {
             // SAFETY: BlockLinear is only built for use when `supported()` holds (the loader
             // checks it); the sizes were validated in `from_qtensor`.
-            unsafe { x86::rows_into(self.kind, &self.data, nb, &self.d, &self.c, lo, hi, qrows, out) }
+            unsafe { x86::rows_into(self, lo, hi, qrows, out) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
+            let nb = self.k / QK;
             let bb = self.kind.block_bytes();
             let w = hi - lo;
             for j in lo..hi {
@@ -272,7 +272,7 @@ fn dot_row_scalar(kind: BlockKind, row: &[u8], d: &[f32], c: &[f32], qx: &QRow) 
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BlockKind, QRow, QK};
+    use super::{BlockKind, BlockLinear, QRow, QK};
 
     const Q4_0: u8 = 0;
     const Q4_1: u8 = 1;
@@ -281,6 +281,8 @@ mod x86 {
     const Q8_0: u8 = 4;
     /// Bytes ahead of the current block to prefetch when streaming one row.
     const PREFETCH_AHEAD: usize = 1024;
+    /// Activation rows sharing each unpacked weight block during prefill.
+    const TILE: usize = 8;
 
     fn code(kind: BlockKind) -> u8 {
         match kind {
@@ -289,6 +291,16 @@ mod x86 {
             BlockKind::Q5_0 => Q5_0,
             BlockKind::Q5_1 => Q5_1,
             BlockKind::Q8_0 => Q8_0,
+        }
+    }
+
+    /// The constant the offset formats subtract from their unsigned quants.
+    const fn offset<const K: u8>() -> i32 {
+        match K {
+            Q4_0 => 8,
+            Q5_0 => 16,
+            Q8_0 => 128,
+            _ => 0,
         }
     }
 
@@ -316,10 +328,23 @@ mod x86 {
         }
     }
 
+    /// Per lane (4 consecutive elements, as llama.cpp groups them): `sum((u - offset) * x)`,
+    /// exact in i32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn lane_dots<const K: u8>(u: __m256i, x: __m256i) -> __m256i {
+        let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+        if offset::<K>() == 0 {
+            dot
+        } else {
+            let xo = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(offset::<K>() as u8 as i8), x);
+            _mm256_sub_epi32(dot, xo)
+        }
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {
-        // Register-only arithmetic.
         let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
@@ -327,122 +352,88 @@ mod x86 {
 
     /// `sum_b m[b] * s[b]` in block order (the minimum term of the `_1` formats, summed the
     /// way llama.cpp sums it).
-    #[inline]
     fn mins(m: &[f32], s: &[f32]) -> f32 {
         m.iter().zip(s).fold(0.0, |t, (a, b)| t + a * b)
     }
 
-    /// Dot products of `R` consecutive weight rows (starting at `rows`, `stride` bytes apart)
-    /// with one activation row.
-    #[inline]
+    /// Weight row `j` of `w` against one activation row, streaming the row once. One 8-lane
+    /// accumulator in block order: the same lanes and order as llama.cpp's AVX2 dot products,
+    /// so results match the reference engine closely (greedy decoding of small models is
+    /// sensitive to the last bits).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn dot_rows<const K: u8, const R: usize>(rows: *const u8, stride: usize, bb: usize, d: &[f32], c: &[f32], nb: usize, qx: &QRow, out: &mut [f32]) {
-        // SAFETY: the caller guarantees R rows of nb blocks at `rows`, R * nb scales in `d`
-        // and `c`, and nb activation blocks in `qx`.
+    unsafe fn dot_row<const K: u8>(w: &BlockLinear, j: usize, qx: &QRow) -> f32 {
+        let nb = w.k / QK;
+        let bb = w.kind.block_bytes();
+        let (d, c) = (&w.d[j * nb..(j + 1) * nb], &w.c[j * nb..(j + 1) * nb]);
+        // SAFETY: `rows_into` checked that row j (nb blocks of bb bytes) and nb activation
+        // blocks exist; prefetches use wrapping arithmetic and never fault.
         unsafe {
-            // One 8-lane accumulator per row, in block order: the same lanes and order as
-            // llama.cpp's AVX2 dot products, so results match the reference engine closely
-            // (greedy decoding of small models is sensitive to the last bits).
-            let mut acc = [_mm256_setzero_ps(); R];
-            let xq = qx.q.as_ptr();
-            let offset = match K {
-                Q4_0 => 8,
-                Q5_0 => 16,
-                Q8_0 => 128,
-                _ => 0,
-            };
-            let offv = _mm256_set1_epi8(offset as u8 as i8);
+            let row = w.data.as_ptr().add(j * nb * bb);
+            let mut acc = _mm256_setzero_ps();
             for b in 0..nb {
-                if R == 1 && b % 2 == 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(rows.wrapping_add(b * bb + PREFETCH_AHEAD) as *const i8);
+                if b % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * bb + PREFETCH_AHEAD) as *const i8);
                 }
-                let x = _mm256_loadu_si256(xq.add(b * QK) as *const __m256i);
-                let dx = *qx.d.get_unchecked(b);
-                // Per lane (4 consecutive elements, as llama.cpp groups them):
-                // sum((u - offset) * x) = sum(u * x) - sum(offset * x), exact in i32.
-                let xo = if offset != 0 { _mm256_dpbusd_epi32(_mm256_setzero_si256(), offv, x) } else { _mm256_setzero_si256() };
-                for r in 0..R {
-                    let u = unpack::<K>(rows.add(r * stride + b * bb));
-                    let dot = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x), xo);
-                    let scale = _mm256_set1_ps(*d.get_unchecked(r * nb + b) * dx);
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
-                }
+                let x = _mm256_loadu_si256(qx.q.as_ptr().add(b * QK) as *const __m256i);
+                let dot = lane_dots::<K>(unpack::<K>(row.add(b * bb)), x);
+                let scale = _mm256_set1_ps(*d.get_unchecked(b) * *qx.d.get_unchecked(b));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc);
             }
-            for r in 0..R {
-                out[r] = hsum(acc[r]) + if offset == 0 { mins(&c[r * nb..(r + 1) * nb], &qx.s[..nb]) } else { 0.0 };
-            }
+            hsum(acc) + if offset::<K>() == 0 { mins(c, &qx.s[..nb]) } else { 0.0 }
         }
     }
 
-    /// One weight row against up to `A` activation rows: each block is unpacked once and used
-    /// for every activation row. Each output keeps its own accumulator in block order, so the
-    /// result equals [`dot_rows`] bit for bit.
-    #[inline]
+    /// Weight row `j` against `A` activation rows: each block is unpacked once and used for
+    /// every activation row. Each output keeps its own accumulator in block order, so results
+    /// equal [`dot_row`]'s bit for bit.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn dot_acts<const K: u8, const A: usize>(row: *const u8, bb: usize, d: &[f32], c: &[f32], nb: usize, qxs: &[QRow], out: &mut [f32; A]) {
-        // SAFETY: the caller guarantees one row of nb blocks at `row`, nb scales in `d` and
-        // `c`, and at least A activation rows of nb blocks each in `qxs`.
+    unsafe fn dot_tile<const K: u8, const A: usize>(w: &BlockLinear, j: usize, qxs: &[QRow]) -> [f32; A] {
+        let nb = w.k / QK;
+        let bb = w.kind.block_bytes();
+        let (d, c) = (&w.d[j * nb..(j + 1) * nb], &w.c[j * nb..(j + 1) * nb]);
+        let qxs = &qxs[..A];
+        // SAFETY: as in `dot_row`, for each of the A activation rows.
         unsafe {
+            let row = w.data.as_ptr().add(j * nb * bb);
             let mut acc = [_mm256_setzero_ps(); A];
-            let offset = match K {
-                Q4_0 => 8,
-                Q5_0 => 16,
-                Q8_0 => 128,
-                _ => 0,
-            };
-            let offv = _mm256_set1_epi8(offset as u8 as i8);
             for b in 0..nb {
                 let u = unpack::<K>(row.add(b * bb));
                 let dw = *d.get_unchecked(b);
-                for i in 0..A {
-                    let qx = qxs.get_unchecked(i);
+                for (a, qx) in acc.iter_mut().zip(qxs) {
                     let x = _mm256_loadu_si256(qx.q.as_ptr().add(b * QK) as *const __m256i);
-                    let xo = if offset != 0 { _mm256_dpbusd_epi32(_mm256_setzero_si256(), offv, x) } else { _mm256_setzero_si256() };
-                    let dot = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x), xo);
                     let scale = _mm256_set1_ps(dw * *qx.d.get_unchecked(b));
-                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[i]);
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lane_dots::<K>(u, x)), scale, *a);
                 }
             }
-            for i in 0..A {
-                out[i] = hsum(acc[i]) + if offset == 0 { mins(c, &qxs.get_unchecked(i).s[..nb]) } else { 0.0 };
+            let mut out = [0f32; A];
+            for ((o, a), qx) in out.iter_mut().zip(acc).zip(qxs) {
+                *o = hsum(a) + if offset::<K>() == 0 { mins(c, &qx.s[..nb]) } else { 0.0 };
             }
+            out
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn rows_k<const K: u8>(data: &[u8], bb: usize, nb: usize, d: &[f32], c: &[f32], lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
-        let w = hi - lo;
-        let stride = nb * bb;
-        // SAFETY: rows lo..hi exist in `data`, `d` and `c` (checked by the caller).
+    unsafe fn rows_k<const K: u8>(w: &BlockLinear, lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
+        let width = hi - lo;
+        // SAFETY: bounds were checked by `rows_into`.
         unsafe {
-            if qrows.len() == 1 {
-                // Decode: stream each weight row once.
-                let mut tmp = [0f32; 1];
+            if let [qx] = qrows {
                 for j in lo..hi {
-                    let (dj, cj) = (&d[j * nb..(j + 1) * nb], &c[j * nb..(j + 1) * nb]);
-                    dot_rows::<K, 1>(data.as_ptr().add(j * stride), stride, bb, dj, cj, nb, &qrows[0], &mut tmp);
-                    out[j - lo] = tmp[0];
+                    out[j - lo] = dot_row::<K>(w, j, qx);
                 }
                 return;
             }
-            // Prefill: activation rows in tiles of 8 share each unpacked weight block.
-            const A: usize = 8;
             for j in lo..hi {
-                let p = data.as_ptr().add(j * stride);
-                let (dj, cj) = (&d[j * nb..(j + 1) * nb], &c[j * nb..(j + 1) * nb]);
                 let mut i = 0;
                 while i < qrows.len() {
-                    if qrows.len() - i >= A {
-                        let mut tmp = [0f32; A];
-                        dot_acts::<K, A>(p, bb, dj, cj, nb, &qrows[i..], &mut tmp);
-                        for (t, v) in tmp.iter().enumerate() {
-                            out[(i + t) * w + (j - lo)] = *v;
+                    if qrows.len() - i >= TILE {
+                        for (t, v) in dot_tile::<K, TILE>(w, j, &qrows[i..]).into_iter().enumerate() {
+                            out[(i + t) * width + (j - lo)] = v;
                         }
-                        i += A;
+                        i += TILE;
                     } else {
-                        let mut tmp = [0f32; 1];
-                        dot_acts::<K, 1>(p, bb, dj, cj, nb, &qrows[i..], &mut tmp);
-                        out[i * w + (j - lo)] = tmp[0];
+                        out[i * width + (j - lo)] = dot_row::<K>(w, j, &qrows[i]);
                         i += 1;
                     }
                 }
@@ -450,23 +441,23 @@ mod x86 {
         }
     }
 
-    /// Output columns `lo..hi` for every activation row into `out` (`rows x (hi - lo)`).
+    /// Output columns `lo..hi` of `w` for every activation row into `out` (`rows x (hi - lo)`).
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F/BW/VL/VNNI, and `data`, `d`, `c` must hold at least `hi`
-    /// rows of `nb` blocks of `kind`.
-    pub(super) unsafe fn rows_into(kind: BlockKind, data: &[u8], nb: usize, d: &[f32], c: &[f32], lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
-        let bb = kind.block_bytes();
-        assert!(data.len() >= hi * nb * bb && d.len() >= hi * nb && c.len() >= hi * nb);
+    /// The CPU must have AVX-512 F/BW/VL/VNNI.
+    pub(super) unsafe fn rows_into(w: &BlockLinear, lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
+        let nb = w.k / QK;
+        assert!(hi <= w.n && w.data.len() >= w.n * nb * w.kind.block_bytes() && w.d.len() >= w.n * nb && w.c.len() >= w.n * nb);
         assert!(qrows.iter().all(|q| q.q.len() >= nb * QK && q.d.len() >= nb && q.s.len() >= nb));
+        assert!(out.len() >= qrows.len() * (hi - lo));
         // SAFETY: bounds asserted above; CPU features are the caller's promise.
         unsafe {
-            match code(kind) {
-                Q4_0 => rows_k::<Q4_0>(data, bb, nb, d, c, lo, hi, qrows, out),
-                Q4_1 => rows_k::<Q4_1>(data, bb, nb, d, c, lo, hi, qrows, out),
-                Q5_0 => rows_k::<Q5_0>(data, bb, nb, d, c, lo, hi, qrows, out),
-                Q5_1 => rows_k::<Q5_1>(data, bb, nb, d, c, lo, hi, qrows, out),
-                _ => rows_k::<Q8_0>(data, bb, nb, d, c, lo, hi, qrows, out),
+            match code(w.kind) {
+                Q4_0 => rows_k::<Q4_0>(w, lo, hi, qrows, out),
+                Q4_1 => rows_k::<Q4_1>(w, lo, hi, qrows, out),
+                Q5_0 => rows_k::<Q5_0>(w, lo, hi, qrows, out),
+                Q5_1 => rows_k::<Q5_1>(w, lo, hi, qrows, out),
+                _ => rows_k::<Q8_0>(w, lo, hi, qrows, out),
             }
         }
     }
