@@ -81,21 +81,34 @@ impl Constrainer {
 
     /// Output must be one JSON value valid under `schema`.
     pub fn json_schema(&self, schema: &Value) -> Result<Grammar> {
-        self.grammar(TopLevelGrammar::from_json_schema(schema.clone()))
+        self.grammar(TopLevelGrammar::from_json_schema(with_json_layout(schema.clone())))
     }
 
     /// Output must be one call (Hermes, Llama 3) or a call array (xLAM) to one of `tools`.
     pub fn tool_call(&self, format: ToolFormat, tools: &[Value]) -> Result<Grammar> {
-        let call = call_schema(format, tools)?;
+        let call = with_json_layout(call_schema(format, tools)?);
         match format {
             ToolFormat::Hermes => {
                 let lark = format!("start: {:?} %json {} {:?}\n", format!("{}\n", hermes::OPEN), call, format!("\n{}", hermes::CLOSE));
                 self.grammar(TopLevelGrammar::from_lark(lark))
             }
             ToolFormat::Llama3Json => self.grammar(TopLevelGrammar::from_json_schema(call)),
-            ToolFormat::Xlam => self.grammar(TopLevelGrammar::from_json_schema(json!({"type": "array", "items": call, "minItems": 1}))),
+            ToolFormat::Xlam => {
+                let array = json!({"type": "array", "items": call, "minItems": 1});
+                self.grammar(TopLevelGrammar::from_json_schema(with_json_layout(array)))
+            }
         }
     }
+}
+
+/// Fix the JSON layout to Python's `json.dumps` style (`", "`, `": "`, no other whitespace)
+/// unless the schema sets its own `x-guidance` options: free whitespace lets small models
+/// wander into endless runs of newlines.
+fn with_json_layout(mut schema: Value) -> Value {
+    if let Value::Object(o) = &mut schema {
+        o.entry("x-guidance").or_insert_with(|| json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
+    }
+    schema
 }
 
 /// The JSON schema of one call to any of `tools` in `format`'s key names.

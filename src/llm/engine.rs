@@ -16,6 +16,9 @@ use crate::llm::profile::Profile;
 use crate::llm::sampler::{Sampler, SamplingParams};
 use crate::llm::Tokenizer;
 
+/// End-of-turn tokens of the chat formats we know, used when no profile says otherwise.
+const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>"];
+
 /// What a generation call should do.
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerateRequest {
@@ -105,29 +108,26 @@ impl Engine {
         let tok = &loaded.tokenizer;
         let mut stop_strings: Vec<String> = profile.as_ref().map(|p| p.stop.clone()).unwrap_or_default();
         let mut stop_tokens: Vec<u32> = tok.eos().into_iter().collect();
+        // The checkpoint's own end-of-sequence text (tokenizer_config.json) is a stop token too.
+        stop_tokens.extend(loaded.eos_token.as_deref().and_then(|t| tok.token_id(t)).filter(|&id| tok.is_special(id)));
+        // Without a profile, the usual end-of-turn tokens stop generation.
+        let defaults: &[&str] = if profile.is_none() { &END_OF_TURN } else { &[] };
+        stop_strings.extend(defaults.iter().map(|s| s.to_string()));
         // Stop strings that are single special tokens are matched as tokens.
         stop_strings.retain(|s| match tok.token_id(s).filter(|&id| tok.is_special(id)) {
             Some(id) => {
                 stop_tokens.push(id);
                 false
             }
-            None => true,
+            None => !defaults.contains(&s.as_str()),
         });
-        for t in ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>"] {
-            if let Some(id) = tok.token_id(t).filter(|&id| tok.is_special(id)) {
-                if profile.is_none() {
-                    stop_tokens.push(id);
-                }
-            }
-        }
         stop_tokens.sort_unstable();
         stop_tokens.dedup();
         let mut chat_template = loaded.chat_template;
-        if let Some(p) = &profile {
-            if let Some(t) = crate::llm::chat::template_override(&p.chat_template)? {
+        if let Some(p) = &profile
+            && let Some(t) = crate::llm::chat::template_override(&p.chat_template)? {
                 chat_template = Some(t);
             }
-        }
         Ok(Engine {
             model: Arc::new(loaded.model),
             tokenizer: Arc::new(loaded.tokenizer),
@@ -235,11 +235,10 @@ impl Engine {
                 text_end = Some(ids.len() - 1);
                 break Finish::StopToken { id: tok };
             }
-            if let Some(p) = processor.as_deref_mut() {
-                if p.accept(tok)? {
+            if let Some(p) = processor.as_deref_mut()
+                && p.accept(tok)? {
                     break Finish::ConstraintDone;
                 }
-            }
             if !stops.is_empty() {
                 let text = self.tokenizer.decode(&ids, false);
                 if let Some(stop) = stops.iter().find(|s| text.contains(**s)) {
@@ -253,11 +252,10 @@ impl Engine {
         };
         let shown = &ids[..text_end.unwrap_or(ids.len())];
         let mut text = self.tokenizer.decode(shown, false);
-        if let Finish::StopString { stop } = &finish {
-            if let Some(pos) = text.find(stop.as_str()) {
+        if let Finish::StopString { stop } = &finish
+            && let Some(pos) = text.find(stop.as_str()) {
                 text.truncate(pos);
             }
-        }
         Ok(Generation {
             ids,
             text,

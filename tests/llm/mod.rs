@@ -1,6 +1,9 @@
 //! Tests of `apigen_mt::llm`.
 
 mod agreement;
+mod chat;
 mod constrained;
+mod scripted;
 mod support;
+mod tiny;
 mod tokenizer;

@@ -4,7 +4,8 @@ use clap::Args;
 use serde_json::json;
 
 use super::LoadArgs;
-use crate::llm::engine::GenerateRequest;
+use crate::llm::constrain::Constrainer;
+use crate::llm::engine::{Engine, GenerateRequest};
 use crate::llm::KvCache;
 
 /// The prompt llama.cpp's benchmark script uses, so figures compare like for like.
@@ -59,6 +60,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         first_ms.push(g.prefill_ms);
         text = g.text;
     }
+    let constrained = constrained_decode(&engine, &prompt)?;
     let report = json!({
         "model": args.name,
         "file": engine.path().file_name().map(|f| f.to_string_lossy().into_owned()),
@@ -68,8 +70,52 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "prefill": {"prompt_tokens": long.len(), "tok_per_s": (median(prefill) * 10.0).round() / 10.0},
         "decode": {"prompt_tokens": prompt.len(), "gen_tokens": args.gen_tokens, "prompt_ms": (median(first_ms) * 10.0).round() / 10.0,
                    "tok_per_s": (median(decode) * 100.0).round() / 100.0},
+        "constrained": constrained,
         "text": text.chars().take(200).collect::<String>(),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// A blueprint-shaped JSON schema (instruction + actions with enumerated names), the kind of
+/// constraint the pipeline uses.
+fn blueprint_schema() -> serde_json::Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "instruction": {"type": "string", "maxLength": 300},
+            "actions": {"type": "array", "minItems": 1, "maxItems": 4, "items": {
+                "type": "object",
+                "properties": {"name": {"enum": ["get_order_details", "cancel_pending_order", "modify_pending_order_address"]},
+                               "arguments": {"type": "object"}},
+                "required": ["name", "arguments"], "additionalProperties": false}}
+        },
+        "required": ["instruction", "actions"], "additionalProperties": false
+    })
+}
+
+/// Decode under a JSON-schema constraint and report the mask's share of a step.
+fn constrained_decode(engine: &Engine, prompt: &[u32]) -> anyhow::Result<serde_json::Value> {
+    let Some(eos) = engine.stop_tokens().first().copied().or(engine.tokenizer().eos()) else {
+        return Ok(json!(null));
+    };
+    let started = std::time::Instant::now();
+    let constrainer = Constrainer::new(engine.tokenizer().clone(), eos)?;
+    let setup_ms = started.elapsed().as_secs_f64() * 1e3;
+    let started = std::time::Instant::now();
+    let mut grammar = constrainer.json_schema(&blueprint_schema())?;
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let req = GenerateRequest { max_tokens: 96, ..Default::default() };
+    let g = engine.generate(&mut KvCache::new(), prompt, &req, Some(&mut grammar))?;
+    let steps = g.ids.len().max(1) as f64;
+    let step_ms = g.decode_ms / steps;
+    let mask_us = grammar.mean_mask_us();
+    Ok(json!({
+        "tokens": g.ids.len(),
+        "trie_setup_ms": (setup_ms * 10.0).round() / 10.0,
+        "grammar_compile_ms": (compile_ms * 100.0).round() / 100.0,
+        "decode_step_ms": (step_ms * 100.0).round() / 100.0,
+        "mask_us_per_token": (mask_us * 10.0).round() / 10.0,
+        "mask_fraction_of_step": ((mask_us / 1e3 / step_ms) * 1e4).round() / 1e4,
+    }))
 }

@@ -4,6 +4,7 @@
 //! binary's argument tree embeds them. Data goes to stdout (JSON), logs to stderr.
 
 pub mod bench;
+pub mod chat;
 pub mod models;
 
 use clap::Args;
@@ -13,6 +14,7 @@ use crate::llm::engine::Engine;
 use crate::llm::model::LoadOptions;
 
 pub use bench::{run as run_bench, BenchArgs};
+pub use chat::{run as run_chat, run_with as run_chat_with, ChatArgs, Executor};
 pub use models::{run as run_models, ModelsArgs, ModelsCommand};
 
 /// Options for loading a model, shared by every subcommand that runs one.

@@ -87,8 +87,8 @@ pub(crate) struct BlockLinear {
     k: usize,
     /// Raw blocks, row-major.
     data: Vec<u8>,
-    /// Per-block scale `d`, and `c = m - d * offset` (the per-block constant each weight
-    /// carries besides `d * u`), as f32.
+    /// Per-block scale `d` and minimum `c` (`m` of the `_1` formats, 0 otherwise), as f32.
+    /// The offset formats subtract their constant in the integer domain instead.
     d: Vec<f32>,
     c: Vec<f32>,
 }
@@ -120,8 +120,7 @@ impl BlockLinear {
         }
         let bb = kind.block_bytes();
         let d: Vec<f32> = (0..nb).map(|i| f16_at(&data, i * bb)).collect();
-        let off = kind.offset();
-        let c = (0..nb).map(|i| if kind.has_min() { f16_at(&data, i * bb + 2) } else { 0.0 } - d[i] * off).collect();
+        let c = (0..nb).map(|i| if kind.has_min() { f16_at(&data, i * bb + 2) } else { 0.0 }).collect();
         Ok(Some(BlockLinear { kind, n, k, data, d, c }))
     }
 
@@ -179,15 +178,15 @@ impl BlockLinear {
 
     /// Output columns `lo..hi` for every activation row into `out` (`rows x (hi - lo)`).
     fn rows_into(&self, qrows: &[QRow], lo: usize, hi: usize, out: &mut [f32]) {
-        let nb = self.k / QK;
         #[cfg(target_arch = "x86_64")]
         {
             // SAFETY: BlockLinear is only built for use when `supported()` holds (the loader
             // checks it); the sizes were validated in `from_qtensor`.
-            unsafe { x86::rows_into(self.kind, &self.data, nb, &self.d, &self.c, lo, hi, qrows, out) }
+            unsafe { x86::rows_into(self, lo, hi, qrows, out) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
+            let nb = self.k / QK;
             let bb = self.kind.block_bytes();
             let w = hi - lo;
             for j in lo..hi {
@@ -257,20 +256,23 @@ fn unpack(kind: BlockKind, blk: &[u8]) -> [u8; QK] {
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 fn dot_row_scalar(kind: BlockKind, row: &[u8], d: &[f32], c: &[f32], qx: &QRow) -> f32 {
     let bb = kind.block_bytes();
+    let off = kind.offset() as i32;
     let mut acc = 0f32;
+    let mut mins = 0f32;
     for b in 0..d.len() {
         let u = unpack(kind, &row[b * bb..(b + 1) * bb]);
-        let dot: i32 = u.iter().zip(&qx.q[b * QK..(b + 1) * QK]).map(|(&a, &q)| a as i32 * q as i32).sum();
-        acc += d[b] * qx.d[b] * dot as f32 + c[b] * qx.s[b];
+        let dot: i32 = u.iter().zip(&qx.q[b * QK..(b + 1) * QK]).map(|(&a, &q)| (a as i32 - off) * q as i32).sum();
+        acc += d[b] * qx.d[b] * dot as f32;
+        mins += c[b] * qx.s[b];
     }
-    acc
+    acc + mins
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BlockKind, QRow, QK};
+    use super::{BlockKind, BlockLinear, QRow, QK};
 
     const Q4_0: u8 = 0;
     const Q4_1: u8 = 1;
@@ -279,6 +281,8 @@ mod x86 {
     const Q8_0: u8 = 4;
     /// Bytes ahead of the current block to prefetch when streaming one row.
     const PREFETCH_AHEAD: usize = 1024;
+    /// Activation rows sharing each unpacked weight block during prefill.
+    const TILE: usize = 8;
 
     fn code(kind: BlockKind) -> u8 {
         match kind {
@@ -287,6 +291,16 @@ mod x86 {
             BlockKind::Q5_0 => Q5_0,
             BlockKind::Q5_1 => Q5_1,
             BlockKind::Q8_0 => Q8_0,
+        }
+    }
+
+    /// The constant the offset formats subtract from their unsigned quants.
+    const fn offset<const K: u8>() -> i32 {
+        match K {
+            Q4_0 => 8,
+            Q5_0 => 16,
+            Q8_0 => 128,
+            _ => 0,
         }
     }
 
@@ -314,115 +328,136 @@ mod x86 {
         }
     }
 
+    /// Per lane (4 consecutive elements, as llama.cpp groups them): `sum((u - offset) * x)`,
+    /// exact in i32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn lane_dots<const K: u8>(u: __m256i, x: __m256i) -> __m256i {
+        let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+        if offset::<K>() == 0 {
+            dot
+        } else {
+            let xo = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(offset::<K>() as u8 as i8), x);
+            _mm256_sub_epi32(dot, xo)
+        }
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {
-        // Register-only arithmetic.
         let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
     }
 
-    /// `sum_b c[b] * s[b]`: the offset/minimum term of a row.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn dot_f32(c: &[f32], s: &[f32]) -> f32 {
-        // SAFETY: indices stay below `c.len()`, and `s` is as long.
-        unsafe {
-            let n = c.len();
-            let mut acc = _mm512_setzero_ps();
-            let mut i = 0;
-            while i + 16 <= n {
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(c.as_ptr().add(i)), _mm512_loadu_ps(s.as_ptr().add(i)), acc);
-                i += 16;
-            }
-            let mut t = _mm512_reduce_add_ps(acc);
-            while i < n {
-                t += c.get_unchecked(i) * s.get_unchecked(i);
-                i += 1;
-            }
-            t
-        }
+    /// `sum_b m[b] * s[b]` in block order (the minimum term of the `_1` formats, summed the
+    /// way llama.cpp sums it).
+    fn mins(m: &[f32], s: &[f32]) -> f32 {
+        m.iter().zip(s).fold(0.0, |t, (a, b)| t + a * b)
     }
 
-    /// Dot products of `R` consecutive weight rows (starting at `rows`, `stride` bytes apart)
-    /// with one activation row.
-    #[inline]
+    /// Weight row `j` of `w` against one activation row, streaming the row once. One 8-lane
+    /// accumulator in block order: the same lanes and order as llama.cpp's AVX2 dot products,
+    /// so results match the reference engine closely (greedy decoding of small models is
+    /// sensitive to the last bits).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn dot_rows<const K: u8, const R: usize>(rows: *const u8, stride: usize, bb: usize, d: &[f32], c: &[f32], nb: usize, qx: &QRow, out: &mut [f32]) {
-        // SAFETY: the caller guarantees R rows of nb blocks at `rows`, R * nb scales in `d`
-        // and `c`, and nb activation blocks in `qx`.
+    unsafe fn dot_row<const K: u8>(w: &BlockLinear, j: usize, qx: &QRow) -> f32 {
+        let nb = w.k / QK;
+        let bb = w.kind.block_bytes();
+        let (d, c) = (&w.d[j * nb..(j + 1) * nb], &w.c[j * nb..(j + 1) * nb]);
+        // SAFETY: `rows_into` checked that row j (nb blocks of bb bytes) and nb activation
+        // blocks exist; prefetches use wrapping arithmetic and never fault.
         unsafe {
-            // Two accumulators per row (even and odd blocks) so consecutive FMAs do not wait on
-            // each other.
-            let mut acc = [_mm256_setzero_ps(); R];
-            let mut acc2 = [_mm256_setzero_ps(); R];
-            let xq = qx.q.as_ptr();
+            let row = w.data.as_ptr().add(j * nb * bb);
+            let mut acc = _mm256_setzero_ps();
             for b in 0..nb {
-                if R == 1 && b % 2 == 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(rows.wrapping_add(b * bb + PREFETCH_AHEAD) as *const i8);
+                if b % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * bb + PREFETCH_AHEAD) as *const i8);
                 }
-                let x = _mm256_loadu_si256(xq.add(b * QK) as *const __m256i);
-                let dx = *qx.d.get_unchecked(b);
-                for r in 0..R {
-                    let u = unpack::<K>(rows.add(r * stride + b * bb));
-                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
-                    let scale = _mm256_set1_ps(*d.get_unchecked(r * nb + b) * dx);
-                    if b % 2 == 0 {
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
-                    } else {
-                        acc2[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc2[r]);
-                    }
+                let x = _mm256_loadu_si256(qx.q.as_ptr().add(b * QK) as *const __m256i);
+                let dot = lane_dots::<K>(unpack::<K>(row.add(b * bb)), x);
+                let scale = _mm256_set1_ps(*d.get_unchecked(b) * *qx.d.get_unchecked(b));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc);
+            }
+            hsum(acc) + if offset::<K>() == 0 { mins(c, &qx.s[..nb]) } else { 0.0 }
+        }
+    }
+
+    /// Weight row `j` against `A` activation rows: each block is unpacked once and used for
+    /// every activation row. Each output keeps its own accumulator in block order, so results
+    /// equal [`dot_row`]'s bit for bit.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn dot_tile<const K: u8, const A: usize>(w: &BlockLinear, j: usize, qxs: &[QRow]) -> [f32; A] {
+        let nb = w.k / QK;
+        let bb = w.kind.block_bytes();
+        let (d, c) = (&w.d[j * nb..(j + 1) * nb], &w.c[j * nb..(j + 1) * nb]);
+        let qxs = &qxs[..A];
+        // SAFETY: as in `dot_row`, for each of the A activation rows.
+        unsafe {
+            let row = w.data.as_ptr().add(j * nb * bb);
+            let mut acc = [_mm256_setzero_ps(); A];
+            for b in 0..nb {
+                let u = unpack::<K>(row.add(b * bb));
+                let dw = *d.get_unchecked(b);
+                for (a, qx) in acc.iter_mut().zip(qxs) {
+                    let x = _mm256_loadu_si256(qx.q.as_ptr().add(b * QK) as *const __m256i);
+                    let scale = _mm256_set1_ps(dw * *qx.d.get_unchecked(b));
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lane_dots::<K>(u, x)), scale, *a);
                 }
             }
-            for r in 0..R {
-                out[r] = hsum(_mm256_add_ps(acc[r], acc2[r])) + dot_f32(&c[r * nb..(r + 1) * nb], &qx.s[..nb]);
+            let mut out = [0f32; A];
+            for ((o, a), qx) in out.iter_mut().zip(acc).zip(qxs) {
+                *o = hsum(a) + if offset::<K>() == 0 { mins(c, &qx.s[..nb]) } else { 0.0 };
             }
+            out
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn rows_k<const K: u8>(data: &[u8], bb: usize, nb: usize, d: &[f32], c: &[f32], lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
-        let w = hi - lo;
-        let stride = nb * bb;
-        let mut j = lo;
-        let mut tmp = [0f32; 4];
-        // SAFETY: rows lo..hi exist in `data`, `d` and `c` (checked by the caller).
+    unsafe fn rows_k<const K: u8>(w: &BlockLinear, lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
+        let width = hi - lo;
+        // SAFETY: bounds were checked by `rows_into`.
         unsafe {
-            while j < hi {
-                let r = if qrows.len() > 1 && hi - j >= 4 { 4 } else { 1 };
-                let p = data.as_ptr().add(j * stride);
-                let (dj, cj) = (&d[j * nb..(j + r) * nb], &c[j * nb..(j + r) * nb]);
-                for (i, qx) in qrows.iter().enumerate() {
-                    if r == 4 {
-                        dot_rows::<K, 4>(p, stride, bb, dj, cj, nb, qx, &mut tmp);
-                    } else {
-                        dot_rows::<K, 1>(p, stride, bb, dj, cj, nb, qx, &mut tmp[..1]);
-                    }
-                    out[i * w + (j - lo)..i * w + (j - lo) + r].copy_from_slice(&tmp[..r]);
+            if let [qx] = qrows {
+                for j in lo..hi {
+                    out[j - lo] = dot_row::<K>(w, j, qx);
                 }
-                j += r;
+                return;
+            }
+            for j in lo..hi {
+                let mut i = 0;
+                while i < qrows.len() {
+                    if qrows.len() - i >= TILE {
+                        for (t, v) in dot_tile::<K, TILE>(w, j, &qrows[i..]).into_iter().enumerate() {
+                            out[(i + t) * width + (j - lo)] = v;
+                        }
+                        i += TILE;
+                    } else {
+                        out[i * width + (j - lo)] = dot_row::<K>(w, j, &qrows[i]);
+                        i += 1;
+                    }
+                }
             }
         }
     }
 
-    /// Output columns `lo..hi` for every activation row into `out` (`rows x (hi - lo)`).
+    /// Output columns `lo..hi` of `w` for every activation row into `out` (`rows x (hi - lo)`).
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F/BW/VL/VNNI, and `data`, `d`, `c` must hold at least `hi`
-    /// rows of `nb` blocks of `kind`.
-    pub(super) unsafe fn rows_into(kind: BlockKind, data: &[u8], nb: usize, d: &[f32], c: &[f32], lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
-        let bb = kind.block_bytes();
-        assert!(data.len() >= hi * nb * bb && d.len() >= hi * nb && c.len() >= hi * nb);
+    /// The CPU must have AVX-512 F/BW/VL/VNNI.
+    pub(super) unsafe fn rows_into(w: &BlockLinear, lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
+        let nb = w.k / QK;
+        assert!(hi <= w.n && w.data.len() >= w.n * nb * w.kind.block_bytes() && w.d.len() >= w.n * nb && w.c.len() >= w.n * nb);
         assert!(qrows.iter().all(|q| q.q.len() >= nb * QK && q.d.len() >= nb && q.s.len() >= nb));
+        assert!(out.len() >= qrows.len() * (hi - lo));
         // SAFETY: bounds asserted above; CPU features are the caller's promise.
         unsafe {
-            match code(kind) {
-                Q4_0 => rows_k::<Q4_0>(data, bb, nb, d, c, lo, hi, qrows, out),
-                Q4_1 => rows_k::<Q4_1>(data, bb, nb, d, c, lo, hi, qrows, out),
-                Q5_0 => rows_k::<Q5_0>(data, bb, nb, d, c, lo, hi, qrows, out),
-                Q5_1 => rows_k::<Q5_1>(data, bb, nb, d, c, lo, hi, qrows, out),
-                _ => rows_k::<Q8_0>(data, bb, nb, d, c, lo, hi, qrows, out),
+            match code(w.kind) {
+                Q4_0 => rows_k::<Q4_0>(w, lo, hi, qrows, out),
+                Q4_1 => rows_k::<Q4_1>(w, lo, hi, qrows, out),
+                Q5_0 => rows_k::<Q5_0>(w, lo, hi, qrows, out),
+                Q5_1 => rows_k::<Q5_1>(w, lo, hi, qrows, out),
+                _ => rows_k::<Q8_0>(w, lo, hi, qrows, out),
             }
         }
     }
@@ -443,8 +478,10 @@ mod tests {
         let (n, k) = (42, 160);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3).collect();
         let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
-        let x: Vec<f32> = (0..3 * k).map(|i| ((i * 104729 % 997) as f32 / 498.0 - 1.0)).collect();
+        let x: Vec<f32> = (0..3 * k).map(|i| (i * 104729 % 997) as f32 / 498.0 - 1.0).collect();
         let x = Tensor::from_vec(x, (3, k), &dev).unwrap();
+        let x11: Vec<f32> = (0..11 * k).map(|i| (i * 7 % 13) as f32 / 6.0 - 1.0).collect();
+        let x11 = Tensor::from_vec(x11, (11, k), &dev).unwrap();
         for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
             let q = QTensor::quantize(&w, t).unwrap();
             let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
@@ -453,6 +490,12 @@ mod tests {
             let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err < 0.02 * scale, "{t:?}: max error {err} (scale {scale})");
+            // Tiled (many activation rows) and streamed (one row) paths give the same bits.
+            let many = lin.forward(&x11).unwrap();
+            for i in 0..11 {
+                let one = lin.forward(&x11.narrow(0, i, 1).unwrap()).unwrap();
+                assert_eq!(many.get(i).unwrap().to_vec1::<f32>().unwrap(), one.get(0).unwrap().to_vec1::<f32>().unwrap(), "{t:?} row {i}");
+            }
             // The scalar reference agrees with the SIMD kernel on every output.
             let qr = quantize_row(&x.get(0).unwrap().to_vec1::<f32>().unwrap());
             let nb = k / QK;

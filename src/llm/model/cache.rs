@@ -88,12 +88,11 @@ impl KvCache {
             let alloc = |dtype: DType, dev: &Device| Tensor::zeros((1, n_kv, new_cap, hd), dtype, dev);
             let nk = alloc(k.dtype(), k.device())?;
             let nv = alloc(v.dtype(), v.device())?;
-            if let Some(old) = slot.as_ref() {
-                if start > 0 {
+            if let Some(old) = slot.as_ref()
+                && start > 0 {
                     nk.slice_set(&old.k.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
                     nv.slice_set(&old.v.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
                 }
-            }
             *slot = Some(LayerKv { k: nk, v: nv });
         }
         let Some(s) = slot.as_ref() else { unreachable!("allocated above") };

@@ -112,7 +112,7 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let head_dim = r
         .meta_u32(&format!("{a}.attention.key_length"))
         .map(|v| v as usize)
-        .unwrap_or(if n_head > 0 { hidden_size / n_head } else { 0 });
+        .unwrap_or(hidden_size.checked_div(n_head).unwrap_or(0));
     let context_length = r.meta_u32(&format!("{a}.context_length")).map(|v| v as usize).unwrap_or(4096);
     let vocab_size = tokenizer.vocab_size();
     let has_output = r.has("output.weight");

@@ -85,8 +85,8 @@ impl Config {
     pub(crate) fn validate(&self) -> Result<()> {
         let ok = self.n_head > 0
             && self.n_kv_head > 0
-            && self.n_head % self.n_kv_head == 0
-            && self.head_dim % 2 == 0
+            && self.n_head.is_multiple_of(self.n_kv_head)
+            && self.head_dim.is_multiple_of(2)
             && self.head_dim > 0
             && self.n_layer > 0
             && self.vocab_size > 0;

@@ -228,7 +228,7 @@ impl Transformer {
         let probs = if cfg.f16_attention { f16_round(&probs)? } else { probs };
         let out = probs.matmul(&v)?; // (1, n_kv, n_rep * t, hd)
         let out = out.reshape((1, cfg.n_head, t, hd))?.transpose(1, 2)?.reshape((t, cfg.n_head * hd))?;
-        Ok(layer.wo.forward(&out)?)
+        layer.wo.forward(&out)
     }
 }
 
