@@ -178,6 +178,15 @@ impl Engine {
         self.requantize_ms
     }
 
+    /// Run a two-token forward pass so one-time work (candle repacks K-quant weights on their
+    /// first product, pages get mapped) happens now rather than in the first request.
+    pub fn warm_up(&self) -> Result<()> {
+        let id = self.tokenizer.bos().or(self.tokenizer.eos()).unwrap_or(0);
+        self.model.forward(&[id, id], &mut KvCache::new())?;
+        self.model.forward(&[id], &mut KvCache::new())?;
+        Ok(())
+    }
+
     /// Logits of the next token after `prompt`, (re)using `cache`; truncated to the
     /// tokenizer's vocabulary (checkpoints pad the output layer).
     pub fn prefill(&self, cache: &mut KvCache, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {

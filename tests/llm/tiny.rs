@@ -244,3 +244,35 @@ fn broken_checkpoints_are_errors() {
     std::fs::remove_dir_all(&dir).ok();
     assert!(model::load(Path::new("/nonexistent/model.gguf"), &exact()).is_err());
 }
+
+#[test]
+fn one_engine_serves_conversations_from_many_threads() {
+    let dir = write_checkpoint("qwen2", "threads");
+    let backend = Arc::new(LocalBackend::new(Arc::new(engine(&dir, &exact()))).unwrap());
+    let request = |i: usize| {
+        let mut req = ChatRequest::new(vec![Message::user(format!("the hen {i}"))]);
+        req.max_tokens = 12;
+        req
+    };
+    let sequential: Vec<String> = (0..4).map(|i| backend.reply(&mut Conversation::new(), &request(i)).unwrap().raw).collect();
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let b = backend.clone();
+            let req = request(i);
+            std::thread::spawn(move || {
+                let mut conv = Conversation::new();
+                let first = b.reply(&mut conv, &req).unwrap().raw;
+                // A second turn on the same conversation, interleaved with the other threads.
+                let mut next = req.clone();
+                next.messages.push(Message::assistant(first.clone()));
+                next.messages.push(Message::user("in"));
+                let second = b.reply(&mut conv, &next).unwrap();
+                assert!(second.usage.cached_tokens > 0);
+                first
+            })
+        })
+        .collect();
+    let parallel: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(parallel, sequential);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -54,12 +54,15 @@ impl LoadArgs {
         let opts = self.options()?;
         let started = std::time::Instant::now();
         let engine = Engine::load(model, &opts)?;
+        let loaded = started.elapsed().as_secs_f64();
+        engine.warm_up()?;
         eprintln!(
-            "loaded {} ({}) in {:.2}s (re-quantizing {} ms), {} thread(s)",
+            "loaded {} ({}) in {:.2}s (re-quantizing {} ms, warm-up {:.2}s), {} thread(s)",
             model,
             engine.path().display(),
-            started.elapsed().as_secs_f64(),
+            loaded,
             engine.requantize_ms(),
+            started.elapsed().as_secs_f64() - loaded,
             std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "?".into())
         );
         Ok(engine)

@@ -1,13 +1,13 @@
 //! Linear layers over GGML's 32-element block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), kept
-//! bit-for-bit as stored in the GGUF file, with an AVX-512 VNNI kernel.
+//! bit-for-bit as stored in the GGUF file, with AVX-512 VNNI and AVX2 kernels.
 //!
 //! candle has fast CPU kernels for K-quants and Q8_0 but falls back to scalar code for the
 //! 4- and 5-bit legacy formats that small models use (SmolLM2's Q4_1, most of
 //! Qwen2.5-Coder-0.5B's Q5_0 tensors, whose 896-wide rows cannot be K-quantized). Re-quantizing
 //! them to Q8_0 is fast but adds noise and bytes. Here the stored blocks are used directly:
 //! activations are quantized to 8 bits per 32-block (as llama.cpp does), the integer dot products
-//! are exact, and each block contributes `d_w * d_x * dot + offset term`. Without VNNI the
-//! loader keeps using candle's kernels, so this module only has to be fast where it is used.
+//! are exact, and each block contributes `d_w * d_x * dot` (plus `m * s` for the `_1`
+//! formats). On CPUs with neither instruction set the loader keeps using candle's kernels.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -65,19 +65,26 @@ impl BlockKind {
     }
 }
 
-/// Whether this CPU runs the kernel.
+/// Whether this CPU runs the kernels (AVX-512 VNNI, or AVX2 with FMA).
 pub(crate) fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni")
+        isa().is_some()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn isa() -> Option<x86::Isa> {
+    static ISA: std::sync::OnceLock<Option<x86::Isa>> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| match std::env::var("APIGEN_MT_KERNEL").as_deref() {
+        // Force the AVX2 path (for comparing the two on one machine).
+        Ok("avx2") => x86::detect().map(|_| x86::Isa::Avx2),
+        _ => x86::detect(),
+    })
 }
 
 /// A `(n, k)` weight matrix in one of the block formats.
@@ -180,20 +187,25 @@ impl BlockLinear {
     fn rows_into(&self, qrows: &[QRow], lo: usize, hi: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
-            // SAFETY: BlockLinear is only built for use when `supported()` holds (the loader
-            // checks it); the sizes were validated in `from_qtensor`.
-            unsafe { x86::rows_into(self, lo, hi, qrows, out) }
+            match isa() {
+                // SAFETY: `isa()` reports what this CPU supports.
+                Some(isa) => unsafe { x86::rows_into(isa, self, lo, hi, qrows, out) },
+                None => self.rows_scalar(qrows, lo, hi, out),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        {
-            let nb = self.k / QK;
-            let bb = self.kind.block_bytes();
-            let w = hi - lo;
-            for j in lo..hi {
-                let row = &self.data[j * nb * bb..(j + 1) * nb * bb];
-                for (r, qx) in qrows.iter().enumerate() {
-                    out[r * w + (j - lo)] = dot_row_scalar(self.kind, row, &self.d[j * nb..(j + 1) * nb], &self.c[j * nb..(j + 1) * nb], qx);
-                }
+        self.rows_scalar(qrows, lo, hi, out)
+    }
+
+    /// Portable version of `rows_into` (slow; used where no SIMD kernel applies).
+    fn rows_scalar(&self, qrows: &[QRow], lo: usize, hi: usize, out: &mut [f32]) {
+        let nb = self.k / QK;
+        let bb = self.kind.block_bytes();
+        let w = hi - lo;
+        for j in lo..hi {
+            let row = &self.data[j * nb * bb..(j + 1) * nb * bb];
+            for (r, qx) in qrows.iter().enumerate() {
+                out[r * w + (j - lo)] = dot_row_scalar(self.kind, row, &self.d[j * nb..(j + 1) * nb], &self.c[j * nb..(j + 1) * nb], qx);
             }
         }
     }
@@ -252,8 +264,7 @@ fn unpack(kind: BlockKind, blk: &[u8]) -> [u8; QK] {
     u
 }
 
-/// Portable reference of one row's dot product (the SIMD kernel is tested against it).
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+/// Portable reference of one row's dot product (the SIMD kernels are tested against it).
 fn dot_row_scalar(kind: BlockKind, row: &[u8], d: &[f32], c: &[f32], qx: &QRow) -> f32 {
     let bb = kind.block_bytes();
     let off = kind.offset() as i32;
@@ -270,19 +281,44 @@ fn dot_row_scalar(kind: BlockKind, row: &[u8], d: &[f32], c: &[f32], qx: &QRow) 
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    //! Two instantiations of the same kernels: AVX-512 VNNI (`vpdpbusd`) and plain AVX2
+    //! (`vpmaddubsw` with the sign trick). Both form the same exact i32 lanes, so their results
+    //! are bit-identical.
+
     use std::arch::x86_64::*;
 
     use super::{BlockKind, BlockLinear, QRow, QK};
 
-    const Q4_0: u8 = 0;
-    const Q4_1: u8 = 1;
-    const Q5_0: u8 = 2;
-    const Q5_1: u8 = 3;
-    const Q8_0: u8 = 4;
+    pub(super) const Q4_0: u8 = 0;
+    pub(super) const Q4_1: u8 = 1;
+    pub(super) const Q5_0: u8 = 2;
+    pub(super) const Q5_1: u8 = 3;
+    pub(super) const Q8_0: u8 = 4;
     /// Bytes ahead of the current block to prefetch when streaming one row.
     const PREFETCH_AHEAD: usize = 1024;
     /// Activation rows sharing each unpacked weight block during prefill.
     const TILE: usize = 8;
+
+    /// Instruction sets the kernels are built for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Isa {
+        Vnni,
+        Avx2,
+    }
+
+    pub(super) fn detect() -> Option<Isa> {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+        {
+            Some(Isa::Vnni)
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            Some(Isa::Avx2)
+        } else {
+            None
+        }
+    }
 
     fn code(kind: BlockKind) -> u8 {
         match kind {
@@ -295,7 +331,7 @@ mod x86 {
     }
 
     /// The constant the offset formats subtract from their unsigned quants.
-    const fn offset<const K: u8>() -> i32 {
+    pub(super) const fn offset<const K: u8>() -> i32 {
         match K {
             Q4_0 => 8,
             Q5_0 => 16,
@@ -304,35 +340,37 @@ mod x86 {
         }
     }
 
-    /// The 32 unsigned quants of the block at `blk`.
+    /// Low and high nibbles of 16 bytes as 32 bytes (elements 0-15, then 16-31).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn nibbles(qs: __m128i) -> __m256i {
+        let low = _mm_set1_epi8(0x0F);
+        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), low), _mm_and_si128(qs, low))
+    }
+
+    /// 0x10 in every byte whose bit is set in `qh` (AVX2 version of a mask move).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn fifth_bits_avx2(qh: u32) -> __m256i {
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(qh as i32),
+            _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
+        );
+        let marked = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+        _mm256_and_si256(_mm256_cmpeq_epi8(marked, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10))
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn unpack<const K: u8>(blk: *const u8) -> __m256i {
-        // SAFETY (all loads): the caller passes a pointer to a whole block of format K.
-        unsafe {
-            let low = _mm_set1_epi8(0x0F);
-            match K {
-                Q8_0 => _mm256_xor_si256(_mm256_loadu_si256(blk.add(2) as *const __m256i), _mm256_set1_epi8(-128)),
-                Q4_0 | Q4_1 => {
-                    let qs = _mm_loadu_si128(blk.add(if K == Q4_0 { 2 } else { 4 }) as *const __m128i);
-                    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), low), _mm_and_si128(qs, low))
-                }
-                _ => {
-                    let at = if K == Q5_0 { 2 } else { 4 };
-                    let qh = (blk.add(at) as *const u32).read_unaligned();
-                    let qs = _mm_loadu_si128(blk.add(at + 4) as *const __m128i);
-                    let nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), low), _mm_and_si128(qs, low));
-                    _mm256_or_si256(nib, _mm256_maskz_mov_epi8(qh, _mm256_set1_epi8(0x10)))
-                }
-            }
-        }
+    fn fifth_bits_vnni(qh: u32) -> __m256i {
+        _mm256_maskz_mov_epi8(qh, _mm256_set1_epi8(0x10))
     }
 
     /// Per lane (4 consecutive elements, as llama.cpp groups them): `sum((u - offset) * x)`,
     /// exact in i32.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn lane_dots<const K: u8>(u: __m256i, x: __m256i) -> __m256i {
+    fn lane_dots_vnni<const K: u8>(u: __m256i, x: __m256i) -> __m256i {
         let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
         if offset::<K>() == 0 {
             dot
@@ -342,9 +380,22 @@ mod x86 {
         }
     }
 
+    /// The same lanes with AVX2: signed weights `w = u - offset`, `|w| * (x * sign(w))` in
+    /// pairs (at most 2 * 128 * 127, no i16 overflow), then pairs of pairs.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
+    #[target_feature(enable = "avx2,fma")]
+    fn lane_dots_avx2<const K: u8>(u: __m256i, x: __m256i) -> __m256i {
+        let w = match K {
+            Q8_0 => _mm256_xor_si256(u, _mm256_set1_epi8(-128)),
+            _ => _mm256_sub_epi8(u, _mm256_set1_epi8(offset::<K>() as i8)),
+        };
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
         let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
@@ -356,108 +407,150 @@ mod x86 {
         m.iter().zip(s).fold(0.0, |t, (a, b)| t + a * b)
     }
 
-    /// Weight row `j` of `w` against one activation row, streaming the row once. One 8-lane
-    /// accumulator in block order: the same lanes and order as llama.cpp's AVX2 dot products,
-    /// so results match the reference engine closely (greedy decoding of small models is
-    /// sensitive to the last bits).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn dot_row<const K: u8>(w: &BlockLinear, j: usize, qx: &QRow) -> f32 {
-        let nb = w.k / QK;
-        let bb = w.kind.block_bytes();
-        let (d, c) = (&w.d[j * nb..(j + 1) * nb], &w.c[j * nb..(j + 1) * nb]);
-        // SAFETY: `rows_into` checked that row j (nb blocks of bb bytes) and nb activation
-        // blocks exist; prefetches use wrapping arithmetic and never fault.
-        unsafe {
-            let row = w.data.as_ptr().add(j * nb * bb);
-            let mut acc = _mm256_setzero_ps();
-            for b in 0..nb {
-                if b % 2 == 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * bb + PREFETCH_AHEAD) as *const i8);
-                }
-                let x = _mm256_loadu_si256(qx.q.as_ptr().add(b * QK) as *const __m256i);
-                let dot = lane_dots::<K>(unpack::<K>(row.add(b * bb)), x);
-                let scale = _mm256_set1_ps(*d.get_unchecked(b) * *qx.d.get_unchecked(b));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc);
-            }
-            hsum(acc) + if offset::<K>() == 0 { mins(c, &qx.s[..nb]) } else { 0.0 }
-        }
-    }
+    macro_rules! kernels {
+        ($module:ident, $features:literal, $fifth_bits:ident, $lane_dots:ident) => {
+            pub(super) mod $module {
+                use std::arch::x86_64::*;
 
-    /// Weight row `j` against `A` activation rows: each block is unpacked once and used for
-    /// every activation row. Each output keeps its own accumulator in block order, so results
-    /// equal [`dot_row`]'s bit for bit.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn dot_tile<const K: u8, const A: usize>(w: &BlockLinear, j: usize, qxs: &[QRow]) -> [f32; A] {
-        let nb = w.k / QK;
-        let bb = w.kind.block_bytes();
-        let (d, c) = (&w.d[j * nb..(j + 1) * nb], &w.c[j * nb..(j + 1) * nb]);
-        let qxs = &qxs[..A];
-        // SAFETY: as in `dot_row`, for each of the A activation rows.
-        unsafe {
-            let row = w.data.as_ptr().add(j * nb * bb);
-            let mut acc = [_mm256_setzero_ps(); A];
-            for b in 0..nb {
-                let u = unpack::<K>(row.add(b * bb));
-                let dw = *d.get_unchecked(b);
-                for (a, qx) in acc.iter_mut().zip(qxs) {
-                    let x = _mm256_loadu_si256(qx.q.as_ptr().add(b * QK) as *const __m256i);
-                    let scale = _mm256_set1_ps(dw * *qx.d.get_unchecked(b));
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lane_dots::<K>(u, x)), scale, *a);
-                }
-            }
-            let mut out = [0f32; A];
-            for ((o, a), qx) in out.iter_mut().zip(acc).zip(qxs) {
-                *o = hsum(a) + if offset::<K>() == 0 { mins(c, &qx.s[..nb]) } else { 0.0 };
-            }
-            out
-        }
-    }
+                use super::super::{BlockLinear, QRow, QK};
+                use super::{hsum, mins, nibbles, offset, $fifth_bits, $lane_dots, PREFETCH_AHEAD, Q4_0, Q5_0, Q8_0, TILE};
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-    unsafe fn rows_k<const K: u8>(w: &BlockLinear, lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
-        let width = hi - lo;
-        // SAFETY: bounds were checked by `rows_into`.
-        unsafe {
-            if let [qx] = qrows {
-                for j in lo..hi {
-                    out[j - lo] = dot_row::<K>(w, j, qx);
-                }
-                return;
-            }
-            for j in lo..hi {
-                let mut i = 0;
-                while i < qrows.len() {
-                    if qrows.len() - i >= TILE {
-                        for (t, v) in dot_tile::<K, TILE>(w, j, &qrows[i..]).into_iter().enumerate() {
-                            out[(i + t) * width + (j - lo)] = v;
+                /// The 32 unsigned quants of the block at `blk`.
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn unpack<const K: u8>(blk: *const u8) -> __m256i {
+                    // SAFETY (all loads): the caller passes a pointer to a whole block of format K.
+                    unsafe {
+                        match K {
+                            Q8_0 => _mm256_xor_si256(_mm256_loadu_si256(blk.add(2) as *const __m256i), _mm256_set1_epi8(-128)),
+                            Q4_0 | super::Q4_1 => nibbles(_mm_loadu_si128(blk.add(if K == Q4_0 { 2 } else { 4 }) as *const __m128i)),
+                            _ => {
+                                let at = if K == Q5_0 { 2 } else { 4 };
+                                let qh = (blk.add(at) as *const u32).read_unaligned();
+                                let nib = nibbles(_mm_loadu_si128(blk.add(at + 4) as *const __m128i));
+                                _mm256_or_si256(nib, $fifth_bits(qh))
+                            }
                         }
-                        i += TILE;
-                    } else {
-                        out[i * width + (j - lo)] = dot_row::<K>(w, j, &qrows[i]);
-                        i += 1;
+                    }
+                }
+
+                /// Weight row `j` of `w` against one activation row, streaming the row once. One
+                /// 8-lane accumulator in block order: the same lanes and order as llama.cpp's AVX2
+                /// dot products, so results match the reference engine closely (greedy decoding
+                /// of small models is sensitive to the last bits).
+                #[target_feature(enable = $features)]
+                unsafe fn dot_row<const K: u8>(w: &BlockLinear, j: usize, qx: &QRow) -> f32 {
+                    let nb = w.k / QK;
+                    let bb = w.kind.block_bytes();
+                    let (d, c) = (&w.d[j * nb..(j + 1) * nb], &w.c[j * nb..(j + 1) * nb]);
+                    // SAFETY: `rows_into` checked that row j (nb blocks of bb bytes) and nb
+                    // activation blocks exist; prefetches use wrapping arithmetic, never fault.
+                    unsafe {
+                        let row = w.data.as_ptr().add(j * nb * bb);
+                        let mut acc = _mm256_setzero_ps();
+                        for b in 0..nb {
+                            if b % 2 == 0 {
+                                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * bb + PREFETCH_AHEAD) as *const i8);
+                            }
+                            let x = _mm256_loadu_si256(qx.q.as_ptr().add(b * QK) as *const __m256i);
+                            let dot = $lane_dots::<K>(unpack::<K>(row.add(b * bb)), x);
+                            let scale = _mm256_set1_ps(*d.get_unchecked(b) * *qx.d.get_unchecked(b));
+                            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc);
+                        }
+                        hsum(acc) + if offset::<K>() == 0 { mins(c, &qx.s[..nb]) } else { 0.0 }
+                    }
+                }
+
+                /// Weight row `j` against `A` activation rows: each block is unpacked once and
+                /// used for every activation row. Each output keeps its own accumulator in block
+                /// order, so results equal `dot_row`'s bit for bit.
+                #[target_feature(enable = $features)]
+                unsafe fn dot_tile<const K: u8, const A: usize>(w: &BlockLinear, j: usize, qxs: &[QRow]) -> [f32; A] {
+                    let nb = w.k / QK;
+                    let bb = w.kind.block_bytes();
+                    let (d, c) = (&w.d[j * nb..(j + 1) * nb], &w.c[j * nb..(j + 1) * nb]);
+                    let qxs = &qxs[..A];
+                    // SAFETY: as in `dot_row`, for each of the A activation rows.
+                    unsafe {
+                        let row = w.data.as_ptr().add(j * nb * bb);
+                        let mut acc = [_mm256_setzero_ps(); A];
+                        for b in 0..nb {
+                            let u = unpack::<K>(row.add(b * bb));
+                            let dw = *d.get_unchecked(b);
+                            for (a, qx) in acc.iter_mut().zip(qxs) {
+                                let x = _mm256_loadu_si256(qx.q.as_ptr().add(b * QK) as *const __m256i);
+                                let scale = _mm256_set1_ps(dw * *qx.d.get_unchecked(b));
+                                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps($lane_dots::<K>(u, x)), scale, *a);
+                            }
+                        }
+                        let mut out = [0f32; A];
+                        for ((o, a), qx) in out.iter_mut().zip(acc).zip(qxs) {
+                            *o = hsum(a) + if offset::<K>() == 0 { mins(c, &qx.s[..nb]) } else { 0.0 };
+                        }
+                        out
+                    }
+                }
+
+                /// Columns `lo..hi` for every activation row (bounds checked by the caller).
+                #[target_feature(enable = $features)]
+                pub(in super::super) unsafe fn rows_k<const K: u8>(w: &BlockLinear, lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
+                    let width = hi - lo;
+                    // SAFETY: bounds were checked by `rows_into`.
+                    unsafe {
+                        if let [qx] = qrows {
+                            for j in lo..hi {
+                                out[j - lo] = dot_row::<K>(w, j, qx);
+                            }
+                            return;
+                        }
+                        for j in lo..hi {
+                            let mut i = 0;
+                            while i < qrows.len() {
+                                if qrows.len() - i >= TILE {
+                                    for (t, v) in dot_tile::<K, TILE>(w, j, &qrows[i..]).into_iter().enumerate() {
+                                        out[(i + t) * width + (j - lo)] = v;
+                                    }
+                                    i += TILE;
+                                } else {
+                                    out[i * width + (j - lo)] = dot_row::<K>(w, j, &qrows[i]);
+                                    i += 1;
+                                }
+                            }
+                        }
                     }
                 }
             }
-        }
+        };
     }
+
+    kernels!(vnni, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", fifth_bits_vnni, lane_dots_vnni);
+    kernels!(avx2, "avx2,fma", fifth_bits_avx2, lane_dots_avx2);
 
     /// Output columns `lo..hi` of `w` for every activation row into `out` (`rows x (hi - lo)`).
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F/BW/VL/VNNI.
-    pub(super) unsafe fn rows_into(w: &BlockLinear, lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
+    /// The CPU must support `isa`.
+    pub(super) unsafe fn rows_into(isa: Isa, w: &BlockLinear, lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
         let nb = w.k / QK;
         assert!(hi <= w.n && w.data.len() >= w.n * nb * w.kind.block_bytes() && w.d.len() >= w.n * nb && w.c.len() >= w.n * nb);
         assert!(qrows.iter().all(|q| q.q.len() >= nb * QK && q.d.len() >= nb && q.s.len() >= nb));
         assert!(out.len() >= qrows.len() * (hi - lo));
+        macro_rules! dispatch {
+            ($m:ident) => {
+                match code(w.kind) {
+                    Q4_0 => $m::rows_k::<Q4_0>(w, lo, hi, qrows, out),
+                    Q4_1 => $m::rows_k::<Q4_1>(w, lo, hi, qrows, out),
+                    Q5_0 => $m::rows_k::<Q5_0>(w, lo, hi, qrows, out),
+                    Q5_1 => $m::rows_k::<Q5_1>(w, lo, hi, qrows, out),
+                    _ => $m::rows_k::<Q8_0>(w, lo, hi, qrows, out),
+                }
+            };
+        }
         // SAFETY: bounds asserted above; CPU features are the caller's promise.
         unsafe {
-            match code(w.kind) {
-                Q4_0 => rows_k::<Q4_0>(w, lo, hi, qrows, out),
-                Q4_1 => rows_k::<Q4_1>(w, lo, hi, qrows, out),
-                Q5_0 => rows_k::<Q5_0>(w, lo, hi, qrows, out),
-                Q5_1 => rows_k::<Q5_1>(w, lo, hi, qrows, out),
-                _ => rows_k::<Q8_0>(w, lo, hi, qrows, out),
+            match isa {
+                Isa::Vnni => dispatch!(vnni),
+                Isa::Avx2 => dispatch!(avx2),
             }
         }
     }
@@ -471,7 +564,7 @@ mod tests {
     #[test]
     fn matches_dequantized_matmul() {
         if !supported() {
-            eprintln!("SKIPPED: no AVX-512 VNNI on this CPU");
+            eprintln!("SKIPPED: no AVX2 or AVX-512 VNNI on this CPU");
             return;
         }
         let dev = Device::Cpu;
@@ -506,6 +599,43 @@ mod tests {
                 let row = &lin.data[j * nb * bb..(j + 1) * nb * bb];
                 let scalar = dot_row_scalar(lin.kind, row, &lin.d[j * nb..(j + 1) * nb], &lin.c[j * nb..(j + 1) * nb], &qr);
                 assert!((v - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "{t:?} row {j}: {v} vs {scalar}");
+            }
+        }
+    }
+
+    /// Both instruction sets form the same integer lanes and float operations.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_and_vnni_kernels_agree_bit_for_bit() {
+        let Some(best) = x86::detect() else {
+            eprintln!("SKIPPED: no AVX2 on this CPU");
+            return;
+        };
+        let dev = Device::Cpu;
+        let (n, k) = (13, 256);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 31 % 101) as f32 / 50.0 - 1.0) * 0.7).collect();
+        let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
+        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
+            let lin = BlockLinear::from_qtensor(&QTensor::quantize(&w, t).unwrap()).unwrap().unwrap();
+            for rows in [1, 3, 9] {
+                let qrows: Vec<QRow> = (0..rows)
+                    .map(|r| quantize_row(&(0..k).map(|i| (((i + r * 17) * 7 % 29) as f32 / 14.0 - 1.0) * 3.0).collect::<Vec<_>>()))
+                    .collect();
+                let run = |isa| {
+                    let mut out = vec![0f32; rows * n];
+                    // SAFETY: `detect` found this instruction set (AVX2 is implied by VNNI here).
+                    unsafe { x86::rows_into(isa, &lin, 0, n, &qrows, &mut out) };
+                    out
+                };
+                let avx2 = run(x86::Isa::Avx2);
+                if best == x86::Isa::Vnni {
+                    assert_eq!(avx2, run(x86::Isa::Vnni), "{t:?}, {rows} rows");
+                }
+                let mut scalar = vec![0f32; rows * n];
+                lin.rows_scalar(&qrows, 0, n, &mut scalar);
+                for (a, b) in avx2.iter().zip(&scalar) {
+                    assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{t:?}: {a} vs {b}");
+                }
             }
         }
     }
