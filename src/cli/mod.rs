@@ -2,6 +2,7 @@
 //! the library. Data goes to stdout, logs and errors to stderr.
 
 pub mod blueprints;
+pub mod chat;
 pub mod domain;
 pub mod export;
 
@@ -25,8 +26,8 @@ pub enum Command {
     Models(crate::llm::cli::ModelsArgs),
     /// Prefill and decode speed of a model (JSON).
     Bench(crate::llm::cli::BenchArgs),
-    /// Talk to a model interactively.
-    Chat(crate::llm::cli::ChatArgs),
+    /// Talk to a model interactively, optionally as a domain's agent (`--domain DIR`).
+    Chat(chat::ChatCommand),
     /// Phase 1: generate verified task blueprints into a run directory (resumable).
     Blueprints(blueprints::BlueprintsArgs),
     /// Export a run's kept conversations as training data (APIGen-MT, OpenAI or ShareGPT).
@@ -40,7 +41,7 @@ pub fn main() -> ExitCode {
         Command::Domain(cmd) => domain::run(cmd),
         Command::Models(args) => crate::llm::cli::run_models(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => crate::llm::cli::run_bench(args).map(|()| ExitCode::SUCCESS),
-        Command::Chat(args) => crate::llm::cli::run_chat(args).map(|()| ExitCode::SUCCESS),
+        Command::Chat(args) => chat::run(args),
         Command::Export(args) => export::run(args),
         Command::Blueprints(args) => blueprints::run(args),
     };
