@@ -110,7 +110,7 @@ pub fn execute(domain: &Domain, task: &Task) -> Result<Executed, Rejection> {
         return Err(Rejection::new("exec.no_actions", "a blueprint needs at least one tool call"));
     }
     let mut env = domain.env();
-    let mut observations = Vec::with_capacity(task.actions.len());
+    let mut observations: Vec<String> = Vec::with_capacity(task.actions.len());
     for (i, action) in task.actions.iter().enumerate() {
         if action.name == RESPOND_ACTION_NAME {
             return Err(Rejection::new("exec.respond_action", format!("actions[{i}]: ground-truth actions are tool calls only; put what the agent must say in outputs")));
@@ -125,7 +125,14 @@ pub fn execute(domain: &Domain, task: &Task) -> Result<Executed, Rejection> {
             Some(Fault::BadArguments(e)) => return Err(Rejection::new("exec.bad_arguments", format!("{at}: {e}"))),
             Some(Fault::ScriptRaised(e, _) | Fault::LimitExceeded(e)) => return Err(Rejection::new("exec.tool_error", format!("{at}: {e}"))),
             None if step.observation.starts_with("Error") => {
-                return Err(Rejection::new("exec.tool_error", format!("{at} returned {:?}", step.observation)));
+                // What the earlier actions returned is what the author needs to fix this one.
+                let earlier: String = observations
+                    .iter()
+                    .zip(&task.actions)
+                    .map(|(o, a)| format!("\n  {} returned {}", a.name, o.chars().take(300).collect::<String>()))
+                    .collect();
+                let context = if earlier.is_empty() { String::new() } else { format!(" (earlier actions:{earlier})") };
+                return Err(Rejection::new("exec.tool_error", format!("{at} returned {:?}{context}", step.observation)));
             }
             None => {}
         }

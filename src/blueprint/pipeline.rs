@@ -327,7 +327,15 @@ impl<'d> Pipeline<'d> {
         } else {
             self.settings.only_users[rng.random_range(0..self.settings.only_users.len())].clone()
         };
-        let data = sampler::user_context(self.domain, &self.settings.user_table, &user, 2, mix.data_budget)?;
+        let mut data = sampler::user_context(self.domain, &self.settings.user_table, &user, 2, mix.data_budget)?;
+        let peers = &self.domain.manifest.blueprints.peers;
+        if *peers > 0 {
+            let table = self.domain.pristine().table(&self.settings.user_table)?;
+            let others: Vec<(&String, &Arc<crate::domain::db::Record>)> = table.iter().filter(|(id, _)| **id != user).collect();
+            for (id, record) in sampler::sample_k(&others, *peers, rng) {
+                data.records.push((self.settings.user_table.clone(), (*id).clone(), record.value().clone()));
+            }
+        }
         let persona = if mix.persona && !self.personas.is_empty() { Some(self.personas[rng.random_range(0..self.personas.len())].clone()) } else { None };
         let mut pool: Vec<Task> = self.examples.clone();
         pool.extend(accepted.iter().map(|b| b.task()));

@@ -103,7 +103,8 @@ pub fn proposer_user(domain: &Domain, ctx: &Context) -> String {
     s.push_str(&format!("## Tools to use (the task's actions come from these)\n{}\n\n", tool_lines(domain, &ctx.tools)));
     s.push_str(&format!("## The customer\nuser id: {}\n", ctx.data.user_id));
     for (table, id, record) in &ctx.data.records {
-        s.push_str(&format!("{table} {id}: {}\n", crate::pyjson::dumps(record)));
+        let whose = if id != &ctx.data.user_id && ctx.data.records[0].0 == *table { " (another customer)" } else { "" };
+        s.push_str(&format!("{table} {id}{whose}: {}\n", crate::pyjson::dumps(record)));
     }
     if let Some(p) = &ctx.persona {
         s.push_str(&format!("\n## Persona\n{} Style: {} Typical wish: {}\n", p.persona, p.style, p.goals_hint));

@@ -58,11 +58,14 @@ pub struct BlueprintSection {
     pub user_table: String,
     /// Proposals per task, the first included (the paper uses 3 for retail, 5 for airline).
     pub max_turns: usize,
+    /// Other customers' records shown beside the customer's own, for domains whose tasks involve
+    /// them (a transfer to another account); 0 where a task must stay with one customer.
+    pub peers: usize,
 }
 
 impl Default for BlueprintSection {
     fn default() -> Self {
-        BlueprintSection { user_table: "users".into(), max_turns: 3 }
+        BlueprintSection { user_table: "users".into(), max_turns: 3, peers: 0 }
     }
 }
 
