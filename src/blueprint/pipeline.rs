@@ -264,12 +264,7 @@ impl<'d> Pipeline<'d> {
                 continue;
             }
             let (state, blueprint) = self.item(&id, &files.accepted, &dedup);
-            if let Some(b) = &blueprint {
-                let _ = dedup.insert(&b.task());
-            }
-            files.commit(state, blueprint)?;
-            summary = self.summarise(&files);
-            self.write_summary(out, &summary)?;
+            summary = self.finish_item(out, &mut files, &mut dedup, state, blueprint)?;
             progress(&summary);
         }
         let mut r = files.done.iter().filter(|i| i.id.starts_with("rc-")).count();
@@ -279,12 +274,7 @@ impl<'d> Pipeline<'d> {
             r += 1;
             tries += 1;
             let Some((state, blueprint)) = self.recombine(&id, &files.accepted, &dedup) else { break };
-            if let Some(b) = &blueprint {
-                let _ = dedup.insert(&b.task());
-            }
-            files.commit(state, blueprint)?;
-            summary = self.summarise(&files);
-            self.write_summary(out, &summary)?;
+            summary = self.finish_item(out, &mut files, &mut dedup, state, blueprint)?;
             progress(&summary);
         }
         summary.complete = summary.accepted >= self.settings.count && summary.recombined >= self.settings.recombine;
@@ -292,6 +282,24 @@ impl<'d> Pipeline<'d> {
         files.blueprints.sync()?;
         files.rejected.sync()?;
         files.items.sync()?;
+        Ok(summary)
+    }
+
+    /// Commit an item's records and refresh the summary on disk.
+    fn finish_item(
+        &self,
+        out: &Path,
+        files: &mut Files,
+        dedup: &mut Dedup,
+        state: ItemState,
+        blueprint: Option<BlueprintRecord>,
+    ) -> Result<Summary, RunError> {
+        if let Some(b) = &blueprint {
+            let _ = dedup.insert(&b.task());
+        }
+        files.commit(state, blueprint)?;
+        let summary = self.summarise(files);
+        self.write_summary(out, &summary)?;
         Ok(summary)
     }
 

@@ -19,19 +19,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Inspect, check, replay and generate executable domains.
-    #[command(subcommand)]
-    Domain(domain::DomainCommand),
-    /// Model profiles: list, show, check, tokenize, complete.
-    Models(crate::llm::cli::ModelsArgs),
-    /// Prefill and decode speed of a model (JSON).
-    Bench(crate::llm::cli::BenchArgs),
-    /// Talk to a model interactively, optionally as a domain's agent (`--domain DIR`).
-    Chat(chat::ChatCommand),
     /// Phase 1: generate verified task blueprints into a run directory (resumable).
     Blueprints(blueprints::BlueprintsArgs),
     /// Export a run's kept conversations as training data (APIGen-MT, OpenAI or ShareGPT).
     Export(export::ExportArgs),
+    /// Inspect, check, replay, generate and benchmark executable domains.
+    #[command(subcommand)]
+    Domain(domain::DomainCommand),
+    /// Talk to a model interactively, optionally as a domain's agent (`--domain DIR`).
+    Chat(chat::ChatCommand),
+    /// Model profiles: list, show, check, tokenize, complete.
+    Models(crate::llm::cli::ModelsArgs),
+    /// Prefill and decode speed of a model (JSON).
+    Bench(crate::llm::cli::BenchArgs),
 }
 
 /// Parse the command line, run it, and turn errors into a message and an exit code.
