@@ -115,6 +115,7 @@ fn policy_rules_flag_violating_tasks() {
     assert_eq!(code, 1);
     assert!(stderr.contains("task 0: policy.transfer_only_from_own_accounts: transfer_funds takes money from acc_1003, which Barbara Allen does not hold"), "{stderr}");
     assert!(stderr.contains("policy.no_transfer_after_freeze: transfer_funds moves money through acc_1001 after it was frozen"), "{stderr}");
+    assert!(stderr.contains("policy.freeze_only_own_accounts: freeze_account freezes acc_1001, which Barbara Allen does not hold"), "{stderr}");
 }
 
 #[test]
