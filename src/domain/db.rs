@@ -67,8 +67,8 @@ pub struct Db {
 /// A database file that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot read: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{path}:{line}:{column}: invalid JSON: {message}")]
     Json { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{path}: a table file must hold a JSON object of records (id → record), found {found}")]
@@ -171,7 +171,7 @@ impl Db {
 
 /// Read one table file: a JSON object whose values are records.
 pub fn read_table(path: &Path) -> Result<Table, DbError> {
-    let bytes = std::fs::read(path).map_err(|source| DbError::Read { path: path.into(), source })?;
+    let bytes = std::fs::read(path).map_err(|error| DbError::Read { path: path.into(), error })?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| DbError::Json {
         path: path.into(),
         line: e.line(),

@@ -31,8 +31,8 @@ use tools::{Body, Builtin, Tool, ToolKind};
 /// A domain folder that cannot be loaded. Every variant names the file (and line when known).
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
-    #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot read: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Syntax { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{path}:{line}: {message}")]
@@ -134,7 +134,7 @@ impl Domain {
 }
 
 fn read(path: &Path) -> Result<String, DomainError> {
-    std::fs::read_to_string(path).map_err(|source| DomainError::Read { path: path.into(), source })
+    std::fs::read_to_string(path).map_err(|error| DomainError::Read { path: path.into(), error })
 }
 
 fn load_tools(path: &Path, manifest: &Manifest, scripts: &Scripts) -> Result<Vec<Tool>, DomainError> {

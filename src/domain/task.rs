@@ -85,15 +85,15 @@ pub struct Task {
 /// A task file that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
-    #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot read: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Parse { path: PathBuf, line: usize, column: usize, message: String },
 }
 
 /// Read a JSON array of tasks (or JSON Lines, one task per line).
 pub fn read_tasks(path: &Path) -> Result<Vec<Task>, TaskError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TaskError::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|error| TaskError::Read { path: path.into(), error })?;
     let parse_err = |e: serde_json::Error, line_offset: usize| TaskError::Parse {
         path: path.into(),
         line: e.line() + line_offset,

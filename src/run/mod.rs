@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 /// A run directory problem.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}:{line}: {message}")]
     Record { path: PathBuf, line: usize, message: String },
     #[error("{path}: this run was started with different settings ({key}: {was} then, {now} now); use a new run directory or the same settings")]
@@ -29,7 +29,7 @@ pub enum RunError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |source| RunError::Io { path: path.to_path_buf(), source }
+    move |error| RunError::Io { path: path.to_path_buf(), error }
 }
 
 /// An append-only JSON Lines file of records of type `T`.

@@ -49,8 +49,8 @@ impl Default for Limits {
 /// A script set that cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ScriptError {
-    #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot read: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     /// Syntax and top-level evaluation errors; the message names file, line and column.
     #[error("{0}")]
     Compile(String),
@@ -108,7 +108,7 @@ impl Scripts {
     /// Public functions (names not starting with `_`) become callable.
     pub fn load_dir(dir: &Path, extra: Option<fn(&mut GlobalsBuilder)>) -> Result<Scripts, ScriptError> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| ScriptError::Read { path: dir.into(), source })?
+            .map_err(|error| ScriptError::Read { path: dir.into(), error })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "star"))
             .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('_')))
@@ -116,7 +116,7 @@ impl Scripts {
         files.sort();
         let mut sources = Vec::new();
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(|source| ScriptError::Read { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(&path).map_err(|error| ScriptError::Read { path: path.clone(), error })?;
             sources.push((path, text));
         }
         Scripts::from_sources(dir, sources, extra)
