@@ -353,20 +353,28 @@ impl<'d> Pipeline<'d> {
 
     fn review(&self, state: &mut ItemState, task: &Task, diff: &[Edit], rng: &mut impl Rng) -> Vec<Review> {
         let started = Instant::now();
-        let reviews: Vec<Review> = self
-            .reviewers
-            .iter()
-            .map(|role| {
-                let messages = vec![Message::system(prompt::reviewer_system(self.domain)), Message::user(prompt::reviewer_user(self.domain, task, diff))];
-                match role.ask(&mut Conversation::new(), messages, Some(prompt::review_schema()), rng.random()) {
-                    Ok((raw, tokens)) => {
-                        state.tokens("reviewers", tokens);
-                        Review::parse(&role.name, &raw)
-                    }
-                    Err(e) => Review::unreadable(&role.name, &e),
+        // Reviewers on the same model read the same prompt: later ones start from the first one's
+        // cache, so the prompt is processed once per committee.
+        let mut first: Option<(*const (), Conversation)> = None;
+        let mut reviews = Vec::with_capacity(self.reviewers.len());
+        for role in &self.reviewers {
+            let key = Arc::as_ptr(&role.backend) as *const ();
+            let mut conv = match &first {
+                Some((k, c)) if *k == key => c.clone(),
+                _ => Conversation::new(),
+            };
+            let messages = vec![Message::system(prompt::reviewer_system(self.domain)), Message::user(prompt::reviewer_user(self.domain, task, diff))];
+            reviews.push(match role.ask(&mut conv, messages, Some(prompt::review_schema()), rng.random()) {
+                Ok((raw, tokens)) => {
+                    state.tokens("reviewers", tokens);
+                    Review::parse(&role.name, &raw)
                 }
-            })
-            .collect();
+                Err(e) => Review::unreadable(&role.name, &e),
+            });
+            if first.is_none() {
+                first = Some((key, conv));
+            }
+        }
         state.time("reviewers", started);
         reviews
     }

@@ -65,7 +65,7 @@ pub struct ChatReply {
 }
 
 /// Per-dialogue state a backend may keep between turns.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Conversation {
     pub(crate) cache: KvCache,
     pub(crate) turns: usize,
