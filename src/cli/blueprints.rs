@@ -92,7 +92,7 @@ pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
         loaded.insert(name.to_owned(), b.clone());
         Ok(b)
     };
-    let proposer = Role { name: proposer_name.clone(), backend: backend(&proposer_name)?, temperature: args.temperature, max_tokens: 700 };
+    let proposer = Role { name: proposer_name.clone(), backend: backend(&proposer_name)?, temperature: args.temperature, max_tokens: 1024 };
     let reviewers: Vec<Role> = reviewer_names
         .iter()
         .enumerate()
