@@ -23,7 +23,7 @@ pub mod blueprint;
 pub mod cli;
 pub mod dataset;
 pub mod domain;
-pub mod llm;
 pub mod eval;
+pub mod llm;
 pub mod pyjson;
 pub mod run;

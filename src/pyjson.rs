@@ -25,11 +25,26 @@ pub struct Style {
 
 impl Style {
     /// `json.dumps(x)` with Python's defaults: what tau-bench tools return.
-    pub const PYTHON: Style = Style { compact: false, sort_keys: false, ensure_ascii: true, indent: None };
+    pub const PYTHON: Style = Style {
+        compact: false,
+        sort_keys: false,
+        ensure_ascii: true,
+        indent: None,
+    };
     /// `json.dumps(x, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`: the hash input.
-    pub const CANONICAL: Style = Style { compact: true, sort_keys: true, ensure_ascii: false, indent: None };
+    pub const CANONICAL: Style = Style {
+        compact: true,
+        sort_keys: true,
+        ensure_ascii: false,
+        indent: None,
+    };
     /// `json.dumps(x, ensure_ascii=False)`: what chat templates' `tojson` writes.
-    pub const TOJSON: Style = Style { compact: false, sort_keys: false, ensure_ascii: false, indent: None };
+    pub const TOJSON: Style = Style {
+        compact: false,
+        sort_keys: false,
+        ensure_ascii: false,
+        indent: None,
+    };
 }
 
 /// `json.dumps(value)` with Python's default settings.
@@ -50,7 +65,11 @@ pub fn write_value(out: &mut String, value: &Value, style: Style) {
 }
 
 fn item_separator(style: Style) -> &'static str {
-    if style.compact || style.indent.is_some() { "," } else { ", " }
+    if style.compact || style.indent.is_some() {
+        ","
+    } else {
+        ", "
+    }
 }
 
 fn newline(out: &mut String, style: Style, level: usize) {
@@ -148,7 +167,9 @@ pub fn write_float_repr(out: &mut String, f: f64) {
     }
     // Rust's `{:e}` prints the shortest round-trip digits: "-1.2345e3", "5e-324", "0e0".
     let sci = format!("{f:e}");
-    let (mantissa, exp) = sci.split_once('e').expect("LowerExp always has an exponent");
+    let (mantissa, exp) = sci
+        .split_once('e')
+        .expect("LowerExp always has an exponent");
     let exp: i32 = exp.parse().expect("LowerExp exponent is an integer");
     let (negative, mantissa) = match mantissa.strip_prefix('-') {
         Some(m) => (true, m),
@@ -247,7 +268,11 @@ pub fn round_float(x: f64, ndigits: i32) -> f64 {
         }
         let y = x / pow;
         let r = y.round();
-        let r = if (y - y.trunc()).abs() == 0.5 { 2.0 * (y / 2.0).round() } else { r };
+        let r = if (y - y.trunc()).abs() == 0.5 {
+            2.0 * (y / 2.0).round()
+        } else {
+            r
+        };
         let z = r * pow;
         if z.is_finite() { z } else { x }
     }
@@ -301,9 +326,18 @@ mod tests {
     fn indent_matches_python() {
         // json.dumps({"a": [1, {}], "b": "é"}, ensure_ascii=False, indent=2)
         let v = json!({"a": [1, {}], "b": "é", "c": []});
-        let style = Style { indent: Some(2), ..Style::TOJSON };
-        assert_eq!(to_string(&v, style), "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": \"é\",\n  \"c\": []\n}");
-        assert_eq!(to_string(&v, Style::TOJSON), "{\"a\": [1, {}], \"b\": \"é\", \"c\": []}");
+        let style = Style {
+            indent: Some(2),
+            ..Style::TOJSON
+        };
+        assert_eq!(
+            to_string(&v, style),
+            "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": \"é\",\n  \"c\": []\n}"
+        );
+        assert_eq!(
+            to_string(&v, Style::TOJSON),
+            "{\"a\": [1, {}], \"b\": \"é\", \"c\": []}"
+        );
     }
 
     #[test]

@@ -31,23 +31,57 @@ fn a_clean_blueprint_passes_and_records_its_diff() {
     .unwrap();
     assert_eq!(task.user_id, "acc_1002");
     let paths: Vec<&str> = executed.diff.iter().map(|e| e.path()).collect();
-    assert_eq!(paths, ["/accounts/acc_1001/balance", "/accounts/acc_1001/transfer_ids/0", "/accounts/acc_1002/balance", "/accounts/acc_1002/transfer_ids/0", "/transfers/tr_1001"]);
+    assert_eq!(
+        paths,
+        [
+            "/accounts/acc_1001/balance",
+            "/accounts/acc_1001/transfer_ids/0",
+            "/accounts/acc_1002/balance",
+            "/accounts/acc_1002/transfer_ids/0",
+            "/transfers/tr_1001"
+        ]
+    );
 }
 
 #[test]
 fn each_failure_has_its_code() {
     let d = mock();
     let none = Dedup::default();
-    assert_eq!(codes(&d, json!([{"name": "wire_money", "arguments": {}}]), &none), ["exec.unknown_tool"]);
-    assert_eq!(codes(&d, json!([{"name": "get_account", "arguments": {"id": "acc_1002"}}]), &none), ["exec.bad_arguments"]);
-    assert_eq!(codes(&d, json!([{"name": "get_account", "arguments": {"account_id": "acc_9"}}]), &none), ["exec.tool_error"]);
+    assert_eq!(
+        codes(&d, json!([{"name": "wire_money", "arguments": {}}]), &none),
+        ["exec.unknown_tool"]
+    );
+    assert_eq!(
+        codes(
+            &d,
+            json!([{"name": "get_account", "arguments": {"id": "acc_1002"}}]),
+            &none
+        ),
+        ["exec.bad_arguments"]
+    );
+    assert_eq!(
+        codes(
+            &d,
+            json!([{"name": "get_account", "arguments": {"account_id": "acc_9"}}]),
+            &none
+        ),
+        ["exec.tool_error"]
+    );
     assert_eq!(codes(&d, json!([]), &none), ["exec.no_actions"]);
     assert_eq!(
-        codes(&d, json!([{"name": "transfer_funds", "arguments": {"from_account_id": "acc_1003", "to_account_id": "acc_1002", "amount": 1}}]), &none),
+        codes(
+            &d,
+            json!([{"name": "transfer_funds", "arguments": {"from_account_id": "acc_1003", "to_account_id": "acc_1002", "amount": 1}}]),
+            &none
+        ),
         ["policy.transfer_only_from_own_accounts"]
     );
     assert_eq!(
-        codes(&d, json!([{"name": "transfer_to_human_agents", "arguments": {"summary": "x"}}, {"name": "get_account", "arguments": {"account_id": "acc_1002"}}]), &none),
+        codes(
+            &d,
+            json!([{"name": "transfer_to_human_agents", "arguments": {"summary": "x"}}, {"name": "get_account", "arguments": {"account_id": "acc_1002"}}]),
+            &none
+        ),
         ["exec.after_terminate"]
     );
 }

@@ -4,7 +4,9 @@
 
 use crate::util;
 use apigen_mt::blueprint::committee::Threshold;
-use apigen_mt::blueprint::pipeline::{BlueprintRecord, Pipeline, RejectedRecord, Role, Settings, Summary};
+use apigen_mt::blueprint::pipeline::{
+    BlueprintRecord, Pipeline, RejectedRecord, Role, Settings, Summary,
+};
 use apigen_mt::blueprint::sampler::ApiGraph;
 use apigen_mt::domain::Domain;
 use apigen_mt::domain::task::read_tasks;
@@ -26,7 +28,9 @@ fn look() -> String {
 }
 
 fn transfer(amount: f64) -> String {
-    proposal(json!([{"name": "transfer_funds", "arguments": {"from_account_id": "acc_1002", "to_account_id": "acc_1001", "amount": amount}}]))
+    proposal(
+        json!([{"name": "transfer_funds", "arguments": {"from_account_id": "acc_1002", "to_account_id": "acc_1001", "amount": amount}}]),
+    )
 }
 
 struct Run {
@@ -40,7 +44,12 @@ fn run(out: &Path, replies: Vec<String>, count: usize, recombine: usize) -> Run 
     let domain = Domain::load(&util::root().join("domains/mock"), None).unwrap();
     let examples = read_tasks(&util::root().join("domains/mock/tasks/train.json")).unwrap();
     let script = Arc::new(ScriptedBackend::new(ToolFormat::Hermes, replies));
-    let role = |name: &str| Role { name: name.into(), backend: script.clone(), temperature: 0.0, max_tokens: 100 };
+    let role = |name: &str| Role {
+        name: name.into(),
+        backend: script.clone(),
+        temperature: 0.0,
+        max_tokens: 100,
+    };
     let pipeline = Pipeline {
         domain: &domain,
         proposer: role("proposer"),
@@ -63,12 +72,22 @@ fn run(out: &Path, replies: Vec<String>, count: usize, recombine: usize) -> Run 
     };
     let summary = pipeline.run(out, |_| {}).unwrap();
     let read = |f: &str| -> Vec<Value> {
-        std::fs::read_to_string(out.join(f)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        std::fs::read_to_string(out.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     };
     Run {
         summary,
-        accepted: read("blueprints.jsonl").into_iter().map(|v| serde_json::from_value(v).unwrap()).collect(),
-        rejected: read("rejected.jsonl").into_iter().map(|v| serde_json::from_value(v).unwrap()).collect(),
+        accepted: read("blueprints.jsonl")
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect(),
+        rejected: read("rejected.jsonl")
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect(),
         left: script.remaining(),
     }
 }
@@ -84,17 +103,30 @@ fn replies(items: &[&str]) -> Vec<String> {
 #[test]
 fn accepted_first_time() {
     let dir = tempfile::tempdir().unwrap();
-    let r = run(dir.path(), vec![look(), YES.into(), YES.into(), YES.into()], 1, 0);
+    let r = run(
+        dir.path(),
+        vec![look(), YES.into(), YES.into(), YES.into()],
+        1,
+        0,
+    );
     assert_eq!((r.summary.accepted, r.left), (1, 0));
     let b = &r.accepted[0];
-    assert_eq!((b.id.as_str(), b.user_id.as_str(), b.attempts), ("bp-00000", "acc_1002", 1));
-    assert_eq!(b.actions, vec![json!({"name": "get_account", "arguments": {"account_id": "acc_1002"}})]);
+    assert_eq!(
+        (b.id.as_str(), b.user_id.as_str(), b.attempts),
+        ("bp-00000", "acc_1002", 1)
+    );
+    assert_eq!(
+        b.actions,
+        vec![json!({"name": "get_account", "arguments": {"account_id": "acc_1002"}})]
+    );
     assert_eq!(b.reviews.len(), 3);
     assert!(b.diff.is_empty());
     assert_eq!(r.summary.funnel.proposed, 1);
     assert_eq!(r.summary.funnel.accepted, 1);
     assert!(r.summary.complete);
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
     assert_eq!(summary["funnel"]["committee_ok"], 1);
 }
 
@@ -102,19 +134,50 @@ fn accepted_first_time() {
 fn stage_one_failures_feed_revisions() {
     let dir = tempfile::tempdir().unwrap();
     let unknown = proposal(json!([{"name": "wire_money", "arguments": {}}]));
-    let tool_error = proposal(json!([{"name": "get_account", "arguments": {"account_id": "acc_9"}}]));
-    let r = run(dir.path(), vec!["I cannot".into(), unknown, tool_error, look(), YES.into(), YES.into(), YES.into()], 1, 0);
+    let tool_error =
+        proposal(json!([{"name": "get_account", "arguments": {"account_id": "acc_9"}}]));
+    let r = run(
+        dir.path(),
+        vec![
+            "I cannot".into(),
+            unknown,
+            tool_error,
+            look(),
+            YES.into(),
+            YES.into(),
+            YES.into(),
+        ],
+        1,
+        0,
+    );
     // Item 0 gets three proposals (all rejected); item 1 is accepted at once.
-    assert_eq!(codes(&r), ["format.not_json", "exec.unknown_tool", "exec.tool_error"]);
+    assert_eq!(
+        codes(&r),
+        ["format.not_json", "exec.unknown_tool", "exec.tool_error"]
+    );
     assert_eq!(r.accepted[0].id, "bp-00001");
-    assert_eq!((r.summary.funnel.proposed, r.summary.funnel.format_ok, r.summary.funnel.executed), (4, 3, 1));
+    assert_eq!(
+        (
+            r.summary.funnel.proposed,
+            r.summary.funnel.format_ok,
+            r.summary.funnel.executed
+        ),
+        (4, 3, 1)
+    );
 }
 
 #[test]
 fn policy_violations_are_coded_by_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let theft = proposal(json!([{"name": "transfer_funds", "arguments": {"from_account_id": "acc_1003", "to_account_id": "acc_1002", "amount": 5}}]));
-    let r = run(dir.path(), vec![theft, look(), YES.into(), YES.into(), YES.into()], 1, 0);
+    let theft = proposal(
+        json!([{"name": "transfer_funds", "arguments": {"from_account_id": "acc_1003", "to_account_id": "acc_1002", "amount": 5}}]),
+    );
+    let r = run(
+        dir.path(),
+        vec![theft, look(), YES.into(), YES.into(), YES.into()],
+        1,
+        0,
+    );
     assert_eq!(codes(&r), ["policy.transfer_only_from_own_accounts"]);
     assert_eq!(r.accepted[0].attempts, 2, "fixed on the second proposal");
 }
@@ -126,17 +189,51 @@ fn committee_majority_decides() {
     assert_eq!(r.summary.accepted, 1, "2-1 accepts");
 
     let dir = tempfile::tempdir().unwrap();
-    let r = run(dir.path(), replies(&[&look(), YES, NO, NO, "Say which account.", &transfer(10.0), YES, YES, YES]), 1, 0);
+    let r = run(
+        dir.path(),
+        replies(&[
+            &look(),
+            YES,
+            NO,
+            NO,
+            "Say which account.",
+            &transfer(10.0),
+            YES,
+            YES,
+            YES,
+        ]),
+        1,
+        0,
+    );
     assert_eq!(codes(&r), ["committee.rejected"], "1-2 rejects");
     assert!(r.rejected[0].detail.contains("Say which account."));
     assert_eq!((r.accepted[0].attempts, r.left), (2, 0));
-    assert_eq!(r.accepted[0].diff.len(), 5, "balances, transfer ids and the transfer record");
+    assert_eq!(
+        r.accepted[0].diff.len(),
+        5,
+        "balances, transfer ids and the transfer record"
+    );
 }
 
 #[test]
 fn duplicates_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let r = run(dir.path(), replies(&[&look(), YES, YES, YES, &look(), &transfer(3.0), YES, YES, YES]), 2, 0);
+    let r = run(
+        dir.path(),
+        replies(&[
+            &look(),
+            YES,
+            YES,
+            YES,
+            &look(),
+            &transfer(3.0),
+            YES,
+            YES,
+            YES,
+        ]),
+        2,
+        0,
+    );
     assert_eq!(codes(&r), ["dedup.duplicate"]);
     assert_eq!(r.summary.accepted, 2);
 }
@@ -145,21 +242,67 @@ fn duplicates_are_rejected() {
 fn recombination_accepted_and_rejected() {
     let combined = r#"{"thought": "t", "instruction": "You are Barbara Allen. Check acc_1002, then move 3.0 to acc_1001."}"#;
     let dir = tempfile::tempdir().unwrap();
-    let r = run(dir.path(), replies(&[&look(), YES, YES, YES, &transfer(3.0), YES, YES, YES, combined, YES, YES, YES]), 2, 1);
+    let r = run(
+        dir.path(),
+        replies(&[
+            &look(),
+            YES,
+            YES,
+            YES,
+            &transfer(3.0),
+            YES,
+            YES,
+            YES,
+            combined,
+            YES,
+            YES,
+            YES,
+        ]),
+        2,
+        1,
+    );
     assert_eq!((r.summary.accepted, r.summary.recombined), (2, 1));
     let rc = r.accepted.last().unwrap();
     assert_eq!(rc.recombined_from.len(), 2);
     assert_eq!(rc.actions.len(), 2);
 
     let dir = tempfile::tempdir().unwrap();
-    let r = run(dir.path(), replies(&[&look(), YES, YES, YES, &transfer(3.0), YES, YES, YES, combined, NO, NO, NO]), 2, 1);
+    let r = run(
+        dir.path(),
+        replies(&[
+            &look(),
+            YES,
+            YES,
+            YES,
+            &transfer(3.0),
+            YES,
+            YES,
+            YES,
+            combined,
+            NO,
+            NO,
+            NO,
+        ]),
+        2,
+        1,
+    );
     assert_eq!((r.summary.accepted, r.summary.recombined), (2, 0));
     assert!(codes(&r).contains(&"committee.rejected"));
 }
 
 #[test]
 fn resume_after_an_interruption_gives_the_same_accepted_set() {
-    let script = replies(&[&look(), YES, YES, YES, "nope", &transfer(2.5), YES, YES, YES]);
+    let script = replies(&[
+        &look(),
+        YES,
+        YES,
+        YES,
+        "nope",
+        &transfer(2.5),
+        YES,
+        YES,
+        YES,
+    ]);
     let whole = tempfile::tempdir().unwrap();
     let uninterrupted = run(whole.path(), script.clone(), 2, 0);
 
@@ -167,14 +310,31 @@ fn resume_after_an_interruption_gives_the_same_accepted_set() {
     let first = run(cut.path(), script[..4].to_vec(), 1, 0);
     assert_eq!(first.summary.accepted, 1);
     // A crash in the middle of the next item: a rejection written, no commit, a torn line.
-    let mut f = std::fs::OpenOptions::new().append(true).open(cut.path().join("rejected.jsonl")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(cut.path().join("rejected.jsonl"))
+        .unwrap();
     use std::io::Write;
-    writeln!(f, "{}", json!({"id": "bp-00001", "attempt": 1, "code": "format.not_json", "detail": "x"})).unwrap();
+    writeln!(
+        f,
+        "{}",
+        json!({"id": "bp-00001", "attempt": 1, "code": "format.not_json", "detail": "x"})
+    )
+    .unwrap();
     write!(f, "{{\"id\": \"bp-0000").unwrap();
     drop(f);
     let resumed = run(cut.path(), script[4..].to_vec(), 2, 0);
-    let ids = |r: &Run| r.accepted.iter().map(|b| (b.id.clone(), b.actions.clone())).collect::<Vec<_>>();
+    let ids = |r: &Run| {
+        r.accepted
+            .iter()
+            .map(|b| (b.id.clone(), b.actions.clone()))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&resumed), ids(&uninterrupted));
-    assert_eq!(codes(&resumed), codes(&uninterrupted), "the torn item's records were dropped, not duplicated");
+    assert_eq!(
+        codes(&resumed),
+        codes(&uninterrupted),
+        "the torn item's records were dropped, not duplicated"
+    );
     assert_eq!(resumed.summary.funnel, uninterrupted.summary.funnel);
 }

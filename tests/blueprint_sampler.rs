@@ -6,7 +6,13 @@ use apigen_mt::domain::{Domain, task::read_tasks};
 
 fn load(name: &str) -> (Domain, Vec<apigen_mt::domain::task::Task>) {
     let d = Domain::load(&util::root().join("domains").join(name), None).unwrap();
-    let tasks = read_tasks(&util::root().join("domains").join(name).join("tasks/train.json")).unwrap();
+    let tasks = read_tasks(
+        &util::root()
+            .join("domains")
+            .join(name)
+            .join("tasks/train.json"),
+    )
+    .unwrap();
     (d, tasks)
 }
 
@@ -15,10 +21,26 @@ fn retail_graph_links_lookups_to_writes() {
     let (d, tasks) = load("retail");
     let g = ApiGraph::derive(&d, &tasks, &[]);
     let to = |a: &str| g.edges.get(a).cloned().unwrap_or_default();
-    assert!(to("find_user_id_by_name_zip").contains("get_user_details"), "{:#?}", g.edges);
-    assert!(to("get_user_details").contains("get_order_details"), "{:#?}", g.edges);
-    assert!(to("get_order_details").contains("cancel_pending_order"), "{:#?}", g.edges);
-    assert!(g.edges.values().all(|to| !to.contains("think") && !to.contains("calculate")));
+    assert!(
+        to("find_user_id_by_name_zip").contains("get_user_details"),
+        "{:#?}",
+        g.edges
+    );
+    assert!(
+        to("get_user_details").contains("get_order_details"),
+        "{:#?}",
+        g.edges
+    );
+    assert!(
+        to("get_order_details").contains("cancel_pending_order"),
+        "{:#?}",
+        g.edges
+    );
+    assert!(
+        g.edges
+            .values()
+            .all(|to| !to.contains("think") && !to.contains("calculate"))
+    );
 }
 
 #[test]
@@ -27,13 +49,27 @@ fn walks_are_seeded_and_end_in_writes() {
     let g = ApiGraph::derive(&d, &tasks, &[]);
     let walk = |seed| g.walk(&mut rng_for(seed, "bp-1"), 2, 2);
     assert_eq!(walk(7), walk(7));
-    let kinds = |w: &[String]| w.iter().map(|t| d.tool(t).unwrap().kind).collect::<Vec<_>>();
+    let kinds = |w: &[String]| {
+        w.iter()
+            .map(|t| d.tool(t).unwrap().kind)
+            .collect::<Vec<_>>()
+    };
     for seed in 0..20 {
         let w = walk(seed);
         assert!(!w.is_empty());
-        assert!(kinds(&w).contains(&apigen_mt::domain::tools::ToolKind::Write), "{w:?}");
+        assert!(
+            kinds(&w).contains(&apigen_mt::domain::tools::ToolKind::Write),
+            "{w:?}"
+        );
     }
-    assert!((0..20).map(walk).collect::<std::collections::HashSet<_>>().len() > 3, "walks vary with the seed");
+    assert!(
+        (0..20)
+            .map(walk)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 3,
+        "walks vary with the seed"
+    );
 }
 
 #[test]
@@ -42,11 +78,24 @@ fn user_context_follows_references_within_budget() {
     let user = sample_user(&d, "users", &mut rng_for(1, "x")).unwrap();
     let ctx = user_context(&d, "users", &user, 2, 100_000).unwrap();
     assert_eq!(ctx.records[0].0, "users");
-    let orders: Vec<&str> = ctx.records.iter().filter(|r| r.0 == "orders").map(|r| r.1.as_str()).collect();
-    let listed: Vec<String> = ctx.records[0].2["orders"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_owned()).collect();
+    let orders: Vec<&str> = ctx
+        .records
+        .iter()
+        .filter(|r| r.0 == "orders")
+        .map(|r| r.1.as_str())
+        .collect();
+    let listed: Vec<String> = ctx.records[0].2["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(orders, listed);
     if !orders.is_empty() {
-        assert!(ctx.records.iter().any(|r| r.0 == "products"), "products of the orders are reachable in two hops");
+        assert!(
+            ctx.records.iter().any(|r| r.0 == "products"),
+            "products of the orders are reachable in two hops"
+        );
     }
     let small = user_context(&d, "users", &user, 2, 2_000).unwrap();
     let size: usize = small.records.iter().map(|r| r.2.to_string().len()).sum();
@@ -56,7 +105,9 @@ fn user_context_follows_references_within_budget() {
 
 #[test]
 fn mixes_vary() {
-    let mixes: Vec<Mix> = (0..50).map(|i| Mix::draw(&mut rng_for(3, &format!("bp-{i}")), 8000)).collect();
+    let mixes: Vec<Mix> = (0..50)
+        .map(|i| Mix::draw(&mut rng_for(3, &format!("bp-{i}")), 8000))
+        .collect();
     assert!(mixes.iter().any(|m| m.writes == 1) && mixes.iter().any(|m| m.writes > 1));
     assert!(mixes.iter().all(|m| (4000..=8000).contains(&m.data_budget)));
 }
@@ -65,7 +116,13 @@ fn mixes_vary() {
 fn shipped_personas_load() {
     use apigen_mt::blueprint::sampler::read_personas;
     for (domain, n) in [("retail", 60), ("airline", 60), ("mock", 20)] {
-        let personas = read_personas(&util::root().join("domains").join(domain).join("personas.jsonl")).unwrap();
+        let personas = read_personas(
+            &util::root()
+                .join("domains")
+                .join(domain)
+                .join("personas.jsonl"),
+        )
+        .unwrap();
         assert_eq!(personas.len(), n, "{domain}");
         assert!(personas.iter().all(|p| p.id.starts_with(domain)));
     }

@@ -20,10 +20,24 @@ fn record(id: &str) -> Value {
 #[test]
 fn exports_every_format_from_a_run_directory() {
     let run = tempfile::tempdir().unwrap();
-    std::fs::write(run.path().join("dataset.jsonl"), format!("{}\n{}\n", record("a"), record("b"))).unwrap();
+    std::fs::write(
+        run.path().join("dataset.jsonl"),
+        format!("{}\n{}\n", record("a"), record("b")),
+    )
+    .unwrap();
     let dir = run.path().to_str().unwrap();
     let out = run.path().join("out.json");
-    let (code, _, stderr) = util::run(&["export", dir, "--format", "apigen-mt", "--out", out.to_str().unwrap()], "");
+    let (code, _, stderr) = util::run(
+        &[
+            "export",
+            dir,
+            "--format",
+            "apigen-mt",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "",
+    );
     assert_eq!(code, 0, "{stderr}");
     let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(rows.len(), 2);
@@ -36,8 +50,15 @@ fn exports_every_format_from_a_run_directory() {
     let rows: Vec<Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(rows[1]["id"], "b");
 
-    std::fs::write(run.path().join("dataset.jsonl"), format!("{}\n{{\"messages\": []}}\n", record("a"))).unwrap();
+    std::fs::write(
+        run.path().join("dataset.jsonl"),
+        format!("{}\n{{\"messages\": []}}\n", record("a")),
+    )
+    .unwrap();
     let (code, _, stderr) = util::run(&["export", dir, "--format", "openai"], "");
     assert_eq!(code, 2);
-    assert!(stderr.contains("dataset.jsonl:2: message 0: the first message must be the system message"), "{stderr}");
+    assert!(
+        stderr.contains("dataset.jsonl:2: message 0: the first message must be the system message"),
+        "{stderr}"
+    );
 }

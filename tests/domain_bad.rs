@@ -19,7 +19,11 @@ fn broken_tool_json_names_file_line_and_column() {
 
 #[test]
 fn script_syntax_error_names_file_and_line() {
-    let d = util::mock_with("tools/accounts.star", "def find_accounts_by_owner(data, owner):", "def find_accounts_by_owner(data, owner)");
+    let d = util::mock_with(
+        "tools/accounts.star",
+        "def find_accounts_by_owner(data, owner):",
+        "def find_accounts_by_owner(data, owner)",
+    );
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
     assert!(err.contains("accounts.star:11:"), "{err}");
@@ -27,24 +31,42 @@ fn script_syntax_error_names_file_and_line() {
 
 #[test]
 fn tool_without_body_is_named() {
-    let d = util::mock_with("tools/accounts.star", "def get_account(", "def _get_account(");
+    let d = util::mock_with(
+        "tools/accounts.star",
+        "def get_account(",
+        "def _get_account(",
+    );
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("tools.json:") && err.contains("tool `get_account` has no body"), "{err}");
+    assert!(
+        err.contains("tools.json:") && err.contains("tool `get_account` has no body"),
+        "{err}"
+    );
 }
 
 #[test]
 fn body_without_schema_is_named() {
     let d = util::mock_copy();
-    fs::write(d.path().join("tools/extra.star"), "def close_account(data, account_id):\n    return 'ok'\n").unwrap();
+    fs::write(
+        d.path().join("tools/extra.star"),
+        "def close_account(data, account_id):\n    return 'ok'\n",
+    )
+    .unwrap();
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("extra.star:1: function `close_account` has no schema"), "{err}");
+    assert!(
+        err.contains("extra.star:1: function `close_account` has no schema"),
+        "{err}"
+    );
 }
 
 #[test]
 fn infinite_loop_is_stopped_with_a_clear_error() {
-    let d = util::mock_with("tools/accounts.star", "    accounts = data[\"accounts\"]\n    if account_id not in accounts:\n        return \"Error: account not found\"\n    return json.dumps(accounts[account_id])", "    n = 0\n    for i in range(1000000):\n        for j in range(1000000):\n            n += j\n    return str(n)");
+    let d = util::mock_with(
+        "tools/accounts.star",
+        "    accounts = data[\"accounts\"]\n    if account_id not in accounts:\n        return \"Error: account not found\"\n    return json.dumps(accounts[account_id])",
+        "    n = 0\n    for i in range(1000000):\n        for j in range(1000000):\n            n += j\n    return str(n)",
+    );
     let started = std::time::Instant::now();
     let (code, stdout, stderr) = util::run(
         &["domain", "replay", d.path().to_str().unwrap()],
@@ -53,18 +75,32 @@ fn infinite_loop_is_stopped_with_a_clear_error() {
     assert_eq!(code, 0, "{stderr}");
     let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     let obs = first["observation"].as_str().unwrap();
-    assert!(obs.starts_with("Error: script stopped") && obs.contains("1000000 ticks"), "{obs}");
+    assert!(
+        obs.starts_with("Error: script stopped") && obs.contains("1000000 ticks"),
+        "{obs}"
+    );
     assert!(started.elapsed().as_secs() < 60);
 }
 
 #[test]
 fn scripts_cannot_reach_files() {
-    let d = util::mock_with("tools/accounts.star", "    accounts = data[\"accounts\"]\n    if account_id not in accounts:", "    secret = open(\"/etc/passwd\").read()\n    accounts = data[\"accounts\"]\n    if account_id not in accounts:");
+    let d = util::mock_with(
+        "tools/accounts.star",
+        "    accounts = data[\"accounts\"]\n    if account_id not in accounts:",
+        "    secret = open(\"/etc/passwd\").read()\n    accounts = data[\"accounts\"]\n    if account_id not in accounts:",
+    );
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("accounts.star:6:") && err.contains("open"), "{err}");
+    assert!(
+        err.contains("accounts.star:6:") && err.contains("open"),
+        "{err}"
+    );
 
-    let d = util::mock_with("tools/transfers.star", "load(\"_money.star\", \"cents\")", "load(\"../../../etc/passwd\", \"cents\")");
+    let d = util::mock_with(
+        "tools/transfers.star",
+        "load(\"_money.star\", \"cents\")",
+        "load(\"../../../etc/passwd\", \"cents\")",
+    );
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
     assert!(err.contains("only files inside the script folder"), "{err}");
@@ -72,7 +108,11 @@ fn scripts_cannot_reach_files() {
 
 #[test]
 fn bad_manifest_and_missing_tables_are_named() {
-    let d = util::mock_with("domain.toml", "tables = [\"accounts\", \"transfers\"]", "tables = [\"accounts\", \"loans\"]");
+    let d = util::mock_with(
+        "domain.toml",
+        "tables = [\"accounts\", \"transfers\"]",
+        "tables = [\"accounts\", \"loans\"]",
+    );
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
     assert!(err.contains("loans.json: cannot read"), "{err}");
@@ -80,28 +120,48 @@ fn bad_manifest_and_missing_tables_are_named() {
     let d = util::mock_with("domain.toml", "builtins = [", "bultins = [");
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("domain.toml:") && err.contains("bultins"), "{err}");
+    assert!(
+        err.contains("domain.toml:") && err.contains("bultins"),
+        "{err}"
+    );
 
     let d = util::mock_copy();
     fs::write(d.path().join("data/accounts.json"), "[1, 2]").unwrap();
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("accounts.json: a table file must hold a JSON object"), "{err}");
+    assert!(
+        err.contains("accounts.json: a table file must hold a JSON object"),
+        "{err}"
+    );
 }
 
 #[test]
 fn read_tool_that_writes_is_caught() {
-    let d = util::mock_with("tools/accounts.star", "    return json.dumps(accounts[account_id])", "    accounts[account_id][\"seen\"] = True\n    return json.dumps(accounts[account_id])");
+    let d = util::mock_with(
+        "tools/accounts.star",
+        "    return json.dumps(accounts[account_id])",
+        "    accounts[account_id][\"seen\"] = True\n    return json.dumps(accounts[account_id])",
+    );
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("(get_account): Read tool changed the database"), "{err}");
+    assert!(
+        err.contains("(get_account): Read tool changed the database"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_raising_body_is_reported_with_file_and_line() {
-    let d = util::mock_with("tools/accounts.star", "    return json.dumps(accounts[account_id])", "    return json.dumps(accounts[account_id][\"nickname\"])");
+    let d = util::mock_with(
+        "tools/accounts.star",
+        "    return json.dumps(accounts[account_id])",
+        "    return json.dumps(accounts[account_id][\"nickname\"])",
+    );
     let (code, err) = check(d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("(get_account): Error: 'nickname' (at "), "{err}");
+    assert!(
+        err.contains("(get_account): Error: 'nickname' (at "),
+        "{err}"
+    );
     assert!(err.contains("accounts.star:9:"), "{err}");
 }

@@ -4,14 +4,20 @@ use crate::util;
 use serde_json::{Value, json};
 
 fn outputs(stdout: &str) -> Vec<Value> {
-    stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
 fn check_passes() {
     let (code, _, stderr) = util::run(&["domain", "check", "domains/mock"], "");
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("ok mock: 7 tools, 2 tasks, 5 actions replayed, 0 problems"), "{stderr}");
+    assert!(
+        stderr.contains("ok mock: 7 tools, 2 tasks, 5 actions replayed, 0 problems"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -38,15 +44,28 @@ fn replay_runs_tools_and_never_touches_the_files() {
     let out = outputs(&stdout);
     assert_eq!(out.len(), 13, "one line per input plus the final hash");
     let obs = |i: usize| out[i]["observation"].as_str().unwrap().to_owned();
-    assert!(obs(0).starts_with("{\"account_id\": \"acc_1002\", \"owner\": "), "{}", obs(0));
+    assert!(
+        obs(0).starts_with("{\"account_id\": \"acc_1002\", \"owner\": "),
+        "{}",
+        obs(0)
+    );
     assert_eq!(
         obs(1),
         "{\"transfer_id\": \"tr_1001\", \"from_account_id\": \"acc_1002\", \"to_account_id\": \"acc_1001\", \"amount\": 250.5, \"memo\": \"\"}"
     );
     assert_eq!(obs(2), "Error: insufficient balance");
-    assert_eq!(obs(3), "Error: missing required argument 'to_account_id' for transfer_funds");
-    assert_eq!(obs(4), "Error: argument 'to_account_id' must be a string, got integer");
-    assert_eq!(obs(5), "Error: transfer_funds got an unexpected argument 'extra'");
+    assert_eq!(
+        obs(3),
+        "Error: missing required argument 'to_account_id' for transfer_funds"
+    );
+    assert_eq!(
+        obs(4),
+        "Error: argument 'to_account_id' must be a string, got integer"
+    );
+    assert_eq!(
+        obs(5),
+        "Error: transfer_funds got an unexpected argument 'extra'"
+    );
     assert_eq!(obs(6), "Unknown action launch_rocket");
     let after_transfer = out[7]["db_hash"].as_str().unwrap();
     let at_reset = out[8]["db_hash"].as_str().unwrap();
@@ -58,8 +77,15 @@ fn replay_runs_tools_and_never_touches_the_files() {
     // The final hash is the pristine one: nothing happened after the reset but builtins.
     let pristine = util::run(&["domain", "replay", "domains/mock"], "").1;
     assert_eq!(out.last().unwrap(), &outputs(&pristine)[0]);
-    assert_ne!(after_transfer, outputs(&pristine)[0]["db_hash"].as_str().unwrap());
-    assert_eq!(std::fs::read(&data).unwrap(), before, "replay must never modify the database files");
+    assert_ne!(
+        after_transfer,
+        outputs(&pristine)[0]["db_hash"].as_str().unwrap()
+    );
+    assert_eq!(
+        std::fs::read(&data).unwrap(),
+        before,
+        "replay must never modify the database files"
+    );
 }
 
 #[test]
@@ -68,7 +94,12 @@ fn malformed_input_lines_are_reported_in_place() {
     let (code, stdout, stderr) = util::run(&["domain", "replay", "domains/mock"], stdin);
     assert_eq!(code, 1);
     let out = outputs(&stdout);
-    assert!(out[0]["error"].as_str().unwrap().starts_with("line 1: invalid JSON"));
+    assert!(
+        out[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 1: invalid JSON")
+    );
     assert!(out[1]["error"].as_str().unwrap().contains("line 2"));
     assert_eq!(out[2]["observation"], "");
     assert!(out[3]["db_hash"].is_string());
@@ -81,7 +112,11 @@ fn tools_prints_schemas_without_kind() {
     assert_eq!(code, 0);
     let tools: Vec<Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(tools.len(), 7);
-    assert!(tools.iter().all(|t| t.get("kind").is_none() && t["type"] == "function"));
+    assert!(
+        tools
+            .iter()
+            .all(|t| t.get("kind").is_none() && t["type"] == "function")
+    );
     assert_eq!(tools[0]["function"]["name"], "get_account");
 }
 
@@ -90,14 +125,27 @@ fn generator_is_deterministic_and_matches_the_shipped_data() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let run = |dir: &std::path::Path, seed: &str| {
-        let (code, stdout, stderr) =
-            util::run(&["domain", "generate", "domains/mock", "--seed", seed, "--out", dir.to_str().unwrap()], "");
+        let (code, stdout, stderr) = util::run(
+            &[
+                "domain",
+                "generate",
+                "domains/mock",
+                "--seed",
+                seed,
+                "--out",
+                dir.to_str().unwrap(),
+            ],
+            "",
+        );
         assert_eq!(code, 0, "{stderr}");
         stdout
     };
     let first = run(a.path(), "0");
     assert_eq!(first, run(b.path(), "0"));
-    assert_eq!(std::fs::read(a.path().join("accounts.json")).unwrap(), std::fs::read(util::root().join("domains/mock/data/accounts.json")).unwrap());
+    assert_eq!(
+        std::fs::read(a.path().join("accounts.json")).unwrap(),
+        std::fs::read(util::root().join("domains/mock/data/accounts.json")).unwrap()
+    );
     assert_ne!(first, run(b.path(), "1"));
 }
 
@@ -111,7 +159,16 @@ fn policy_rules_flag_violating_tasks() {
         {"name": "transfer_funds", "arguments": {"from_account_id": "acc_1002", "to_account_id": "acc_1001", "amount": 1}},
     ]}]);
     std::fs::write(&tasks, task.to_string()).unwrap();
-    let (code, _, stderr) = util::run(&["domain", "check", "domains/mock", "--tasks", tasks.to_str().unwrap()], "");
+    let (code, _, stderr) = util::run(
+        &[
+            "domain",
+            "check",
+            "domains/mock",
+            "--tasks",
+            tasks.to_str().unwrap(),
+        ],
+        "",
+    );
     assert_eq!(code, 1);
     assert!(stderr.contains("task 0: policy.transfer_only_from_own_accounts: transfer_funds takes money from acc_1003, which Barbara Allen does not hold"), "{stderr}");
     assert!(stderr.contains("policy.no_transfer_after_freeze: transfer_funds moves money through acc_1001 after it was frozen"), "{stderr}");
@@ -120,10 +177,17 @@ fn policy_rules_flag_violating_tasks() {
 
 #[test]
 fn a_rule_that_raises_counts_as_violated() {
-    let d = util::mock_with("rules/policy.star", "    frozen = []\n", "    frozen = []\n    fail(\"rule bug\")\n");
+    let d = util::mock_with(
+        "rules/policy.star",
+        "    frozen = []\n",
+        "    frozen = []\n    fail(\"rule bug\")\n",
+    );
     let (code, _, stderr) = util::run(&["domain", "check", d.path().to_str().unwrap()], "");
     assert_eq!(code, 1);
-    assert!(stderr.contains("policy.no_transfer_after_freeze: rule failed: rule bug"), "{stderr}");
+    assert!(
+        stderr.contains("policy.no_transfer_after_freeze: rule failed: rule bug"),
+        "{stderr}"
+    );
 }
 
 #[test]

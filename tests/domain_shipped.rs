@@ -14,15 +14,33 @@ fn shipped_domains_pass_check() {
 
 #[test]
 fn shipped_data_is_the_generators_seed_0_output() {
-    for (domain, tables) in [("retail", ["orders", "products", "users"]), ("airline", ["flights", "reservations", "users"])] {
+    for (domain, tables) in [
+        ("retail", ["orders", "products", "users"]),
+        ("airline", ["flights", "reservations", "users"]),
+    ] {
         let out = tempfile::tempdir().unwrap();
         let dir = format!("domains/{domain}");
-        let (code, _, stderr) = util::run(&["domain", "generate", &dir, "--seed", "0", "--out", out.path().to_str().unwrap()], "");
+        let (code, _, stderr) = util::run(
+            &[
+                "domain",
+                "generate",
+                &dir,
+                "--seed",
+                "0",
+                "--out",
+                out.path().to_str().unwrap(),
+            ],
+            "",
+        );
         assert_eq!(code, 0, "{stderr}");
         for t in tables {
-            let shipped = std::fs::read(util::root().join(&dir).join(format!("data/{t}.json"))).unwrap();
+            let shipped =
+                std::fs::read(util::root().join(&dir).join(format!("data/{t}.json"))).unwrap();
             let made = std::fs::read(out.path().join(format!("{t}.json"))).unwrap();
-            assert!(shipped == made, "{domain}/{t}.json differs from the seed-0 generator output");
+            assert!(
+                shipped == made,
+                "{domain}/{t}.json differs from the seed-0 generator output"
+            );
         }
     }
 }
@@ -31,12 +49,34 @@ fn shipped_data_is_the_generators_seed_0_output() {
 fn generators_scale_down_and_stay_consistent() {
     let out = tempfile::tempdir().unwrap();
     let (code, stdout, stderr) = util::run(
-        &["domain", "generate", "domains/retail", "--seed", "3", "--size", "users=20,products=10,orders=40", "--out", out.path().to_str().unwrap()],
+        &[
+            "domain",
+            "generate",
+            "domains/retail",
+            "--seed",
+            "3",
+            "--size",
+            "users=20,products=10,orders=40",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
         "",
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("db_hash"));
-    assert!(stderr.contains("orders=40") && stderr.contains("users=20"), "{stderr}");
-    let (code, _, stderr) = util::run(&["domain", "check", "domains/retail", "--db", out.path().to_str().unwrap()], "");
+    assert!(
+        stderr.contains("orders=40") && stderr.contains("users=20"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = util::run(
+        &[
+            "domain",
+            "check",
+            "domains/retail",
+            "--db",
+            out.path().to_str().unwrap(),
+        ],
+        "",
+    );
     assert_eq!(code, 0, "{stderr}");
 }

@@ -20,23 +20,55 @@ use std::collections::HashSet;
 /// Parse a proposer's JSON answer into a task for `user_id` (an explicit `user_id` in the answer
 /// must agree with it). Tolerates a ```json fence or prose around one JSON object.
 pub fn parse(answer: &str, user_id: &str) -> Result<Task, Rejection> {
-    let value = extract_object(answer)
-        .ok_or_else(|| Rejection::new("format.not_json", "the answer must contain one JSON object with instruction, actions and outputs"))?;
+    let value = extract_object(answer).ok_or_else(|| {
+        Rejection::new(
+            "format.not_json",
+            "the answer must contain one JSON object with instruction, actions and outputs",
+        )
+    })?;
     let obj = value.as_object().expect("extract_object returns objects");
     let instruction = match obj.get("instruction") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
-        Some(Value::String(_)) => return Err(Rejection::new("format.missing_field", "\"instruction\" is empty")),
-        Some(_) => return Err(Rejection::new("format.bad_field", "\"instruction\" must be a string")),
-        None => return Err(Rejection::new("format.missing_field", "missing \"instruction\"")),
+        Some(Value::String(_)) => {
+            return Err(Rejection::new(
+                "format.missing_field",
+                "\"instruction\" is empty",
+            ));
+        }
+        Some(_) => {
+            return Err(Rejection::new(
+                "format.bad_field",
+                "\"instruction\" must be a string",
+            ));
+        }
+        None => {
+            return Err(Rejection::new(
+                "format.missing_field",
+                "missing \"instruction\"",
+            ));
+        }
     };
     let actions = match obj.get("actions") {
         Some(Value::Array(items)) => items
             .iter()
             .enumerate()
-            .map(|(i, a)| Action::from_json(a).map_err(|e| Rejection::new("format.bad_action", format!("actions[{i}]: {e}"))))
+            .map(|(i, a)| {
+                Action::from_json(a)
+                    .map_err(|e| Rejection::new("format.bad_action", format!("actions[{i}]: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?,
-        Some(_) => return Err(Rejection::new("format.bad_field", "\"actions\" must be an array")),
-        None => return Err(Rejection::new("format.missing_field", "missing \"actions\"")),
+        Some(_) => {
+            return Err(Rejection::new(
+                "format.bad_field",
+                "\"actions\" must be an array",
+            ));
+        }
+        None => {
+            return Err(Rejection::new(
+                "format.missing_field",
+                "missing \"actions\"",
+            ));
+        }
     };
     let outputs = match obj.get("outputs") {
         None | Some(Value::Null) => vec![],
@@ -46,17 +78,34 @@ pub fn parse(answer: &str, user_id: &str) -> Result<Task, Rejection> {
             .map(|(i, o)| match o {
                 Value::String(s) => Ok(s.clone()),
                 Value::Number(n) => Ok(n.to_string()),
-                _ => Err(Rejection::new("format.bad_output", format!("outputs[{i}] must be a string"))),
+                _ => Err(Rejection::new(
+                    "format.bad_output",
+                    format!("outputs[{i}] must be a string"),
+                )),
             })
             .collect::<Result<Vec<_>, _>>()?,
-        Some(_) => return Err(Rejection::new("format.bad_field", "\"outputs\" must be an array of strings")),
+        Some(_) => {
+            return Err(Rejection::new(
+                "format.bad_field",
+                "\"outputs\" must be an array of strings",
+            ));
+        }
     };
     if let Some(Value::String(u)) = obj.get("user_id") {
         if u != user_id {
-            return Err(Rejection::new("format.wrong_user", format!("the task must be for user {user_id}, not {u}")));
+            return Err(Rejection::new(
+                "format.wrong_user",
+                format!("the task must be for user {user_id}, not {u}"),
+            ));
         }
     }
-    Ok(Task { user_id: user_id.to_owned(), instruction, actions, outputs, extra: Map::new() })
+    Ok(Task {
+        user_id: user_id.to_owned(),
+        instruction,
+        actions,
+        outputs,
+        extra: Map::new(),
+    })
 }
 
 /// The first balanced JSON object in `text` that parses (after stripping code fences).
@@ -107,46 +156,84 @@ pub struct Executed {
 /// Run every action in a fresh environment; the first failure rejects the blueprint.
 pub fn execute(domain: &Domain, task: &Task) -> Result<Executed, Rejection> {
     if task.actions.iter().all(|a| a.name == RESPOND_ACTION_NAME) {
-        return Err(Rejection::new("exec.no_actions", "a blueprint needs at least one tool call"));
+        return Err(Rejection::new(
+            "exec.no_actions",
+            "a blueprint needs at least one tool call",
+        ));
     }
     let mut env = domain.env();
     let mut observations: Vec<String> = Vec::with_capacity(task.actions.len());
     for (i, action) in task.actions.iter().enumerate() {
         if action.name == RESPOND_ACTION_NAME {
-            return Err(Rejection::new("exec.respond_action", format!("actions[{i}]: ground-truth actions are tool calls only; put what the agent must say in outputs")));
+            return Err(Rejection::new(
+                "exec.respond_action",
+                format!(
+                    "actions[{i}]: ground-truth actions are tool calls only; put what the agent must say in outputs"
+                ),
+            ));
         }
         let step = env.step(action);
         let at = format!("actions[{i}] {}", action.name);
         match step.fault {
             Some(Fault::UnknownAction) => {
                 let known: Vec<&str> = domain.tools().iter().map(|t| t.name.as_str()).collect();
-                return Err(Rejection::new("exec.unknown_tool", format!("{at}: no such tool (tools: {})", known.join(", "))));
+                return Err(Rejection::new(
+                    "exec.unknown_tool",
+                    format!("{at}: no such tool (tools: {})", known.join(", ")),
+                ));
             }
-            Some(Fault::BadArguments(e)) => return Err(Rejection::new("exec.bad_arguments", format!("{at}: {e}"))),
-            Some(Fault::ScriptRaised(e, _) | Fault::LimitExceeded(e)) => return Err(Rejection::new("exec.tool_error", format!("{at}: {e}"))),
+            Some(Fault::BadArguments(e)) => {
+                return Err(Rejection::new("exec.bad_arguments", format!("{at}: {e}")));
+            }
+            Some(Fault::ScriptRaised(e, _) | Fault::LimitExceeded(e)) => {
+                return Err(Rejection::new("exec.tool_error", format!("{at}: {e}")));
+            }
             None if step.observation.starts_with("Error") => {
                 // What the earlier actions returned is what the author needs to fix this one.
                 let earlier: String = observations
                     .iter()
                     .zip(&task.actions)
-                    .map(|(o, a)| format!("\n  {} returned {}", a.name, o.chars().take(300).collect::<String>()))
+                    .map(|(o, a)| {
+                        format!(
+                            "\n  {} returned {}",
+                            a.name,
+                            o.chars().take(300).collect::<String>()
+                        )
+                    })
                     .collect();
-                let context = if earlier.is_empty() { String::new() } else { format!(" (earlier actions:{earlier})") };
-                return Err(Rejection::new("exec.tool_error", format!("{at} returned {:?}{context}", step.observation)));
+                let context = if earlier.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (earlier actions:{earlier})")
+                };
+                return Err(Rejection::new(
+                    "exec.tool_error",
+                    format!("{at} returned {:?}{context}", step.observation),
+                ));
             }
             None => {}
         }
         if step.done && i + 1 < task.actions.len() {
-            return Err(Rejection::new("exec.after_terminate", format!("{at} ends the conversation but more actions follow")));
+            return Err(Rejection::new(
+                "exec.after_terminate",
+                format!("{at} ends the conversation but more actions follow"),
+            ));
         }
         observations.push(step.observation);
     }
-    Ok(Executed { observations, diff: diff::diff(domain.pristine(), env.db()), final_hash: env.hash() })
+    Ok(Executed {
+        observations,
+        diff: diff::diff(domain.pristine(), env.db()),
+        final_hash: env.hash(),
+    })
 }
 
 /// Every policy rule the executed actions break, as rejections coded `policy.<rule>`.
 pub fn policy(domain: &Domain, task: &Task) -> Vec<Rejection> {
-    policy::check(domain, &task.user_id, &task.actions).into_iter().map(|v| Rejection::new(v.code(), v.message)).collect()
+    policy::check(domain, &task.user_id, &task.actions)
+        .into_iter()
+        .map(|v| Rejection::new(v.code(), v.message))
+        .collect()
 }
 
 /// Accepted (user, actions) pairs, to reject exact repeats.
@@ -158,8 +245,15 @@ pub struct Dedup {
 impl Dedup {
     /// The identity of a blueprint: its user and its actions with canonical argument order.
     pub fn key(task: &Task) -> String {
-        let actions: Vec<Value> = task.actions.iter().map(|a| serde_json::json!([a.name, Value::Object(a.arguments.clone())])).collect();
-        crate::pyjson::to_string(&serde_json::json!([task.user_id, actions]), crate::pyjson::Style::CANONICAL)
+        let actions: Vec<Value> = task
+            .actions
+            .iter()
+            .map(|a| serde_json::json!([a.name, Value::Object(a.arguments.clone())]))
+            .collect();
+        crate::pyjson::to_string(
+            &serde_json::json!([task.user_id, actions]),
+            crate::pyjson::Style::CANONICAL,
+        )
     }
 
     pub fn contains(&self, task: &Task) -> bool {
@@ -171,14 +265,25 @@ impl Dedup {
         if self.seen.insert(Self::key(task)) {
             Ok(())
         } else {
-            Err(Rejection::new("dedup.duplicate", format!("user {} already has a blueprint with exactly these actions", task.user_id)))
+            Err(Rejection::new(
+                "dedup.duplicate",
+                format!(
+                    "user {} already has a blueprint with exactly these actions",
+                    task.user_id
+                ),
+            ))
         }
     }
 }
 
 /// All of stage 1 in order. Returns the execution record, or every rejection found by the first
 /// failing check (policy can report several rules at once).
-pub fn stage1(domain: &Domain, answer: &str, user_id: &str, dedup: &Dedup) -> Result<(Task, Executed), Vec<Rejection>> {
+pub fn stage1(
+    domain: &Domain,
+    answer: &str,
+    user_id: &str,
+    dedup: &Dedup,
+) -> Result<(Task, Executed), Vec<Rejection>> {
     let task = parse(answer, user_id).map_err(|r| vec![r])?;
     let executed = execute(domain, &task).map_err(|r| vec![r])?;
     let violations = policy(domain, &task);
@@ -186,7 +291,13 @@ pub fn stage1(domain: &Domain, answer: &str, user_id: &str, dedup: &Dedup) -> Re
         return Err(violations);
     }
     if dedup.contains(&task) {
-        return Err(vec![Rejection::new("dedup.duplicate", format!("user {} already has a blueprint with exactly these actions", task.user_id))]);
+        return Err(vec![Rejection::new(
+            "dedup.duplicate",
+            format!(
+                "user {} already has a blueprint with exactly these actions",
+                task.user_id
+            ),
+        )]);
     }
     Ok((task, executed))
 }
@@ -209,11 +320,30 @@ mod tests {
         let code = |s: &str| parse(s, "u1").unwrap_err().code;
         assert_eq!(code("nothing"), "format.not_json");
         assert_eq!(code("{\"actions\": []}"), "format.missing_field");
-        assert_eq!(code("{\"instruction\": 3, \"actions\": []}"), "format.bad_field");
-        assert_eq!(code("{\"instruction\": \"x\", \"actions\": [{\"arguments\": {}}]}"), "format.bad_action");
-        assert_eq!(code("{\"instruction\": \"x\", \"actions\": [], \"outputs\": [{}]}"), "format.bad_output");
-        assert_eq!(code("{\"user_id\": \"u2\", \"instruction\": \"x\", \"actions\": []}"), "format.wrong_user");
+        assert_eq!(
+            code("{\"instruction\": 3, \"actions\": []}"),
+            "format.bad_field"
+        );
+        assert_eq!(
+            code("{\"instruction\": \"x\", \"actions\": [{\"arguments\": {}}]}"),
+            "format.bad_action"
+        );
+        assert_eq!(
+            code("{\"instruction\": \"x\", \"actions\": [], \"outputs\": [{}]}"),
+            "format.bad_output"
+        );
+        assert_eq!(
+            code("{\"user_id\": \"u2\", \"instruction\": \"x\", \"actions\": []}"),
+            "format.wrong_user"
+        );
         let task = parse("{\"instruction\": \" x \", \"actions\": [{\"name\": \"t\", \"arguments\": \"{\\\"a\\\": 1}\"}], \"outputs\": [12]}", "u1").unwrap();
-        assert_eq!((task.instruction.as_str(), task.actions[0].arguments["a"].clone(), task.outputs[0].as_str()), ("x", 1.into(), "12"));
+        assert_eq!(
+            (
+                task.instruction.as_str(),
+                task.actions[0].arguments["a"].clone(),
+                task.outputs[0].as_str()
+            ),
+            ("x", 1.into(), "12")
+        );
     }
 }

@@ -37,7 +37,12 @@ impl Review {
         match super::check::extract_object(raw).map(serde_json::from_value::<Review>) {
             Some(Ok(mut r)) => {
                 r.reviewer = reviewer.into();
-                for bit in [&mut r.correctness, &mut r.completeness, &mut r.satisfaction, &mut r.creativity] {
+                for bit in [
+                    &mut r.correctness,
+                    &mut r.completeness,
+                    &mut r.satisfaction,
+                    &mut r.creativity,
+                ] {
                     *bit = (*bit).min(1);
                 }
                 r
@@ -74,15 +79,26 @@ pub struct Threshold {
 
 impl Default for Threshold {
     fn default() -> Self {
-        Threshold { correctness: true, completeness: true, satisfaction: true, creativity: false, min_total: 3 }
+        Threshold {
+            correctness: true,
+            completeness: true,
+            satisfaction: true,
+            creativity: false,
+            min_total: 3,
+        }
     }
 }
 
 /// Per-criterion strict majority (a tie is a 0), then the threshold.
 pub fn verdict(reviews: &[Review], threshold: &Threshold) -> Verdict {
-    let majority = |f: fn(&Review) -> u8| 2 * reviews.iter().filter(|r| f(r) == 1).count() > reviews.len();
-    let (c1, c2, c3, c4) =
-        (majority(|r| r.correctness), majority(|r| r.completeness), majority(|r| r.satisfaction), majority(|r| r.creativity));
+    let majority =
+        |f: fn(&Review) -> u8| 2 * reviews.iter().filter(|r| f(r) == 1).count() > reviews.len();
+    let (c1, c2, c3, c4) = (
+        majority(|r| r.correctness),
+        majority(|r| r.completeness),
+        majority(|r| r.satisfaction),
+        majority(|r| r.creativity),
+    );
     let total = [c1, c2, c3, c4].iter().filter(|b| **b).count() as u8;
     let accepted = !reviews.is_empty()
         && (c1 || !threshold.correctness)
@@ -90,7 +106,14 @@ pub fn verdict(reviews: &[Review], threshold: &Threshold) -> Verdict {
         && (c3 || !threshold.satisfaction)
         && (c4 || !threshold.creativity)
         && total >= threshold.min_total;
-    Verdict { correctness: c1, completeness: c2, satisfaction: c3, creativity: c4, total, accepted }
+    Verdict {
+        correctness: c1,
+        completeness: c2,
+        satisfaction: c3,
+        creativity: c4,
+        total,
+        accepted,
+    }
 }
 
 #[cfg(test)]
@@ -113,18 +136,41 @@ mod tests {
     #[test]
     fn majority_per_criterion() {
         let t = Threshold::default();
-        let v = verdict(&[review([1, 1, 1, 0]), review([1, 1, 1, 1]), review([0, 0, 0, 1])], &t);
-        assert_eq!((v.correctness, v.creativity, v.total, v.accepted), (true, true, 4, true));
-        let v = verdict(&[review([1, 1, 1, 0]), review([0, 1, 1, 0]), review([0, 1, 1, 1])], &t);
+        let v = verdict(
+            &[
+                review([1, 1, 1, 0]),
+                review([1, 1, 1, 1]),
+                review([0, 0, 0, 1]),
+            ],
+            &t,
+        );
+        assert_eq!(
+            (v.correctness, v.creativity, v.total, v.accepted),
+            (true, true, 4, true)
+        );
+        let v = verdict(
+            &[
+                review([1, 1, 1, 0]),
+                review([0, 1, 1, 0]),
+                review([0, 1, 1, 1]),
+            ],
+            &t,
+        );
         assert_eq!((v.correctness, v.accepted), (false, false));
-        assert!(!verdict(&[review([1, 1, 1, 1]), review([0, 0, 0, 0])], &t).accepted, "a tie is not a majority");
+        assert!(
+            !verdict(&[review([1, 1, 1, 1]), review([0, 0, 0, 0])], &t).accepted,
+            "a tie is not a majority"
+        );
     }
 
     #[test]
     fn unreadable_reviews_vote_no() {
         let r = Review::parse("m", "I think it is fine");
         assert_eq!(r.total, 0);
-        let r = Review::parse("m", r#"{"reflection": "ok", "correctness": 1, "completeness": 1, "satisfaction": 1, "creativity": 0, "total": 3, "correction": ""}"#);
+        let r = Review::parse(
+            "m",
+            r#"{"reflection": "ok", "correctness": 1, "completeness": 1, "satisfaction": 1, "creativity": 0, "total": 3, "correction": ""}"#,
+        );
         assert_eq!((r.reviewer.as_str(), r.total), ("m", 3));
     }
 }

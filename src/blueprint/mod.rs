@@ -23,7 +23,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: impl Into<String>, detail: impl Into<String>) -> Rejection {
-        Rejection { code: code.into(), detail: detail.into() }
+        Rejection {
+            code: code.into(),
+            detail: detail.into(),
+        }
     }
 }
 

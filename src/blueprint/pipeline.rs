@@ -35,13 +35,26 @@ pub struct Role {
 }
 
 impl Role {
-    fn ask(&self, conv: &mut Conversation, messages: Vec<Message>, schema: Option<Value>, seed: u64) -> Result<(String, usize), String> {
+    fn ask(
+        &self,
+        conv: &mut Conversation,
+        messages: Vec<Message>,
+        schema: Option<Value>,
+        seed: u64,
+    ) -> Result<(String, usize), String> {
         let mut req = ChatRequest::new(messages);
         req.max_tokens = self.max_tokens;
-        req.sampling = SamplingParams { temperature: self.temperature, seed, ..SamplingParams::greedy() };
+        req.sampling = SamplingParams {
+            temperature: self.temperature,
+            seed,
+            ..SamplingParams::greedy()
+        };
         req.constraint = schema.map(Constraint::JsonSchema);
         let reply = self.backend.reply(conv, &req).map_err(|e| e.to_string())?;
-        Ok((reply.raw, reply.usage.completion_tokens + reply.usage.prompt_tokens - reply.usage.cached_tokens))
+        Ok((
+            reply.raw,
+            reply.usage.completion_tokens + reply.usage.prompt_tokens - reply.usage.cached_tokens,
+        ))
     }
 }
 
@@ -89,7 +102,11 @@ impl BlueprintRecord {
         Task {
             user_id: self.user_id.clone(),
             instruction: self.instruction.clone(),
-            actions: self.actions.iter().filter_map(|a| Action::from_json(a).ok()).collect(),
+            actions: self
+                .actions
+                .iter()
+                .filter_map(|a| Action::from_json(a).ok())
+                .collect(),
             outputs: self.outputs.clone(),
             extra: Map::new(),
         }
@@ -175,10 +192,22 @@ struct ItemState {
 
 impl ItemState {
     fn new(id: &str) -> Self {
-        ItemState { record: ItemRecord { id: id.into(), ..Default::default() }, rejected: vec![] }
+        ItemState {
+            record: ItemRecord {
+                id: id.into(),
+                ..Default::default()
+            },
+            rejected: vec![],
+        }
     }
     fn reject(&mut self, attempt: usize, r: &Rejection) {
-        self.rejected.push(RejectedRecord { id: self.record.id.clone(), attempt, code: r.code.clone(), detail: r.detail.clone(), proposal: None });
+        self.rejected.push(RejectedRecord {
+            id: self.record.id.clone(),
+            attempt,
+            code: r.code.clone(),
+            detail: r.detail.clone(),
+            proposal: None,
+        });
     }
 
     fn reject_proposal(&mut self, attempt: usize, r: &Rejection, raw: &str) {
@@ -208,9 +237,12 @@ impl Files {
     /// Open the logs and drop records of items that never committed.
     fn open(out: &Path) -> Result<Files, RunError> {
         let (items, done) = JsonlLog::open::<ItemRecord>(&out.join("items.jsonl"))?;
-        let committed: std::collections::HashSet<String> = done.iter().map(|i| i.id.clone()).collect();
-        let (blueprints, mut accepted) = JsonlLog::open::<BlueprintRecord>(&out.join("blueprints.jsonl"))?;
-        let (rejected, mut rejections) = JsonlLog::open::<RejectedRecord>(&out.join("rejected.jsonl"))?;
+        let committed: std::collections::HashSet<String> =
+            done.iter().map(|i| i.id.clone()).collect();
+        let (blueprints, mut accepted) =
+            JsonlLog::open::<BlueprintRecord>(&out.join("blueprints.jsonl"))?;
+        let (rejected, mut rejections) =
+            JsonlLog::open::<RejectedRecord>(&out.join("rejected.jsonl"))?;
         let (a0, r0) = (accepted.len(), rejections.len());
         accepted.retain(|b| committed.contains(&b.id));
         rejections.retain(|r| committed.contains(&r.id));
@@ -218,14 +250,28 @@ impl Files {
             drop((blueprints, rejected));
             rewrite(&out.join("blueprints.jsonl"), &accepted)?;
             rewrite(&out.join("rejected.jsonl"), &rejections)?;
-            (JsonlLog::open::<Value>(&out.join("blueprints.jsonl"))?.0, JsonlLog::open::<Value>(&out.join("rejected.jsonl"))?.0)
+            (
+                JsonlLog::open::<Value>(&out.join("blueprints.jsonl"))?.0,
+                JsonlLog::open::<Value>(&out.join("rejected.jsonl"))?.0,
+            )
         } else {
             (blueprints, rejected)
         };
-        Ok(Files { blueprints, rejected, items, accepted, done, rejections })
+        Ok(Files {
+            blueprints,
+            rejected,
+            items,
+            accepted,
+            done,
+            rejections,
+        })
     }
 
-    fn commit(&mut self, state: ItemState, blueprint: Option<BlueprintRecord>) -> Result<(), RunError> {
+    fn commit(
+        &mut self,
+        state: ItemState,
+        blueprint: Option<BlueprintRecord>,
+    ) -> Result<(), RunError> {
         for r in &state.rejected {
             self.rejected.append(r)?;
         }
@@ -241,7 +287,10 @@ impl Files {
 }
 
 fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> Result<(), RunError> {
-    let text: String = records.iter().map(|r| serde_json::to_string(r).unwrap_or_default() + "\n").collect();
+    let text: String = records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap_or_default() + "\n")
+        .collect();
     write_atomic(path, text.as_bytes())
 }
 
@@ -256,7 +305,11 @@ impl<'d> Pipeline<'d> {
         }
         let mut summary = self.summarise(&files);
         progress(&summary);
-        let mut index = files.done.iter().filter(|i| i.id.starts_with("bp-")).count();
+        let mut index = files
+            .done
+            .iter()
+            .filter(|i| i.id.starts_with("bp-"))
+            .count();
         while summary.accepted < self.settings.count && index < self.settings.max_items {
             let id = format!("bp-{index:05}");
             index += 1;
@@ -267,17 +320,27 @@ impl<'d> Pipeline<'d> {
             summary = self.finish_item(out, &mut files, &mut dedup, state, blueprint)?;
             progress(&summary);
         }
-        let mut r = files.done.iter().filter(|i| i.id.starts_with("rc-")).count();
+        let mut r = files
+            .done
+            .iter()
+            .filter(|i| i.id.starts_with("rc-"))
+            .count();
         let mut tries = 0;
-        while summary.accepted >= self.settings.count && summary.recombined < self.settings.recombine && tries < self.settings.recombine * 10 {
+        while summary.accepted >= self.settings.count
+            && summary.recombined < self.settings.recombine
+            && tries < self.settings.recombine * 10
+        {
             let id = format!("rc-{r:05}");
             r += 1;
             tries += 1;
-            let Some((state, blueprint)) = self.recombine(&id, &files.accepted, &dedup) else { break };
+            let Some((state, blueprint)) = self.recombine(&id, &files.accepted, &dedup) else {
+                break;
+            };
             summary = self.finish_item(out, &mut files, &mut dedup, state, blueprint)?;
             progress(&summary);
         }
-        summary.complete = summary.accepted >= self.settings.count && summary.recombined >= self.settings.recombine;
+        summary.complete = summary.accepted >= self.settings.count
+            && summary.recombined >= self.settings.recombine;
         self.write_summary(out, &summary)?;
         files.blueprints.sync()?;
         files.rejected.sync()?;
@@ -304,11 +367,19 @@ impl<'d> Pipeline<'d> {
     }
 
     fn write_summary(&self, out: &Path, summary: &Summary) -> Result<(), RunError> {
-        write_atomic(&out.join("summary.json"), (serde_json::to_string_pretty(summary).unwrap_or_default() + "\n").as_bytes())
+        write_atomic(
+            &out.join("summary.json"),
+            (serde_json::to_string_pretty(summary).unwrap_or_default() + "\n").as_bytes(),
+        )
     }
 
     fn summarise(&self, files: &Files) -> Summary {
-        let mut s = Summary { domain: self.domain.name().into(), target: self.settings.count, items: files.done.len(), ..Default::default() };
+        let mut s = Summary {
+            domain: self.domain.name().into(),
+            target: self.settings.count,
+            items: files.done.len(),
+            ..Default::default()
+        };
         for i in &files.done {
             s.funnel.add(&i.funnel);
             for (k, v) in &i.tokens {
@@ -321,7 +392,11 @@ impl<'d> Pipeline<'d> {
         for r in &files.rejections {
             *s.rejections.entry(r.code.clone()).or_default() += 1;
         }
-        s.recombined = files.accepted.iter().filter(|b| !b.recombined_from.is_empty()).count();
+        s.recombined = files
+            .accepted
+            .iter()
+            .filter(|b| !b.recombined_from.is_empty())
+            .count();
         s.accepted = files.accepted.len() - s.recombined;
         s
     }
@@ -335,23 +410,55 @@ impl<'d> Pipeline<'d> {
         } else {
             self.settings.only_users[rng.random_range(0..self.settings.only_users.len())].clone()
         };
-        let mut data = sampler::user_context(self.domain, &self.settings.user_table, &user, 2, mix.data_budget)?;
+        let mut data = sampler::user_context(
+            self.domain,
+            &self.settings.user_table,
+            &user,
+            2,
+            mix.data_budget,
+        )?;
         let peers = &self.domain.manifest.blueprints.peers;
         if *peers > 0 {
             let table = self.domain.pristine().table(&self.settings.user_table)?;
-            let others: Vec<(&String, &Arc<crate::domain::db::Record>)> = table.iter().filter(|(id, _)| **id != user).collect();
+            let others: Vec<(&String, &Arc<crate::domain::db::Record>)> =
+                table.iter().filter(|(id, _)| **id != user).collect();
             for (id, record) in sampler::sample_k(&others, *peers, rng) {
-                data.records.push((self.settings.user_table.clone(), (*id).clone(), record.value().clone()));
+                data.records.push((
+                    self.settings.user_table.clone(),
+                    (*id).clone(),
+                    record.value().clone(),
+                ));
             }
         }
-        let persona = if mix.persona && !self.personas.is_empty() { Some(self.personas[rng.random_range(0..self.personas.len())].clone()) } else { None };
+        let persona = if mix.persona && !self.personas.is_empty() {
+            Some(self.personas[rng.random_range(0..self.personas.len())].clone())
+        } else {
+            None
+        };
         let mut pool: Vec<Task> = self.examples.clone();
         pool.extend(accepted.iter().map(|b| b.task()));
-        let examples = sampler::sample_k(&pool, mix.examples, rng).into_iter().cloned().collect();
-        Some((Context { tools, data, persona, examples }, mix))
+        let examples = sampler::sample_k(&pool, mix.examples, rng)
+            .into_iter()
+            .cloned()
+            .collect();
+        Some((
+            Context {
+                tools,
+                data,
+                persona,
+                examples,
+            },
+            mix,
+        ))
     }
 
-    fn review(&self, state: &mut ItemState, task: &Task, diff: &[Edit], rng: &mut impl Rng) -> Vec<Review> {
+    fn review(
+        &self,
+        state: &mut ItemState,
+        task: &Task,
+        diff: &[Edit],
+        rng: &mut impl Rng,
+    ) -> Vec<Review> {
         let started = Instant::now();
         // Reviewers on the same model read the same prompt: later ones start from the first one's
         // cache, so the prompt is processed once per committee.
@@ -363,14 +470,24 @@ impl<'d> Pipeline<'d> {
                 Some((k, c)) if *k == key => c.clone(),
                 _ => Conversation::new(),
             };
-            let messages = vec![Message::system(prompt::reviewer_system(self.domain)), Message::user(prompt::reviewer_user(self.domain, task, diff))];
-            reviews.push(match role.ask(&mut conv, messages, Some(prompt::review_schema()), rng.random()) {
-                Ok((raw, tokens)) => {
-                    state.tokens("reviewers", tokens);
-                    Review::parse(&role.name, &raw)
-                }
-                Err(e) => Review::unreadable(&role.name, &e),
-            });
+            let messages = vec![
+                Message::system(prompt::reviewer_system(self.domain)),
+                Message::user(prompt::reviewer_user(self.domain, task, diff)),
+            ];
+            reviews.push(
+                match role.ask(
+                    &mut conv,
+                    messages,
+                    Some(prompt::review_schema()),
+                    rng.random(),
+                ) {
+                    Ok((raw, tokens)) => {
+                        state.tokens("reviewers", tokens);
+                        Review::parse(&role.name, &raw)
+                    }
+                    Err(e) => Review::unreadable(&role.name, &e),
+                },
+            );
             if first.is_none() {
                 first = Some((key, conv));
             }
@@ -379,11 +496,28 @@ impl<'d> Pipeline<'d> {
         reviews
     }
 
-    fn feedback(&self, state: &mut ItemState, task: &Task, diff: &[Edit], reviews: &[Review], rng: &mut impl Rng) -> String {
+    fn feedback(
+        &self,
+        state: &mut ItemState,
+        task: &Task,
+        diff: &[Edit],
+        reviews: &[Review],
+        rng: &mut impl Rng,
+    ) -> String {
         let started = Instant::now();
-        let reviews_json: Vec<Value> = reviews.iter().map(|r| serde_json::to_value(r).unwrap_or(Value::Null)).collect();
-        let messages = vec![Message::user(prompt::summariser_user(task, diff, &reviews_json))];
-        let text = match self.summariser.ask(&mut Conversation::new(), messages, None, rng.random()) {
+        let reviews_json: Vec<Value> = reviews
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+            .collect();
+        let messages = vec![Message::user(prompt::summariser_user(
+            task,
+            diff,
+            &reviews_json,
+        ))];
+        let text = match self
+            .summariser
+            .ask(&mut Conversation::new(), messages, None, rng.random())
+        {
             Ok((raw, tokens)) => {
                 state.tokens("summariser", tokens);
                 raw.trim().to_owned()
@@ -392,29 +526,53 @@ impl<'d> Pipeline<'d> {
         };
         state.time("summariser", started);
         if text.is_empty() {
-            reviews.iter().filter(|r| !r.correction.is_empty()).map(|r| r.correction.clone()).collect::<Vec<_>>().join(" ")
+            reviews
+                .iter()
+                .filter(|r| !r.correction.is_empty())
+                .map(|r| r.correction.clone())
+                .collect::<Vec<_>>()
+                .join(" ")
         } else {
             text
         }
     }
 
     /// One item: up to `max_turns` proposals, each checked and reviewed.
-    fn item(&self, id: &str, accepted: &[BlueprintRecord], dedup: &Dedup) -> (ItemState, Option<BlueprintRecord>) {
+    fn item(
+        &self,
+        id: &str,
+        accepted: &[BlueprintRecord],
+        dedup: &Dedup,
+    ) -> (ItemState, Option<BlueprintRecord>) {
         let mut state = ItemState::new(id);
         let mut rng = sampler::rng_for(self.settings.seed, id);
         let Some((ctx, mix)) = self.context(&mut rng, accepted) else {
-            state.reject(0, &Rejection::new("context.no_user", format!("table `{}` has no records", self.settings.user_table)));
+            state.reject(
+                0,
+                &Rejection::new(
+                    "context.no_user",
+                    format!("table `{}` has no records", self.settings.user_table),
+                ),
+            );
             return (state, None);
         };
         let schema = prompt::blueprint_schema(self.domain, &ctx.tools);
-        let mut messages = vec![Message::system(prompt::proposer_system(self.domain)), Message::user(prompt::proposer_user(self.domain, &ctx))];
+        let mut messages = vec![
+            Message::system(prompt::proposer_system(self.domain)),
+            Message::user(prompt::proposer_user(self.domain, &ctx)),
+        ];
         let mut conv = Conversation::new();
         for turn in 1..=self.settings.max_turns.max(1) {
             let started = Instant::now();
             // Revisions sample hotter, so a small model does not copy the answer it is revising.
             let mut proposer = self.proposer.clone();
             proposer.temperature = (proposer.temperature + 0.3 * (turn - 1) as f32).min(1.2);
-            let answer = proposer.ask(&mut conv, messages.clone(), Some(schema.clone()), rng.random());
+            let answer = proposer.ask(
+                &mut conv,
+                messages.clone(),
+                Some(schema.clone()),
+                rng.random(),
+            );
             state.time("proposer", started);
             state.record.funnel.proposed += 1;
             let raw = match answer {
@@ -437,7 +595,19 @@ impl<'d> Pipeline<'d> {
                         "examples": ctx.examples.len(), "records": ctx.data.records.iter().map(|r| format!("{}/{}", r.0, r.1)).collect::<Vec<_>>(),
                         "mix": mix,
                     });
-                    return (state, Some(record(id, &task, executed.diff, reviews, verdict, turn, context, vec![])));
+                    return (
+                        state,
+                        Some(record(
+                            id,
+                            &task,
+                            executed.diff,
+                            reviews,
+                            verdict,
+                            turn,
+                            context,
+                            vec![],
+                        )),
+                    );
                 }
                 Err(feedback) => feedback,
             };
@@ -462,7 +632,11 @@ impl<'d> Pipeline<'d> {
             for r in &rs {
                 state.reject_proposal(turn, r, raw);
             }
-            Err(rs.iter().map(|r| format!("- [{}] {}", r.code, r.detail)).collect::<Vec<_>>().join("\n"))
+            Err(rs
+                .iter()
+                .map(|r| format!("- [{}] {}", r.code, r.detail))
+                .collect::<Vec<_>>()
+                .join("\n"))
         };
         let started = Instant::now();
         let task = match check::parse(raw, &ctx.data.user_id) {
@@ -477,7 +651,13 @@ impl<'d> Pipeline<'d> {
         state.record.funnel.executed += 1;
         let mut violations = check::policy(self.domain, &task);
         if violations.is_empty() && dedup.contains(&task) {
-            violations.push(Rejection::new("dedup.duplicate", format!("user {} already has a blueprint with exactly these actions", task.user_id)));
+            violations.push(Rejection::new(
+                "dedup.duplicate",
+                format!(
+                    "user {} already has a blueprint with exactly these actions",
+                    task.user_id
+                ),
+            ));
         }
         state.time("checks", started);
         if !violations.is_empty() {
@@ -488,8 +668,18 @@ impl<'d> Pipeline<'d> {
         let verdict = committee::verdict(&reviews, &self.settings.threshold);
         if !verdict.accepted {
             let feedback = self.feedback(state, &task, &executed.diff, &reviews, rng);
-            let votes: Vec<String> = reviews.iter().map(|r| format!("{}:{}", r.reviewer, r.total)).collect();
-            state.reject_proposal(turn, &Rejection::new("committee.rejected", format!("totals {}; {feedback}", votes.join(" "))), raw);
+            let votes: Vec<String> = reviews
+                .iter()
+                .map(|r| format!("{}:{}", r.reviewer, r.total))
+                .collect();
+            state.reject_proposal(
+                turn,
+                &Rejection::new(
+                    "committee.rejected",
+                    format!("totals {}; {feedback}", votes.join(" ")),
+                ),
+                raw,
+            );
             return Err(format!("- [committee.rejected] {feedback}"));
         }
         state.record.funnel.committee_ok += 1;
@@ -497,19 +687,28 @@ impl<'d> Pipeline<'d> {
     }
 
     /// Combine 2–3 accepted blueprints of one user into one longer task.
-    fn recombine(&self, id: &str, accepted: &[BlueprintRecord], dedup: &Dedup) -> Option<(ItemState, Option<BlueprintRecord>)> {
+    fn recombine(
+        &self,
+        id: &str,
+        accepted: &[BlueprintRecord],
+        dedup: &Dedup,
+    ) -> Option<(ItemState, Option<BlueprintRecord>)> {
         let mut by_user: BTreeMap<&str, Vec<&BlueprintRecord>> = BTreeMap::new();
         for b in accepted.iter().filter(|b| b.recombined_from.is_empty()) {
             by_user.entry(&b.user_id).or_default().push(b);
         }
-        let groups: Vec<Vec<&BlueprintRecord>> = by_user.into_values().filter(|g| g.len() >= 2).collect();
+        let groups: Vec<Vec<&BlueprintRecord>> =
+            by_user.into_values().filter(|g| g.len() >= 2).collect();
         if groups.is_empty() {
             return None;
         }
         let mut rng = sampler::rng_for(self.settings.seed, id);
         let group = &groups[rng.random_range(0..groups.len())];
         let k = rng.random_range(2..=group.len().min(3));
-        let parts: Vec<&BlueprintRecord> = sampler::sample_k(group, k, &mut rng).into_iter().copied().collect();
+        let parts: Vec<&BlueprintRecord> = sampler::sample_k(group, k, &mut rng)
+            .into_iter()
+            .copied()
+            .collect();
         let mut state = ItemState::new(id);
         state.record.funnel.proposed += 1;
         let tasks: Vec<Task> = parts.iter().map(|p| p.task()).collect();
@@ -531,7 +730,10 @@ impl<'d> Pipeline<'d> {
         state.record.funnel.executed += 1;
         let mut violations = check::policy(self.domain, &combined);
         if violations.is_empty() && dedup.contains(&combined) {
-            violations.push(Rejection::new("dedup.duplicate", "this combination was already accepted"));
+            violations.push(Rejection::new(
+                "dedup.duplicate",
+                "this combination was already accepted",
+            ));
         }
         if !violations.is_empty() {
             violations.iter().for_each(|r| state.reject(1, r));
@@ -539,8 +741,16 @@ impl<'d> Pipeline<'d> {
         }
         state.record.funnel.policy_ok += 1;
         let started = Instant::now();
-        let messages = vec![Message::system(prompt::proposer_system(self.domain)), Message::user(prompt::recombine_user(&tasks))];
-        let answer = self.proposer.ask(&mut Conversation::new(), messages, Some(prompt::instruction_schema()), rng.random());
+        let messages = vec![
+            Message::system(prompt::proposer_system(self.domain)),
+            Message::user(prompt::recombine_user(&tasks)),
+        ];
+        let answer = self.proposer.ask(
+            &mut Conversation::new(),
+            messages,
+            Some(prompt::instruction_schema()),
+            rng.random(),
+        );
         state.time("proposer", started);
         let instruction = match answer.map(|(raw, tokens)| {
             state.tokens("proposer", tokens);
@@ -548,7 +758,13 @@ impl<'d> Pipeline<'d> {
         }) {
             Ok(Some(i)) if !i.trim().is_empty() => i,
             Ok(_) => {
-                state.reject(1, &Rejection::new("format.missing_field", "the combined instruction is missing"));
+                state.reject(
+                    1,
+                    &Rejection::new(
+                        "format.missing_field",
+                        "the combined instruction is missing",
+                    ),
+                );
                 return Some((state, None));
             }
             Err(e) => {
@@ -560,8 +776,14 @@ impl<'d> Pipeline<'d> {
         let reviews = self.review(&mut state, &combined, &executed.diff, &mut rng);
         let verdict = committee::verdict(&reviews, &self.settings.threshold);
         if !verdict.accepted {
-            let votes: Vec<String> = reviews.iter().map(|r| format!("{}:{}", r.reviewer, r.total)).collect();
-            state.reject(1, &Rejection::new("committee.rejected", format!("totals {}", votes.join(" "))));
+            let votes: Vec<String> = reviews
+                .iter()
+                .map(|r| format!("{}:{}", r.reviewer, r.total))
+                .collect();
+            state.reject(
+                1,
+                &Rejection::new("committee.rejected", format!("totals {}", votes.join(" "))),
+            );
             return Some((state, None));
         }
         state.record.funnel.committee_ok += 1;
@@ -569,17 +791,42 @@ impl<'d> Pipeline<'d> {
         state.record.accepted = true;
         let from: Vec<String> = parts.iter().map(|p| p.id.clone()).collect();
         let context = json!({"recombined": from});
-        Some((state, Some(record(id, &combined, executed.diff, reviews, verdict, 1, context, from))))
+        Some((
+            state,
+            Some(record(
+                id,
+                &combined,
+                executed.diff,
+                reviews,
+                verdict,
+                1,
+                context,
+                from,
+            )),
+        ))
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn record(id: &str, task: &Task, diff: Vec<Edit>, reviews: Vec<Review>, verdict: Verdict, attempts: usize, context: Value, from: Vec<String>) -> BlueprintRecord {
+fn record(
+    id: &str,
+    task: &Task,
+    diff: Vec<Edit>,
+    reviews: Vec<Review>,
+    verdict: Verdict,
+    attempts: usize,
+    context: Value,
+    from: Vec<String>,
+) -> BlueprintRecord {
     BlueprintRecord {
         id: id.into(),
         user_id: task.user_id.clone(),
         instruction: task.instruction.clone(),
-        actions: task.actions.iter().map(|a| json!({"name": a.name, "arguments": a.arguments})).collect(),
+        actions: task
+            .actions
+            .iter()
+            .map(|a| json!({"name": a.name, "arguments": a.arguments}))
+            .collect(),
         outputs: task.outputs.clone(),
         diff,
         reviews,

@@ -100,20 +100,42 @@ A task is what a simulated customer wants (the instruction), the exact tool call
 /// The proposer's request for a new task.
 pub fn proposer_user(domain: &Domain, ctx: &Context) -> String {
     let mut s = String::new();
-    s.push_str(&format!("## Tools to use (the task's actions come from these)\n{}\n\n", tool_lines(domain, &ctx.tools)));
+    s.push_str(&format!(
+        "## Tools to use (the task's actions come from these)\n{}\n\n",
+        tool_lines(domain, &ctx.tools)
+    ));
     s.push_str(&format!("## The customer\nuser id: {}\n", ctx.data.user_id));
     for (table, id, record) in &ctx.data.records {
-        let whose = if id != &ctx.data.user_id && ctx.data.records[0].0 == *table { " (another customer)" } else { "" };
-        s.push_str(&format!("{table} {id}{whose}: {}\n", crate::pyjson::dumps(record)));
+        let whose = if id != &ctx.data.user_id && ctx.data.records[0].0 == *table {
+            " (another customer)"
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "{table} {id}{whose}: {}\n",
+            crate::pyjson::dumps(record)
+        ));
     }
     if let Some(p) = &ctx.persona {
-        s.push_str(&format!("\n## Persona\n{} Style: {} Typical wish: {}\n", p.persona, p.style, p.goals_hint));
+        s.push_str(&format!(
+            "\n## Persona\n{} Style: {} Typical wish: {}\n",
+            p.persona, p.style, p.goals_hint
+        ));
     }
     if !ctx.examples.is_empty() {
         s.push_str("\n## Examples of good tasks (other customers)\n");
         for e in &ctx.examples {
-            let actions: Vec<Value> = e.actions.iter().map(|a| json!({"name": a.name, "arguments": a.arguments})).collect();
-            s.push_str(&format!("{}\n", crate::pyjson::dumps(&json!({"instruction": e.instruction, "actions": actions, "outputs": e.outputs}))));
+            let actions: Vec<Value> = e
+                .actions
+                .iter()
+                .map(|a| json!({"name": a.name, "arguments": a.arguments}))
+                .collect();
+            s.push_str(&format!(
+                "{}\n",
+                crate::pyjson::dumps(
+                    &json!({"instruction": e.instruction, "actions": actions, "outputs": e.outputs})
+                )
+            ));
         }
     }
     s.push_str(
@@ -130,19 +152,30 @@ Answer with one JSON object: {\"thought\": ..., \"instruction\": ..., \"actions\
 
 /// The message asking the proposer to revise after a failure.
 pub fn revise_user(feedback: &str) -> String {
-    format!("Your task was rejected:\n{feedback}\n\nWrite a corrected task for the same customer. Answer with one JSON object as before.")
+    format!(
+        "Your task was rejected:\n{feedback}\n\nWrite a corrected task for the same customer. Answer with one JSON object as before."
+    )
 }
 
 fn task_json(task: &Task) -> String {
-    let actions: Vec<Value> = task.actions.iter().map(|a| json!({"name": a.name, "arguments": a.arguments})).collect();
-    crate::pyjson::dumps(&json!({"instruction": task.instruction, "actions": actions, "outputs": task.outputs}))
+    let actions: Vec<Value> = task
+        .actions
+        .iter()
+        .map(|a| json!({"name": a.name, "arguments": a.arguments}))
+        .collect();
+    crate::pyjson::dumps(
+        &json!({"instruction": task.instruction, "actions": actions, "outputs": task.outputs}),
+    )
 }
 
 fn diff_text(diff: &[Edit]) -> String {
     if diff.is_empty() {
         return "(no change: an information-only task)".into();
     }
-    diff.iter().map(|e| crate::pyjson::dumps(&serde_json::to_value(e).unwrap_or(Value::Null))).collect::<Vec<_>>().join("\n")
+    diff.iter()
+        .map(|e| crate::pyjson::dumps(&serde_json::to_value(e).unwrap_or(Value::Null)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The reviewer's system message: the paper's guidelines and rubric.
@@ -163,7 +196,13 @@ total is the sum. correction says concretely what to fix (empty when nothing).\n
 
 /// The reviewer's request.
 pub fn reviewer_user(domain: &Domain, task: &Task, diff: &[Edit]) -> String {
-    let tools: Vec<String> = task.actions.iter().map(|a| a.name.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let tools: Vec<String> = task
+        .actions
+        .iter()
+        .map(|a| a.name.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     format!(
         "## Tools\n{}\n\n## Task (customer {})\n{}\n\n## Database diff\n{}\n\nAnswer with one JSON object: {{\"reflection\", \"correctness\", \"completeness\", \"satisfaction\", \"creativity\", \"total\", \"correction\"}}.",
         tool_lines(domain, &tools),
@@ -180,7 +219,11 @@ pub fn summariser_user(task: &Task, diff: &[Edit], reviews: &[Value]) -> String 
 (what to change). Do not re-judge the task yourself.\n\n## Task\n{}\n\n## Database diff\n{}\n\n## Reviews\n{}\n\nAnswer with the feedback only.",
         task_json(task),
         diff_text(diff),
-        reviews.iter().map(crate::pyjson::dumps).collect::<Vec<_>>().join("\n")
+        reviews
+            .iter()
+            .map(crate::pyjson::dumps)
+            .collect::<Vec<_>>()
+            .join("\n")
     )
 }
 

@@ -40,12 +40,19 @@ pub struct ApiGraph {
 impl ApiGraph {
     /// Derive the graph from replays of `tasks`, then add `extra` edges `(from, to)`.
     pub fn derive(domain: &Domain, tasks: &[Task], extra: &[(String, String)]) -> ApiGraph {
-        let kinds: BTreeMap<String, ToolKind> = domain.tools().iter().map(|t| (t.name.clone(), t.kind)).collect();
+        let kinds: BTreeMap<String, ToolKind> = domain
+            .tools()
+            .iter()
+            .map(|t| (t.name.clone(), t.kind))
+            .collect();
         let params: BTreeMap<String, BTreeSet<String>> = domain
             .tools()
             .iter()
             .map(|t| {
-                let names = t.parameters()["properties"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
+                let names = t.parameters()["properties"]
+                    .as_object()
+                    .map(|p| p.keys().cloned().collect())
+                    .unwrap_or_default();
                 (t.name.clone(), names)
             })
             .collect();
@@ -56,7 +63,11 @@ impl ApiGraph {
         for task in tasks {
             env.reset();
             let mut produced: Vec<(String, BTreeSet<String>)> = Vec::new();
-            for action in task.actions.iter().filter(|a| a.name != RESPOND_ACTION_NAME) {
+            for action in task
+                .actions
+                .iter()
+                .filter(|a| a.name != RESPOND_ACTION_NAME)
+            {
                 let mut used = Vec::new();
                 for value in action.arguments.values() {
                     string_values(value, &mut used);
@@ -86,7 +97,11 @@ impl ApiGraph {
         let id_like = |p: &String| p.ends_with("_id") || p.ends_with("_ids");
         for (a, outs) in &outputs {
             for (b, ps) in &params {
-                if a != b && kinds.get(a).is_some_and(acts) && kinds.get(b).is_some_and(acts) && ps.iter().any(|p| id_like(p) && outs.contains(p)) {
+                if a != b
+                    && kinds.get(a).is_some_and(acts)
+                    && kinds.get(b).is_some_and(acts)
+                    && ps.iter().any(|p| id_like(p) && outs.contains(p))
+                {
                     edges.entry(a.clone()).or_default().insert(b.clone());
                 }
             }
@@ -104,13 +119,22 @@ impl ApiGraph {
 
     /// The tools with an edge into `tool`.
     pub fn predecessors(&self, tool: &str) -> Vec<&str> {
-        self.edges.iter().filter(|(_, to)| to.contains(tool)).map(|(from, _)| from.as_str()).collect()
+        self.edges
+            .iter()
+            .filter(|(_, to)| to.contains(tool))
+            .map(|(from, _)| from.as_str())
+            .collect()
     }
 
     /// A walk for one task: `writes` write tools as its core, each preceded by up to `depth`
     /// read tools that can feed it. Returns tool names, feeders first, without repeats.
     pub fn walk(&self, rng: &mut impl Rng, writes: usize, depth: usize) -> Vec<String> {
-        let write_tools: Vec<&String> = self.kinds.iter().filter(|(_, k)| **k == ToolKind::Write).map(|(n, _)| n).collect();
+        let write_tools: Vec<&String> = self
+            .kinds
+            .iter()
+            .filter(|(_, k)| **k == ToolKind::Write)
+            .map(|(n, _)| n)
+            .collect();
         let mut out: Vec<String> = Vec::new();
         if write_tools.is_empty() {
             return out;
@@ -120,8 +144,11 @@ impl ApiGraph {
             let mut chain = vec![core.clone()];
             let mut at = core.as_str();
             for _ in 0..depth {
-                let feeders: Vec<&str> =
-                    self.predecessors(at).into_iter().filter(|p| self.kinds.get(*p) == Some(&ToolKind::Read)).collect();
+                let feeders: Vec<&str> = self
+                    .predecessors(at)
+                    .into_iter()
+                    .filter(|p| self.kinds.get(*p) == Some(&ToolKind::Read))
+                    .collect();
                 if feeders.is_empty() {
                     break;
                 }
@@ -167,18 +194,27 @@ pub fn sample_user(domain: &Domain, user_table: &str, rng: &mut impl Rng) -> Opt
     if table.is_empty() {
         return None;
     }
-    table.get_index(rng.random_range(0..table.len())).map(|(id, _)| id.clone())
+    table
+        .get_index(rng.random_range(0..table.len()))
+        .map(|(id, _)| id.clone())
 }
 
 /// The user's record and the records reachable from it within `hops` references (a string value
 /// that is the id of a record in another table is a reference), while the compact JSON stays within
 /// `budget` characters.
-pub fn user_context(domain: &Domain, user_table: &str, user_id: &str, hops: usize, budget: usize) -> Option<DataContext> {
+pub fn user_context(
+    domain: &Domain,
+    user_table: &str,
+    user_id: &str,
+    hops: usize,
+    budget: usize,
+) -> Option<DataContext> {
     let db = domain.pristine();
     let user = db.record(user_table, user_id)?.clone();
     let mut used = user.to_string().len();
     let mut records = vec![(user_table.to_owned(), user_id.to_owned(), user)];
-    let mut seen: HashSet<(String, String)> = HashSet::from([(user_table.to_owned(), user_id.to_owned())]);
+    let mut seen: HashSet<(String, String)> =
+        HashSet::from([(user_table.to_owned(), user_id.to_owned())]);
     let mut queue: VecDeque<(Value, usize)> = VecDeque::from([(records[0].2.clone(), 0)]);
     let mut omitted = 0;
     while let Some((value, depth)) = queue.pop_front() {
@@ -189,7 +225,9 @@ pub fn user_context(domain: &Domain, user_table: &str, user_id: &str, hops: usiz
         string_values(&value, &mut refs);
         for s in refs {
             for table in db.table_names().filter(|t| *t != user_table) {
-                let Some(record) = db.record(table, &s) else { continue };
+                let Some(record) = db.record(table, &s) else {
+                    continue;
+                };
                 if !seen.insert((table.to_owned(), s.clone())) {
                     continue;
                 }
@@ -204,7 +242,11 @@ pub fn user_context(domain: &Domain, user_table: &str, user_id: &str, hops: usiz
             }
         }
     }
-    Some(DataContext { user_id: user_id.to_owned(), records, omitted })
+    Some(DataContext {
+        user_id: user_id.to_owned(),
+        records,
+        omitted,
+    })
 }
 
 fn string_values(v: &Value, out: &mut Vec<String>) {
@@ -232,7 +274,16 @@ pub fn read_personas(path: &Path) -> Result<Vec<Persona>, String> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{}:{}: {}", path.display(), i + 1, crate::domain::db::serde_message(&e))))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                format!(
+                    "{}:{}: {}",
+                    path.display(),
+                    i + 1,
+                    crate::domain::db::serde_message(&e)
+                )
+            })
+        })
         .collect()
 }
 

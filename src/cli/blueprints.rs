@@ -5,10 +5,10 @@ use crate::blueprint::pipeline::{Pipeline, Role, Settings, Summary};
 use crate::blueprint::sampler::{ApiGraph, read_personas};
 use crate::domain::Domain;
 use crate::domain::task::read_tasks;
+use crate::llm::Backend;
 use crate::llm::cli::LoadArgs;
 use crate::llm::local::LocalBackend;
 use crate::llm::profile::Profile;
-use crate::llm::Backend;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -70,18 +70,31 @@ fn progress_line(s: &Summary, started: std::time::Instant) -> String {
         s.recombined,
         s.items,
         s.funnel.proposed,
-        if minutes > 0.0 { s.accepted as f64 / minutes } else { 0.0 }
+        if minutes > 0.0 {
+            s.accepted as f64 / minutes
+        } else {
+            0.0
+        }
     )
 }
 
 pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
-    let domain = Domain::load(&args.domain, args.db.as_deref()).with_context(|| format!("cannot load domain {}", args.domain.display()))?;
-    let default_model = || Profile::default_profile().map(|p| p.name).map_err(anyhow::Error::from);
+    let domain = Domain::load(&args.domain, args.db.as_deref())
+        .with_context(|| format!("cannot load domain {}", args.domain.display()))?;
+    let default_model = || {
+        Profile::default_profile()
+            .map(|p| p.name)
+            .map_err(anyhow::Error::from)
+    };
     let proposer_name = match &args.proposer {
         Some(p) => p.clone(),
         None => default_model()?,
     };
-    let reviewer_names = if args.reviewers.is_empty() { vec![default_model()?; 3] } else { args.reviewers.clone() };
+    let reviewer_names = if args.reviewers.is_empty() {
+        vec![default_model()?; 3]
+    } else {
+        args.reviewers.clone()
+    };
     let mut loaded: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
     let mut backend = |name: &str| -> Result<Arc<dyn Backend>> {
         if let Some(b) = loaded.get(name) {
@@ -92,13 +105,30 @@ pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
         loaded.insert(name.to_owned(), b.clone());
         Ok(b)
     };
-    let proposer = Role { name: proposer_name.clone(), backend: backend(&proposer_name)?, temperature: args.temperature, max_tokens: 1024 };
+    let proposer = Role {
+        name: proposer_name.clone(),
+        backend: backend(&proposer_name)?,
+        temperature: args.temperature,
+        max_tokens: 1024,
+    };
     let reviewers: Vec<Role> = reviewer_names
         .iter()
         .enumerate()
-        .map(|(i, n)| Ok(Role { name: format!("{n}#{i}"), backend: backend(n)?, temperature: if i == 0 { 0.0 } else { 0.7 }, max_tokens: 400 }))
+        .map(|(i, n)| {
+            Ok(Role {
+                name: format!("{n}#{i}"),
+                backend: backend(n)?,
+                temperature: if i == 0 { 0.0 } else { 0.7 },
+                max_tokens: 400,
+            })
+        })
         .collect::<Result<_>>()?;
-    let summariser = Role { name: proposer_name.clone(), backend: backend(&proposer_name)?, temperature: 0.0, max_tokens: 200 };
+    let summariser = Role {
+        name: proposer_name.clone(),
+        backend: backend(&proposer_name)?,
+        temperature: 0.0,
+        max_tokens: 200,
+    };
     let section = &domain.manifest.blueprints;
     let settings = Settings {
         count: args.count,
@@ -118,9 +148,17 @@ pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
         }
     }
     let personas_path = domain.root.join("personas.jsonl");
-    let personas = if personas_path.exists() { read_personas(&personas_path).map_err(anyhow::Error::msg)? } else { vec![] };
+    let personas = if personas_path.exists() {
+        read_personas(&personas_path).map_err(anyhow::Error::msg)?
+    } else {
+        vec![]
+    };
     let graph = ApiGraph::derive(&domain, &examples, &[]);
-    let hashes = |n: &str| Profile::find(n).map(|p| p.files.iter().map(|f| f.sha256.clone()).collect::<Vec<_>>()).unwrap_or_default();
+    let hashes = |n: &str| {
+        Profile::find(n)
+            .map(|p| p.files.iter().map(|f| f.sha256.clone()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
     let config = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "domain": {"name": domain.name(), "dir": args.domain, "db": domain.db_dir, "db_hash": domain.pristine().hash()},
@@ -131,7 +169,16 @@ pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
         "load": {"device": args.load.device, "threads": args.load.threads, "requantize": !args.load.no_requantize},
     });
     crate::run::pin_config(&args.out, &config, &["version", "load"])?;
-    let pipeline = Pipeline { domain: &domain, proposer, reviewers, summariser, settings, graph, personas, examples };
+    let pipeline = Pipeline {
+        domain: &domain,
+        proposer,
+        reviewers,
+        summariser,
+        settings,
+        graph,
+        personas,
+        examples,
+    };
     let started = std::time::Instant::now();
     let tty = std::io::stderr().is_terminal();
     let summary = pipeline.run(&args.out, |s| {
@@ -145,5 +192,9 @@ pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
         eprintln!();
     }
     println!("{}", serde_json::to_string_pretty(&summary)?);
-    Ok(if summary.complete { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if summary.complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -26,7 +26,8 @@ pub fn run(cmd: ChatCommand) -> Result<ExitCode> {
         crate::llm::cli::run_chat(cmd.chat)?;
         return Ok(ExitCode::SUCCESS);
     };
-    let domain = Domain::load(dir, cmd.db.as_deref()).with_context(|| format!("cannot load domain {}", dir.display()))?;
+    let domain = Domain::load(dir, cmd.db.as_deref())
+        .with_context(|| format!("cannot load domain {}", dir.display()))?;
     let mut args = cmd.chat;
     if args.system.is_none() {
         args.system = Some(domain.policy.clone());

@@ -1,16 +1,16 @@
 //! `apigen-mt domain ...`: check, replay, tools, generate.
 
+use crate::domain::Domain;
 use crate::domain::check;
 use crate::domain::generate;
 use crate::domain::task::Action;
-use crate::domain::Domain;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+use sha2::Digest;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use sha2::Digest;
 use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
@@ -123,7 +123,11 @@ fn run_check(args: CheckArgs) -> Result<ExitCode> {
     for p in &report.problems {
         eprintln!("{}: {}", p.location, p.message);
     }
-    let verdict = if report.problems.is_empty() { "ok" } else { "FAIL" };
+    let verdict = if report.problems.is_empty() {
+        "ok"
+    } else {
+        "FAIL"
+    };
     eprintln!(
         "{verdict} {}: {} tools, {} tasks, {} actions replayed, {} problems; db {} ({})",
         domain.name(),
@@ -134,7 +138,11 @@ fn run_check(args: CheckArgs) -> Result<ExitCode> {
         domain.db_dir.display(),
         &report.db_hash[..16],
     );
-    Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn run_replay(args: DbArgs) -> Result<ExitCode> {
@@ -153,7 +161,11 @@ fn run_replay(args: DbArgs) -> Result<ExitCode> {
             Err(e) => {
                 bad_lines += 1;
                 eprintln!("stdin line {}: invalid JSON: {e}", i + 1);
-                writeln!(out, "{}", json!({"error": format!("line {}: invalid JSON: {e}", i + 1)}))?;
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"error": format!("line {}: invalid JSON: {e}", i + 1)})
+                )?;
                 out.flush()?;
                 continue;
             }
@@ -184,12 +196,17 @@ fn run_replay(args: DbArgs) -> Result<ExitCode> {
     }
     writeln!(out, "{}", json!({"db_hash": env.hash()}))?;
     out.flush()?;
-    Ok(if bad_lines == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if bad_lines == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn run_generate(args: GenerateArgs) -> Result<ExitCode> {
     let manifest_path = args.dir.join(crate::domain::manifest::MANIFEST_FILE);
-    let text = std::fs::read_to_string(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
+    let text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
     let manifest: crate::domain::manifest::Manifest =
         toml::from_str(&text).with_context(|| format!("parsing {}", manifest_path.display()))?;
     let Some(gen_section) = &manifest.generator else {
@@ -198,17 +215,26 @@ fn run_generate(args: GenerateArgs) -> Result<ExitCode> {
     let mut size: BTreeMap<String, i64> = gen_section.size.clone();
     if let Some(spec) = &args.size {
         for part in spec.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').with_context(|| format!("--size: `{part}` is not KEY=VALUE"))?;
-            let v: i64 = v.trim().parse().with_context(|| format!("--size: `{v}` is not an integer"))?;
+            let (k, v) = part
+                .split_once('=')
+                .with_context(|| format!("--size: `{part}` is not KEY=VALUE"))?;
+            let v: i64 = v
+                .trim()
+                .parse()
+                .with_context(|| format!("--size: `{v}` is not an integer"))?;
             size.insert(k.trim().to_owned(), v);
         }
     }
     let script = args.dir.join(&gen_section.script);
     let started = std::time::Instant::now();
-    let db = generate::generate(&script, args.seed, &size, &manifest.db.tables).map_err(anyhow::Error::msg)?;
+    let db = generate::generate(&script, args.seed, &size, &manifest.db.tables)
+        .map_err(anyhow::Error::msg)?;
     let out = args.out.unwrap_or_else(|| args.dir.join(&manifest.db.dir));
     generate::write_db(&db, &out).with_context(|| format!("writing {}", out.display()))?;
-    let counts: Vec<String> = db.table_names().map(|t| format!("{t}={}", db.table(t).map_or(0, |x| x.len()))).collect();
+    let counts: Vec<String> = db
+        .table_names()
+        .map(|t| format!("{t}={}", db.table(t).map_or(0, |x| x.len())))
+        .collect();
     eprintln!(
         "generated {} (seed {}) in {:.2}s: {} → {}",
         manifest.name,
@@ -224,8 +250,11 @@ fn run_generate(args: GenerateArgs) -> Result<ExitCode> {
 fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     let domain = load(&args.db.dir, args.db.db.as_deref())?;
-    let files: Vec<PathBuf> =
-        if args.tasks.is_empty() { domain.task_files().into_iter().map(|(_, p)| p).collect() } else { args.tasks.clone() };
+    let files: Vec<PathBuf> = if args.tasks.is_empty() {
+        domain.task_files().into_iter().map(|(_, p)| p).collect()
+    } else {
+        args.tasks.clone()
+    };
     let mut tasks = Vec::new();
     for f in &files {
         tasks.extend(crate::domain::task::read_tasks(f)?);

@@ -21,15 +21,31 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> Result<ExitCode> {
-    let input = if args.run.is_dir() { args.run.join("dataset.jsonl") } else { args.run.clone() };
-    let text = std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?;
+    let input = if args.run.is_dir() {
+        args.run.join("dataset.jsonl")
+    } else {
+        args.run.clone()
+    };
+    let text =
+        std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?;
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let record: Value = serde_json::from_str(line).with_context(|| format!("{}:{}: invalid JSON", input.display(), i + 1))?;
-        rows.push(dataset::export(&record, args.format).with_context(|| format!("{}:{}", input.display(), i + 1))?);
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let record: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: invalid JSON", input.display(), i + 1))?;
+        rows.push(
+            dataset::export(&record, args.format)
+                .with_context(|| format!("{}:{}", input.display(), i + 1))?,
+        );
     }
     let body = match args.format {
-        Format::Openai => rows.iter().map(|r| r.to_string() + "\n").collect::<String>(),
+        Format::Openai => rows
+            .iter()
+            .map(|r| r.to_string() + "\n")
+            .collect::<String>(),
         Format::ApigenMt | Format::Sharegpt => serde_json::to_string_pretty(&rows)? + "\n",
     };
     match &args.out {

@@ -17,7 +17,9 @@
 use serde_json::{Map, Value, json};
 
 /// An export format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     ApigenMt,
@@ -34,22 +36,40 @@ pub struct Invalid {
 }
 
 fn invalid(index: usize, message: impl Into<String>) -> Invalid {
-    Invalid { index, message: message.into() }
+    Invalid {
+        index,
+        message: message.into(),
+    }
 }
 
 /// A tool call of an assistant message: (id, name, arguments object).
 fn calls(msg: &Value, index: usize) -> Result<Vec<(String, String, Map<String, Value>)>, Invalid> {
-    let Some(list) = msg.get("tool_calls") else { return Ok(vec![]) };
-    let list = list.as_array().ok_or_else(|| invalid(index, "tool_calls must be an array"))?;
+    let Some(list) = msg.get("tool_calls") else {
+        return Ok(vec![]);
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| invalid(index, "tool_calls must be an array"))?;
     list.iter()
         .map(|c| {
-            let id = c["id"].as_str().ok_or_else(|| invalid(index, "a tool call needs an id"))?;
-            let name = c["function"]["name"].as_str().ok_or_else(|| invalid(index, "a tool call needs function.name"))?;
+            let id = c["id"]
+                .as_str()
+                .ok_or_else(|| invalid(index, "a tool call needs an id"))?;
+            let name = c["function"]["name"]
+                .as_str()
+                .ok_or_else(|| invalid(index, "a tool call needs function.name"))?;
             let args = match &c["function"]["arguments"] {
-                Value::String(s) => serde_json::from_str::<Value>(s).map_err(|e| invalid(index, format!("arguments of {name} are not JSON: {e}")))?,
+                Value::String(s) => serde_json::from_str::<Value>(s).map_err(|e| {
+                    invalid(index, format!("arguments of {name} are not JSON: {e}"))
+                })?,
                 other => other.clone(),
             };
-            let Value::Object(args) = args else { return Err(invalid(index, format!("arguments of {name} must be a JSON object"))) };
+            let Value::Object(args) = args else {
+                return Err(invalid(
+                    index,
+                    format!("arguments of {name} must be a JSON object"),
+                ));
+            };
             Ok((id.to_owned(), name.to_owned(), args))
         })
         .collect()
@@ -59,17 +79,28 @@ fn calls(msg: &Value, index: usize) -> Result<Vec<(String, String, Map<String, V
 /// user / assistant / tool; every tool call answered by one tool message before the next
 /// assistant or user turn; arguments that are JSON objects.
 pub fn validate(record: &Value) -> Result<(), Invalid> {
-    let messages = record["messages"].as_array().ok_or_else(|| invalid(0, "the record has no messages array"))?;
+    let messages = record["messages"]
+        .as_array()
+        .ok_or_else(|| invalid(0, "the record has no messages array"))?;
     if messages.first().and_then(|m| m["role"].as_str()) != Some("system") {
         return Err(invalid(0, "the first message must be the system message"));
     }
     let mut pending: Vec<String> = Vec::new();
     for (i, m) in messages.iter().enumerate().skip(1) {
-        let role = m["role"].as_str().ok_or_else(|| invalid(i, "missing role"))?;
+        let role = m["role"]
+            .as_str()
+            .ok_or_else(|| invalid(i, "missing role"))?;
         match role {
             "tool" => {
-                let id = m["tool_call_id"].as_str().ok_or_else(|| invalid(i, "a tool message needs tool_call_id"))?;
-                let at = pending.iter().position(|p| p == id).ok_or_else(|| invalid(i, format!("tool message answers unknown or already answered call {id}")))?;
+                let id = m["tool_call_id"]
+                    .as_str()
+                    .ok_or_else(|| invalid(i, "a tool message needs tool_call_id"))?;
+                let at = pending.iter().position(|p| p == id).ok_or_else(|| {
+                    invalid(
+                        i,
+                        format!("tool message answers unknown or already answered call {id}"),
+                    )
+                })?;
                 pending.remove(at);
                 if !m["content"].is_string() {
                     return Err(invalid(i, "a tool message's content must be a string"));
@@ -77,12 +108,18 @@ pub fn validate(record: &Value) -> Result<(), Invalid> {
             }
             "user" | "assistant" => {
                 if !pending.is_empty() {
-                    return Err(invalid(i, format!("calls {pending:?} have no tool message")));
+                    return Err(invalid(
+                        i,
+                        format!("calls {pending:?} have no tool message"),
+                    ));
                 }
                 if role == "assistant" {
                     let c = calls(m, i)?;
                     if c.is_empty() && !m["content"].is_string() {
-                        return Err(invalid(i, "an assistant message needs content or tool_calls"));
+                        return Err(invalid(
+                            i,
+                            "an assistant message needs content or tool_calls",
+                        ));
                     }
                     pending.extend(c.into_iter().map(|(id, _, _)| id));
                 } else if !m["content"].is_string() {
@@ -93,7 +130,10 @@ pub fn validate(record: &Value) -> Result<(), Invalid> {
         }
     }
     if !pending.is_empty() {
-        return Err(invalid(messages.len(), format!("calls {pending:?} have no tool message")));
+        return Err(invalid(
+            messages.len(),
+            format!("calls {pending:?} have no tool message"),
+        ));
     }
     Ok(())
 }
@@ -110,7 +150,9 @@ fn turns(messages: &[Value]) -> Result<Vec<Value>, Invalid> {
                     out.push(json!({"from": "gpt", "value": content}));
                 }
                 for (_, name, args) in calls(m, i)? {
-                    let value = crate::pyjson::dumps(&json!({"name": name, "arguments": Value::Object(args)}));
+                    let value = crate::pyjson::dumps(
+                        &json!({"name": name, "arguments": Value::Object(args)}),
+                    );
                     out.push(json!({"from": "function_call", "value": value}));
                 }
             }
@@ -123,7 +165,12 @@ fn turns(messages: &[Value]) -> Result<Vec<Value>, Invalid> {
 
 /// Bare function definitions (`{"name", "description", "parameters"}`) as one JSON string.
 fn bare_tools(record: &Value) -> String {
-    let tools: Vec<Value> = record["tools"].as_array().into_iter().flatten().map(|t| t.get("function").cloned().unwrap_or_else(|| t.clone())).collect();
+    let tools: Vec<Value> = record["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| t.get("function").cloned().unwrap_or_else(|| t.clone()))
+        .collect();
     crate::pyjson::dumps(&Value::Array(tools))
 }
 
@@ -134,8 +181,12 @@ pub fn export(record: &Value, format: Format) -> Result<Value, Invalid> {
     let system = messages[0]["content"].as_str().unwrap_or_default();
     Ok(match format {
         Format::Openai => json!({"messages": messages, "tools": record["tools"]}),
-        Format::ApigenMt => json!({"conversations": turns(messages)?, "system": system, "tools": bare_tools(record)}),
-        Format::Sharegpt => json!({"id": record["id"], "conversations": turns(messages)?, "system": system, "tools": bare_tools(record)}),
+        Format::ApigenMt => {
+            json!({"conversations": turns(messages)?, "system": system, "tools": bare_tools(record)})
+        }
+        Format::Sharegpt => {
+            json!({"id": record["id"], "conversations": turns(messages)?, "system": system, "tools": bare_tools(record)})
+        }
     })
 }
 
@@ -160,7 +211,10 @@ mod tests {
     #[test]
     fn apigen_mt_rows_have_the_released_shape() {
         let row = export(&record(), Format::ApigenMt).unwrap();
-        assert_eq!(row.as_object().unwrap().keys().collect::<Vec<_>>(), ["conversations", "system", "tools"]);
+        assert_eq!(
+            row.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["conversations", "system", "tools"]
+        );
         assert_eq!(
             row["conversations"],
             json!([
@@ -172,7 +226,10 @@ mod tests {
         );
         let tools: Value = serde_json::from_str(row["tools"].as_str().unwrap()).unwrap();
         assert_eq!(tools[0]["name"], "get_account");
-        assert!(tools[0].get("type").is_none(), "bare definitions, no wrapper");
+        assert!(
+            tools[0].get("type").is_none(),
+            "bare definitions, no wrapper"
+        );
     }
 
     #[test]
@@ -181,7 +238,10 @@ mod tests {
         assert_eq!(o["messages"].as_array().unwrap().len(), 5);
         assert_eq!(o["tools"][0]["type"], "function");
         let s = export(&record(), Format::Sharegpt).unwrap();
-        assert_eq!((s["id"].as_str(), s["system"].as_str()), (Some("rollout-1"), Some("policy")));
+        assert_eq!(
+            (s["id"].as_str(), s["system"].as_str()),
+            (Some("rollout-1"), Some("policy"))
+        );
     }
 
     #[test]
@@ -191,7 +251,12 @@ mod tests {
         assert_eq!(validate(&r).unwrap_err().index, 3);
         let mut r = record();
         r["messages"][2]["tool_calls"][0]["function"]["arguments"] = json!("[1, 2]");
-        assert!(validate(&r).unwrap_err().message.contains("must be a JSON object"));
+        assert!(
+            validate(&r)
+                .unwrap_err()
+                .message
+                .contains("must be a JSON object")
+        );
         let mut r = record();
         r["messages"].as_array_mut().unwrap().remove(0);
         assert_eq!(validate(&r).unwrap_err().index, 0);

@@ -86,12 +86,16 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, String> {
                     return Err(SYNTAX.into());
                 }
                 if is_float {
-                    out.push(Tok::Num(Num::Float(text.parse().map_err(|_| SYNTAX.to_string())?)));
+                    out.push(Tok::Num(Num::Float(
+                        text.parse().map_err(|_| SYNTAX.to_string())?,
+                    )));
                 } else {
                     if text.len() > 1 && text.starts_with('0') && text.bytes().any(|d| d != b'0') {
                         return Err("leading zeros in decimal integer literals are not permitted; use an 0o prefix for octal integers (<string>, line 1)".into());
                     }
-                    out.push(Tok::Num(Num::Int(text.parse().map_err(|_| SYNTAX.to_string())?)));
+                    out.push(Tok::Num(Num::Int(
+                        text.parse().map_err(|_| SYNTAX.to_string())?,
+                    )));
                 }
             }
             b'+' => {
@@ -274,7 +278,9 @@ fn type_name(n: &Num) -> &'static str {
 fn eval(e: &Expr) -> Result<Num, String> {
     Ok(match e {
         Expr::Num(n) => n.clone(),
-        Expr::Tuple => return Err("float() argument must be a string or a real number, not 'tuple'".into()),
+        Expr::Tuple => {
+            return Err("float() argument must be a string or a real number, not 'tuple'".into());
+        }
         Expr::Call(f) => {
             let callee = eval(f)?;
             return Err(format!("'{}' object is not callable", type_name(&callee)));
@@ -314,7 +320,10 @@ fn binary(op: &Tok, a: Num, b: Num) -> Result<Num, String> {
                 }
                 return Ok(Float(fx.powf(fy)));
             }
-            let exp = y.to_u32().filter(|e| (*e as u64) * x.bits() < 1 << 24).ok_or("exponent too large")?;
+            let exp = y
+                .to_u32()
+                .filter(|e| (*e as u64) * x.bits() < 1 << 24)
+                .ok_or("exponent too large")?;
             Ok(Int(num_traits::pow(x, exp as usize)))
         }
         (op, a, b) => {
@@ -341,7 +350,10 @@ fn binary(op: &Tok, a: Num, b: Num) -> Result<Num, String> {
                     }
                     if x < 0.0 && y.fract() != 0.0 {
                         // Python returns a complex number here, which float() then rejects.
-                        return Err("float() argument must be a string or a real number, not 'complex'".into());
+                        return Err(
+                            "float() argument must be a string or a real number, not 'complex'"
+                                .into(),
+                        );
                     }
                     let r = x.powf(y);
                     if r.is_infinite() {
@@ -368,7 +380,11 @@ fn int_true_div(x: &BigInt, y: &BigInt) -> Result<f64, String> {
         return Ok(x.to_f64().unwrap_or(f64::NAN) / y.to_f64().unwrap_or(f64::NAN));
     }
     let r = x.to_f64().unwrap_or(f64::INFINITY) / y.to_f64().unwrap_or(f64::INFINITY);
-    if r.is_finite() { Ok(r) } else { Err("integer division result too large for a float".into()) }
+    if r.is_finite() {
+        Ok(r)
+    } else {
+        Err("integer division result too large for a float".into())
+    }
 }
 
 /// Python's float floor division (`float_floor_div` in CPython's floatobject.c).
@@ -414,9 +430,15 @@ mod tests {
             ("", "Error: invalid syntax (<string>, line 0)"),
             ("1 2", "Error: invalid syntax (<string>, line 1)"),
             ("1.2.3", "Error: invalid syntax (<string>, line 1)"),
-            ("()", "Error: float() argument must be a string or a real number, not 'tuple'"),
+            (
+                "()",
+                "Error: float() argument must be a string or a real number, not 'tuple'",
+            ),
             ("(1)(2)", "Error: 'int' object is not callable"),
-            ("01", "Error: leading zeros in decimal integer literals are not permitted; use an 0o prefix for octal integers (<string>, line 1)"),
+            (
+                "01",
+                "Error: leading zeros in decimal integer literals are not permitted; use an 0o prefix for octal integers (<string>, line 1)",
+            ),
             ("2**-1", "0.5"),
             ("-2**2", "-4.0"),
             ("7//-2", "-4.0"),
@@ -432,7 +454,10 @@ mod tests {
             ("2 ** 3 ** 2", "512.0"),
             ("100/3", "33.33"),
             ("0.1+0.2", "0.3"),
-            ("12345678901234567890*98765432109876543210", "1.219326311370218e+39"),
+            (
+                "12345678901234567890*98765432109876543210",
+                "1.219326311370218e+39",
+            ),
             ("1234.5 * 3 - 17.25", "3686.25"),
         ];
         for (expr, want) in cases {

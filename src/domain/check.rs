@@ -48,7 +48,11 @@ pub struct Report {
 
 /// Replay every task of the domain (and of `extra_task_files`) and check tool effects.
 pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
-    let mut report = Report { tools: domain.tools().len(), db_hash: domain.pristine().hash(), ..Report::default() };
+    let mut report = Report {
+        tools: domain.tools().len(),
+        db_hash: domain.pristine().hash(),
+        ..Report::default()
+    };
     let mut files: Vec<PathBuf> = domain.task_files().into_iter().map(|(_, p)| p).collect();
     files.extend(extra_task_files.iter().cloned());
     // write tool → (successful calls, calls that changed the hash, first location)
@@ -58,7 +62,11 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
         let tasks = match read_tasks(&file) {
             Ok(t) => t,
             Err(e) => {
-                report.problems.push(Problem { kind: ProblemKind::TaskFile, location: "tasks".into(), message: e.to_string() });
+                report.problems.push(Problem {
+                    kind: ProblemKind::TaskFile,
+                    location: "tasks".into(),
+                    message: e.to_string(),
+                });
                 continue;
             }
         };
@@ -75,28 +83,42 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
             let mut hash = env.hash();
             for (ai, action) in task.actions.iter().enumerate() {
                 report.actions += 1;
-                let location = format!("{} task {ti} action {ai} ({})", file.display(), action.name);
+                let location =
+                    format!("{} task {ti} action {ai} ({})", file.display(), action.name);
                 if action.name == RESPOND_ACTION_NAME {
                     continue;
                 }
                 let step = env.step(action);
                 let Some(tool) = domain.tool(&action.name) else {
-                    report.problems.push(Problem { kind: ProblemKind::UnknownAction, location, message: step.observation });
+                    report.problems.push(Problem {
+                        kind: ProblemKind::UnknownAction,
+                        location,
+                        message: step.observation,
+                    });
                     continue;
                 };
                 if let Some(fault) = &step.fault {
                     let message = match fault {
-                        crate::domain::env::Fault::ScriptRaised(_, Some(at)) => format!("{} (at {at})", step.observation),
+                        crate::domain::env::Fault::ScriptRaised(_, Some(at)) => {
+                            format!("{} (at {at})", step.observation)
+                        }
                         _ => step.observation.clone(),
                     };
-                    report.problems.push(Problem { kind: ProblemKind::Fault, location: location.clone(), message });
+                    report.problems.push(Problem {
+                        kind: ProblemKind::Fault,
+                        location: location.clone(),
+                        message,
+                    });
                 }
                 let new_hash = env.hash();
                 let changed = new_hash != hash;
                 hash = new_hash;
                 match tool.kind {
                     ToolKind::Write => {
-                        let entry = writes.entry(tool.name.clone()).or_insert((0, 0, location.clone()));
+                        let entry =
+                            writes
+                                .entry(tool.name.clone())
+                                .or_insert((0, 0, location.clone()));
                         if !step.observation.starts_with("Error") {
                             entry.0 += 1;
                             entry.1 += changed as usize;
@@ -117,7 +139,9 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
             report.problems.push(Problem {
                 kind: ProblemKind::ToolKind,
                 location,
-                message: format!("write tool `{name}` succeeded {ok} times and never changed the database"),
+                message: format!(
+                    "write tool `{name}` succeeded {ok} times and never changed the database"
+                ),
             });
         }
     }

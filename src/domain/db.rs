@@ -26,7 +26,10 @@ pub struct Record {
 
 impl Record {
     pub fn new(value: Value) -> Record {
-        Record { value, canonical: std::sync::OnceLock::new() }
+        Record {
+            value,
+            canonical: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn value(&self) -> &Value {
@@ -35,7 +38,8 @@ impl Record {
 
     /// `json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`.
     pub fn canonical(&self) -> &str {
-        self.canonical.get_or_init(|| pyjson::to_string(&self.value, Style::CANONICAL).into_boxed_str())
+        self.canonical
+            .get_or_init(|| pyjson::to_string(&self.value, Style::CANONICAL).into_boxed_str())
     }
 }
 
@@ -48,7 +52,10 @@ impl std::ops::Deref for Record {
 
 impl Clone for Record {
     fn clone(&self) -> Record {
-        Record { value: self.value.clone(), canonical: self.canonical.clone() }
+        Record {
+            value: self.value.clone(),
+            canonical: self.canonical.clone(),
+        }
     }
 }
 
@@ -68,9 +75,17 @@ pub struct Db {
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("{path}: cannot read: {error}")]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: invalid JSON: {message}")]
-    Json { path: PathBuf, line: usize, column: usize, message: String },
+    Json {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{path}: a table file must hold a JSON object of records (id → record), found {found}")]
     NotAnObject { path: PathBuf, found: &'static str },
 }
@@ -96,7 +111,10 @@ impl Db {
             let Value::Object(records) = table else {
                 return Err(format!("table `{name}` must be a JSON object of records"));
             };
-            let table: Table = records.into_iter().map(|(k, v)| (k, Arc::new(Record::new(v)))).collect();
+            let table: Table = records
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(Record::new(v))))
+                .collect();
             db.tables.insert(name, Arc::new(table));
         }
         Ok(db)
@@ -106,8 +124,10 @@ impl Db {
     pub fn to_json(&self) -> Value {
         let mut out = serde_json::Map::new();
         for (name, table) in &self.tables {
-            let records: serde_json::Map<String, Value> =
-                table.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
+            let records: serde_json::Map<String, Value> = table
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect();
             out.insert(name.clone(), Value::Object(records));
         }
         Value::Object(out)
@@ -171,7 +191,10 @@ impl Db {
 
 /// Read one table file: a JSON object whose values are records.
 pub fn read_table(path: &Path) -> Result<Table, DbError> {
-    let bytes = std::fs::read(path).map_err(|error| DbError::Read { path: path.into(), error })?;
+    let bytes = std::fs::read(path).map_err(|error| DbError::Read {
+        path: path.into(),
+        error,
+    })?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| DbError::Json {
         path: path.into(),
         line: e.line(),
@@ -179,8 +202,14 @@ pub fn read_table(path: &Path) -> Result<Table, DbError> {
         message: serde_message(&e),
     })?;
     match value {
-        Value::Object(map) => Ok(map.into_iter().map(|(k, v)| (k, Arc::new(Record::new(v)))).collect()),
-        other => Err(DbError::NotAnObject { path: path.into(), found: json_kind(&other) }),
+        Value::Object(map) => Ok(map
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(Record::new(v))))
+            .collect()),
+        other => Err(DbError::NotAnObject {
+            path: path.into(),
+            found: json_kind(&other),
+        }),
     }
 }
 
@@ -200,10 +229,12 @@ pub fn json_kind(value: &Value) -> &'static str {
 /// Lowercase hex of a byte string.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -213,8 +244,10 @@ mod tests {
 
     #[test]
     fn hash_is_sha256_of_sorted_compact_json() {
-        let db = Db::from_json(json!({"users": {"b": {"z": 1, "a": "é"}, "a": {"x": 1.0}}, "orders": {}}))
-            .unwrap();
+        let db = Db::from_json(
+            json!({"users": {"b": {"z": 1, "a": "é"}, "a": {"x": 1.0}}, "orders": {}}),
+        )
+        .unwrap();
         // sha256(b'{"orders":{},"users":{"a":{"x":1.0},"b":{"a":"\xc3\xa9","z":1}}}')
         let text = "{\"orders\":{},\"users\":{\"a\":{\"x\":1.0},\"b\":{\"a\":\"é\",\"z\":1}}}";
         assert_eq!(db.hash(), hex(&Sha256::digest(text.as_bytes())));

@@ -14,9 +14,19 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Edit {
-    Add { path: String, value: Value },
-    Remove { path: String, old: Value },
-    Replace { path: String, old: Value, value: Value },
+    Add {
+        path: String,
+        value: Value,
+    },
+    Remove {
+        path: String,
+        old: Value,
+    },
+    Replace {
+        path: String,
+        old: Value,
+        value: Value,
+    },
 }
 
 impl Edit {
@@ -33,7 +43,10 @@ pub fn diff(before: &Db, after: &Db) -> Vec<Edit> {
     for name in after.table_names() {
         let new = after.table(name).expect("listed table");
         let Some(old) = before.table(name) else {
-            edits.push(Edit::Add { path: pointer(&[name]), value: after.to_json()[name].clone() });
+            edits.push(Edit::Add {
+                path: pointer(&[name]),
+                value: after.to_json()[name].clone(),
+            });
             continue;
         };
         if Arc::ptr_eq(old, new) {
@@ -42,13 +55,24 @@ pub fn diff(before: &Db, after: &Db) -> Vec<Edit> {
         for (id, record) in new.iter() {
             match old.get(id) {
                 Some(prev) if Arc::ptr_eq(prev, record) => {}
-                Some(prev) => values(&pointer(&[name, id]), prev.value(), record.value(), &mut edits),
-                None => edits.push(Edit::Add { path: pointer(&[name, id]), value: record.value().clone() }),
+                Some(prev) => values(
+                    &pointer(&[name, id]),
+                    prev.value(),
+                    record.value(),
+                    &mut edits,
+                ),
+                None => edits.push(Edit::Add {
+                    path: pointer(&[name, id]),
+                    value: record.value().clone(),
+                }),
             }
         }
         for (id, record) in old.iter() {
             if !new.contains_key(id) {
-                edits.push(Edit::Remove { path: pointer(&[name, id]), old: record.value().clone() });
+                edits.push(Edit::Remove {
+                    path: pointer(&[name, id]),
+                    old: record.value().clone(),
+                });
             }
         }
     }
@@ -62,12 +86,18 @@ fn values(path: &str, old: &Value, new: &Value, edits: &mut Vec<Edit>) {
                 let p = format!("{path}/{}", escape(k));
                 match a.get(k) {
                     Some(prev) => values(&p, prev, v, edits),
-                    None => edits.push(Edit::Add { path: p, value: v.clone() }),
+                    None => edits.push(Edit::Add {
+                        path: p,
+                        value: v.clone(),
+                    }),
                 }
             }
             for (k, v) in a {
                 if !b.contains_key(k) {
-                    edits.push(Edit::Remove { path: format!("{path}/{}", escape(k)), old: v.clone() });
+                    edits.push(Edit::Remove {
+                        path: format!("{path}/{}", escape(k)),
+                        old: v.clone(),
+                    });
                 }
             }
         }
@@ -76,15 +106,25 @@ fn values(path: &str, old: &Value, new: &Value, edits: &mut Vec<Edit>) {
                 let p = format!("{path}/{i}");
                 match a.get(i) {
                     Some(prev) => values(&p, prev, v, edits),
-                    None => edits.push(Edit::Add { path: p, value: v.clone() }),
+                    None => edits.push(Edit::Add {
+                        path: p,
+                        value: v.clone(),
+                    }),
                 }
             }
             for (i, v) in a.iter().enumerate().skip(b.len()).rev() {
-                edits.push(Edit::Remove { path: format!("{path}/{i}"), old: v.clone() });
+                edits.push(Edit::Remove {
+                    path: format!("{path}/{i}"),
+                    old: v.clone(),
+                });
             }
         }
         (a, b) if same(a, b) => {}
-        (a, b) => edits.push(Edit::Replace { path: path.to_owned(), old: a.clone(), value: b.clone() }),
+        (a, b) => edits.push(Edit::Replace {
+            path: path.to_owned(),
+            old: a.clone(),
+            value: b.clone(),
+        }),
     }
 }
 
@@ -112,12 +152,23 @@ mod tests {
 
     #[test]
     fn lists_only_what_changed() {
-        let before = Db::from_json(json!({"t": {"a": {"s": "x", "l": [1], "n": 1}, "b/c": {"k": 1}}, "u": {"z": {}}})).unwrap();
+        let before = Db::from_json(
+            json!({"t": {"a": {"s": "x", "l": [1], "n": 1}, "b/c": {"k": 1}}, "u": {"z": {}}}),
+        )
+        .unwrap();
         let mut after = before.clone();
         let t = after.table_mut("t").unwrap();
-        t.insert("a".into(), Arc::new(crate::domain::db::Record::new(json!({"s": "y", "l": [1, 2], "n": 1.0, "new": true}))));
+        t.insert(
+            "a".into(),
+            Arc::new(crate::domain::db::Record::new(
+                json!({"s": "y", "l": [1, 2], "n": 1.0, "new": true}),
+            )),
+        );
         t.shift_remove("b/c");
-        t.insert("d".into(), Arc::new(crate::domain::db::Record::new(json!({"k": 2}))));
+        t.insert(
+            "d".into(),
+            Arc::new(crate::domain::db::Record::new(json!({"k": 2}))),
+        );
         let edits = serde_json::to_value(diff(&before, &after)).unwrap();
         assert_eq!(
             edits,

@@ -44,7 +44,11 @@ pub struct Env<'d> {
 
 impl<'d> Env<'d> {
     pub fn new(domain: &'d Domain) -> Env<'d> {
-        Env { domain, db: domain.pristine().clone(), done: false }
+        Env {
+            domain,
+            db: domain.pristine().clone(),
+            done: false,
+        }
     }
 
     /// Back to the pristine database.
@@ -74,31 +78,67 @@ impl<'d> Env<'d> {
     /// Run one action.
     pub fn step(&mut self, action: &Action) -> Step {
         if action.name == RESPOND_ACTION_NAME {
-            let content = action.arguments.get("content").and_then(Value::as_str).unwrap_or_default();
-            return Step { observation: content.to_owned(), done: false, fault: None };
+            let content = action
+                .arguments
+                .get("content")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return Step {
+                observation: content.to_owned(),
+                done: false,
+                fault: None,
+            };
         }
         let Some(tool) = self.domain.tool(&action.name) else {
-            return Step { observation: format!("Unknown action {}", action.name), done: false, fault: Some(Fault::UnknownAction) };
+            return Step {
+                observation: format!("Unknown action {}", action.name),
+                done: false,
+                fault: Some(Fault::UnknownAction),
+            };
         };
         if let Err(e) = tool.check_arguments(&action.arguments) {
-            return Step { observation: format!("Error: {e}"), done: false, fault: Some(Fault::BadArguments(e)) };
+            return Step {
+                observation: format!("Error: {e}"),
+                done: false,
+                fault: Some(Fault::BadArguments(e)),
+            };
         }
         let (observation, fault) = match tool.body {
             Body::Builtin(b) => (b.invoke(&action.arguments), None),
             Body::Script => {
                 let limits = self.domain.manifest.limits;
-                match self.domain.scripts.call_with_db(&tool.name, &mut self.db, &action.arguments, limits) {
+                match self.domain.scripts.call_with_db(
+                    &tool.name,
+                    &mut self.db,
+                    &action.arguments,
+                    limits,
+                ) {
                     Ok(Value::String(s)) => (s, None),
                     Ok(Value::Null) => ("None".to_owned(), None),
                     Ok(other) => (crate::pyjson::dumps(&other), None),
-                    Err(CallFault::Raised(e, at)) => (format!("Error: {e}"), Some(Fault::ScriptRaised(e, at))),
-                    Err(CallFault::LimitExceeded(e)) => (format!("Error: {e}"), Some(Fault::LimitExceeded(e))),
-                    Err(CallFault::Missing(e)) => (format!("Error: {e}"), Some(Fault::ScriptRaised(e, None))),
+                    Err(CallFault::Raised(e, at)) => {
+                        (format!("Error: {e}"), Some(Fault::ScriptRaised(e, at)))
+                    }
+                    Err(CallFault::LimitExceeded(e)) => {
+                        (format!("Error: {e}"), Some(Fault::LimitExceeded(e)))
+                    }
+                    Err(CallFault::Missing(e)) => {
+                        (format!("Error: {e}"), Some(Fault::ScriptRaised(e, None)))
+                    }
                 }
             }
         };
-        let done = self.domain.manifest.terminate_tools.iter().any(|t| *t == tool.name);
+        let done = self
+            .domain
+            .manifest
+            .terminate_tools
+            .iter()
+            .any(|t| *t == tool.name);
         self.done |= done;
-        Step { observation, done, fault }
+        Step {
+            observation,
+            done,
+            fault,
+        }
     }
 }

@@ -38,7 +38,10 @@ fn random_namespace(builder: &mut GlobalsBuilder) {
     }
 
     /// An integer in [a, b], both ends included.
-    fn randint(#[starlark(require = pos)] a: i32, #[starlark(require = pos)] b: i32) -> starlark::Result<i32> {
+    fn randint(
+        #[starlark(require = pos)] a: i32,
+        #[starlark(require = pos)] b: i32,
+    ) -> starlark::Result<i32> {
         if a > b {
             return Err(err(format!("randint({a}, {b}): empty range")));
         }
@@ -46,13 +49,19 @@ fn random_namespace(builder: &mut GlobalsBuilder) {
     }
 
     /// A float in [a, b).
-    fn uniform<'v>(#[starlark(require = pos)] a: SValue<'v>, #[starlark(require = pos)] b: SValue<'v>) -> starlark::Result<f64> {
+    fn uniform<'v>(
+        #[starlark(require = pos)] a: SValue<'v>,
+        #[starlark(require = pos)] b: SValue<'v>,
+    ) -> starlark::Result<f64> {
         let (a, b) = (number(a)?, number(b)?);
         Ok(a + (b - a) * with_rng(|r| r.random::<f64>()))
     }
 
     /// One element of a non-empty sequence.
-    fn choice<'v>(#[starlark(require = pos)] seq: SValue<'v>, heap: Heap<'v>) -> starlark::Result<SValue<'v>> {
+    fn choice<'v>(
+        #[starlark(require = pos)] seq: SValue<'v>,
+        heap: Heap<'v>,
+    ) -> starlark::Result<SValue<'v>> {
         let items: Vec<SValue> = seq.iterate(heap)?.collect();
         if items.is_empty() {
             return Err(err("choice() from an empty sequence"));
@@ -67,10 +76,15 @@ fn random_namespace(builder: &mut GlobalsBuilder) {
         heap: Heap<'v>,
     ) -> starlark::Result<SValue<'v>> {
         let items: Vec<SValue> = seq.iterate(heap)?.collect();
-        let weights: Vec<f64> = weights.iterate(heap)?.map(number).collect::<Result<_, _>>()?;
+        let weights: Vec<f64> = weights
+            .iterate(heap)?
+            .map(number)
+            .collect::<Result<_, _>>()?;
         let total: f64 = weights.iter().sum();
         if items.len() != weights.len() || items.is_empty() || !(total > 0.0) {
-            return Err(err("weighted_choice() needs as many positive weights as items"));
+            return Err(err(
+                "weighted_choice() needs as many positive weights as items",
+            ));
         }
         let mut x = with_rng(|r| r.random::<f64>()) * total;
         for (item, w) in items.iter().zip(&weights) {
@@ -90,7 +104,10 @@ fn random_namespace(builder: &mut GlobalsBuilder) {
     ) -> starlark::Result<SValue<'v>> {
         let mut items: Vec<SValue> = seq.iterate(heap)?.collect();
         if k < 0 || k as usize > items.len() {
-            return Err(err(format!("sample larger than population ({k} > {})", items.len())));
+            return Err(err(format!(
+                "sample larger than population ({k} > {})",
+                items.len()
+            )));
         }
         with_rng(|r| {
             for i in 0..k as usize {
@@ -103,7 +120,10 @@ fn random_namespace(builder: &mut GlobalsBuilder) {
     }
 
     /// A shuffled copy of a sequence.
-    fn shuffle<'v>(#[starlark(require = pos)] seq: SValue<'v>, heap: Heap<'v>) -> starlark::Result<SValue<'v>> {
+    fn shuffle<'v>(
+        #[starlark(require = pos)] seq: SValue<'v>,
+        heap: Heap<'v>,
+    ) -> starlark::Result<SValue<'v>> {
         let mut items: Vec<SValue> = match ListRef::from_value(seq) {
             Some(l) => l.content().to_vec(),
             None => seq.iterate(heap)?.collect(),
@@ -123,30 +143,62 @@ fn generator_globals(b: &mut GlobalsBuilder) {
 }
 
 /// Run a domain's generator script with a seed and size knobs; returns the database.
-pub fn generate(script: &Path, seed: u64, size: &BTreeMap<String, i64>, tables: &[String]) -> Result<Db, String> {
+pub fn generate(
+    script: &Path,
+    seed: u64,
+    size: &BTreeMap<String, i64>,
+    tables: &[String],
+) -> Result<Db, String> {
     let dir = script.parent().unwrap_or(Path::new("."));
     let text = std::fs::read_to_string(script).map_err(|e| format!("{}: {e}", script.display()))?;
-    let scripts = Scripts::from_sources(dir, vec![(script.to_path_buf(), text)], Some(generator_globals))
-        .map_err(|e| e.to_string())?;
+    let scripts = Scripts::from_sources(
+        dir,
+        vec![(script.to_path_buf(), text)],
+        Some(generator_globals),
+    )
+    .map_err(|e| e.to_string())?;
     if !scripts.has("generate") {
-        return Err(format!("{}: no `def generate(size)` function", script.display()));
+        return Err(format!(
+            "{}: no `def generate(size)` function",
+            script.display()
+        ));
     }
     RNG.with(|r| *r.borrow_mut() = ChaCha8Rng::seed_from_u64(seed));
-    let size_json = Value::Object(size.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect());
-    let limits = Limits { max_ticks: 2_000_000_000, max_heap_bytes: 8 << 30, ..Limits::default() };
-    let out = scripts.call("generate", &[size_json], limits).map_err(|e| match e {
-        CallFault::Raised(m, _) | CallFault::LimitExceeded(m) | CallFault::Missing(m) => format!("{}: generate(): {m}", script.display()),
-    })?;
+    let size_json = Value::Object(
+        size.iter()
+            .map(|(k, v)| (k.clone(), Value::from(*v)))
+            .collect(),
+    );
+    let limits = Limits {
+        max_ticks: 2_000_000_000,
+        max_heap_bytes: 8 << 30,
+        ..Limits::default()
+    };
+    let out = scripts
+        .call("generate", &[size_json], limits)
+        .map_err(|e| match e {
+            CallFault::Raised(m, _) | CallFault::LimitExceeded(m) | CallFault::Missing(m) => {
+                format!("{}: generate(): {m}", script.display())
+            }
+        })?;
     let Value::Object(mut map) = out else {
-        return Err(format!("{}: generate() must return a dict of tables", script.display()));
+        return Err(format!(
+            "{}: generate() must return a dict of tables",
+            script.display()
+        ));
     };
     let mut ordered = serde_json::Map::new();
     for t in tables {
-        let table = map.shift_remove(t).ok_or_else(|| format!("{}: generate() returned no table `{t}`", script.display()))?;
+        let table = map
+            .shift_remove(t)
+            .ok_or_else(|| format!("{}: generate() returned no table `{t}`", script.display()))?;
         ordered.insert(t.clone(), table);
     }
     if let Some((extra, _)) = map.iter().next() {
-        return Err(format!("{}: generate() returned table `{extra}`, which domain.toml does not list", script.display()));
+        return Err(format!(
+            "{}: generate() returned table `{extra}`, which domain.toml does not list",
+            script.display()
+        ));
     }
     Db::from_json(Value::Object(ordered)).map_err(|e| format!("{}: {e}", script.display()))
 }
@@ -157,7 +209,10 @@ pub fn write_db(db: &Db, dir: &Path) -> std::io::Result<()> {
     let json = db.to_json();
     for (name, table) in json.as_object().expect("db is an object") {
         let tmp = dir.join(format!(".{name}.json.tmp"));
-        std::fs::write(&tmp, serde_json::to_string_pretty(table).map_err(std::io::Error::other)? + "\n")?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_string_pretty(table).map_err(std::io::Error::other)? + "\n",
+        )?;
         std::fs::rename(&tmp, dir.join(format!("{name}.json")))?;
     }
     Ok(())

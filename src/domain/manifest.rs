@@ -65,7 +65,11 @@ pub struct BlueprintSection {
 
 impl Default for BlueprintSection {
     fn default() -> Self {
-        BlueprintSection { user_table: "users".into(), max_turns: 3, peers: 0 }
+        BlueprintSection {
+            user_table: "users".into(),
+            max_turns: 3,
+            peers: 0,
+        }
     }
 }
 

@@ -19,11 +19,11 @@ pub mod script;
 pub mod task;
 pub mod tools;
 
+use crate::domain::db::serde_message;
 use db::{Db, DbError};
 use manifest::{MANIFEST_FILE, Manifest};
 use script::{ScriptError, Scripts};
 use serde_json::Value;
-use crate::domain::db::serde_message;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tools::{Body, Builtin, Tool, ToolKind};
@@ -32,11 +32,23 @@ use tools::{Body, Builtin, Tool, ToolKind};
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
     #[error("{path}: cannot read: {error}")]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: {message}")]
-    Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{path}:{line}: {message}")]
-    Invalid { path: PathBuf, line: usize, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -65,13 +77,25 @@ impl Domain {
         let text = read(&manifest_path)?;
         let manifest: Manifest = toml::from_str(&text).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
-            DomainError::Syntax { path: manifest_path.clone(), line, column, message: e.message().to_owned() }
+            DomainError::Syntax {
+                path: manifest_path.clone(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
         })?;
-        let invalid = |line: usize, message: String| DomainError::Invalid { path: manifest_path.clone(), line, message };
+        let invalid = |line: usize, message: String| DomainError::Invalid {
+            path: manifest_path.clone(),
+            line,
+            message,
+        };
         for b in &manifest.builtins {
             if Builtin::from_name(b).is_none() {
                 let known: Vec<&str> = Builtin::ALL.iter().map(|(n, _)| *n).collect();
-                return Err(invalid(find_line(&text, b), format!("unknown builtin tool {b:?} (known: {})", known.join(", "))));
+                return Err(invalid(
+                    find_line(&text, b),
+                    format!("unknown builtin tool {b:?} (known: {})", known.join(", ")),
+                ));
             }
         }
         let policy_path = dir.join(&manifest.policy);
@@ -82,17 +106,36 @@ impl Domain {
         let tools = load_tools(&tools_path, &manifest, &scripts)?;
         for t in &manifest.terminate_tools {
             if !tools.iter().any(|x| &x.name == t) {
-                return Err(invalid(find_line(&text, t), format!("terminate tool {t:?} is not in {}", manifest.tools)));
+                return Err(invalid(
+                    find_line(&text, t),
+                    format!("terminate tool {t:?} is not in {}", manifest.tools),
+                ));
             }
         }
         let rules = match &manifest.rules {
             Some(r) => Some(Scripts::load_dir(&dir.join(r), None)?),
             None => None,
         };
-        let db_dir = db_dir.map(Path::to_path_buf).unwrap_or_else(|| dir.join(&manifest.db.dir));
+        let db_dir = db_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.join(&manifest.db.dir));
         let pristine = Db::load(&db_dir, &manifest.db.tables)?;
-        let index = tools.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Domain { root: dir.to_path_buf(), manifest, policy, tools, index, scripts, rules, pristine, db_dir })
+        let index = tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(Domain {
+            root: dir.to_path_buf(),
+            manifest,
+            policy,
+            tools,
+            index,
+            scripts,
+            rules,
+            pristine,
+            db_dir,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -129,15 +172,26 @@ impl Domain {
 
     /// Paths of the task files named in the manifest.
     pub fn task_files(&self) -> Vec<(String, PathBuf)> {
-        self.manifest.tasks.iter().map(|(k, v)| (k.clone(), self.root.join(v))).collect()
+        self.manifest
+            .tasks
+            .iter()
+            .map(|(k, v)| (k.clone(), self.root.join(v)))
+            .collect()
     }
 }
 
 fn read(path: &Path) -> Result<String, DomainError> {
-    std::fs::read_to_string(path).map_err(|error| DomainError::Read { path: path.into(), error })
+    std::fs::read_to_string(path).map_err(|error| DomainError::Read {
+        path: path.into(),
+        error,
+    })
 }
 
-fn load_tools(path: &Path, manifest: &Manifest, scripts: &Scripts) -> Result<Vec<Tool>, DomainError> {
+fn load_tools(
+    path: &Path,
+    manifest: &Manifest,
+    scripts: &Scripts,
+) -> Result<Vec<Tool>, DomainError> {
     let text = read(path)?;
     let value: Value = serde_json::from_str(&text).map_err(|e| DomainError::Syntax {
         path: path.into(),
@@ -145,15 +199,31 @@ fn load_tools(path: &Path, manifest: &Manifest, scripts: &Scripts) -> Result<Vec
         column: e.column(),
         message: serde_message(&e),
     })?;
-    let invalid = |line: usize, message: String| DomainError::Invalid { path: path.into(), line, message };
+    let invalid = |line: usize, message: String| DomainError::Invalid {
+        path: path.into(),
+        line,
+        message,
+    };
     let Value::Array(entries) = value else {
         return Err(invalid(1, "tool schemas must be a JSON array".into()));
     };
     let mut tools: Vec<Tool> = Vec::new();
     for (i, mut entry) in entries.into_iter().enumerate() {
-        let name = entry.pointer("/function/name").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let line = if name.is_empty() { 1 } else { find_line(&text, &format!("\"{name}\"")) };
-        let what = if name.is_empty() { format!("tool #{}", i + 1) } else { format!("tool `{name}`") };
+        let name = entry
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let line = if name.is_empty() {
+            1
+        } else {
+            find_line(&text, &format!("\"{name}\""))
+        };
+        let what = if name.is_empty() {
+            format!("tool #{}", i + 1)
+        } else {
+            format!("tool `{name}`")
+        };
         tools::validate_schema(&entry).map_err(|m| invalid(line, format!("{what}: {m}")))?;
         let kind = match entry.as_object_mut().and_then(|o| o.shift_remove("kind")) {
             Some(k) => serde_json::from_value::<ToolKind>(k.clone()).map_err(|_| {
@@ -164,26 +234,44 @@ fn load_tools(path: &Path, manifest: &Manifest, scripts: &Scripts) -> Result<Vec
         if tools.iter().any(|t| t.name == name) {
             return Err(invalid(line, format!("{what} is defined twice")));
         }
-        let builtin = manifest.builtins.iter().any(|b| *b == name).then(|| Builtin::from_name(&name)).flatten();
+        let builtin = manifest
+            .builtins
+            .iter()
+            .any(|b| *b == name)
+            .then(|| Builtin::from_name(&name))
+            .flatten();
         let body = match (builtin, scripts.has(&name)) {
             (Some(_), true) => {
-                return Err(invalid(line, format!("{what} is both a builtin (domain.toml) and a script function")));
+                return Err(invalid(
+                    line,
+                    format!("{what} is both a builtin (domain.toml) and a script function"),
+                ));
             }
             (Some(b), false) => Body::Builtin(b),
             (None, true) => Body::Script,
             (None, false) => {
                 let hint = if Builtin::from_name(&name).is_some() {
-                    format!(" (add \"{name}\" to `builtins` in domain.toml to use the built-in one)")
+                    format!(
+                        " (add \"{name}\" to `builtins` in domain.toml to use the built-in one)"
+                    )
                 } else {
                     String::new()
                 };
                 return Err(invalid(
                     line,
-                    format!("{what} has no body: define `def {name}(data, ...)` in {}/*.star{hint}", manifest.scripts),
+                    format!(
+                        "{what} has no body: define `def {name}(data, ...)` in {}/*.star{hint}",
+                        manifest.scripts
+                    ),
                 ));
             }
         };
-        tools.push(Tool { name, kind, schema: entry, body });
+        tools.push(Tool {
+            name,
+            kind,
+            schema: entry,
+            body,
+        });
     }
     for (f, file) in scripts.functions() {
         if !tools.iter().any(|t| t.name == f) {
@@ -200,7 +288,10 @@ fn load_tools(path: &Path, manifest: &Manifest, scripts: &Scripts) -> Result<Vec
     }
     for b in &manifest.builtins {
         if !tools.iter().any(|t| &t.name == b) {
-            return Err(invalid(1, format!("builtin tool `{b}` is listed in domain.toml but has no schema here")));
+            return Err(invalid(
+                1,
+                format!("builtin tool `{b}` is listed in domain.toml but has no schema here"),
+            ));
         }
     }
     Ok(tools)
@@ -208,7 +299,9 @@ fn load_tools(path: &Path, manifest: &Manifest, scripts: &Scripts) -> Result<Vec
 
 /// 1-based line of the first occurrence of `needle` (1 when absent).
 pub(crate) fn find_line(text: &str, needle: &str) -> usize {
-    text.find(needle).map(|at| line_col(text, at).0).unwrap_or(1)
+    text.find(needle)
+        .map(|at| line_col(text, at).0)
+        .unwrap_or(1)
 }
 
 /// 1-based (line, column) of a byte offset.

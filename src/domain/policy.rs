@@ -31,28 +31,50 @@ pub fn trace(domain: &Domain, user_id: &str, actions: &[Action]) -> RuleTrace {
     let mut steps = Vec::with_capacity(actions.len());
     for action in actions {
         let before = env.db().clone();
-        let observation = if action.name == RESPOND_ACTION_NAME { String::new() } else { env.step(action).observation };
-        steps.push(RuleStep { name: action.name.clone(), arguments: action.arguments.clone(), observation, before });
+        let observation = if action.name == RESPOND_ACTION_NAME {
+            String::new()
+        } else {
+            env.step(action).observation
+        };
+        steps.push(RuleStep {
+            name: action.name.clone(),
+            arguments: action.arguments.clone(),
+            observation,
+            before,
+        });
     }
-    RuleTrace { user_id: user_id.to_owned(), steps, after: env.db().clone() }
+    RuleTrace {
+        user_id: user_id.to_owned(),
+        steps,
+        after: env.db().clone(),
+    }
 }
 
 /// Every rule's verdict on `actions` for `user_id`. A rule that itself fails (raises or runs past
 /// its limits) is reported as a violation of that rule, with the failure as the message, so a
 /// broken rule can never let a task through silently.
 pub fn check(domain: &Domain, user_id: &str, actions: &[Action]) -> Vec<Violation> {
-    let Some(rules) = domain.rules() else { return vec![] };
+    let Some(rules) = domain.rules() else {
+        return vec![];
+    };
     let trace = trace(domain, user_id, actions);
     let mut violations = Vec::new();
     for (rule, _) in rules.functions() {
         match rules.call_rule(rule, &trace, domain.manifest.limits) {
-            Ok(messages) => violations.extend(messages.into_iter().map(|message| Violation { rule: rule.to_owned(), message })),
-            Err(CallFault::Raised(e, Some(at))) => {
-                violations.push(Violation { rule: rule.to_owned(), message: format!("rule failed: {e} (at {at})") })
-            }
-            Err(CallFault::Raised(e, None) | CallFault::LimitExceeded(e) | CallFault::Missing(e)) => {
-                violations.push(Violation { rule: rule.to_owned(), message: format!("rule failed: {e}") })
-            }
+            Ok(messages) => violations.extend(messages.into_iter().map(|message| Violation {
+                rule: rule.to_owned(),
+                message,
+            })),
+            Err(CallFault::Raised(e, Some(at))) => violations.push(Violation {
+                rule: rule.to_owned(),
+                message: format!("rule failed: {e} (at {at})"),
+            }),
+            Err(
+                CallFault::Raised(e, None) | CallFault::LimitExceeded(e) | CallFault::Missing(e),
+            ) => violations.push(Violation {
+                rule: rule.to_owned(),
+                message: format!("rule failed: {e}"),
+            }),
         }
     }
     violations

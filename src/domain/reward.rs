@@ -23,7 +23,11 @@ pub struct Reward {
 /// `Env.calculate_reward` excludes them) run on a fresh database.
 pub fn gold_hash(domain: &Domain, task: &Task) -> String {
     let mut env = domain.env();
-    for action in task.actions.iter().filter(|a| !domain.manifest.terminate_tools.contains(&a.name)) {
+    for action in task
+        .actions
+        .iter()
+        .filter(|a| !domain.manifest.terminate_tools.contains(&a.name))
+    {
         env.step(action);
     }
     env.hash()
@@ -32,7 +36,9 @@ pub fn gold_hash(domain: &Domain, task: &Task) -> String {
 /// Whether `output` counts as said in one of the agent's messages.
 pub fn output_said(output: &str, messages: &[&str]) -> bool {
     let needle = output.to_lowercase();
-    messages.iter().any(|m| m.to_lowercase().replace(',', "").contains(&needle))
+    messages
+        .iter()
+        .any(|m| m.to_lowercase().replace(',', "").contains(&needle))
 }
 
 /// Score a finished conversation: `final_hash` is the database hash at its end, `messages` what the
@@ -40,9 +46,19 @@ pub fn output_said(output: &str, messages: &[&str]) -> bool {
 pub fn score(domain: &Domain, task: &Task, final_hash: &str, messages: &[&str]) -> Reward {
     let gold = gold_hash(domain, task);
     let db_match = gold == final_hash;
-    let outputs: Vec<(String, bool)> = task.outputs.iter().map(|o| (o.clone(), output_said(o, messages))).collect();
+    let outputs: Vec<(String, bool)> = task
+        .outputs
+        .iter()
+        .map(|o| (o.clone(), output_said(o, messages)))
+        .collect();
     let ok = db_match && outputs.iter().all(|(_, said)| *said);
-    Reward { reward: if ok { 1.0 } else { 0.0 }, db_match, db_hash: final_hash.to_owned(), gold_db_hash: gold, outputs }
+    Reward {
+        reward: if ok { 1.0 } else { 0.0 },
+        db_match,
+        db_hash: final_hash.to_owned(),
+        gold_db_hash: gold,
+        outputs,
+    }
 }
 
 /// The agent's messages among a list of actions.
@@ -62,7 +78,10 @@ mod tests {
     fn outputs_match_like_tau_bench() {
         assert!(output_said("1234.5", &["Your total is $1,234.50."]));
         assert!(output_said("Jane", &["jane, your order is on its way"]));
-        assert!(!output_said("12,5", &["12,5"]), "commas are removed from the message, not the output");
+        assert!(
+            !output_said("12,5", &["12,5"]),
+            "commas are removed from the message, not the output"
+        );
         assert!(!output_said("42", &[]));
     }
 }

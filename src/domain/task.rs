@@ -3,9 +3,9 @@
 //! tau-bench's files spell an action's arguments `kwargs`; ours spell them `arguments`. Both are
 //! read, and each task is written back with the spelling it was read with. Unknown fields are kept.
 
+use crate::domain::db::serde_message;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use crate::domain::db::serde_message;
 use std::path::{Path, PathBuf};
 
 /// The action name for a message to the user (not a tool).
@@ -22,18 +22,27 @@ pub struct Action {
 
 impl Action {
     pub fn new(name: impl Into<String>, arguments: Map<String, Value>) -> Action {
-        Action { name: name.into(), arguments, kwargs_style: false }
+        Action {
+            name: name.into(),
+            arguments,
+            kwargs_style: false,
+        }
     }
 
     /// Parse `{"name": ..., "arguments"|"kwargs": {...}}`. `Err` says what is wrong.
     pub fn from_json(value: &Value) -> Result<Action, String> {
         let obj = value.as_object().ok_or("an action must be a JSON object")?;
-        let name = obj.get("name").and_then(Value::as_str).ok_or("an action needs a string \"name\"")?;
+        let name = obj
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or("an action needs a string \"name\"")?;
         let (args, kwargs_style) = match (obj.get("arguments"), obj.get("kwargs")) {
             (Some(a), None) => (a, false),
             (None, Some(k)) => (k, true),
             (None, None) => return Ok(Action::new(name, Map::new())),
-            (Some(_), Some(_)) => return Err("an action has both \"arguments\" and \"kwargs\"".into()),
+            (Some(_), Some(_)) => {
+                return Err("an action has both \"arguments\" and \"kwargs\"".into());
+            }
         };
         let arguments = match args {
             Value::Object(m) => m.clone(),
@@ -44,13 +53,21 @@ impl Action {
             },
             _ => return Err("\"arguments\" must be a JSON object".into()),
         };
-        Ok(Action { name: name.to_owned(), arguments, kwargs_style })
+        Ok(Action {
+            name: name.to_owned(),
+            arguments,
+            kwargs_style,
+        })
     }
 
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("name".into(), Value::String(self.name.clone()));
-        let key = if self.kwargs_style { "kwargs" } else { "arguments" };
+        let key = if self.kwargs_style {
+            "kwargs"
+        } else {
+            "arguments"
+        };
         m.insert(key.into(), Value::Object(self.arguments.clone()));
         Value::Object(m)
     }
@@ -86,14 +103,25 @@ pub struct Task {
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     #[error("{path}: cannot read: {error}")]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: {message}")]
-    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
 }
 
 /// Read a JSON array of tasks (or JSON Lines, one task per line).
 pub fn read_tasks(path: &Path) -> Result<Vec<Task>, TaskError> {
-    let text = std::fs::read_to_string(path).map_err(|error| TaskError::Read { path: path.into(), error })?;
+    let text = std::fs::read_to_string(path).map_err(|error| TaskError::Read {
+        path: path.into(),
+        error,
+    })?;
     let parse_err = |e: serde_json::Error, line_offset: usize| TaskError::Parse {
         path: path.into(),
         line: e.line() + line_offset,

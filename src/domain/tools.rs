@@ -37,7 +37,10 @@ impl Builtin {
     ];
 
     pub fn from_name(name: &str) -> Option<Builtin> {
-        Builtin::ALL.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+        Builtin::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| *b)
     }
 
     /// Run the builtin on already-checked arguments.
@@ -46,7 +49,10 @@ impl Builtin {
             Builtin::Think => String::new(),
             Builtin::TransferToHumanAgents => "Transfer successful".into(),
             Builtin::Calculate => {
-                let expr = args.get("expression").and_then(Value::as_str).unwrap_or_default();
+                let expr = args
+                    .get("expression")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 crate::domain::calculate::calculate(expr)
             }
         }
@@ -119,7 +125,11 @@ fn check_value(schema: &Value, value: &Value, path: &str) -> Result<(), String> 
     if !types.is_empty() && !types.iter().any(|t| type_matches(t, value)) {
         return Err(format!(
             "argument '{path}' must be {}, got {}",
-            types.iter().map(|t| article(t)).collect::<Vec<_>>().join(" or "),
+            types
+                .iter()
+                .map(|t| article(t))
+                .collect::<Vec<_>>()
+                .join(" or "),
             crate::domain::db::json_kind(value)
         ));
     }
@@ -168,14 +178,25 @@ fn article(ty: &str) -> String {
 /// Check that a schema is a usable OpenAI function schema. `Err` says what is wrong.
 pub fn validate_schema(entry: &Value) -> Result<(), String> {
     let f = entry.get("function").ok_or("missing \"function\"")?;
-    let name = f.get("name").and_then(Value::as_str).ok_or("missing \"function.name\"")?;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err(format!("tool name {name:?} must be letters, digits, '_' or '-'"));
+    let name = f
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or("missing \"function.name\"")?;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "tool name {name:?} must be letters, digits, '_' or '-'"
+        ));
     }
     if entry.get("type").and_then(Value::as_str) != Some("function") {
         return Err("\"type\" must be \"function\"".into());
     }
-    let params = f.get("parameters").ok_or("missing \"function.parameters\"")?;
+    let params = f
+        .get("parameters")
+        .ok_or("missing \"function.parameters\"")?;
     if params.get("type").and_then(Value::as_str) != Some("object") {
         return Err("\"parameters.type\" must be \"object\"".into());
     }
@@ -190,9 +211,13 @@ pub fn validate_schema(entry: &Value) -> Result<(), String> {
         }
     }
     if let Some(req) = params.get("required") {
-        let Value::Array(req) = req else { return Err("\"parameters.required\" must be an array".into()) };
+        let Value::Array(req) = req else {
+            return Err("\"parameters.required\" must be an array".into());
+        };
         for r in req {
-            let r = r.as_str().ok_or("\"parameters.required\" must list strings")?;
+            let r = r
+                .as_str()
+                .ok_or("\"parameters.required\" must list strings")?;
             if !props.is_some_and(|p| p.contains_key(r)) {
                 return Err(format!("required parameter '{r}' is not in \"properties\""));
             }
@@ -202,11 +227,18 @@ pub fn validate_schema(entry: &Value) -> Result<(), String> {
 }
 
 fn validate_property(schema: &Value, path: &str) -> Result<(), String> {
-    let Value::Object(s) = schema else { return Err(format!("parameter '{path}' must be a schema object")) };
-    const TYPES: [&str; 7] = ["string", "integer", "number", "boolean", "array", "object", "null"];
+    let Value::Object(s) = schema else {
+        return Err(format!("parameter '{path}' must be a schema object"));
+    };
+    const TYPES: [&str; 7] = [
+        "string", "integer", "number", "boolean", "array", "object", "null",
+    ];
     match s.get("type") {
         Some(Value::String(t)) if TYPES.contains(&t.as_str()) => {}
-        Some(Value::Array(ts)) if ts.iter().all(|t| t.as_str().is_some_and(|t| TYPES.contains(&t))) => {}
+        Some(Value::Array(ts))
+            if ts
+                .iter()
+                .all(|t| t.as_str().is_some_and(|t| TYPES.contains(&t))) => {}
         None if s.contains_key("anyOf") || s.contains_key("enum") => {}
         Some(t) => return Err(format!("parameter '{path}' has unknown type {t}")),
         None => return Err(format!("parameter '{path}' has no \"type\"")),

@@ -22,7 +22,9 @@ pub fn pass_hat_k(tasks: &[(usize, usize)], k: usize) -> Result<f64, String> {
     let mut total = 0.0;
     for (i, &(n, c)) in tasks.iter().enumerate() {
         if n < k || c > n || k == 0 {
-            return Err(format!("task {i}: pass^{k} needs at least {k} trials and successes ≤ trials (has {n} trials, {c} successes)"));
+            return Err(format!(
+                "task {i}: pass^{k} needs at least {k} trials and successes ≤ trials (has {n} trials, {c} successes)"
+            ));
         }
         total += binomial(c, k) / binomial(n, k);
     }

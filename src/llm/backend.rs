@@ -41,7 +41,14 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     pub fn new(messages: Vec<Message>) -> Self {
-        ChatRequest { messages, tools: vec![], max_tokens: 512, sampling: SamplingParams::greedy(), stop: vec![], constraint: None }
+        ChatRequest {
+            messages,
+            tools: vec![],
+            max_tokens: 512,
+            sampling: SamplingParams::greedy(),
+            stop: vec![],
+            constraint: None,
+        }
     }
 }
 

@@ -11,14 +11,14 @@ use std::time::Instant;
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::{Matcher, ParserFactory};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use toktrie::{TokRxInfo, TokTrie, TokenizerEnv};
 
+use crate::llm::Tokenizer;
 use crate::llm::engine::LogitsProcessor;
 use crate::llm::error::{LlmError, Result};
 use crate::llm::tokenizer::TokenKind;
-use crate::llm::tools::{hermes, ToolFormat};
-use crate::llm::Tokenizer;
+use crate::llm::tools::{ToolFormat, hermes};
 
 struct Env {
     trie: TokTrie,
@@ -56,7 +56,14 @@ impl Constrainer {
                     // Control tokens are only reachable as special tokens.
                     Some(TokenKind::Control) | Some(TokenKind::Unused) => {
                         let mut w = vec![TokTrie::SPECIAL_TOKEN_MARKER];
-                        w.extend_from_slice(if bytes.is_empty() { format!("<unused_{id}>").into_bytes() } else { bytes.to_vec() }.as_slice());
+                        w.extend_from_slice(
+                            if bytes.is_empty() {
+                                format!("<unused_{id}>").into_bytes()
+                            } else {
+                                bytes.to_vec()
+                            }
+                            .as_slice(),
+                        );
                         w
                     }
                     _ => bytes.to_vec(),
@@ -76,12 +83,18 @@ impl Constrainer {
         if let Some(e) = matcher.get_error() {
             return Err(err(e));
         }
-        Ok(Grammar { matcher, mask_time_us: 0, steps: 0 })
+        Ok(Grammar {
+            matcher,
+            mask_time_us: 0,
+            steps: 0,
+        })
     }
 
     /// Output must be one JSON value valid under `schema`.
     pub fn json_schema(&self, schema: &Value) -> Result<Grammar> {
-        self.grammar(TopLevelGrammar::from_json_schema(with_json_layout(schema.clone())))
+        self.grammar(TopLevelGrammar::from_json_schema(with_json_layout(
+            schema.clone(),
+        )))
     }
 
     /// Output must be one call (Hermes, Llama 3) or a call array (xLAM) to one of `tools`.
@@ -89,7 +102,12 @@ impl Constrainer {
         let call = with_json_layout(call_schema(format, tools)?);
         match format {
             ToolFormat::Hermes => {
-                let lark = format!("start: {:?} %json {} {:?}\n", format!("{}\n", hermes::OPEN), call, format!("\n{}", hermes::CLOSE));
+                let lark = format!(
+                    "start: {:?} %json {} {:?}\n",
+                    format!("{}\n", hermes::OPEN),
+                    call,
+                    format!("\n{}", hermes::CLOSE)
+                );
                 self.grammar(TopLevelGrammar::from_lark(lark))
             }
             ToolFormat::Llama3Json => self.grammar(TopLevelGrammar::from_json_schema(call)),
@@ -106,19 +124,31 @@ impl Constrainer {
 /// wander into endless runs of newlines.
 fn with_json_layout(mut schema: Value) -> Value {
     if let Value::Object(o) = &mut schema {
-        o.entry("x-guidance").or_insert_with(|| json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
+        o.entry("x-guidance").or_insert_with(
+            || json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+        );
     }
     schema
 }
 
 /// The JSON schema of one call to any of `tools` in `format`'s key names.
 fn call_schema(format: ToolFormat, tools: &[Value]) -> Result<Value> {
-    let args_key = if format == ToolFormat::Llama3Json { "parameters" } else { "arguments" };
+    let args_key = if format == ToolFormat::Llama3Json {
+        "parameters"
+    } else {
+        "arguments"
+    };
     let mut options = Vec::new();
     for t in tools {
         let f = t.get("function").unwrap_or(t);
-        let name = f.get("name").and_then(Value::as_str).ok_or_else(|| LlmError::Constraint(format!("tool without a name: {t}")))?;
-        let params = f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}));
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| LlmError::Constraint(format!("tool without a name: {t}")))?;
+        let params = f
+            .get("parameters")
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object"}));
         options.push(json!({
             "type": "object",
             "properties": {"name": {"const": name}, args_key: params},
@@ -127,9 +157,15 @@ fn call_schema(format: ToolFormat, tools: &[Value]) -> Result<Value> {
         }));
     }
     if options.is_empty() {
-        return Err(LlmError::Constraint("a tool-call constraint needs at least one tool".into()));
+        return Err(LlmError::Constraint(
+            "a tool-call constraint needs at least one tool".into(),
+        ));
     }
-    Ok(if options.len() == 1 { options.remove(0) } else { json!({"anyOf": options}) })
+    Ok(if options.len() == 1 {
+        options.remove(0)
+    } else {
+        json!({"anyOf": options})
+    })
 }
 
 /// One reply's grammar state; a [`LogitsProcessor`] for [`Engine::generate`](crate::llm::Engine::generate).
@@ -142,7 +178,11 @@ pub struct Grammar {
 impl Grammar {
     /// Mean time spent computing a token mask, in microseconds.
     pub fn mean_mask_us(&self) -> f64 {
-        if self.steps == 0 { 0.0 } else { self.mask_time_us as f64 / self.steps as f64 }
+        if self.steps == 0 {
+            0.0
+        } else {
+            self.mask_time_us as f64 / self.steps as f64
+        }
     }
 
     /// Whether the output so far is a complete match.

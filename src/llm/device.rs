@@ -12,7 +12,9 @@ use crate::llm::error::{LlmError, Result};
 pub fn select_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "metal" => Device::new_metal(0).map_err(|e| LlmError::Unsupported(format!("metal device: {e} (build with --features metal)"))),
+        "metal" => Device::new_metal(0).map_err(|e| {
+            LlmError::Unsupported(format!("metal device: {e} (build with --features metal)"))
+        }),
         other => {
             let ordinal = match other.strip_prefix("cuda") {
                 Some("") => 0,
@@ -20,9 +22,15 @@ pub fn select_device(name: &str) -> Result<Device> {
                     .strip_prefix(':')
                     .and_then(|n| n.parse().ok())
                     .ok_or_else(|| LlmError::InvalidRequest(format!("bad device {other:?}")))?,
-                None => return Err(LlmError::InvalidRequest(format!("unknown device {other:?} (cpu, cuda[:N], metal)"))),
+                None => {
+                    return Err(LlmError::InvalidRequest(format!(
+                        "unknown device {other:?} (cpu, cuda[:N], metal)"
+                    )));
+                }
             };
-            Device::new_cuda(ordinal).map_err(|e| LlmError::Unsupported(format!("cuda device: {e} (build with --features cuda)")))
+            Device::new_cuda(ordinal).map_err(|e| {
+                LlmError::Unsupported(format!("cuda device: {e} (build with --features cuda)"))
+            })
         }
     }
 }
@@ -30,7 +38,9 @@ pub fn select_device(name: &str) -> Result<Device> {
 /// Default thread count: one on machines with two cores or fewer (two threads there collapse
 /// when anything else runs), else the number of available cores minus one.
 pub fn default_threads() -> usize {
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     if n <= 2 { 1 } else { n - 1 }
 }
 
@@ -48,7 +58,11 @@ pub fn configure_threads(threads: Option<usize>) -> usize {
 fn set_threads(threads: Option<usize>) -> usize {
     let n = match threads {
         Some(n) => n.max(1),
-        None => match std::env::var("CANDLE_NUM_THREADS").ok().and_then(|s| s.parse::<usize>().ok()).filter(|&n| n > 0) {
+        None => match std::env::var("CANDLE_NUM_THREADS")
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+        {
             Some(n) => return n,
             None => default_threads(),
         },
@@ -69,7 +83,12 @@ pub fn matmul_threads() -> usize {
     *THREADS.get_or_init(|| {
         ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"]
             .iter()
-            .find_map(|k| std::env::var(k).ok().and_then(|s| s.parse::<usize>().ok()).filter(|&n| n > 0))
+            .find_map(|k| {
+                std::env::var(k)
+                    .ok()
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .filter(|&n| n > 0)
+            })
             .unwrap_or_else(default_threads)
     })
 }

@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::llm::Tokenizer;
 use crate::llm::error::{LlmError, Result};
 use crate::llm::model::{self, KvCache, LoadOptions, Transformer};
 use crate::llm::profile::Profile;
 use crate::llm::sampler::{Sampler, SamplingParams};
-use crate::llm::Tokenizer;
 
 /// End-of-turn tokens of the chat formats we know, used when no profile says otherwise.
 const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>"];
@@ -32,7 +32,12 @@ pub struct GenerateRequest {
 
 impl Default for GenerateRequest {
     fn default() -> Self {
-        GenerateRequest { max_tokens: 256, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: false }
+        GenerateRequest {
+            max_tokens: 256,
+            sampling: SamplingParams::greedy(),
+            stop: vec![],
+            ignore_eos: false,
+        }
     }
 }
 
@@ -106,10 +111,17 @@ impl Engine {
         let (profile, path) = resolve(name_or_path)?;
         let loaded = model::load(&path, opts)?;
         let tok = &loaded.tokenizer;
-        let mut stop_strings: Vec<String> = profile.as_ref().map(|p| p.stop.clone()).unwrap_or_default();
+        let mut stop_strings: Vec<String> =
+            profile.as_ref().map(|p| p.stop.clone()).unwrap_or_default();
         let mut stop_tokens: Vec<u32> = tok.eos().into_iter().collect();
         // The checkpoint's own end-of-sequence text (tokenizer_config.json) is a stop token too.
-        stop_tokens.extend(loaded.eos_token.as_deref().and_then(|t| tok.token_id(t)).filter(|&id| tok.is_special(id)));
+        stop_tokens.extend(
+            loaded
+                .eos_token
+                .as_deref()
+                .and_then(|t| tok.token_id(t))
+                .filter(|&id| tok.is_special(id)),
+        );
         // Without a profile, the usual end-of-turn tokens stop generation.
         let defaults: &[&str] = if profile.is_none() { &END_OF_TURN } else { &[] };
         stop_strings.extend(defaults.iter().map(|s| s.to_string()));
@@ -125,9 +137,10 @@ impl Engine {
         stop_tokens.dedup();
         let mut chat_template = loaded.chat_template;
         if let Some(p) = &profile
-            && let Some(t) = crate::llm::chat::template_override(&p.chat_template)? {
-                chat_template = Some(t);
-            }
+            && let Some(t) = crate::llm::chat::template_override(&p.chat_template)?
+        {
+            chat_template = Some(t);
+        }
         Ok(Engine {
             model: Arc::new(loaded.model),
             tokenizer: Arc::new(loaded.tokenizer),
@@ -206,7 +219,9 @@ impl Engine {
     }
 
     fn to_vec(&self, logits: &candle_core::Tensor) -> Result<Vec<f32>> {
-        let mut v = logits.to_device(&candle_core::Device::Cpu)?.to_vec1::<f32>()?;
+        let mut v = logits
+            .to_device(&candle_core::Device::Cpu)?
+            .to_vec1::<f32>()?;
         v.truncate(self.tokenizer.vocab_size());
         Ok(v)
     }
@@ -227,7 +242,12 @@ impl Engine {
         let stops: Vec<&str> = if req.ignore_eos {
             vec![]
         } else {
-            self.stop_strings.iter().chain(&req.stop).map(String::as_str).filter(|s| !s.is_empty()).collect()
+            self.stop_strings
+                .iter()
+                .chain(&req.stop)
+                .map(String::as_str)
+                .filter(|s| !s.is_empty())
+                .collect()
         };
         let mut ids = Vec::new();
         let mut text_end: Option<usize> = None;
@@ -238,20 +258,25 @@ impl Engine {
             if let Some(p) = processor.as_deref_mut() {
                 p.process(&mut logits)?;
             }
-            let Some(tok) = sampler.sample(&logits) else { break Finish::NoAllowedToken };
+            let Some(tok) = sampler.sample(&logits) else {
+                break Finish::NoAllowedToken;
+            };
             ids.push(tok);
             if !req.ignore_eos && self.stop_tokens.contains(&tok) {
                 text_end = Some(ids.len() - 1);
                 break Finish::StopToken { id: tok };
             }
             if let Some(p) = processor.as_deref_mut()
-                && p.accept(tok)? {
-                    break Finish::ConstraintDone;
-                }
+                && p.accept(tok)?
+            {
+                break Finish::ConstraintDone;
+            }
             if !stops.is_empty() {
                 let text = self.tokenizer.decode(&ids, false);
                 if let Some(stop) = stops.iter().find(|s| text.contains(**s)) {
-                    break Finish::StopString { stop: stop.to_string() };
+                    break Finish::StopString {
+                        stop: stop.to_string(),
+                    };
                 }
             }
             if ids.len() >= req.max_tokens {
@@ -262,9 +287,10 @@ impl Engine {
         let shown = &ids[..text_end.unwrap_or(ids.len())];
         let mut text = self.tokenizer.decode(shown, false);
         if let Finish::StopString { stop } = &finish
-            && let Some(pos) = text.find(stop.as_str()) {
-                text.truncate(pos);
-            }
+            && let Some(pos) = text.find(stop.as_str())
+        {
+            text.truncate(pos);
+        }
         Ok(Generation {
             ids,
             text,

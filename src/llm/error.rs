@@ -32,11 +32,17 @@ pub enum LlmError {
 
 impl LlmError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        LlmError::Io { path: path.into(), source }
+        LlmError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn checkpoint(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        LlmError::BadCheckpoint { path: path.into(), detail: detail.into() }
+        LlmError::BadCheckpoint {
+            path: path.into(),
+            detail: detail.into(),
+        }
     }
 
     /// A stable tag per variant, for logs and run reports.

@@ -21,14 +21,25 @@ pub struct LocalBackend {
 impl LocalBackend {
     /// Wrap an engine; its chat template must compile.
     pub fn new(engine: Arc<Engine>) -> Result<Self> {
-        let source = engine.chat_template().ok_or_else(|| LlmError::Template("the model has no chat template".into()))?;
+        let source = engine
+            .chat_template()
+            .ok_or_else(|| LlmError::Template("the model has no chat template".into()))?;
         let template = ChatTemplate::new(source, engine.bos_token(), engine.eos_token())?;
         let format = match engine.profile() {
             Some(p) => ToolFormat::from_name(&p.tool_format)?,
             None => ToolFormat::Hermes,
         };
-        let name = engine.profile().map(|p| p.name.clone()).unwrap_or_else(|| engine.path().display().to_string());
-        Ok(LocalBackend { engine, template, format, name, constrainer: std::sync::OnceLock::new() })
+        let name = engine
+            .profile()
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| engine.path().display().to_string());
+        Ok(LocalBackend {
+            engine,
+            template,
+            format,
+            name,
+            constrainer: std::sync::OnceLock::new(),
+        })
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -48,14 +59,21 @@ impl LocalBackend {
         if let Some(c) = self.constrainer.get() {
             return Ok(c);
         }
-        let eos = self.engine.stop_tokens().first().copied().or(self.engine.tokenizer().eos()).ok_or_else(|| LlmError::Constraint("the model has no end-of-turn token".into()))?;
+        let eos = self
+            .engine
+            .stop_tokens()
+            .first()
+            .copied()
+            .or(self.engine.tokenizer().eos())
+            .ok_or_else(|| LlmError::Constraint("the model has no end-of-turn token".into()))?;
         let c = Constrainer::new(self.engine.tokenizer().clone(), eos)?;
         Ok(self.constrainer.get_or_init(|| c))
     }
 
     /// The prompt text for a request (what the model will see).
     pub fn prompt(&self, request: &ChatRequest) -> Result<String> {
-        self.template.render(&request.messages, &request.tools, true)
+        self.template
+            .render(&request.messages, &request.tools, true)
     }
 }
 
@@ -67,13 +85,25 @@ impl Backend for LocalBackend {
     fn reply(&self, conversation: &mut Conversation, request: &ChatRequest) -> Result<ChatReply> {
         let prompt = self.prompt(request)?;
         let ids = self.engine.tokenizer().encode(&prompt, true)?;
-        let settings = GenerateRequest { max_tokens: request.max_tokens, sampling: request.sampling, stop: request.stop.clone(), ignore_eos: false };
+        let settings = GenerateRequest {
+            max_tokens: request.max_tokens,
+            sampling: request.sampling,
+            stop: request.stop.clone(),
+            ignore_eos: false,
+        };
         let mut grammar = match &request.constraint {
             None => None,
             Some(Constraint::JsonSchema(schema)) => Some(self.constrainer()?.json_schema(schema)?),
-            Some(Constraint::ToolCall) => Some(self.constrainer()?.tool_call(self.format, &request.tools)?),
+            Some(Constraint::ToolCall) => {
+                Some(self.constrainer()?.tool_call(self.format, &request.tools)?)
+            }
         };
-        let g = self.engine.generate(&mut conversation.cache, &ids, &settings, grammar.as_mut().map(|g| g as _))?;
+        let g = self.engine.generate(
+            &mut conversation.cache,
+            &ids,
+            &settings,
+            grammar.as_mut().map(|g| g as _),
+        )?;
         conversation.turns += 1;
         Ok(ChatReply {
             output: self.format.parse(&g.text),

@@ -15,9 +15,18 @@ use crate::llm::error::{LlmError, Result};
 
 /// Profiles compiled into the binary: (file stem, TOML text).
 const BUILTIN: &[(&str, &str)] = &[
-    ("qwen2.5-coder-0.5b", include_str!("../../models/qwen2.5-coder-0.5b.toml")),
-    ("qwen2.5-coder-1.5b", include_str!("../../models/qwen2.5-coder-1.5b.toml")),
-    ("smollm2-135m", include_str!("../../models/smollm2-135m.toml")),
+    (
+        "qwen2.5-coder-0.5b",
+        include_str!("../../models/qwen2.5-coder-0.5b.toml"),
+    ),
+    (
+        "qwen2.5-coder-1.5b",
+        include_str!("../../models/qwen2.5-coder-1.5b.toml"),
+    ),
+    (
+        "smollm2-135m",
+        include_str!("../../models/smollm2-135m.toml"),
+    ),
     ("xlam-2-1b", include_str!("../../models/xlam-2-1b.toml")),
     ("xlam-2-3b", include_str!("../../models/xlam-2-3b.toml")),
     ("xlam-2-8b", include_str!("../../models/xlam-2-8b.toml")),
@@ -96,12 +105,18 @@ pub struct Profile {
 impl Profile {
     /// Parse a profile from TOML text.
     pub fn from_toml(name_hint: &str, text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| LlmError::Profile { name: name_hint.to_string(), detail: e.to_string() })
+        toml::from_str(text).map_err(|e| LlmError::Profile {
+            name: name_hint.to_string(),
+            detail: e.to_string(),
+        })
     }
 
     /// Every known profile, sorted by name: built-ins, then `APIGEN_MT_PROFILES` overrides.
     pub fn all() -> Result<Vec<Profile>> {
-        let mut out: Vec<Profile> = BUILTIN.iter().map(|(n, t)| Profile::from_toml(n, t)).collect::<Result<_>>()?;
+        let mut out: Vec<Profile> = BUILTIN
+            .iter()
+            .map(|(n, t)| Profile::from_toml(n, t))
+            .collect::<Result<_>>()?;
         if let Some(dir) = std::env::var_os("APIGEN_MT_PROFILES") {
             let dir = PathBuf::from(dir);
             let rd = std::fs::read_dir(&dir).map_err(|e| LlmError::io(&dir, e))?;
@@ -124,15 +139,23 @@ impl Profile {
     pub fn find(name: &str) -> Result<Profile> {
         let all = Profile::all()?;
         let known: Vec<String> = all.iter().map(|p| p.name.clone()).collect();
-        all.into_iter().find(|p| p.name == name).ok_or_else(|| LlmError::Profile {
-            name: name.to_string(),
-            detail: format!("no such profile (known: {})", known.join(", ")),
-        })
+        all.into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| LlmError::Profile {
+                name: name.to_string(),
+                detail: format!("no such profile (known: {})", known.join(", ")),
+            })
     }
 
     /// The default profile (`default = true`).
     pub fn default_profile() -> Result<Profile> {
-        Profile::all()?.into_iter().find(|p| p.default).ok_or_else(|| LlmError::Profile { name: "default".into(), detail: "no profile is marked default".into() })
+        Profile::all()?
+            .into_iter()
+            .find(|p| p.default)
+            .ok_or_else(|| LlmError::Profile {
+                name: "default".into(),
+                detail: "no profile is marked default".into(),
+            })
     }
 
     /// The directory this profile's files are fetched into.
@@ -148,7 +171,10 @@ impl Profile {
         }
         let spec = self.files.iter().find(|f| f.name == file);
         let hub = spec.and_then(|f| f.hub.as_ref()).or(self.hub.as_ref())?;
-        let hub_file = spec.and_then(|f| f.hub.as_ref()).and_then(|h| h.file.as_deref()).unwrap_or(file);
+        let hub_file = spec
+            .and_then(|f| f.hub.as_ref())
+            .and_then(|h| h.file.as_deref())
+            .unwrap_or(file);
         hf_cache_lookup(&hub.repo, hub_file)
     }
 
@@ -156,7 +182,11 @@ impl Profile {
     pub fn model_path(&self) -> Result<PathBuf> {
         let missing = |what: &str| LlmError::Profile {
             name: self.name.clone(),
-            detail: format!("{what} not found in {} (run scripts/fetch-model.sh {})", self.cache_dir().display(), self.name),
+            detail: format!(
+                "{what} not found in {} (run scripts/fetch-model.sh {})",
+                self.cache_dir().display(),
+                self.name
+            ),
         };
         match self.format {
             Format::Gguf => {
@@ -164,7 +194,9 @@ impl Profile {
                 self.locate(&f.name).ok_or_else(|| missing(&f.name))
             }
             Format::Safetensors => {
-                let cfg = self.locate("config.json").ok_or_else(|| missing("config.json"))?;
+                let cfg = self
+                    .locate("config.json")
+                    .ok_or_else(|| missing("config.json"))?;
                 Ok(cfg.parent().map(Path::to_path_buf).unwrap_or_default())
             }
         }
@@ -186,11 +218,26 @@ pub fn models_dir() -> PathBuf {
 
 /// Look a file up in the Hugging Face hub cache (`$HF_HOME/hub`, `~/.cache/huggingface/hub`).
 fn hf_cache_lookup(repo: &str, file: &str) -> Option<PathBuf> {
-    let hub = std::env::var_os("HF_HUB_CACHE").map(PathBuf::from).or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub"))).or_else(|| {
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("huggingface").join("hub"))
-    })?;
-    let snapshots = hub.join(format!("models--{}", repo.replace('/', "--"))).join("snapshots");
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir(snapshots).ok()?.filter_map(|e| e.ok()).map(|e| e.path().join(file)).filter(|p| p.is_file()).collect();
+    let hub = std::env::var_os("HF_HUB_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| {
+                PathBuf::from(h)
+                    .join(".cache")
+                    .join("huggingface")
+                    .join("hub")
+            })
+        })?;
+    let snapshots = hub
+        .join(format!("models--{}", repo.replace('/', "--")))
+        .join("snapshots");
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(snapshots)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join(file))
+        .filter(|p| p.is_file())
+        .collect();
     candidates.sort();
     candidates.pop()
 }
@@ -203,12 +250,24 @@ mod tests {
     fn builtin_profiles_parse_and_one_is_default() {
         let all = Profile::all().unwrap();
         assert!(all.len() >= 6);
-        let defaults: Vec<_> = all.iter().filter(|p| p.default).map(|p| p.name.as_str()).collect();
+        let defaults: Vec<_> = all
+            .iter()
+            .filter(|p| p.default)
+            .map(|p| p.name.as_str())
+            .collect();
         assert_eq!(defaults, ["qwen2.5-coder-0.5b"]);
         for p in &all {
             assert!(!p.files.is_empty(), "{}", p.name);
-            assert!(["llama", "qwen2", "qwen3"].contains(&p.architecture.as_str()), "{}", p.name);
-            assert!(["hermes", "xlam", "llama3-json"].contains(&p.tool_format.as_str()), "{}", p.name);
+            assert!(
+                ["llama", "qwen2", "qwen3"].contains(&p.architecture.as_str()),
+                "{}",
+                p.name
+            );
+            assert!(
+                ["hermes", "xlam", "llama3-json"].contains(&p.tool_format.as_str()),
+                "{}",
+                p.name
+            );
             for f in &p.files {
                 if let Some(h) = &f.sha256 {
                     assert_eq!(h.len(), 64, "{}", p.name);

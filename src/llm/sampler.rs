@@ -24,7 +24,12 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -55,7 +60,10 @@ pub fn argmax(logits: &[f32]) -> Option<u32> {
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
-        Sampler { params, state: params.seed ^ 0x9E37_79B9_7F4A_7C15 }
+        Sampler {
+            params,
+            state: params.seed ^ 0x9E37_79B9_7F4A_7C15,
+        }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -93,7 +101,10 @@ impl Sampler {
             cand.truncate(p.top_k);
         }
         let max = cand[0].1;
-        let mut probs: Vec<f64> = cand.iter().map(|&(_, l)| ((l - max) as f64).exp()).collect();
+        let mut probs: Vec<f64> = cand
+            .iter()
+            .map(|&(_, l)| ((l - max) as f64).exp())
+            .collect();
         let sum: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= sum);
         if p.top_p < 1.0 {
@@ -136,10 +147,17 @@ mod tests {
     #[test]
     fn seeded_sampling_is_reproducible_and_respects_top_k() {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
-        let params = SamplingParams { temperature: 1.0, top_k: 5, top_p: 1.0, seed: 42 };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 5,
+            top_p: 1.0,
+            seed: 42,
+        };
         let run = |params| {
             let mut s = Sampler::new(params);
-            (0..200).map(|_| s.sample(&logits).unwrap()).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| s.sample(&logits).unwrap())
+                .collect::<Vec<_>>()
         };
         let a = run(params);
         assert_eq!(a, run(params));
@@ -153,7 +171,12 @@ mod tests {
     fn top_p_keeps_the_dominant_token() {
         let mut logits = vec![0.0f32; 10];
         logits[3] = 10.0;
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, seed: 1 });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            seed: 1,
+        });
         assert!((0..100).all(|_| s.sample(&logits) == Some(3)));
     }
 
@@ -162,8 +185,20 @@ mod tests {
         let mut logits = vec![f32::NEG_INFINITY; 10];
         logits[2] = 0.0;
         logits[7] = 0.0;
-        let mut s = Sampler::new(SamplingParams { temperature: 2.0, top_k: 0, top_p: 1.0, seed: 9 });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 2.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 9,
+        });
         assert!((0..100).all(|_| matches!(s.sample(&logits), Some(2 | 7))));
-        assert_eq!(Sampler::new(SamplingParams { temperature: 1.0, ..Default::default() }).sample(&[f32::NEG_INFINITY]), None);
+        assert_eq!(
+            Sampler::new(SamplingParams {
+                temperature: 1.0,
+                ..Default::default()
+            })
+            .sample(&[f32::NEG_INFINITY]),
+            None
+        );
     }
 }

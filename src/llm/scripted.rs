@@ -19,7 +19,11 @@ pub struct ScriptedBackend {
 
 impl ScriptedBackend {
     pub fn new(format: ToolFormat, replies: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        ScriptedBackend { format, replies: Mutex::new(replies.into_iter().map(Into::into).collect()), seen: Mutex::new(vec![]) }
+        ScriptedBackend {
+            format,
+            replies: Mutex::new(replies.into_iter().map(Into::into).collect()),
+            seen: Mutex::new(vec![]),
+        }
     }
 
     /// Requests received so far.
@@ -47,14 +51,19 @@ impl Backend for ScriptedBackend {
             .lock()
             .map_err(|_| LlmError::InvalidRequest("scripted backend poisoned".into()))?
             .pop_front()
-            .ok_or_else(|| LlmError::InvalidRequest("scripted backend has no replies left".into()))?;
+            .ok_or_else(|| {
+                LlmError::InvalidRequest("scripted backend has no replies left".into())
+            })?;
         conversation.turns += 1;
         let completion_tokens = raw.split_whitespace().count();
         Ok(ChatReply {
             output: self.format.parse(&raw),
             raw,
             finish: Finish::StopToken { id: 0 },
-            usage: Usage { completion_tokens, ..Default::default() },
+            usage: Usage {
+                completion_tokens,
+                ..Default::default()
+            },
         })
     }
 }

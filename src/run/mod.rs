@@ -19,17 +19,34 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}:{line}: {message}")]
-    Record { path: PathBuf, line: usize, message: String },
-    #[error("{path}: this run was started with different settings ({key}: {was} then, {now} now); use a new run directory or the same settings")]
-    ConfigMismatch { path: PathBuf, key: String, was: String, now: String },
+    Record {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error(
+        "{path}: this run was started with different settings ({key}: {was} then, {now} now); use a new run directory or the same settings"
+    )]
+    ConfigMismatch {
+        path: PathBuf,
+        key: String,
+        was: String,
+        now: String,
+    },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |error| RunError::Io { path: path.to_path_buf(), error }
+    move |error| RunError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
 }
 
 /// An append-only JSON Lines file of records of type `T`.
@@ -42,7 +59,12 @@ impl JsonlLog {
     /// Open (creating if needed) and return the whole records already there. A trailing partial
     /// line — a write cut short — is removed from the file.
     pub fn open<T: DeserializeOwned>(path: &Path) -> Result<(JsonlLog, Vec<T>), RunError> {
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io(path))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io(path))?;
         let mut records = Vec::new();
         let mut good_len = 0u64;
         {
@@ -74,14 +96,26 @@ impl JsonlLog {
             file.set_len(good_len).map_err(io(path))?;
             file.seek(SeekFrom::End(0)).map_err(io(path))?;
         }
-        Ok((JsonlLog { path: path.to_path_buf(), file }, records))
+        Ok((
+            JsonlLog {
+                path: path.to_path_buf(),
+                file,
+            },
+            records,
+        ))
     }
 
     /// Append one record as one line and flush it to the operating system.
     pub fn append<T: Serialize>(&mut self, record: &T) -> Result<(), RunError> {
-        let mut line = serde_json::to_string(record).map_err(|e| RunError::Record { path: self.path.clone(), line: 0, message: e.to_string() })?;
+        let mut line = serde_json::to_string(record).map_err(|e| RunError::Record {
+            path: self.path.clone(),
+            line: 0,
+            message: e.to_string(),
+        })?;
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(io(&self.path))?;
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(io(&self.path))?;
         self.file.flush().map_err(io(&self.path))
     }
 
@@ -97,7 +131,10 @@ impl JsonlLog {
 
 /// Replace `path` with `contents` atomically (write a temporary file beside it, then rename).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), RunError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     std::fs::write(&tmp, contents).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
@@ -109,19 +146,38 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), RunError> {
 pub fn pin_config<C: Serialize>(dir: &Path, config: &C, volatile: &[&str]) -> Result<(), RunError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join("config.toml");
-    let now = toml::Value::try_from(config).map_err(|e| RunError::Config { path: path.clone(), message: e.to_string() })?;
+    let now = toml::Value::try_from(config).map_err(|e| RunError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     if path.exists() {
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let was: toml::Value = toml::from_str(&text).map_err(|e| RunError::Config { path: path.clone(), message: e.to_string() })?;
+        let was: toml::Value = toml::from_str(&text).map_err(|e| RunError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         if let Some((key, a, b)) = first_difference("", &was, &now, volatile) {
-            return Err(RunError::ConfigMismatch { path, key, was: a, now: b });
+            return Err(RunError::ConfigMismatch {
+                path,
+                key,
+                was: a,
+                now: b,
+            });
         }
     }
-    let text = toml::to_string_pretty(&now).map_err(|e| RunError::Config { path: path.clone(), message: e.to_string() })?;
+    let text = toml::to_string_pretty(&now).map_err(|e| RunError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     write_atomic(&path, text.as_bytes())
 }
 
-fn first_difference(prefix: &str, a: &toml::Value, b: &toml::Value, volatile: &[&str]) -> Option<(String, String, String)> {
+fn first_difference(
+    prefix: &str,
+    a: &toml::Value,
+    b: &toml::Value,
+    volatile: &[&str],
+) -> Option<(String, String, String)> {
     if volatile.contains(&prefix) {
         return None;
     }
@@ -131,7 +187,11 @@ fn first_difference(prefix: &str, a: &toml::Value, b: &toml::Value, volatile: &[
             keys.sort();
             keys.dedup();
             keys.into_iter().find_map(|k| {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 match (x.get(k), y.get(k)) {
                     (Some(p), Some(q)) => first_difference(&key, p, q, volatile),
                     (p, q) if volatile.contains(&key.as_str()) => {
@@ -165,7 +225,10 @@ mod tests {
         assert_eq!(records, vec![json!({"a": 1}), json!({"a": 2})]);
         log.append(&json!({"a": 4})).unwrap();
         drop(log);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\": 1}\n{\"a\": 2}\n{\"a\":4}\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\": 1}\n{\"a\": 2}\n{\"a\":4}\n"
+        );
         let (_, records) = JsonlLog::open::<Value>(&path).unwrap();
         assert_eq!(records.len(), 3);
     }
@@ -182,9 +245,28 @@ mod tests {
     #[test]
     fn settings_are_pinned_except_volatile_keys() {
         let dir = tempfile::tempdir().unwrap();
-        pin_config(dir.path(), &json!({"seed": 1, "version": "0.1", "model": {"name": "a"}}), &["version"]).unwrap();
-        pin_config(dir.path(), &json!({"seed": 1, "version": "0.2", "model": {"name": "a"}}), &["version"]).unwrap();
-        let err = pin_config(dir.path(), &json!({"seed": 1, "version": "0.2", "model": {"name": "b"}}), &["version"]).unwrap_err();
-        assert!(err.to_string().contains("(model.name: \"a\" then, \"b\" now)"), "{err}");
+        pin_config(
+            dir.path(),
+            &json!({"seed": 1, "version": "0.1", "model": {"name": "a"}}),
+            &["version"],
+        )
+        .unwrap();
+        pin_config(
+            dir.path(),
+            &json!({"seed": 1, "version": "0.2", "model": {"name": "a"}}),
+            &["version"],
+        )
+        .unwrap();
+        let err = pin_config(
+            dir.path(),
+            &json!({"seed": 1, "version": "0.2", "model": {"name": "b"}}),
+            &["version"],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("(model.name: \"a\" then, \"b\" now)"),
+            "{err}"
+        );
     }
 }

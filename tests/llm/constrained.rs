@@ -5,12 +5,18 @@ use std::sync::Arc;
 
 use apigen_mt::llm::local::LocalBackend;
 use apigen_mt::llm::model::LoadOptions;
-use apigen_mt::llm::{Backend, ChatRequest, Constraint, Conversation, Engine, Message, ModelOutput, SamplingParams};
-use serde_json::{json, Value};
+use apigen_mt::llm::{
+    Backend, ChatRequest, Constraint, Conversation, Engine, Message, ModelOutput, SamplingParams,
+};
+use serde_json::{Value, json};
 
 use super::support::{model_file, model_lock};
 
-const ACTIONS: [&str; 3] = ["get_order_details", "cancel_pending_order", "transfer_to_human_agents"];
+const ACTIONS: [&str; 3] = [
+    "get_order_details",
+    "cancel_pending_order",
+    "transfer_to_human_agents",
+];
 
 fn blueprint_schema() -> Value {
     json!({
@@ -43,22 +49,38 @@ fn validate_blueprint(v: &Value) -> Result<(), String> {
     if obj.keys().any(|k| k != "instruction" && k != "actions") {
         return Err(format!("extra keys in {v}"));
     }
-    let instruction = obj.get("instruction").and_then(Value::as_str).ok_or("instruction is not a string")?;
+    let instruction = obj
+        .get("instruction")
+        .and_then(Value::as_str)
+        .ok_or("instruction is not a string")?;
     if instruction.is_empty() || instruction.chars().count() > 120 {
         return Err("instruction length".into());
     }
-    let actions = obj.get("actions").and_then(Value::as_array).ok_or("actions is not an array")?;
+    let actions = obj
+        .get("actions")
+        .and_then(Value::as_array)
+        .ok_or("actions is not an array")?;
     if actions.is_empty() || actions.len() > 3 {
         return Err(format!("{} actions", actions.len()));
     }
     for a in actions {
-        let name = a.get("name").and_then(Value::as_str).ok_or("action without name")?;
+        let name = a
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or("action without name")?;
         if !ACTIONS.contains(&name) {
             return Err(format!("unknown action {name}"));
         }
-        let args = a.get("arguments").and_then(Value::as_object).ok_or("arguments not an object")?;
-        let id = args.get("order_id").and_then(Value::as_str).ok_or("no order_id")?;
-        let ok = id.len() == 9 && id.starts_with("#W") && id[2..].bytes().all(|b| b.is_ascii_digit());
+        let args = a
+            .get("arguments")
+            .and_then(Value::as_object)
+            .ok_or("arguments not an object")?;
+        let id = args
+            .get("order_id")
+            .and_then(Value::as_str)
+            .ok_or("no order_id")?;
+        let ok =
+            id.len() == 9 && id.starts_with("#W") && id[2..].bytes().all(|b| b.is_ascii_digit());
         if !ok || args.len() != 1 || a.as_object().map_or(0, |o| o.len()) != 2 {
             return Err(format!("bad action {a}"));
         }
@@ -77,7 +99,9 @@ fn blueprint_json_is_valid_on_every_seed() {
     let _serial = model_lock();
     let Some(backend) = smollm() else { return };
     let messages = vec![
-        Message::system("You write task blueprints for a retail customer service simulator. Reply with JSON."),
+        Message::system(
+            "You write task blueprints for a retail customer service simulator. Reply with JSON.",
+        ),
         Message::user("Write a blueprint: a customer wants to cancel order #W2378156."),
     ];
     let mut valid = 0;
@@ -85,12 +109,23 @@ fn blueprint_json_is_valid_on_every_seed() {
     for seed in 0..20 {
         let mut req = ChatRequest::new(messages.clone());
         req.max_tokens = 400;
-        req.sampling = SamplingParams { temperature: 0.8, top_p: 0.95, top_k: 0, seed };
+        req.sampling = SamplingParams {
+            temperature: 0.8,
+            top_p: 0.95,
+            top_k: 0,
+            seed,
+        };
         req.constraint = Some(Constraint::JsonSchema(blueprint_schema()));
         let reply = backend.reply(&mut Conversation::new(), &req).unwrap();
-        match serde_json::from_str::<Value>(&reply.raw).map_err(|e| e.to_string()).and_then(|v| validate_blueprint(&v)) {
+        match serde_json::from_str::<Value>(&reply.raw)
+            .map_err(|e| e.to_string())
+            .and_then(|v| validate_blueprint(&v))
+        {
             Ok(()) => valid += 1,
-            Err(e) => failures.push(format!("seed {seed}: {e}: {:?} ({:?})", reply.raw, reply.finish)),
+            Err(e) => failures.push(format!(
+                "seed {seed}: {e}: {:?} ({:?})",
+                reply.raw, reply.finish
+            )),
         }
     }
     assert_eq!(valid, 20, "{}", failures.join("\n"));
@@ -104,7 +139,9 @@ fn tool_call_constraint_yields_a_call_in_the_model_format() {
         json!({"name": "get_order_details", "description": "Look up an order", "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}),
         json!({"name": "cancel_pending_order", "description": "Cancel an order", "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}, "reason": {"enum": ["no longer needed", "ordered by mistake"]}}, "required": ["order_id", "reason"]}}),
     ];
-    let mut req = ChatRequest::new(vec![Message::user("Cancel my order #W2378156, I no longer need it.")]);
+    let mut req = ChatRequest::new(vec![Message::user(
+        "Cancel my order #W2378156, I no longer need it.",
+    )]);
     req.tools = tools;
     req.max_tokens = 120;
     req.constraint = Some(Constraint::ToolCall);
@@ -113,8 +150,17 @@ fn tool_call_constraint_yields_a_call_in_the_model_format() {
     match &reply.output {
         ModelOutput::ToolCalls { calls, .. } => {
             assert_eq!(calls.len(), 1);
-            assert!(["get_order_details", "cancel_pending_order"].contains(&calls[0].name.as_str()));
-            assert!(calls[0].arguments.get("order_id").is_some_and(Value::is_string), "{:?}", calls[0]);
+            assert!(
+                ["get_order_details", "cancel_pending_order"].contains(&calls[0].name.as_str())
+            );
+            assert!(
+                calls[0]
+                    .arguments
+                    .get("order_id")
+                    .is_some_and(Value::is_string),
+                "{:?}",
+                calls[0]
+            );
         }
         other => panic!("{other:?} from {:?}", reply.raw),
     }

@@ -15,14 +15,20 @@ pub fn skip(why: &str) {
 pub fn shared_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("APIGEN_MT_SHARED")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("shared"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("shared")
+        });
     dir.is_dir().then_some(dir)
 }
 
 /// llama.cpp's reference output for a model (`shared/inference/FILE`), parsed.
 pub fn reference(file: &str) -> Option<serde_json::Value> {
     let Some(dir) = shared_dir() else {
-        skip(&format!("no shared directory, so no llama.cpp reference {file}"));
+        skip(&format!(
+            "no shared directory, so no llama.cpp reference {file}"
+        ));
         return None;
     };
     let path = dir.join("inference").join(file);
@@ -46,8 +52,10 @@ pub fn model_file(profile: &str) -> Option<PathBuf> {
 }
 
 /// The two real models with llama.cpp references: (profile, reference file).
-pub const REFERENCED: &[(&str, &str)] =
-    &[("smollm2-135m", "smollm2-135m-q4_1.json"), ("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-q4_k_m.json")];
+pub const REFERENCED: &[(&str, &str)] = &[
+    ("smollm2-135m", "smollm2-135m-q4_1.json"),
+    ("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-q4_k_m.json"),
+];
 
 /// Serializes tests that run real models: on a small machine, two at once fight over the cores
 /// and both crawl.

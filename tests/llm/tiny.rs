@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use apigen_mt::llm::local::LocalBackend;
 use apigen_mt::llm::model::{self, KvCache, LoadOptions};
-use apigen_mt::llm::{Backend, ChatRequest, Constraint, Conversation, Engine, Finish, GenerateRequest, Message};
+use apigen_mt::llm::{
+    Backend, ChatRequest, Constraint, Conversation, Engine, Finish, GenerateRequest, Message,
+};
 use candle_core::{Device, Tensor};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const HIDDEN: usize = 64;
 const FFN: usize = 128;
@@ -21,7 +23,8 @@ const HEAD_DIM: usize = 16;
 
 /// GPT-2's byte-to-character map (printable bytes as themselves, the rest shifted past 255).
 fn byte_chars() -> Vec<char> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut next = 256;
     (0u32..256)
         .map(|b| {
@@ -48,7 +51,11 @@ fn tokenizer_json() -> (Value, usize) {
         let id = vocab.len();
         vocab.insert(format!("{a}{b}"), json!(id));
     }
-    let added: Vec<Value> = SPECIALS.iter().enumerate().map(|(i, s)| json!({"id": vocab.len() + i, "content": s, "special": true})).collect();
+    let added: Vec<Value> = SPECIALS
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"id": vocab.len() + i, "content": s, "special": true}))
+        .collect();
     let size = vocab.len() + SPECIALS.len();
     let merges: Vec<String> = MERGES.iter().map(|(a, b)| format!("{a} {b}")).collect();
     let tok = json!({
@@ -65,7 +72,9 @@ fn tokenizer_json() -> (Value, usize) {
 fn values(n: usize, seed: &mut u64, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|_| {
-            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect()
@@ -73,13 +82,20 @@ fn values(n: usize, seed: &mut u64, scale: f32) -> Vec<f32> {
 
 /// Write a checkpoint of `arch` into a fresh directory and return it.
 fn write_checkpoint(arch: &str, test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("apigen-mt-tiny-{arch}-{test}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "apigen-mt-tiny-{arch}-{test}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (tok, vocab) = tokenizer_json();
     std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
     let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-    std::fs::write(dir.join("tokenizer_config.json"), json!({"chat_template": template, "eos_token": "<|im_end|>"}).to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        json!({"chat_template": template, "eos_token": "<|im_end|>"}).to_string(),
+    )
+    .unwrap();
     let tied = arch != "llama";
     let mut config = json!({
         "model_type": arch, "vocab_size": vocab, "hidden_size": HIDDEN, "intermediate_size": FFN,
@@ -96,9 +112,17 @@ fn write_checkpoint(arch: &str, test: &str) -> PathBuf {
     let mut ts: HashMap<String, Tensor> = HashMap::new();
     let mut put = |name: String, shape: &[usize], scale: f32, seed: &mut u64| {
         let n = shape.iter().product();
-        ts.insert(name, Tensor::from_vec(values(n, seed, scale), shape, &dev).unwrap());
+        ts.insert(
+            name,
+            Tensor::from_vec(values(n, seed, scale), shape, &dev).unwrap(),
+        );
     };
-    put("model.embed_tokens.weight".into(), &[vocab, HIDDEN], 1.0, &mut seed);
+    put(
+        "model.embed_tokens.weight".into(),
+        &[vocab, HIDDEN],
+        1.0,
+        &mut seed,
+    );
     if !tied {
         put("lm_head.weight".into(), &[vocab, HIDDEN], 0.2, &mut seed);
     }
@@ -106,17 +130,67 @@ fn write_checkpoint(arch: &str, test: &str) -> PathBuf {
     let mut norms = vec![("model.norm.weight".to_string(), ones(HIDDEN))];
     for l in 0..LAYERS {
         let p = format!("model.layers.{l}");
-        put(format!("{p}.self_attn.q_proj.weight"), &[HEADS * HEAD_DIM, HIDDEN], 0.3, &mut seed);
-        put(format!("{p}.self_attn.k_proj.weight"), &[KV_HEADS * HEAD_DIM, HIDDEN], 0.3, &mut seed);
-        put(format!("{p}.self_attn.v_proj.weight"), &[KV_HEADS * HEAD_DIM, HIDDEN], 0.3, &mut seed);
-        put(format!("{p}.self_attn.o_proj.weight"), &[HIDDEN, HEADS * HEAD_DIM], 0.3, &mut seed);
-        put(format!("{p}.mlp.gate_proj.weight"), &[FFN, HIDDEN], 0.3, &mut seed);
-        put(format!("{p}.mlp.up_proj.weight"), &[FFN, HIDDEN], 0.3, &mut seed);
-        put(format!("{p}.mlp.down_proj.weight"), &[HIDDEN, FFN], 0.3, &mut seed);
+        put(
+            format!("{p}.self_attn.q_proj.weight"),
+            &[HEADS * HEAD_DIM, HIDDEN],
+            0.3,
+            &mut seed,
+        );
+        put(
+            format!("{p}.self_attn.k_proj.weight"),
+            &[KV_HEADS * HEAD_DIM, HIDDEN],
+            0.3,
+            &mut seed,
+        );
+        put(
+            format!("{p}.self_attn.v_proj.weight"),
+            &[KV_HEADS * HEAD_DIM, HIDDEN],
+            0.3,
+            &mut seed,
+        );
+        put(
+            format!("{p}.self_attn.o_proj.weight"),
+            &[HIDDEN, HEADS * HEAD_DIM],
+            0.3,
+            &mut seed,
+        );
+        put(
+            format!("{p}.mlp.gate_proj.weight"),
+            &[FFN, HIDDEN],
+            0.3,
+            &mut seed,
+        );
+        put(
+            format!("{p}.mlp.up_proj.weight"),
+            &[FFN, HIDDEN],
+            0.3,
+            &mut seed,
+        );
+        put(
+            format!("{p}.mlp.down_proj.weight"),
+            &[HIDDEN, FFN],
+            0.3,
+            &mut seed,
+        );
         if arch == "qwen2" {
-            put(format!("{p}.self_attn.q_proj.bias"), &[HEADS * HEAD_DIM], 0.1, &mut seed);
-            put(format!("{p}.self_attn.k_proj.bias"), &[KV_HEADS * HEAD_DIM], 0.1, &mut seed);
-            put(format!("{p}.self_attn.v_proj.bias"), &[KV_HEADS * HEAD_DIM], 0.1, &mut seed);
+            put(
+                format!("{p}.self_attn.q_proj.bias"),
+                &[HEADS * HEAD_DIM],
+                0.1,
+                &mut seed,
+            );
+            put(
+                format!("{p}.self_attn.k_proj.bias"),
+                &[KV_HEADS * HEAD_DIM],
+                0.1,
+                &mut seed,
+            );
+            put(
+                format!("{p}.self_attn.v_proj.bias"),
+                &[KV_HEADS * HEAD_DIM],
+                0.1,
+                &mut seed,
+            );
         }
         if arch == "qwen3" {
             norms.push((format!("{p}.self_attn.q_norm.weight"), ones(HEAD_DIM)));
@@ -133,7 +207,11 @@ fn write_checkpoint(arch: &str, test: &str) -> PathBuf {
 const ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
 fn exact() -> LoadOptions {
-    LoadOptions { quantize_dense: false, f16_attention: false, ..Default::default() }
+    LoadOptions {
+        quantize_dense: false,
+        f16_attention: false,
+        ..Default::default()
+    }
 }
 
 fn engine(dir: &Path, opts: &LoadOptions) -> Engine {
@@ -146,7 +224,10 @@ fn incremental_decoding_matches_a_full_forward() {
         let dir = write_checkpoint(arch, "forward");
         let loaded = model::load(&dir, &exact()).unwrap();
         assert_eq!(loaded.model.config().architecture.name(), arch);
-        let ids = loaded.tokenizer.encode("<|im_start|>user\nthe thin hen<|im_end|>", true).unwrap();
+        let ids = loaded
+            .tokenizer
+            .encode("<|im_start|>user\nthe thin hen<|im_end|>", true)
+            .unwrap();
         assert!(ids.len() > 8);
         let full = loaded.model.forward_all(&ids, &mut KvCache::new()).unwrap();
         let (t, vocab) = full.dims2().unwrap();
@@ -163,10 +244,23 @@ fn incremental_decoding_matches_a_full_forward() {
         for (i, row) in rows.iter().enumerate() {
             let pos = half - 1 + i;
             let want = full.get(pos).unwrap();
-            let diff = (row - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (row - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-3, "{arch}: position {pos} differs by {diff}");
         }
-        let any_bad = full.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().any(|v| !v.is_finite());
+        let any_bad = full
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .any(|v| !v.is_finite());
         assert!(!any_bad, "{arch}: non-finite logits");
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -180,9 +274,25 @@ fn quantized_load_stays_close_to_exact() {
     let ids = a.tokenizer.encode("the hen in the thin", false).unwrap();
     let la = a.model.forward(&ids, &mut KvCache::new()).unwrap();
     let lb = b.model.forward(&ids, &mut KvCache::new()).unwrap();
-    let scale = la.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let diff = (la - lb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(diff < 0.1 * scale, "Q8_0 logits off by {diff} (scale {scale})");
+    let scale = la
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let diff = (la - lb)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff < 0.1 * scale,
+        "Q8_0 logits off by {diff} (scale {scale})"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -190,8 +300,25 @@ fn quantized_load_stays_close_to_exact() {
 fn stop_strings_cut_text_and_turns_reuse_the_cache() {
     let dir = write_checkpoint("llama", "stop");
     let e = engine(&dir, &exact());
-    let prompt = e.tokenizer().encode("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n", true).unwrap();
-    let free = e.generate(&mut KvCache::new(), &prompt, &GenerateRequest { max_tokens: 24, ignore_eos: true, ..Default::default() }, None).unwrap();
+    let prompt = e
+        .tokenizer()
+        .encode(
+            "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+            true,
+        )
+        .unwrap();
+    let free = e
+        .generate(
+            &mut KvCache::new(),
+            &prompt,
+            &GenerateRequest {
+                max_tokens: 24,
+                ignore_eos: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
     assert_eq!(free.ids.len(), 24);
     assert_eq!(free.finish, Finish::Length);
     // Stop on a piece of what greedy decoding produced: the text ends right before it.
@@ -199,18 +326,56 @@ fn stop_strings_cut_text_and_turns_reuse_the_cache() {
     let cut = chars.len() / 2;
     let stop: String = chars[cut..cut + 2].iter().collect();
     let first = free.text.find(&stop).unwrap();
-    let req = GenerateRequest { max_tokens: 24, stop: vec![stop.clone()], ..Default::default() };
-    let stopped = e.generate(&mut KvCache::new(), &prompt, &req, None).unwrap();
+    let req = GenerateRequest {
+        max_tokens: 24,
+        stop: vec![stop.clone()],
+        ..Default::default()
+    };
+    let stopped = e
+        .generate(&mut KvCache::new(), &prompt, &req, None)
+        .unwrap();
     assert_eq!(stopped.finish, Finish::StopString { stop });
     assert_eq!(stopped.text, free.text[..first]);
     // The same cache serves a longer prompt by running only the new tokens.
     let mut cache = KvCache::new();
-    e.generate(&mut cache, &prompt, &GenerateRequest { max_tokens: 4, ignore_eos: true, ..Default::default() }, None).unwrap();
+    e.generate(
+        &mut cache,
+        &prompt,
+        &GenerateRequest {
+            max_tokens: 4,
+            ignore_eos: true,
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
     let mut longer = cache.tokens().to_vec();
     longer.extend(e.tokenizer().encode("<|im_end|>\n", true).unwrap());
-    let again = e.generate(&mut cache, &longer, &GenerateRequest { max_tokens: 4, ignore_eos: true, ..Default::default() }, None).unwrap();
+    let again = e
+        .generate(
+            &mut cache,
+            &longer,
+            &GenerateRequest {
+                max_tokens: 4,
+                ignore_eos: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
     assert_eq!(again.cached_tokens, longer.len() - 2);
-    let fresh = e.generate(&mut KvCache::new(), &longer, &GenerateRequest { max_tokens: 4, ignore_eos: true, ..Default::default() }, None).unwrap();
+    let fresh = e
+        .generate(
+            &mut KvCache::new(),
+            &longer,
+            &GenerateRequest {
+                max_tokens: 4,
+                ignore_eos: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
     assert_eq!(again.ids, fresh.ids);
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -223,10 +388,16 @@ fn constraints_force_valid_json_from_random_weights() {
     for seed in 0..3 {
         let mut req = ChatRequest::new(vec![Message::user("json please")]);
         req.constraint = Some(Constraint::JsonSchema(schema.clone()));
-        req.sampling = apigen_mt::llm::SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, seed };
+        req.sampling = apigen_mt::llm::SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed,
+        };
         req.max_tokens = 64;
         let reply = backend.reply(&mut Conversation::new(), &req).unwrap();
-        let v: Value = serde_json::from_str(&reply.raw).unwrap_or_else(|e| panic!("{e}: {:?} {:?}", reply.raw, reply.finish));
+        let v: Value = serde_json::from_str(&reply.raw)
+            .unwrap_or_else(|e| panic!("{e}: {:?} {:?}", reply.raw, reply.finish));
         assert!(["the", "hen"].contains(&v["kind"].as_str().unwrap()), "{v}");
         assert!(v["n"].as_i64().is_some_and(|n| (0..=9).contains(&n)), "{v}");
     }
@@ -254,7 +425,14 @@ fn one_engine_serves_conversations_from_many_threads() {
         req.max_tokens = 12;
         req
     };
-    let sequential: Vec<String> = (0..4).map(|i| backend.reply(&mut Conversation::new(), &request(i)).unwrap().raw).collect();
+    let sequential: Vec<String> = (0..4)
+        .map(|i| {
+            backend
+                .reply(&mut Conversation::new(), &request(i))
+                .unwrap()
+                .raw
+        })
+        .collect();
     let handles: Vec<_> = (0..4)
         .map(|i| {
             let b = backend.clone();

@@ -13,11 +13,16 @@ pub fn root() -> PathBuf {
 /// `../shared` beside the checkout (tau-bench data, llama.cpp references), if present.
 /// Tests that need it call this and return early, printing why, when it is absent.
 pub fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("APIGEN_MT_SHARED").map(PathBuf::from).unwrap_or_else(|| root().join("../shared"));
+    let dir = std::env::var_os("APIGEN_MT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"));
     if dir.join("taubench").is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: {} not found (set APIGEN_MT_SHARED to the shared data folder)", dir.display());
+        eprintln!(
+            "SKIPPED: {} not found (set APIGEN_MT_SHARED to the shared data folder)",
+            dir.display()
+        );
         None
     }
 }

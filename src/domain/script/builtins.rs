@@ -54,10 +54,17 @@ pub fn python_builtins(builder: &mut GlobalsBuilder) {
             let i = i64::unpack_value(number)?.ok_or_else(|| err("round(): integer too large"))?;
             let pow = 10i64.checked_pow((-n) as u32).unwrap_or(i64::MAX);
             let (q, r) = (i.div_euclid(pow), i.rem_euclid(pow));
-            let q = if 2 * r > pow || (2 * r == pow && q % 2 != 0) { q + 1 } else { q };
+            let q = if 2 * r > pow || (2 * r == pow && q % 2 != 0) {
+                q + 1
+            } else {
+                q
+            };
             return Ok(heap.alloc(q.saturating_mul(pow)));
         }
-        Err(err(format!("type {} doesn't define __round__ method", number.get_type())))
+        Err(err(format!(
+            "type {} doesn't define __round__ method",
+            number.get_type()
+        )))
     }
 
     /// Python's `sum(iterable, start=0)`: left-to-right `+`.
@@ -74,7 +81,10 @@ pub fn python_builtins(builder: &mut GlobalsBuilder) {
     }
 
     /// A deep copy of a JSON-like value (dicts, lists, tuples, strings, numbers, bools, None).
-    fn deepcopy<'v>(#[starlark(require = pos)] value: Value<'v>, heap: Heap<'v>) -> starlark::Result<Value<'v>> {
+    fn deepcopy<'v>(
+        #[starlark(require = pos)] value: Value<'v>,
+        heap: Heap<'v>,
+    ) -> starlark::Result<Value<'v>> {
         let json = convert::to_json(value).map_err(err)?;
         Ok(convert::to_starlark(heap, &json))
     }
@@ -108,12 +118,18 @@ pub fn json_namespace(builder: &mut GlobalsBuilder) {
         #[starlark(require = named, default = false)] sort_keys: bool,
     ) -> starlark::Result<String> {
         let json = convert::to_json(obj).map_err(err)?;
-        let style = pyjson::Style { sort_keys, ..pyjson::Style::PYTHON };
+        let style = pyjson::Style {
+            sort_keys,
+            ..pyjson::Style::PYTHON
+        };
         Ok(pyjson::to_string(&json, style))
     }
 
     /// Parse JSON text into dicts, lists, strings, numbers, bools and None.
-    fn loads<'v>(#[starlark(require = pos)] s: &str, heap: Heap<'v>) -> starlark::Result<Value<'v>> {
+    fn loads<'v>(
+        #[starlark(require = pos)] s: &str,
+        heap: Heap<'v>,
+    ) -> starlark::Result<Value<'v>> {
         let json: serde_json::Value = serde_json::from_str(s).map_err(err)?;
         Ok(convert::to_starlark(heap, &json))
     }

@@ -28,7 +28,8 @@ pub fn to_starlark<'v>(heap: Heap<'v>, json: &Json) -> Value<'v> {
         Json::String(s) => heap.alloc(s.as_str()),
         Json::Array(items) => heap.alloc(AllocList(items.iter().map(|x| to_starlark(heap, x)))),
         Json::Object(map) => heap.alloc(AllocDict(
-            map.iter().map(|(k, v)| (heap.alloc(k.as_str()), to_starlark(heap, v))),
+            map.iter()
+                .map(|(k, v)| (heap.alloc(k.as_str()), to_starlark(heap, v))),
         )),
     }
 }
@@ -55,7 +56,9 @@ fn to_json_depth(value: Value, depth: usize) -> Result<Json, String> {
         return Ok(Json::String(s.to_owned()));
     }
     if let Some(f) = value.downcast_ref::<StarlarkFloat>() {
-        return Ok(Number::from_f64(f.0).map(Json::Number).unwrap_or(Json::Null));
+        return Ok(Number::from_f64(f.0)
+            .map(Json::Number)
+            .unwrap_or(Json::Null));
     }
     if value.get_type() == "int" {
         return match i64::unpack_value(value) {
@@ -64,7 +67,11 @@ fn to_json_depth(value: Value, depth: usize) -> Result<Json, String> {
         };
     }
     if let Some(list) = ListRef::from_value(value) {
-        return list.iter().map(|x| to_json_depth(x, depth + 1)).collect::<Result<_, _>>().map(Json::Array);
+        return list
+            .iter()
+            .map(|x| to_json_depth(x, depth + 1))
+            .collect::<Result<_, _>>()
+            .map(Json::Array);
     }
     if let Some(tuple) = TupleRef::from_value(value) {
         return tuple
@@ -87,7 +94,10 @@ fn to_json_depth(value: Value, depth: usize) -> Result<Json, String> {
     if let Some(db) = value.downcast_ref::<DbValue>() {
         return db.to_json();
     }
-    Err(format!("a value of type `{}` cannot be converted to JSON", value.get_type()))
+    Err(format!(
+        "a value of type `{}` cannot be converted to JSON",
+        value.get_type()
+    ))
 }
 
 /// Python's `json` coerces str, int, float, bool and None keys to strings.
@@ -107,7 +117,10 @@ fn key_string(key: Value) -> Result<String, String> {
     if key.get_type() == "int" {
         return Ok(key.to_str());
     }
-    Err(format!("keys must be str, int, float, bool or None, not {}", key.get_type()))
+    Err(format!(
+        "keys must be str, int, float, bool or None, not {}",
+        key.get_type()
+    ))
 }
 
 /// Whether a Starlark value equals a JSON value, with the same int/float and key-order rules as
@@ -130,13 +143,17 @@ pub fn matches_json(value: Value, json: &Json) -> bool {
             }
         }
         Json::Array(items) => match ListRef::from_value(value) {
-            Some(list) => list.len() == items.len() && list.iter().zip(items).all(|(v, j)| matches_json(v, j)),
+            Some(list) => {
+                list.len() == items.len() && list.iter().zip(items).all(|(v, j)| matches_json(v, j))
+            }
             None => false,
         },
         Json::Object(map) => match DictRef::from_value(value) {
             Some(dict) => {
                 dict.len() == map.len()
-                    && dict.iter().zip(map).all(|((k, v), (jk, jv))| k.unpack_str() == Some(jk.as_str()) && matches_json(v, jv))
+                    && dict.iter().zip(map).all(|((k, v), (jk, jv))| {
+                        k.unpack_str() == Some(jk.as_str()) && matches_json(v, jv)
+                    })
             }
             None => false,
         },

@@ -74,17 +74,26 @@ impl fmt::Display for TableValue<'_> {
 
 impl<'v> TableValue<'v> {
     pub fn new(name: String, base: Arc<Table>) -> Self {
-        TableValue { name, base, overlay: RefCell::new(Overlay::default()) }
+        TableValue {
+            name,
+            base,
+            overlay: RefCell::new(Overlay::default()),
+        }
     }
 
     fn contains(&self, id: &str) -> bool {
         let o = self.overlay.borrow();
-        o.live.contains_key(id) || (self.base.contains_key(id) && !o.removed.iter().any(|r| r == id))
+        o.live.contains_key(id)
+            || (self.base.contains_key(id) && !o.removed.iter().any(|r| r == id))
     }
 
     fn len(&self) -> usize {
         let o = self.overlay.borrow();
-        self.base.len() - o.removed.len() + o.appended.iter().filter(|id| o.live.contains_key(*id)).count()
+        self.base.len() - o.removed.len()
+            + o.appended
+                .iter()
+                .filter(|id| o.live.contains_key(*id))
+                .count()
     }
 
     /// The record with this id, materialised on first access.
@@ -133,7 +142,12 @@ impl<'v> TableValue<'v> {
             .filter(|k| !o.removed.iter().any(|r| r == *k) && !o.appended.iter().any(|a| a == *k))
             .cloned()
             .collect();
-        ids.extend(o.appended.iter().filter(|a| o.live.contains_key(a.as_str())).cloned());
+        ids.extend(
+            o.appended
+                .iter()
+                .filter(|a| o.live.contains_key(a.as_str()))
+                .cloned(),
+        );
         ids
     }
 
@@ -144,7 +158,11 @@ impl<'v> TableValue<'v> {
             let o = self.overlay.borrow();
             let json = match o.live.get(id.as_str()) {
                 Some(v) => convert::to_json(*v)?,
-                None => self.base.get(&id).map(|r| r.value().clone()).unwrap_or(Json::Null),
+                None => self
+                    .base
+                    .get(&id)
+                    .map(|r| r.value().clone())
+                    .unwrap_or(Json::Null),
             };
             map.insert(id, json);
         }
@@ -154,7 +172,10 @@ impl<'v> TableValue<'v> {
     /// What the script changed, compared with the table it started from.
     pub fn changes(&self) -> Result<TableChanges, String> {
         let o = self.overlay.borrow();
-        let mut changes = TableChanges { removed: o.removed.clone(), upserts: Vec::new() };
+        let mut changes = TableChanges {
+            removed: o.removed.clone(),
+            upserts: Vec::new(),
+        };
         for (id, value) in o.live.iter() {
             let re_added = o.appended.iter().any(|a| a == id);
             if let Some(original) = self.base.get(id) {
@@ -162,11 +183,14 @@ impl<'v> TableValue<'v> {
                     continue;
                 }
             }
-            let json = convert::to_json(*value).map_err(|e| format!("{}[{id:?}]: {e}", self.name))?;
+            let json =
+                convert::to_json(*value).map_err(|e| format!("{}[{id:?}]: {e}", self.name))?;
             changes.upserts.push((id.clone(), json));
         }
         // Appended ids must be inserted in their assignment order, after in-place updates.
-        changes.upserts.sort_by_key(|(id, _)| o.appended.iter().position(|a| a == id));
+        changes
+            .upserts
+            .sort_by_key(|(id, _)| o.appended.iter().position(|a| a == id));
         Ok(changes)
     }
 
@@ -188,7 +212,11 @@ fn key_error(id: &str) -> starlark::Error {
 
 /// Python's `repr()` of a plain string (single quotes unless the string contains one).
 pub fn py_str_repr(s: &str) -> String {
-    if s.contains('\'') && !s.contains('"') { format!("\"{s}\"") } else { format!("'{}'", s.replace('\'', "\\'")) }
+    if s.contains('\'') && !s.contains('"') {
+        format!("\"{s}\"")
+    } else {
+        format!("'{}'", s.replace('\'', "\\'"))
+    }
 }
 
 #[starlark_value(type = "table")]
@@ -199,14 +227,16 @@ impl<'v> StarlarkValue<'v> for TableValue<'v> {
     }
 
     fn at(&self, index: Value<'v>, heap: Heap<'v>) -> starlark::Result<Value<'v>> {
-        let id = index.unpack_str().ok_or_else(|| key_error(&index.to_repr()))?;
+        let id = index
+            .unpack_str()
+            .ok_or_else(|| key_error(&index.to_repr()))?;
         self.get(id, heap).ok_or_else(|| key_error(id))
     }
 
     fn set_at(&self, index: Value<'v>, new_value: Value<'v>) -> starlark::Result<()> {
-        let id = index
-            .unpack_str()
-            .ok_or_else(|| starlark::Error::new_other(anyhow::anyhow!("table keys must be strings")))?;
+        let id = index.unpack_str().ok_or_else(|| {
+            starlark::Error::new_other(anyhow::anyhow!("table keys must be strings"))
+        })?;
         self.set(id, new_value);
         Ok(())
     }
@@ -270,7 +300,9 @@ fn table_methods(builder: &mut MethodsBuilder) {
         heap: Heap<'v>,
     ) -> starlark::Result<Value<'v>> {
         let this = table_this(this)?;
-        Ok(this.get(id, heap).unwrap_or(default.into_option().unwrap_or(Value::new_none())))
+        Ok(this
+            .get(id, heap)
+            .unwrap_or(default.into_option().unwrap_or(Value::new_none())))
     }
 
     /// Remove a record and return it (or `default`; a missing id without default is an error).
@@ -312,7 +344,9 @@ impl<'v> DbValue<'v> {
 
     /// Every table view, in order.
     pub fn tables(&self) -> impl Iterator<Item = &TableValue<'v>> {
-        self.tables.values().filter_map(|v| v.downcast_ref::<TableValue>())
+        self.tables
+            .values()
+            .filter_map(|v| v.downcast_ref::<TableValue>())
     }
 
     pub fn to_json(&self) -> Result<Json, String> {
@@ -334,11 +368,16 @@ impl<'v> AllocValue<'v> for DbValue<'v> {
 impl<'v> StarlarkValue<'v> for DbValue<'v> {
     fn at(&self, index: Value<'v>, _heap: Heap<'v>) -> starlark::Result<Value<'v>> {
         let name = index.unpack_str().unwrap_or_default();
-        self.tables.get(name).copied().ok_or_else(|| key_error(name))
+        self.tables
+            .get(name)
+            .copied()
+            .ok_or_else(|| key_error(name))
     }
 
     fn is_in(&self, other: Value<'v>) -> starlark::Result<bool> {
-        Ok(other.unpack_str().is_some_and(|n| self.tables.contains_key(n)))
+        Ok(other
+            .unpack_str()
+            .is_some_and(|n| self.tables.contains_key(n)))
     }
 
     fn iterate_collect(&self, heap: Heap<'v>) -> starlark::Result<Vec<Value<'v>>> {

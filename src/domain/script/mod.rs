@@ -42,7 +42,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_ticks: 20_000_000, max_heap_bytes: 1 << 30, max_call_depth: 200 }
+        Limits {
+            max_ticks: 20_000_000,
+            max_heap_bytes: 1 << 30,
+            max_call_depth: 200,
+        }
     }
 }
 
@@ -50,12 +54,19 @@ impl Default for Limits {
 #[derive(Debug, thiserror::Error)]
 pub enum ScriptError {
     #[error("{path}: cannot read: {error}")]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// Syntax and top-level evaluation errors; the message names file, line and column.
     #[error("{0}")]
     Compile(String),
     #[error("function `{name}` is defined in both {first} and {second}")]
-    Duplicate { name: String, first: PathBuf, second: PathBuf },
+    Duplicate {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
 }
 
 /// Why a call did not return normally. The environment turns these into `Error: ...`
@@ -83,7 +94,12 @@ pub struct Scripts {
 
 /// The dialect every domain script is parsed with.
 pub fn dialect() -> Dialect {
-    Dialect { enable_f_strings: true, enable_keyword_only_arguments: true, enable_load_reexport: false, ..Dialect::Standard }
+    Dialect {
+        enable_f_strings: true,
+        enable_keyword_only_arguments: true,
+        enable_load_reexport: false,
+        ..Dialect::Standard
+    }
 }
 
 /// Starlark's standard library plus the Python builtins tau-bench's tools rely on.
@@ -106,17 +122,29 @@ impl Scripts {
     /// Compile every `*.star` file in `dir` (sorted by name) except libraries, whose names start
     /// with `_` and which are only reached through `load("_x.star", ...)` (resolved inside `dir`).
     /// Public functions (names not starting with `_`) become callable.
-    pub fn load_dir(dir: &Path, extra: Option<fn(&mut GlobalsBuilder)>) -> Result<Scripts, ScriptError> {
+    pub fn load_dir(
+        dir: &Path,
+        extra: Option<fn(&mut GlobalsBuilder)>,
+    ) -> Result<Scripts, ScriptError> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|error| ScriptError::Read { path: dir.into(), error })?
+            .map_err(|error| ScriptError::Read {
+                path: dir.into(),
+                error,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "star"))
-            .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('_')))
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('_'))
+            })
             .collect();
         files.sort();
         let mut sources = Vec::new();
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(|error| ScriptError::Read { path: path.clone(), error })?;
+            let text = std::fs::read_to_string(&path).map_err(|error| ScriptError::Read {
+                path: path.clone(),
+                error,
+            })?;
             sources.push((path, text));
         }
         Scripts::from_sources(dir, sources, extra)
@@ -129,7 +157,12 @@ impl Scripts {
         extra: Option<fn(&mut GlobalsBuilder)>,
     ) -> Result<Scripts, ScriptError> {
         let globals = globals(extra);
-        let loader = DirLoader { dir: dir.to_path_buf(), globals: &globals, cache: RefCell::new(HashMap::new()), depth: RefCell::new(0) };
+        let loader = DirLoader {
+            dir: dir.to_path_buf(),
+            globals: &globals,
+            cache: RefCell::new(HashMap::new()),
+            depth: RefCell::new(0),
+        };
         let mut functions: IndexMap<String, (PathBuf, OwnedFrozenValue)> = IndexMap::new();
         for (path, text) in sources {
             let frozen = loader.compile(&path, text)?;
@@ -139,12 +172,18 @@ impl Scripts {
                     continue;
                 }
                 // Names bound by load() are private to the loading file.
-                let Ok(Some(value)) = frozen.get_option(name) else { continue };
+                let Ok(Some(value)) = frozen.get_option(name) else {
+                    continue;
+                };
                 if value.value().get_type() != "function" {
                     continue;
                 }
                 if let Some((first, _)) = functions.get(name) {
-                    return Err(ScriptError::Duplicate { name: name.into(), first: first.clone(), second: path.clone() });
+                    return Err(ScriptError::Duplicate {
+                        name: name.into(),
+                        first: first.clone(),
+                        second: path.clone(),
+                    });
                 }
                 functions.insert(name.to_owned(), (path.clone(), value));
             }
@@ -154,7 +193,9 @@ impl Scripts {
 
     /// Public function names with the file that defines each.
     pub fn functions(&self) -> impl Iterator<Item = (&str, &Path)> {
-        self.functions.iter().map(|(n, (p, _))| (n.as_str(), p.as_path()))
+        self.functions
+            .iter()
+            .map(|(n, (p, _))| (n.as_str(), p.as_path()))
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -169,24 +210,40 @@ impl Scripts {
     /// Call `name(data, **args)` against `db`. The script's changes are applied to `db` when
     /// it returns or raises (as Python mutates in place before an exception), and discarded when
     /// it is stopped by a limit. Returns the function's result as JSON.
-    pub fn call_with_db(&self, name: &str, db: &mut Db, args: &Map<String, Json>, limits: Limits) -> Result<Json, CallFault> {
-        let (_, func) = self.functions.get(name).ok_or_else(|| CallFault::Missing(name.into()))?;
+    pub fn call_with_db(
+        &self,
+        name: &str,
+        db: &mut Db,
+        args: &Map<String, Json>,
+        limits: Limits,
+    ) -> Result<Json, CallFault> {
+        let (_, func) = self
+            .functions
+            .get(name)
+            .ok_or_else(|| CallFault::Missing(name.into()))?;
         Module::with_temp_heap(|module| {
             let heap = module.heap();
             let data_value = db_view(heap, db);
             module.set("__data", data_value);
-            let named: Vec<(String, Value)> = args.iter().map(|(k, v)| (k.clone(), convert::to_starlark(heap, v))).collect();
-            let named_refs: Vec<(&str, Value)> = named.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            let named: Vec<(String, Value)> = args
+                .iter()
+                .map(|(k, v)| (k.clone(), convert::to_starlark(heap, v)))
+                .collect();
+            let named_refs: Vec<(&str, Value)> =
+                named.iter().map(|(k, v)| (k.as_str(), *v)).collect();
             let func = module.heap().access_owned_frozen_value(func);
             let mut eval = Evaluator::new(&module);
-            let outcome = configure(&mut eval, limits).and_then(|_| eval.eval_function(func, &[data_value], &named_refs));
+            let outcome = configure(&mut eval, limits)
+                .and_then(|_| eval.eval_function(func, &[data_value], &named_refs));
             drop(eval);
             let outcome = outcome.map_err(fault_from_error);
             if matches!(outcome, Err(CallFault::LimitExceeded(_))) {
                 return outcome.map(|_| Json::Null);
             }
             let data_value = module.get("__data").expect("data stays in the module");
-            let db_view = data_value.downcast_ref::<data::DbValue>().expect("data is a DbValue");
+            let db_view = data_value
+                .downcast_ref::<data::DbValue>()
+                .expect("data is a DbValue");
             for table in db_view.tables() {
                 let changes = table.changes().map_err(|e| CallFault::Raised(e, None))?;
                 if changes.removed.is_empty() && changes.upserts.is_empty() {
@@ -201,7 +258,8 @@ impl Scripts {
                 }
             }
             let result = outcome?;
-            convert::to_json(result).map_err(|e| CallFault::Raised(format!("{name} returned {e}"), None))
+            convert::to_json(result)
+                .map_err(|e| CallFault::Raised(format!("{name} returned {e}"), None))
         })
     }
 
@@ -210,8 +268,16 @@ impl Scripts {
     /// `data` being the database *before* that step and `final` the database after the last one
     /// (read-only views in spirit: changes made to them are discarded). The rule returns `None`
     /// or `""` when the trace complies, a message or a list of messages when it does not.
-    pub fn call_rule(&self, name: &str, trace: &RuleTrace, limits: Limits) -> Result<Vec<String>, CallFault> {
-        let (_, func) = self.functions.get(name).ok_or_else(|| CallFault::Missing(name.into()))?;
+    pub fn call_rule(
+        &self,
+        name: &str,
+        trace: &RuleTrace,
+        limits: Limits,
+    ) -> Result<Vec<String>, CallFault> {
+        let (_, func) = self
+            .functions
+            .get(name)
+            .ok_or_else(|| CallFault::Missing(name.into()))?;
         Module::with_temp_heap(|module| {
             let heap = module.heap();
             let steps: Vec<Value> = trace
@@ -220,7 +286,10 @@ impl Scripts {
                 .map(|s| {
                     heap.alloc(AllocDict([
                         ("name", heap.alloc(s.name.as_str())),
-                        ("arguments", convert::to_starlark(heap, &Json::Object(s.arguments.clone()))),
+                        (
+                            "arguments",
+                            convert::to_starlark(heap, &Json::Object(s.arguments.clone())),
+                        ),
                         ("observation", heap.alloc(s.observation.as_str())),
                         ("data", db_view(heap, &s.before)),
                     ]))
@@ -236,7 +305,9 @@ impl Scripts {
             let result = configure(&mut eval, limits)
                 .and_then(|_| eval.eval_function(func, &[trace_value], &[]))
                 .map_err(fault_from_error)?;
-            match convert::to_json(result).map_err(|e| CallFault::Raised(format!("{name} returned {e}"), None))? {
+            match convert::to_json(result)
+                .map_err(|e| CallFault::Raised(format!("{name} returned {e}"), None))?
+            {
                 Json::Null => Ok(vec![]),
                 Json::String(s) if s.is_empty() => Ok(vec![]),
                 Json::String(s) => Ok(vec![s]),
@@ -248,14 +319,20 @@ impl Scripts {
                         other => Some(other.to_string()),
                     })
                     .collect()),
-                other => Err(CallFault::Raised(format!("{name} must return None, a string or a list of strings, not {other}"), None)),
+                other => Err(CallFault::Raised(
+                    format!("{name} must return None, a string or a list of strings, not {other}"),
+                    None,
+                )),
             }
         })
     }
 
     /// Call `name(*args)` without a database, returning its result as JSON.
     pub fn call(&self, name: &str, args: &[Json], limits: Limits) -> Result<Json, CallFault> {
-        let (_, func) = self.functions.get(name).ok_or_else(|| CallFault::Missing(name.into()))?;
+        let (_, func) = self
+            .functions
+            .get(name)
+            .ok_or_else(|| CallFault::Missing(name.into()))?;
         Module::with_temp_heap(|module| {
             let heap = module.heap();
             let pos: Vec<Value> = args.iter().map(|a| convert::to_starlark(heap, a)).collect();
@@ -264,7 +341,8 @@ impl Scripts {
             let result = configure(&mut eval, limits)
                 .and_then(|_| eval.eval_function(func, &pos, &[]))
                 .map_err(fault_from_error)?;
-            convert::to_json(result).map_err(|e| CallFault::Raised(format!("{name} returned {e}"), None))
+            convert::to_json(result)
+                .map_err(|e| CallFault::Raised(format!("{name} returned {e}"), None))
         })
     }
 
@@ -278,7 +356,8 @@ impl Scripts {
 fn db_view<'v>(heap: starlark::values::Heap<'v>, db: &Db) -> Value<'v> {
     let mut tables = SmallMap::new();
     for t in db.table_names() {
-        let view = data::TableValue::new(t.to_owned(), Arc::clone(db.table(t).expect("listed table")));
+        let view =
+            data::TableValue::new(t.to_owned(), Arc::clone(db.table(t).expect("listed table")));
         tables.insert(t.to_owned(), heap.alloc(view));
     }
     heap.alloc(data::DbValue::new(tables))
@@ -303,9 +382,12 @@ pub struct RuleTrace {
 
 fn configure(eval: &mut Evaluator, limits: Limits) -> starlark::Result<()> {
     eval.disable_gc();
-    eval.set_max_tick_count(limits.max_ticks.max(1)).map_err(starlark::Error::new_other)?;
-    eval.set_max_heap_size(limits.max_heap_bytes.max(1)).map_err(starlark::Error::new_other)?;
-    eval.set_max_callstack_size(limits.max_call_depth.max(1)).map_err(starlark::Error::new_other)?;
+    eval.set_max_tick_count(limits.max_ticks.max(1))
+        .map_err(starlark::Error::new_other)?;
+    eval.set_max_heap_size(limits.max_heap_bytes.max(1))
+        .map_err(starlark::Error::new_other)?;
+    eval.set_max_callstack_size(limits.max_call_depth.max(1))
+        .map_err(starlark::Error::new_other)?;
     Ok(())
 }
 
@@ -314,7 +396,9 @@ fn fault_from_error(e: starlark::Error) -> CallFault {
     use starlark::ErrorKind;
     let message = match e.kind() {
         ErrorKind::Fail(inner) => inner.to_string().trim_start().to_owned(),
-        ErrorKind::StackOverflow(inner) => return CallFault::LimitExceeded(format!("script stopped: {inner}")),
+        ErrorKind::StackOverflow(inner) => {
+            return CallFault::LimitExceeded(format!("script stopped: {inner}"));
+        }
         ErrorKind::Value(inner)
         | ErrorKind::Function(inner)
         | ErrorKind::Scope(inner)
@@ -325,8 +409,14 @@ fn fault_from_error(e: starlark::Error) -> CallFault {
         | ErrorKind::Freeze(inner) => inner.to_string(),
         _ => e.without_diagnostic().to_string(),
     };
-    if message.contains("ticks has been exceeded") || message.contains("Starlark heap") || message.contains("heap size") {
-        let where_ = e.span().map(|s| format!(" at {}", s.resolve_span())).unwrap_or_default();
+    if message.contains("ticks has been exceeded")
+        || message.contains("Starlark heap")
+        || message.contains("heap size")
+    {
+        let where_ = e
+            .span()
+            .map(|s| format!(" at {}", s.resolve_span()))
+            .unwrap_or_default();
         return CallFault::LimitExceeded(format!("script stopped{where_}: {message}"));
     }
     CallFault::Raised(python_key_error(message), e.span().map(|s| s.to_string()))
@@ -334,7 +424,9 @@ fn fault_from_error(e: starlark::Error) -> CallFault {
 
 /// Starlark says ``Key `"x"` was not found``; Python's KeyError, as tau-bench prints it, is `'x'`.
 fn python_key_error(message: String) -> String {
-    let inner = message.strip_prefix("Key `").and_then(|m| m.strip_suffix("` was not found"));
+    let inner = message
+        .strip_prefix("Key `")
+        .and_then(|m| m.strip_suffix("` was not found"));
     match inner.and_then(|k| serde_json::from_str::<String>(k).ok()) {
         Some(key) => data::py_str_repr(&key),
         None => message,
@@ -352,15 +444,20 @@ struct DirLoader<'g> {
 impl DirLoader<'_> {
     fn compile(&self, path: &Path, text: String) -> Result<FrozenModule, ScriptError> {
         let name = path.display().to_string();
-        let ast = AstModule::parse(&name, text, &dialect()).map_err(|e| ScriptError::Compile(e.to_string()))?;
+        let ast = AstModule::parse(&name, text, &dialect())
+            .map_err(|e| ScriptError::Compile(e.to_string()))?;
         Module::with_temp_heap(|module| {
             {
                 let mut eval = Evaluator::new(&module);
                 eval.set_loader(self);
-                eval.set_max_tick_count(Limits::default().max_ticks).map_err(|e| ScriptError::Compile(e.to_string()))?;
-                eval.eval_module(ast, self.globals).map_err(|e| ScriptError::Compile(e.to_string()))?;
+                eval.set_max_tick_count(Limits::default().max_ticks)
+                    .map_err(|e| ScriptError::Compile(e.to_string()))?;
+                eval.eval_module(ast, self.globals)
+                    .map_err(|e| ScriptError::Compile(e.to_string()))?;
             }
-            module.freeze().map_err(|e| ScriptError::Compile(format!("{name}: {e:?}")))
+            module
+                .freeze()
+                .map_err(|e| ScriptError::Compile(format!("{name}: {e:?}")))
         })
     }
 }
@@ -378,7 +475,9 @@ impl FileLoader for DirLoader<'_> {
             return Ok(m.clone());
         }
         if *self.depth.borrow() > 16 {
-            return Err(starlark::Error::new_other(anyhow::anyhow!("load(\"{path}\"): loads nested too deeply")));
+            return Err(starlark::Error::new_other(anyhow::anyhow!(
+                "load(\"{path}\"): loads nested too deeply"
+            )));
         }
         let text = std::fs::read_to_string(&full)
             .map_err(|e| starlark::Error::new_other(anyhow::anyhow!("load(\"{path}\"): {e}")))?;
@@ -397,7 +496,12 @@ mod tests {
     use serde_json::json;
 
     fn scripts(src: &str) -> Scripts {
-        Scripts::from_sources(Path::new("."), vec![(PathBuf::from("t.star"), src.to_owned())], None).unwrap()
+        Scripts::from_sources(
+            Path::new("."),
+            vec![(PathBuf::from("t.star"), src.to_owned())],
+            None,
+        )
+        .unwrap()
     }
 
     fn db() -> Db {
@@ -414,7 +518,9 @@ mod tests {
             "def f(data):\n    t = data['t']\n    t.pop('a')\n    t['d'] = {'n': 4}\n    t['a'] = {'n': 9}\n    t['b']['n'] += 1\n    return json.dumps(list(t.keys()))\n",
         );
         let mut db = db();
-        let out = s.call_with_db("f", &mut db, &Map::new(), Limits::default()).unwrap();
+        let out = s
+            .call_with_db("f", &mut db, &Map::new(), Limits::default())
+            .unwrap();
         assert_eq!(out, json!("[\"b\", \"c\", \"d\", \"a\"]"));
         let keys: Vec<&String> = db.table("t").unwrap().keys().collect();
         assert_eq!(keys, ["b", "c", "d", "a"]);
@@ -424,12 +530,19 @@ mod tests {
 
     #[test]
     fn untouched_and_unchanged_records_stay_shared() {
-        let s = scripts("def f(data, k):\n    r = data['t'][k]\n    r['n'] = r['n']\n    return str(r['n'])\n");
+        let s = scripts(
+            "def f(data, k):\n    r = data['t'][k]\n    r['n'] = r['n']\n    return str(r['n'])\n",
+        );
         let mut db = db();
         let before = db.clone();
-        let out = s.call_with_db("f", &mut db, &args(json!({"k": "b"})), Limits::default()).unwrap();
+        let out = s
+            .call_with_db("f", &mut db, &args(json!({"k": "b"})), Limits::default())
+            .unwrap();
         assert_eq!(out, json!("2.5"));
-        assert!(Arc::ptr_eq(db.table("t").unwrap(), before.table("t").unwrap()), "no change, no copy");
+        assert!(
+            Arc::ptr_eq(db.table("t").unwrap(), before.table("t").unwrap()),
+            "no change, no copy"
+        );
     }
 
     #[test]
@@ -438,11 +551,25 @@ mod tests {
             "def raises(data):\n    data['t']['a']['n'] = 7\n    fail('boom')\n\ndef spins(data):\n    data['t']['a']['n'] = 8\n    for i in range(100000):\n        pass\n",
         );
         let mut db = db();
-        assert_eq!(s.call_with_db("raises", &mut db, &Map::new(), Limits::default()), Err(CallFault::Raised("boom".into(), Some("t.star:3:5-17".into()))));
+        assert_eq!(
+            s.call_with_db("raises", &mut db, &Map::new(), Limits::default()),
+            Err(CallFault::Raised(
+                "boom".into(),
+                Some("t.star:3:5-17".into())
+            ))
+        );
         assert_eq!(db.record("t", "a").unwrap(), &json!({"n": 7}));
-        let limits = Limits { max_ticks: 1000, ..Limits::default() };
-        let fault = s.call_with_db("spins", &mut db, &Map::new(), limits).unwrap_err();
-        assert!(matches!(fault, CallFault::LimitExceeded(ref m) if m.contains("1000 ticks")), "{fault:?}");
+        let limits = Limits {
+            max_ticks: 1000,
+            ..Limits::default()
+        };
+        let fault = s
+            .call_with_db("spins", &mut db, &Map::new(), limits)
+            .unwrap_err();
+        assert!(
+            matches!(fault, CallFault::LimitExceeded(ref m) if m.contains("1000 ticks")),
+            "{fault:?}"
+        );
         assert_eq!(db.record("t", "a").unwrap(), &json!({"n": 7}));
     }
 
@@ -455,14 +582,26 @@ mod tests {
             "    x += 0.2\n",
             "    return json.dumps([x, round(2.675, 2), round(2.5), sum([1, 2.5]), count([1, 2, 1], 1), str(0.00001), str(1e16), {'k': 'é'}])\n",
         ));
-        let out = s.call_with_db("f", &mut db(), &Map::new(), Limits::default()).unwrap();
-        assert_eq!(out, json!("[0.30000000000000004, 2.67, 2, 3.5, 2, \"1e-05\", \"1e+16\", {\"k\": \"\\u00e9\"}]"));
+        let out = s
+            .call_with_db("f", &mut db(), &Map::new(), Limits::default())
+            .unwrap();
+        assert_eq!(
+            out,
+            json!(
+                "[0.30000000000000004, 2.67, 2, 3.5, 2, \"1e-05\", \"1e+16\", {\"k\": \"\\u00e9\"}]"
+            )
+        );
     }
 
     #[test]
     fn missing_key_reads_like_a_python_key_error() {
         let s = scripts("def f(data):\n    return data['t']['zzz']\n");
-        let fault = s.call_with_db("f", &mut db(), &Map::new(), Limits::default()).unwrap_err();
-        assert!(matches!(fault, CallFault::Raised(ref m, Some(ref at)) if m == "'zzz'" && at.starts_with("t.star:2:")), "{fault:?}");
+        let fault = s
+            .call_with_db("f", &mut db(), &Map::new(), Limits::default())
+            .unwrap_err();
+        assert!(
+            matches!(fault, CallFault::Raised(ref m, Some(ref at)) if m == "'zzz'" && at.starts_with("t.star:2:")),
+            "{fault:?}"
+        );
     }
 }

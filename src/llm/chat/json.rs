@@ -12,7 +12,13 @@ pub fn python_json(v: &Value) -> String {
 
 /// Python-style JSON with `indent` spaces per level.
 pub fn python_json_indent(v: &Value, indent: usize) -> String {
-    pyjson::to_string(v, Style { indent: Some(indent), ..Style::TOJSON })
+    pyjson::to_string(
+        v,
+        Style {
+            indent: Some(indent),
+            ..Style::TOJSON
+        },
+    )
 }
 
 #[cfg(test)]
@@ -22,7 +28,13 @@ mod tests {
     #[test]
     fn matches_python_dumps() {
         let v = serde_json::json!({"a": [1, 2.5, "é"], "b": {}, "c": null, "d": {"x": true}, "e": 1e16});
-        assert_eq!(python_json(&v), r#"{"a": [1, 2.5, "é"], "b": {}, "c": null, "d": {"x": true}, "e": 1e+16}"#);
-        assert_eq!(python_json_indent(&serde_json::json!({"a": [1]}), 2), "{\n  \"a\": [\n    1\n  ]\n}");
+        assert_eq!(
+            python_json(&v),
+            r#"{"a": [1, 2.5, "é"], "b": {}, "c": null, "d": {"x": true}, "e": 1e+16}"#
+        );
+        assert_eq!(
+            python_json_indent(&serde_json::json!({"a": [1]}), 2),
+            "{\n  \"a\": [\n    1\n  ]\n}"
+        );
     }
 }

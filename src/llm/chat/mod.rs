@@ -18,7 +18,10 @@ use crate::llm::error::{LlmError, Result};
 pub use json::python_json;
 
 /// Override templates shipped in `models/templates/`: (file name, text).
-const TEMPLATES: &[(&str, &str)] = &[("chatml.jinja", include_str!("../../../models/templates/chatml.jinja"))];
+const TEMPLATES: &[(&str, &str)] = &[(
+    "chatml.jinja",
+    include_str!("../../../models/templates/chatml.jinja"),
+)];
 
 /// A call the assistant asked for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,7 +47,12 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Message { role: role.to_string(), content: content.into(), tool_calls: vec![], name: None }
+        Message {
+            role: role.to_string(),
+            content: content.into(),
+            tool_calls: vec![],
+            name: None,
+        }
     }
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
@@ -56,10 +64,16 @@ impl Message {
         Self::new("assistant", content)
     }
     pub fn assistant_calls(calls: Vec<ToolCall>) -> Self {
-        Message { tool_calls: calls, ..Self::new("assistant", "") }
+        Message {
+            tool_calls: calls,
+            ..Self::new("assistant", "")
+        }
     }
     pub fn tool(name: &str, content: impl Into<String>) -> Self {
-        Message { name: Some(name.to_string()), ..Self::new("tool", content) }
+        Message {
+            name: Some(name.to_string()),
+            ..Self::new("tool", content)
+        }
     }
 
     /// The shape templates expect (OpenAI style: `tool_calls[].function.{name, arguments}`).
@@ -99,12 +113,16 @@ fn raise_exception(msg: String) -> std::result::Result<JinjaValue, JinjaError> {
     Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
 }
 
-fn tojson(v: JinjaValue, kwargs: minijinja::value::Kwargs) -> std::result::Result<String, JinjaError> {
+fn tojson(
+    v: JinjaValue,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<String, JinjaError> {
     let indent: Option<usize> = kwargs.get("indent")?;
     let _: Option<bool> = kwargs.get("ensure_ascii")?;
     let _: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&v).map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let json = serde_json::to_value(&v)
+        .map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
     Ok(match indent {
         Some(n) => json::python_json_indent(&json, n),
         None => python_json(&json),
@@ -119,16 +137,33 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", |fmt: String| -> String {
             // A fixed date keeps prompts reproducible (templates use it in system headers).
-            fmt.replace("%d", "26").replace("%b", "Jul").replace("%B", "July").replace("%Y", "2024").replace("%m", "07")
+            fmt.replace("%d", "26")
+                .replace("%b", "Jul")
+                .replace("%B", "July")
+                .replace("%Y", "2024")
+                .replace("%m", "07")
         });
         env.add_filter("tojson", tojson);
-        env.add_template_owned("chat", source.to_string()).map_err(|e| LlmError::Template(format!("compiling: {e}")))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.unwrap_or_default().to_string(), eos_token: eos_token.unwrap_or_default().to_string() })
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| LlmError::Template(format!("compiling: {e}")))?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.unwrap_or_default().to_string(),
+            eos_token: eos_token.unwrap_or_default().to_string(),
+        })
     }
 
     /// Render `messages` (and `tools`, OpenAI function schemas) into a prompt string.
-    pub fn render(&self, messages: &[Message], tools: &[Value], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| LlmError::Template(e.to_string()))?;
+    pub fn render(
+        &self,
+        messages: &[Message],
+        tools: &[Value],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| LlmError::Template(e.to_string()))?;
         let messages: Vec<Value> = messages.iter().map(Message::to_template_value).collect();
         let tools: Vec<Value> = tools.iter().map(normalize_tool).collect();
         let ctx = minijinja::context! {
@@ -170,7 +205,9 @@ pub fn template_override(spec: &str) -> Result<Option<String>> {
     if let Some(dir) = std::env::var_os("APIGEN_MT_PROFILES") {
         let path = std::path::PathBuf::from(dir).join("templates").join(spec);
         if path.is_file() {
-            return std::fs::read_to_string(&path).map(Some).map_err(|e| LlmError::io(path, e));
+            return std::fs::read_to_string(&path)
+                .map(Some)
+                .map_err(|e| LlmError::io(path, e));
         }
     }
     if let Some((_, t)) = TEMPLATES.iter().find(|(n, _)| *n == spec) {
@@ -185,19 +222,35 @@ mod tests {
 
     #[test]
     fn chatml_override_renders_tools_and_calls() {
-        let t = ChatTemplate::new(&template_override("chatml.jinja").unwrap().unwrap(), None, None).unwrap();
-        let tools = vec![serde_json::json!({"name": "get_order", "description": "Look up", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}})];
+        let t = ChatTemplate::new(
+            &template_override("chatml.jinja").unwrap().unwrap(),
+            None,
+            None,
+        )
+        .unwrap();
+        let tools = vec![
+            serde_json::json!({"name": "get_order", "description": "Look up", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}),
+        ];
         let msgs = vec![
             Message::system("Be brief."),
             Message::user("Where is #1?"),
-            Message::assistant_calls(vec![ToolCall { name: "get_order".into(), arguments: serde_json::json!({"id": "#1"}) }]),
+            Message::assistant_calls(vec![ToolCall {
+                name: "get_order".into(),
+                arguments: serde_json::json!({"id": "#1"}),
+            }]),
             Message::tool("get_order", "{\"status\": \"shipped\"}"),
         ];
         let out = t.render(&msgs, &tools, true).unwrap();
         assert!(out.starts_with("<|im_start|>system\nBe brief."), "{out}");
-        assert!(out.contains("{\"type\": \"function\", \"function\": {\"name\": \"get_order\""), "{out}");
+        assert!(
+            out.contains("{\"type\": \"function\", \"function\": {\"name\": \"get_order\""),
+            "{out}"
+        );
         assert!(out.contains("<tool_call>\n{\"name\": \"get_order\", \"arguments\": {\"id\": \"#1\"}}\n</tool_call>"), "{out}");
-        assert!(out.contains("<tool_response>\n{\"status\": \"shipped\"}\n</tool_response>"), "{out}");
+        assert!(
+            out.contains("<tool_response>\n{\"status\": \"shipped\"}\n</tool_response>"),
+            "{out}"
+        );
         assert!(out.ends_with("<|im_start|>assistant\n"), "{out}");
     }
 
@@ -210,7 +263,15 @@ mod tests {
 
     #[test]
     fn python_string_methods_work() {
-        let t = ChatTemplate::new("{{ messages[0].content.strip().upper() }}|{{ messages[0].role.startswith('us') }}", None, None).unwrap();
-        assert_eq!(t.render(&[Message::user("  hi ")], &[], false).unwrap(), "HI|True");
+        let t = ChatTemplate::new(
+            "{{ messages[0].content.strip().upper() }}|{{ messages[0].role.startswith('us') }}",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[Message::user("  hi ")], &[], false).unwrap(),
+            "HI|True"
+        );
     }
 }

@@ -4,12 +4,13 @@ use clap::Args;
 use serde_json::json;
 
 use super::LoadArgs;
+use crate::llm::KvCache;
 use crate::llm::constrain::Constrainer;
 use crate::llm::engine::{Engine, GenerateRequest};
-use crate::llm::KvCache;
 
 /// The prompt llama.cpp's benchmark script uses, so figures compare like for like.
-pub const BENCH_PROMPT: &str = "Write a short story about a robot who learns to cook. Once upon a time,";
+pub const BENCH_PROMPT: &str =
+    "Write a short story about a robot who learns to cook. Once upon a time,";
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -39,22 +40,47 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let prompt = tok.encode(BENCH_PROMPT, false)?;
     let mut long = Vec::new();
     while long.len() < args.prefill_tokens {
-        long.extend(tok.encode(" Then the robot tried again, and again, with more care each time.", false)?);
+        long.extend(tok.encode(
+            " Then the robot tried again, and again, with more care each time.",
+            false,
+        )?);
     }
     long.truncate(args.prefill_tokens.max(1));
     let runs = args.runs.max(1);
     // Warm-up (first-op thread pool start, page faults).
-    engine.generate(&mut KvCache::new(), &prompt, &GenerateRequest { max_tokens: 4, ignore_eos: true, ..Default::default() }, None)?;
+    engine.generate(
+        &mut KvCache::new(),
+        &prompt,
+        &GenerateRequest {
+            max_tokens: 4,
+            ignore_eos: true,
+            ..Default::default()
+        },
+        None,
+    )?;
     let mut prefill = vec![];
     for _ in 0..runs {
-        let g = engine.generate(&mut KvCache::new(), &long, &GenerateRequest { max_tokens: 1, ignore_eos: true, ..Default::default() }, None)?;
+        let g = engine.generate(
+            &mut KvCache::new(),
+            &long,
+            &GenerateRequest {
+                max_tokens: 1,
+                ignore_eos: true,
+                ..Default::default()
+            },
+            None,
+        )?;
         prefill.push(long.len() as f64 / (g.prefill_ms / 1e3));
     }
     let mut decode = vec![];
     let mut first_ms = vec![];
     let mut text = String::new();
     for _ in 0..runs {
-        let req = GenerateRequest { max_tokens: args.gen_tokens, ignore_eos: true, ..Default::default() };
+        let req = GenerateRequest {
+            max_tokens: args.gen_tokens,
+            ignore_eos: true,
+            ..Default::default()
+        };
         let g = engine.generate(&mut KvCache::new(), &prompt, &req, None)?;
         decode.push((g.ids.len().saturating_sub(1)) as f64 / (g.decode_ms / 1e3));
         first_ms.push(g.prefill_ms);
@@ -96,7 +122,12 @@ fn blueprint_schema() -> serde_json::Value {
 
 /// Decode under a JSON-schema constraint and report the mask's share of a step.
 fn constrained_decode(engine: &Engine, prompt: &[u32]) -> anyhow::Result<serde_json::Value> {
-    let Some(eos) = engine.stop_tokens().first().copied().or(engine.tokenizer().eos()) else {
+    let Some(eos) = engine
+        .stop_tokens()
+        .first()
+        .copied()
+        .or(engine.tokenizer().eos())
+    else {
         return Ok(json!(null));
     };
     let started = std::time::Instant::now();
@@ -105,7 +136,10 @@ fn constrained_decode(engine: &Engine, prompt: &[u32]) -> anyhow::Result<serde_j
     let started = std::time::Instant::now();
     let mut grammar = constrainer.json_schema(&blueprint_schema())?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-    let req = GenerateRequest { max_tokens: 96, ..Default::default() };
+    let req = GenerateRequest {
+        max_tokens: 96,
+        ..Default::default()
+    };
     let g = engine.generate(&mut KvCache::new(), prompt, &req, Some(&mut grammar))?;
     let steps = g.ids.len().max(1) as f64;
     let step_ms = g.decode_ms / steps;

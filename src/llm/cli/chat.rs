@@ -39,7 +39,9 @@ pub type Executor<'a> = dyn FnMut(&ToolCall) -> String + 'a;
 
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let tools = match &args.tools {
-        Some(p) => serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?)?,
+        Some(p) => serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
+        )?,
         None => vec![],
     };
     run_with(args, tools, None)
@@ -47,14 +49,26 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
 
 /// The chat loop with tools and, optionally, an executor for their calls (without one, the
 /// user types each result).
-pub fn run_with(args: ChatArgs, tools: Vec<Value>, mut executor: Option<&mut Executor<'_>>) -> anyhow::Result<()> {
+pub fn run_with(
+    args: ChatArgs,
+    tools: Vec<Value>,
+    mut executor: Option<&mut Executor<'_>>,
+) -> anyhow::Result<()> {
     let engine = args.load.load(&args.model)?;
     let backend = LocalBackend::new(Arc::new(engine))?;
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     let mut conversation = Conversation::new();
-    let mut messages: Vec<Message> = args.system.iter().map(|s| Message::system(s.clone())).collect();
-    eprintln!("chat with {} ({} tools). /reset starts over, /quit or end of input leaves.", backend.name(), tools.len());
+    let mut messages: Vec<Message> = args
+        .system
+        .iter()
+        .map(|s| Message::system(s.clone()))
+        .collect();
+    eprintln!(
+        "chat with {} ({} tools). /reset starts over, /quit or end of input leaves.",
+        backend.name(),
+        tools.len()
+    );
     loop {
         eprint!("you> ");
         std::io::stderr().flush()?;

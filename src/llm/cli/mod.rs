@@ -13,9 +13,9 @@ use crate::llm::device;
 use crate::llm::engine::Engine;
 use crate::llm::model::LoadOptions;
 
-pub use bench::{run as run_bench, BenchArgs};
-pub use chat::{run as run_chat, run_with as run_chat_with, ChatArgs, Executor};
-pub use models::{run as run_models, ModelsArgs, ModelsCommand};
+pub use bench::{BenchArgs, run as run_bench};
+pub use chat::{ChatArgs, Executor, run as run_chat, run_with as run_chat_with};
+pub use models::{ModelsArgs, ModelsCommand, run as run_models};
 
 /// Options for loading a model, shared by every subcommand that runs one.
 #[derive(Debug, Clone, Args)]
@@ -41,7 +41,12 @@ impl LoadArgs {
     /// Set the thread count (before any tensor work) and build load options.
     pub fn options(&self) -> anyhow::Result<LoadOptions> {
         device::configure_threads(self.threads);
-        let mut opts = LoadOptions { device: device::select_device(&self.device)?, threads: self.threads, max_seq_len: self.max_context, ..Default::default() };
+        let mut opts = LoadOptions {
+            device: device::select_device(&self.device)?,
+            threads: self.threads,
+            max_seq_len: self.max_context,
+            ..Default::default()
+        };
         opts.f16_attention = !self.f32_attention;
         if self.no_requantize {
             opts.requantize.clear();
@@ -86,7 +91,12 @@ impl SamplingArgs {
     pub fn params(&self) -> crate::llm::SamplingParams {
         match self.temperature {
             None => crate::llm::SamplingParams::greedy(),
-            Some(t) => crate::llm::SamplingParams { temperature: t, top_p: self.top_p.unwrap_or(1.0), top_k: self.top_k.unwrap_or(0), seed: self.seed },
+            Some(t) => crate::llm::SamplingParams {
+                temperature: t,
+                top_p: self.top_p.unwrap_or(1.0),
+                top_k: self.top_k.unwrap_or(0),
+                seed: self.seed,
+            },
         }
     }
 }

@@ -2,12 +2,12 @@
 
 use std::io::Read;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{LoadArgs, SamplingArgs};
-use crate::llm::engine::{resolve, GenerateRequest};
+use crate::llm::engine::{GenerateRequest, resolve};
 use crate::llm::profile::{Format, Profile};
 use crate::llm::{KvCache, Tokenizer};
 
@@ -87,7 +87,11 @@ fn list() -> anyhow::Result<()> {
 fn show(name: &str) -> anyhow::Result<()> {
     let p = Profile::find(name)?;
     let mut v = serde_json::to_value(&p)?;
-    let files: Vec<_> = p.files.iter().map(|f| json!({"name": f.name, "path": p.locate(&f.name)})).collect();
+    let files: Vec<_> = p
+        .files
+        .iter()
+        .map(|f| json!({"name": f.name, "path": p.locate(&f.name)}))
+        .collect();
     v["resolved"] = json!({"cache_dir": p.cache_dir(), "files": files});
     print_json(&v)
 }
@@ -118,8 +122,13 @@ fn check(name: &str, load: &LoadArgs) -> anyhow::Result<()> {
             continue;
         };
         let size = std::fs::metadata(&path)?.len();
-        let digest = if f.sha256.is_some() { Some(sha256_file(&path)?) } else { None };
-        let good = f.size.is_none_or(|s| s == size) && f.sha256.as_ref().is_none_or(|h| Some(h) == digest.as_ref());
+        let digest = if f.sha256.is_some() {
+            Some(sha256_file(&path)?)
+        } else {
+            None
+        };
+        let good = f.size.is_none_or(|s| s == size)
+            && f.sha256.as_ref().is_none_or(|h| Some(h) == digest.as_ref());
         ok &= good;
         files.push(json!({"name": f.name, "path": path, "size": size, "sha256": digest, "status": if good { "ok" } else { "mismatch" }}));
     }
@@ -129,7 +138,15 @@ fn check(name: &str, load: &LoadArgs) -> anyhow::Result<()> {
         let tok = engine.tokenizer();
         let ids = tok.encode("Hello", true)?;
         let mut cache = KvCache::new();
-        let g = engine.generate(&mut cache, &ids, &GenerateRequest { max_tokens: 1, ..Default::default() }, None)?;
+        let g = engine.generate(
+            &mut cache,
+            &ids,
+            &GenerateRequest {
+                max_tokens: 1,
+                ..Default::default()
+            },
+            None,
+        )?;
         report["load"] = json!({
             "config": engine.model().config(),
             "vocab": tok.vocab_size(),
@@ -141,7 +158,9 @@ fn check(name: &str, load: &LoadArgs) -> anyhow::Result<()> {
     report["ok"] = json!(ok);
     print_json(&report)?;
     if !ok {
-        bail!("{name}: files missing or not matching the profile (run scripts/fetch-model.sh {name})");
+        bail!(
+            "{name}: files missing or not matching the profile (run scripts/fetch-model.sh {name})"
+        );
     }
     Ok(())
 }
@@ -149,16 +168,26 @@ fn check(name: &str, load: &LoadArgs) -> anyhow::Result<()> {
 /// The tokenizer alone (no weights loaded).
 pub fn load_tokenizer(name_or_path: &str) -> anyhow::Result<Tokenizer> {
     let (profile, path) = resolve(name_or_path)?;
-    let is_dir = profile.as_ref().map_or(path.is_dir(), |p| p.format == Format::Safetensors);
-    Ok(if is_dir { Tokenizer::from_tokenizer_json(&path.join("tokenizer.json"))? } else { Tokenizer::from_gguf_file(&path)? })
+    let is_dir = profile
+        .as_ref()
+        .map_or(path.is_dir(), |p| p.format == Format::Safetensors);
+    Ok(if is_dir {
+        Tokenizer::from_tokenizer_json(&path.join("tokenizer.json"))?
+    } else {
+        Tokenizer::from_gguf_file(&path)?
+    })
 }
 
 fn tokenize(name: &str) -> anyhow::Result<()> {
     let tok = load_tokenizer(name)?;
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input)?;
-    let texts: Vec<String> = serde_json::from_str(&input).context("stdin must be a JSON array of strings")?;
-    let ids = texts.iter().map(|t| tok.encode(t, true)).collect::<Result<Vec<_>, _>>()?;
+    let texts: Vec<String> =
+        serde_json::from_str(&input).context("stdin must be a JSON array of strings")?;
+    let ids = texts
+        .iter()
+        .map(|t| tok.encode(t, true))
+        .collect::<Result<Vec<_>, _>>()?;
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
 }
@@ -171,7 +200,12 @@ fn complete(a: CompleteArgs) -> anyhow::Result<()> {
     if ids.is_empty() {
         bail!("empty prompt on stdin");
     }
-    let req = GenerateRequest { max_tokens: a.max_tokens, sampling: a.sampling.params(), stop: a.stop, ignore_eos: a.ignore_eos };
+    let req = GenerateRequest {
+        max_tokens: a.max_tokens,
+        sampling: a.sampling.params(),
+        stop: a.stop,
+        ignore_eos: a.ignore_eos,
+    };
     let g = engine.generate(&mut KvCache::new(), &ids, &req, None)?;
     eprintln!(
         "prompt {} tokens in {:.0} ms; {} tokens in {:.0} ms ({:.1} tok/s); finish {:?}",
@@ -182,6 +216,9 @@ fn complete(a: CompleteArgs) -> anyhow::Result<()> {
         (g.ids.len().saturating_sub(1)) as f64 / (g.decode_ms / 1e3).max(1e-9),
         g.finish
     );
-    println!("{}", serde_json::to_string(&json!({"ids": g.ids, "text": g.text, "finish": g.finish}))?);
+    println!(
+        "{}",
+        serde_json::to_string(&json!({"ids": g.ids, "text": g.text, "finish": g.finish}))?
+    );
     Ok(())
 }

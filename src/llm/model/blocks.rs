@@ -115,7 +115,9 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 impl BlockLinear {
     /// Take a 2-D quantized tensor of a supported format; `None` for other formats.
     pub(crate) fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
-        let Some(kind) = BlockKind::from_ggml(t.dtype()) else { return Ok(None) };
+        let Some(kind) = BlockKind::from_ggml(t.dtype()) else {
+            return Ok(None);
+        };
         let (n, k) = t.shape().dims2()?;
         if k % QK != 0 {
             return Ok(None);
@@ -123,24 +125,54 @@ impl BlockLinear {
         let data = t.data()?.into_owned();
         let nb = n * k / QK;
         if data.len() != nb * kind.block_bytes() {
-            return Err(LlmError::Unsupported(format!("{kind:?} tensor of {} bytes for shape ({n}, {k})", data.len())));
+            return Err(LlmError::Unsupported(format!(
+                "{kind:?} tensor of {} bytes for shape ({n}, {k})",
+                data.len()
+            )));
         }
         let bb = kind.block_bytes();
         let d: Vec<f32> = (0..nb).map(|i| f16_at(&data, i * bb)).collect();
-        let c = (0..nb).map(|i| if kind.has_min() { f16_at(&data, i * bb + 2) } else { 0.0 }).collect();
-        Ok(Some(BlockLinear { kind, n, k, data, d, c }))
+        let c = (0..nb)
+            .map(|i| {
+                if kind.has_min() {
+                    f16_at(&data, i * bb + 2)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Ok(Some(BlockLinear {
+            kind,
+            n,
+            k,
+            data,
+            d,
+            c,
+        }))
     }
 
     /// `x (.., k) -> (.., n)`; CPU tensors only.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let Some((&k, lead)) = dims.split_last() else { return Err(LlmError::InvalidRequest("scalar input to a linear layer".into())) };
+        let Some((&k, lead)) = dims.split_last() else {
+            return Err(LlmError::InvalidRequest(
+                "scalar input to a linear layer".into(),
+            ));
+        };
         if k != self.k {
-            return Err(LlmError::InvalidRequest(format!("linear layer expects {} inputs, got {k}", self.k)));
+            return Err(LlmError::InvalidRequest(format!(
+                "linear layer expects {} inputs, got {k}",
+                self.k
+            )));
         }
         let rows: usize = lead.iter().product();
-        let xs = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-        let qrows: Vec<QRow> = (0..rows).map(|r| quantize_row(&xs[r * k..(r + 1) * k])).collect();
+        let xs = x
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        let qrows: Vec<QRow> = (0..rows)
+            .map(|r| quantize_row(&xs[r * k..(r + 1) * k]))
+            .collect();
         let mut out = vec![0f32; rows * self.n];
         let threads = crate::llm::device::matmul_threads();
         if threads > 1 && self.n >= 64 {
@@ -159,7 +191,10 @@ impl BlockLinear {
                         })
                     })
                     .collect();
-                parts = handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
+                parts = handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_default())
+                    .collect();
             });
             for (t, part) in parts.iter().enumerate() {
                 let lo = (t * chunk).min(self.n);
@@ -169,7 +204,8 @@ impl BlockLinear {
                     return Err(LlmError::Unsupported("matmul worker failed".into()));
                 }
                 for r in 0..rows {
-                    out[r * self.n + lo..r * self.n + hi].copy_from_slice(&part[r * w..(r + 1) * w]);
+                    out[r * self.n + lo..r * self.n + hi]
+                        .copy_from_slice(&part[r * w..(r + 1) * w]);
                 }
             }
         } else {
@@ -205,7 +241,13 @@ impl BlockLinear {
         for j in lo..hi {
             let row = &self.data[j * nb * bb..(j + 1) * nb * bb];
             for (r, qx) in qrows.iter().enumerate() {
-                out[r * w + (j - lo)] = dot_row_scalar(self.kind, row, &self.d[j * nb..(j + 1) * nb], &self.c[j * nb..(j + 1) * nb], qx);
+                out[r * w + (j - lo)] = dot_row_scalar(
+                    self.kind,
+                    row,
+                    &self.d[j * nb..(j + 1) * nb],
+                    &self.c[j * nb..(j + 1) * nb],
+                    qx,
+                );
             }
         }
     }
@@ -245,7 +287,11 @@ fn unpack(kind: BlockKind, blk: &[u8]) -> [u8; QK] {
             }
         }
         BlockKind::Q4_0 | BlockKind::Q4_1 => {
-            let qs = if kind == BlockKind::Q4_0 { &blk[2..18] } else { &blk[4..20] };
+            let qs = if kind == BlockKind::Q4_0 {
+                &blk[2..18]
+            } else {
+                &blk[4..20]
+            };
             for i in 0..16 {
                 u[i] = qs[i] & 0x0F;
                 u[i + 16] = qs[i] >> 4;
@@ -272,7 +318,11 @@ fn dot_row_scalar(kind: BlockKind, row: &[u8], d: &[f32], c: &[f32], qx: &QRow) 
     let mut mins = 0f32;
     for b in 0..d.len() {
         let u = unpack(kind, &row[b * bb..(b + 1) * bb]);
-        let dot: i32 = u.iter().zip(&qx.q[b * QK..(b + 1) * QK]).map(|(&a, &q)| (a as i32 - off) * q as i32).sum();
+        let dot: i32 = u
+            .iter()
+            .zip(&qx.q[b * QK..(b + 1) * QK])
+            .map(|(&a, &q)| (a as i32 - off) * q as i32)
+            .sum();
         acc += d[b] * qx.d[b] * dot as f32;
         mins += c[b] * qx.s[b];
     }
@@ -287,7 +337,7 @@ mod x86 {
 
     use std::arch::x86_64::*;
 
-    use super::{BlockKind, BlockLinear, QRow, QK};
+    use super::{BlockKind, BlockLinear, QK, QRow};
 
     pub(super) const Q4_0: u8 = 0;
     pub(super) const Q4_1: u8 = 1;
@@ -345,7 +395,10 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     fn nibbles(qs: __m128i) -> __m256i {
         let low = _mm_set1_epi8(0x0F);
-        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), low), _mm_and_si128(qs, low))
+        _mm256_set_m128i(
+            _mm_and_si128(_mm_srli_epi16(qs, 4), low),
+            _mm_and_si128(qs, low),
+        )
     }
 
     /// 0x10 in every byte whose bit is set in `qh` (AVX2 version of a mask move).
@@ -354,10 +407,18 @@ mod x86 {
     fn fifth_bits_avx2(qh: u32) -> __m256i {
         let spread = _mm256_shuffle_epi8(
             _mm256_set1_epi32(qh as i32),
-            _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
+            _mm256_setr_epi64x(
+                0,
+                0x0101_0101_0101_0101,
+                0x0202_0202_0202_0202,
+                0x0303_0303_0303_0303,
+            ),
         );
         let marked = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
-        _mm256_and_si256(_mm256_cmpeq_epi8(marked, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10))
+        _mm256_and_si256(
+            _mm256_cmpeq_epi8(marked, _mm256_set1_epi64x(-1)),
+            _mm256_set1_epi8(0x10),
+        )
     }
 
     #[inline]
@@ -375,7 +436,11 @@ mod x86 {
         if offset::<K>() == 0 {
             dot
         } else {
-            let xo = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(offset::<K>() as u8 as i8), x);
+            let xo = _mm256_dpbusd_epi32(
+                _mm256_setzero_si256(),
+                _mm256_set1_epi8(offset::<K>() as u8 as i8),
+                x,
+            );
             _mm256_sub_epi32(dot, xo)
         }
     }
@@ -412,8 +477,11 @@ mod x86 {
             pub(super) mod $module {
                 use std::arch::x86_64::*;
 
-                use super::super::{BlockLinear, QRow, QK};
-                use super::{hsum, mins, nibbles, offset, $fifth_bits, $lane_dots, PREFETCH_AHEAD, Q4_0, Q5_0, Q8_0, TILE};
+                use super::super::{BlockLinear, QK, QRow};
+                use super::{
+                    PREFETCH_AHEAD, Q4_0, Q5_0, Q8_0, TILE, hsum, mins, nibbles, offset,
+                    $fifth_bits, $lane_dots,
+                };
 
                 /// The 32 unsigned quants of the block at `blk`.
                 #[inline]
@@ -422,12 +490,20 @@ mod x86 {
                     // SAFETY (all loads): the caller passes a pointer to a whole block of format K.
                     unsafe {
                         match K {
-                            Q8_0 => _mm256_xor_si256(_mm256_loadu_si256(blk.add(2) as *const __m256i), _mm256_set1_epi8(-128)),
-                            Q4_0 | super::Q4_1 => nibbles(_mm_loadu_si128(blk.add(if K == Q4_0 { 2 } else { 4 }) as *const __m128i)),
+                            Q8_0 => _mm256_xor_si256(
+                                _mm256_loadu_si256(blk.add(2) as *const __m256i),
+                                _mm256_set1_epi8(-128),
+                            ),
+                            Q4_0 | super::Q4_1 => {
+                                nibbles(_mm_loadu_si128(
+                                    blk.add(if K == Q4_0 { 2 } else { 4 }) as *const __m128i
+                                ))
+                            }
                             _ => {
                                 let at = if K == Q5_0 { 2 } else { 4 };
                                 let qh = (blk.add(at) as *const u32).read_unaligned();
-                                let nib = nibbles(_mm_loadu_si128(blk.add(at + 4) as *const __m128i));
+                                let nib =
+                                    nibbles(_mm_loadu_si128(blk.add(at + 4) as *const __m128i));
                                 _mm256_or_si256(nib, $fifth_bits(qh))
                             }
                         }
@@ -450,14 +526,22 @@ mod x86 {
                         let mut acc = _mm256_setzero_ps();
                         for b in 0..nb {
                             if b % 2 == 0 {
-                                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * bb + PREFETCH_AHEAD) as *const i8);
+                                _mm_prefetch::<_MM_HINT_T0>(
+                                    row.wrapping_add(b * bb + PREFETCH_AHEAD) as *const i8,
+                                );
                             }
                             let x = _mm256_loadu_si256(qx.q.as_ptr().add(b * QK) as *const __m256i);
                             let dot = $lane_dots::<K>(unpack::<K>(row.add(b * bb)), x);
-                            let scale = _mm256_set1_ps(*d.get_unchecked(b) * *qx.d.get_unchecked(b));
+                            let scale =
+                                _mm256_set1_ps(*d.get_unchecked(b) * *qx.d.get_unchecked(b));
                             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc);
                         }
-                        hsum(acc) + if offset::<K>() == 0 { mins(c, &qx.s[..nb]) } else { 0.0 }
+                        hsum(acc)
+                            + if offset::<K>() == 0 {
+                                mins(c, &qx.s[..nb])
+                            } else {
+                                0.0
+                            }
                     }
                 }
 
@@ -465,7 +549,11 @@ mod x86 {
                 /// used for every activation row. Each output keeps its own accumulator in block
                 /// order, so results equal `dot_row`'s bit for bit.
                 #[target_feature(enable = $features)]
-                unsafe fn dot_tile<const K: u8, const A: usize>(w: &BlockLinear, j: usize, qxs: &[QRow]) -> [f32; A] {
+                unsafe fn dot_tile<const K: u8, const A: usize>(
+                    w: &BlockLinear,
+                    j: usize,
+                    qxs: &[QRow],
+                ) -> [f32; A] {
                     let nb = w.k / QK;
                     let bb = w.kind.block_bytes();
                     let (d, c) = (&w.d[j * nb..(j + 1) * nb], &w.c[j * nb..(j + 1) * nb]);
@@ -478,14 +566,24 @@ mod x86 {
                             let u = unpack::<K>(row.add(b * bb));
                             let dw = *d.get_unchecked(b);
                             for (a, qx) in acc.iter_mut().zip(qxs) {
-                                let x = _mm256_loadu_si256(qx.q.as_ptr().add(b * QK) as *const __m256i);
+                                let x =
+                                    _mm256_loadu_si256(qx.q.as_ptr().add(b * QK) as *const __m256i);
                                 let scale = _mm256_set1_ps(dw * *qx.d.get_unchecked(b));
-                                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps($lane_dots::<K>(u, x)), scale, *a);
+                                *a = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps($lane_dots::<K>(u, x)),
+                                    scale,
+                                    *a,
+                                );
                             }
                         }
                         let mut out = [0f32; A];
                         for ((o, a), qx) in out.iter_mut().zip(acc).zip(qxs) {
-                            *o = hsum(a) + if offset::<K>() == 0 { mins(c, &qx.s[..nb]) } else { 0.0 };
+                            *o = hsum(a)
+                                + if offset::<K>() == 0 {
+                                    mins(c, &qx.s[..nb])
+                                } else {
+                                    0.0
+                                };
                         }
                         out
                     }
@@ -493,7 +591,13 @@ mod x86 {
 
                 /// Columns `lo..hi` for every activation row (bounds checked by the caller).
                 #[target_feature(enable = $features)]
-                pub(in super::super) unsafe fn rows_k<const K: u8>(w: &BlockLinear, lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
+                pub(in super::super) unsafe fn rows_k<const K: u8>(
+                    w: &BlockLinear,
+                    lo: usize,
+                    hi: usize,
+                    qrows: &[QRow],
+                    out: &mut [f32],
+                ) {
                     let width = hi - lo;
                     // SAFETY: bounds were checked by `rows_into`.
                     unsafe {
@@ -507,7 +611,10 @@ mod x86 {
                             let mut i = 0;
                             while i < qrows.len() {
                                 if qrows.len() - i >= TILE {
-                                    for (t, v) in dot_tile::<K, TILE>(w, j, &qrows[i..]).into_iter().enumerate() {
+                                    for (t, v) in dot_tile::<K, TILE>(w, j, &qrows[i..])
+                                        .into_iter()
+                                        .enumerate()
+                                    {
                                         out[(i + t) * width + (j - lo)] = v;
                                     }
                                     i += TILE;
@@ -523,17 +630,38 @@ mod x86 {
         };
     }
 
-    kernels!(vnni, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma", fifth_bits_vnni, lane_dots_vnni);
+    kernels!(
+        vnni,
+        "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma",
+        fifth_bits_vnni,
+        lane_dots_vnni
+    );
     kernels!(avx2, "avx2,fma", fifth_bits_avx2, lane_dots_avx2);
 
     /// Output columns `lo..hi` of `w` for every activation row into `out` (`rows x (hi - lo)`).
     ///
     /// # Safety
     /// The CPU must support `isa`.
-    pub(super) unsafe fn rows_into(isa: Isa, w: &BlockLinear, lo: usize, hi: usize, qrows: &[QRow], out: &mut [f32]) {
+    pub(super) unsafe fn rows_into(
+        isa: Isa,
+        w: &BlockLinear,
+        lo: usize,
+        hi: usize,
+        qrows: &[QRow],
+        out: &mut [f32],
+    ) {
         let nb = w.k / QK;
-        assert!(hi <= w.n && w.data.len() >= w.n * nb * w.kind.block_bytes() && w.d.len() >= w.n * nb && w.c.len() >= w.n * nb);
-        assert!(qrows.iter().all(|q| q.q.len() >= nb * QK && q.d.len() >= nb && q.s.len() >= nb));
+        assert!(
+            hi <= w.n
+                && w.data.len() >= w.n * nb * w.kind.block_bytes()
+                && w.d.len() >= w.n * nb
+                && w.c.len() >= w.n * nb
+        );
+        assert!(
+            qrows
+                .iter()
+                .all(|q| q.q.len() >= nb * QK && q.d.len() >= nb && q.s.len() >= nb)
+        );
         assert!(out.len() >= qrows.len() * (hi - lo));
         macro_rules! dispatch {
             ($m:ident) => {
@@ -569,25 +697,54 @@ mod tests {
         }
         let dev = Device::Cpu;
         let (n, k) = (42, 160);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
+            .collect();
         let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
-        let x: Vec<f32> = (0..3 * k).map(|i| (i * 104729 % 997) as f32 / 498.0 - 1.0).collect();
+        let x: Vec<f32> = (0..3 * k)
+            .map(|i| (i * 104729 % 997) as f32 / 498.0 - 1.0)
+            .collect();
         let x = Tensor::from_vec(x, (3, k), &dev).unwrap();
-        let x11: Vec<f32> = (0..11 * k).map(|i| (i * 7 % 13) as f32 / 6.0 - 1.0).collect();
+        let x11: Vec<f32> = (0..11 * k)
+            .map(|i| (i * 7 % 13) as f32 / 6.0 - 1.0)
+            .collect();
         let x11 = Tensor::from_vec(x11, (11, k), &dev).unwrap();
-        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
+        for t in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             let q = QTensor::quantize(&w, t).unwrap();
             let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
             let lin = BlockLinear::from_qtensor(&q).unwrap().unwrap();
             let got = lin.forward(&x).unwrap();
-            let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let err = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(err < 0.02 * scale, "{t:?}: max error {err} (scale {scale})");
             // Tiled (many activation rows) and streamed (one row) paths give the same bits.
             let many = lin.forward(&x11).unwrap();
             for i in 0..11 {
                 let one = lin.forward(&x11.narrow(0, i, 1).unwrap()).unwrap();
-                assert_eq!(many.get(i).unwrap().to_vec1::<f32>().unwrap(), one.get(0).unwrap().to_vec1::<f32>().unwrap(), "{t:?} row {i}");
+                assert_eq!(
+                    many.get(i).unwrap().to_vec1::<f32>().unwrap(),
+                    one.get(0).unwrap().to_vec1::<f32>().unwrap(),
+                    "{t:?} row {i}"
+                );
             }
             // The scalar reference agrees with the SIMD kernel on every output.
             let qr = quantize_row(&x.get(0).unwrap().to_vec1::<f32>().unwrap());
@@ -597,8 +754,17 @@ mod tests {
             lin.rows_into(std::slice::from_ref(&qr), 0, n, &mut simd);
             for (j, &v) in simd.iter().enumerate() {
                 let row = &lin.data[j * nb * bb..(j + 1) * nb * bb];
-                let scalar = dot_row_scalar(lin.kind, row, &lin.d[j * nb..(j + 1) * nb], &lin.c[j * nb..(j + 1) * nb], &qr);
-                assert!((v - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "{t:?} row {j}: {v} vs {scalar}");
+                let scalar = dot_row_scalar(
+                    lin.kind,
+                    row,
+                    &lin.d[j * nb..(j + 1) * nb],
+                    &lin.c[j * nb..(j + 1) * nb],
+                    &qr,
+                );
+                assert!(
+                    (v - scalar).abs() <= 1e-4 * scalar.abs().max(1.0),
+                    "{t:?} row {j}: {v} vs {scalar}"
+                );
             }
         }
     }
@@ -613,13 +779,29 @@ mod tests {
         };
         let dev = Device::Cpu;
         let (n, k) = (13, 256);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 31 % 101) as f32 / 50.0 - 1.0) * 0.7).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 31 % 101) as f32 / 50.0 - 1.0) * 0.7)
+            .collect();
         let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
-        for t in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
-            let lin = BlockLinear::from_qtensor(&QTensor::quantize(&w, t).unwrap()).unwrap().unwrap();
+        for t in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
+            let lin = BlockLinear::from_qtensor(&QTensor::quantize(&w, t).unwrap())
+                .unwrap()
+                .unwrap();
             for rows in [1, 3, 9] {
                 let qrows: Vec<QRow> = (0..rows)
-                    .map(|r| quantize_row(&(0..k).map(|i| (((i + r * 17) * 7 % 29) as f32 / 14.0 - 1.0) * 3.0).collect::<Vec<_>>()))
+                    .map(|r| {
+                        quantize_row(
+                            &(0..k)
+                                .map(|i| (((i + r * 17) * 7 % 29) as f32 / 14.0 - 1.0) * 3.0)
+                                .collect::<Vec<_>>(),
+                        )
+                    })
                     .collect();
                 let run = |isa| {
                     let mut out = vec![0f32; rows * n];
@@ -634,7 +816,10 @@ mod tests {
                 let mut scalar = vec![0f32; rows * n];
                 lin.rows_scalar(&qrows, 0, n, &mut scalar);
                 for (a, b) in avx2.iter().zip(&scalar) {
-                    assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{t:?}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                        "{t:?}: {a} vs {b}"
+                    );
                 }
             }
         }

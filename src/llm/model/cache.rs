@@ -62,8 +62,17 @@ impl KvCache {
     /// How many leading tokens of `prompt` are already cached, leaving at least one token of
     /// `prompt` to run (the model needs an input to produce logits).
     pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-        if common == prompt.len() { common.saturating_sub(1) } else { common }
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if common == prompt.len() {
+            common.saturating_sub(1)
+        } else {
+            common
+        }
     }
 
     pub(crate) fn record(&mut self, tokens: &[u32]) {
@@ -74,7 +83,13 @@ impl KvCache {
     /// Write `k`, `v` (shape `(1, n_kv_heads, t, head_dim)`) at the current end of `layer` and
     /// return views of all cached keys and values (`(1, n_kv_heads, len + t, head_dim)`).
     /// `commit` advances the length; call it once per forward, after the last layer.
-    pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor, max_len: usize) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+        max_len: usize,
+    ) -> Result<(Tensor, Tensor)> {
         if self.layers.len() <= layer {
             self.layers.resize(layer + 1, None);
         }
@@ -84,18 +99,25 @@ impl KvCache {
         let slot = &mut self.layers[layer];
         let capacity = slot.as_ref().map_or(0, |s| s.k.dim(2).unwrap_or(0));
         if need > capacity {
-            let new_cap = need.max(capacity * 2).max(MIN_CAPACITY).min(max_len.max(need));
-            let alloc = |dtype: DType, dev: &Device| Tensor::zeros((1, n_kv, new_cap, hd), dtype, dev);
+            let new_cap = need
+                .max(capacity * 2)
+                .max(MIN_CAPACITY)
+                .min(max_len.max(need));
+            let alloc =
+                |dtype: DType, dev: &Device| Tensor::zeros((1, n_kv, new_cap, hd), dtype, dev);
             let nk = alloc(k.dtype(), k.device())?;
             let nv = alloc(v.dtype(), v.device())?;
             if let Some(old) = slot.as_ref()
-                && start > 0 {
-                    nk.slice_set(&old.k.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
-                    nv.slice_set(&old.v.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
-                }
+                && start > 0
+            {
+                nk.slice_set(&old.k.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
+                nv.slice_set(&old.v.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
+            }
             *slot = Some(LayerKv { k: nk, v: nv });
         }
-        let Some(s) = slot.as_ref() else { unreachable!("allocated above") };
+        let Some(s) = slot.as_ref() else {
+            unreachable!("allocated above")
+        };
         s.k.slice_set(&k.contiguous()?, 2, start)?;
         s.v.slice_set(&v.contiguous()?, 2, start)?;
         Ok((s.k.narrow(2, 0, need)?, s.v.narrow(2, 0, need)?))
@@ -135,9 +157,28 @@ mod tests {
             assert_eq!(vs.dims4().unwrap(), (1, 2, total, 4));
             c.commit(t);
         }
-        let (ks, _) = c.append(0, &Tensor::zeros((1, 2, 1, 4), DType::F32, &dev).unwrap(), &Tensor::zeros((1, 2, 1, 4), DType::F32, &dev).unwrap(), 4096).unwrap();
-        let first: f32 = ks.narrow(2, 0, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
-        let at_100: f32 = ks.narrow(2, 104, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        let (ks, _) = c
+            .append(
+                0,
+                &Tensor::zeros((1, 2, 1, 4), DType::F32, &dev).unwrap(),
+                &Tensor::zeros((1, 2, 1, 4), DType::F32, &dev).unwrap(),
+                4096,
+            )
+            .unwrap();
+        let first: f32 = ks
+            .narrow(2, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
+        let at_100: f32 = ks
+            .narrow(2, 104, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
         assert_eq!((first, at_100), (0.0, 100.0));
     }
 }

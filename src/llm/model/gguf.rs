@@ -12,10 +12,10 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::blocks::{self, BlockLinear};
-use super::transformer::{rope_tables, Embedding, Layer, Linear, Transformer};
-use super::{inv_freqs, Architecture, Config, LoadOptions, Loaded};
-use crate::llm::error::{LlmError, Result};
+use super::transformer::{Embedding, Layer, Linear, Transformer, rope_tables};
+use super::{Architecture, Config, LoadOptions, Loaded, inv_freqs};
 use crate::llm::Tokenizer;
+use crate::llm::error::{LlmError, Result};
 
 struct Reader<'a> {
     path: &'a Path,
@@ -32,7 +32,10 @@ impl Reader<'_> {
 
     fn raw(&mut self, name: &str) -> Result<QTensor> {
         if !self.has(name) {
-            return Err(LlmError::checkpoint(self.path, format!("missing tensor {name}")));
+            return Err(LlmError::checkpoint(
+                self.path,
+                format!("missing tensor {name}"),
+            ));
         }
         Ok(self.content.tensor(&mut self.file, name, &Device::Cpu)?)
     }
@@ -43,7 +46,11 @@ impl Reader<'_> {
 
     /// A weight matrix as our block kernel's input when it can take it.
     fn blocks(&mut self, t: &QTensor) -> Result<Option<BlockLinear>> {
-        if self.native_blocks() { BlockLinear::from_qtensor(t) } else { Ok(None) }
+        if self.native_blocks() {
+            BlockLinear::from_qtensor(t)
+        } else {
+            Ok(None)
+        }
     }
 
     fn prepare(&mut self, t: QTensor, name: &str) -> Result<QTensor> {
@@ -51,14 +58,17 @@ impl Reader<'_> {
         let target = self.opts.requantize_to;
         if self.opts.requantize.contains(&t.dtype()) && last % target.block_size() == 0 {
             let start = Instant::now();
-            let q = QTensor::quantize_onto(&t.dequantize(&Device::Cpu)?, target, &self.opts.device)?;
+            let q =
+                QTensor::quantize_onto(&t.dequantize(&Device::Cpu)?, target, &self.opts.device)?;
             self.requantize_ms += start.elapsed().as_millis();
             return Ok(q);
         }
         if self.opts.device.is_cpu() {
             Ok(t)
         } else {
-            Ok(self.content.tensor(&mut self.file, name, &self.opts.device)?)
+            Ok(self
+                .content
+                .tensor(&mut self.file, name, &self.opts.device)?)
         }
     }
 
@@ -67,15 +77,24 @@ impl Reader<'_> {
         if let Some(b) = self.blocks(&t)? {
             return Ok(Linear::Blocks(Arc::new(b)));
         }
-        Ok(Linear::Candle(QMatMul::from_qtensor(self.prepare(t, name)?)?))
+        Ok(Linear::Candle(QMatMul::from_qtensor(
+            self.prepare(t, name)?,
+        )?))
     }
 
     fn dense(&mut self, name: &str) -> Result<Tensor> {
-        Ok(self.content.tensor(&mut self.file, name, &Device::Cpu)?.dequantize(&self.opts.device)?)
+        Ok(self
+            .content
+            .tensor(&mut self.file, name, &Device::Cpu)?
+            .dequantize(&self.opts.device)?)
     }
 
     fn opt_dense(&mut self, name: &str) -> Result<Option<Tensor>> {
-        if self.has(name) { self.dense(name).map(Some) } else { Ok(None) }
+        if self.has(name) {
+            self.dense(name).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     fn meta_u32(&self, key: &str) -> Result<u32> {
@@ -92,7 +111,11 @@ impl Reader<'_> {
     }
 
     fn meta_str(&self, key: &str) -> Option<String> {
-        self.content.metadata.get(key).and_then(|v| v.to_string().ok()).cloned()
+        self.content
+            .metadata
+            .get(key)
+            .and_then(|v| v.to_string().ok())
+            .cloned()
     }
 }
 
@@ -100,20 +123,35 @@ impl Reader<'_> {
 pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let file = File::open(path).map_err(|e| LlmError::io(path, e))?;
     let mut file = BufReader::new(file);
-    let content = Content::read(&mut file).map_err(|e| LlmError::checkpoint(path, e.to_string()))?;
+    let content =
+        Content::read(&mut file).map_err(|e| LlmError::checkpoint(path, e.to_string()))?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
-    let mut r = Reader { path, content, file, opts, requantize_ms: 0 };
-    let arch_name = r.meta_str("general.architecture").ok_or_else(|| LlmError::checkpoint(path, "no general.architecture"))?;
+    let mut r = Reader {
+        path,
+        content,
+        file,
+        opts,
+        requantize_ms: 0,
+    };
+    let arch_name = r
+        .meta_str("general.architecture")
+        .ok_or_else(|| LlmError::checkpoint(path, "no general.architecture"))?;
     let architecture = Architecture::from_name(&arch_name)?;
     let a = arch_name.as_str();
     let hidden_size = r.meta_u32(&format!("{a}.embedding_length"))? as usize;
     let n_head = r.meta_u32(&format!("{a}.attention.head_count"))? as usize;
-    let n_kv_head = r.meta_u32(&format!("{a}.attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_head);
+    let n_kv_head = r
+        .meta_u32(&format!("{a}.attention.head_count_kv"))
+        .map(|v| v as usize)
+        .unwrap_or(n_head);
     let head_dim = r
         .meta_u32(&format!("{a}.attention.key_length"))
         .map(|v| v as usize)
         .unwrap_or(hidden_size.checked_div(n_head).unwrap_or(0));
-    let context_length = r.meta_u32(&format!("{a}.context_length")).map(|v| v as usize).unwrap_or(4096);
+    let context_length = r
+        .meta_u32(&format!("{a}.context_length"))
+        .map(|v| v as usize)
+        .unwrap_or(4096);
     let vocab_size = tokenizer.vocab_size();
     let has_output = r.has("output.weight");
     let cfg = Config {
@@ -125,8 +163,12 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         n_kv_head,
         head_dim,
         ffn_size: r.meta_u32(&format!("{a}.feed_forward_length"))? as usize,
-        rms_eps: r.meta_f32(&format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-6),
-        rope_theta: r.meta_f32(&format!("{a}.rope.freq_base")).unwrap_or(10_000.0),
+        rms_eps: r
+            .meta_f32(&format!("{a}.attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-6),
+        rope_theta: r
+            .meta_f32(&format!("{a}.rope.freq_base"))
+            .unwrap_or(10_000.0),
         rope_interleaved: architecture == Architecture::Llama,
         context_length,
         max_seq_len: context_length.min(opts.max_seq_len),
@@ -137,11 +179,21 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
 
     let raw_embd = r.raw("token_embd.weight")?;
     // Tied output layer on the stored blocks when the kernel takes them.
-    let tied_blocks = if has_output { None } else { r.blocks(&raw_embd)? };
+    let tied_blocks = if has_output {
+        None
+    } else {
+        r.blocks(&raw_embd)?
+    };
     // Row lookups are fast in any format; only a tied output layer needs a fast matmul type.
-    let embd = Arc::new(if tied_blocks.is_some() || has_output { raw_embd } else { r.prepare(raw_embd, "token_embd.weight")? });
+    let embd = Arc::new(if tied_blocks.is_some() || has_output {
+        raw_embd
+    } else {
+        r.prepare(raw_embd, "token_embd.weight")?
+    });
     let embed = match embd.dtype() {
-        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => Embedding::Dense(embd.dequantize(&opts.device)?),
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+            Embedding::Dense(embd.dequantize(&opts.device)?)
+        }
         _ => Embedding::Quantized(embd.clone()),
     };
     let lm_head = match (has_output, tied_blocks) {
@@ -152,7 +204,10 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let norm = r.dense("output_norm.weight")?;
     let mut inv = inv_freqs(cfg.head_dim, cfg.rope_theta, None);
     if r.has("rope_freqs.weight") {
-        let factors = r.dense("rope_freqs.weight")?.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+        let factors = r
+            .dense("rope_freqs.weight")?
+            .to_device(&Device::Cpu)?
+            .to_vec1::<f32>()?;
         if factors.len() == inv.len() {
             inv.iter_mut().zip(&factors).for_each(|(f, s)| *f /= s);
         }
@@ -183,6 +238,22 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let bos_token = token_text(tokenizer.bos());
     let eos_token = token_text(tokenizer.eos());
     let requantize_ms = r.requantize_ms;
-    let model = Transformer { cfg, embed, layers, norm, lm_head, cos, sin, device: opts.device.clone() };
-    Ok(Loaded { model, tokenizer, chat_template, bos_token, eos_token, requantize_ms })
+    let model = Transformer {
+        cfg,
+        embed,
+        layers,
+        norm,
+        lm_head,
+        cos,
+        sin,
+        device: opts.device.clone(),
+    };
+    Ok(Loaded {
+        model,
+        tokenizer,
+        chat_template,
+        bos_token,
+        eos_token,
+        requantize_ms,
+    })
 }

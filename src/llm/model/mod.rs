@@ -12,8 +12,8 @@ mod transformer;
 
 use std::path::Path;
 
-use candle_core::quantized::GgmlDType;
 use candle_core::Device;
+use candle_core::quantized::GgmlDType;
 
 pub use cache::KvCache;
 pub use transformer::Transformer;
@@ -39,7 +39,9 @@ impl Architecture {
             "llama" => Ok(Architecture::Llama),
             "qwen2" => Ok(Architecture::Qwen2),
             "qwen3" => Ok(Architecture::Qwen3),
-            other => Err(LlmError::Unsupported(format!("architecture {other:?} (supported: llama, qwen2, qwen3)"))),
+            other => Err(LlmError::Unsupported(format!(
+                "architecture {other:?} (supported: llama, qwen2, qwen3)"
+            ))),
         }
     }
 
@@ -90,7 +92,13 @@ impl Config {
             && self.head_dim > 0
             && self.n_layer > 0
             && self.vocab_size > 0;
-        if ok { Ok(()) } else { Err(LlmError::Unsupported(format!("inconsistent model configuration {self:?}"))) }
+        if ok {
+            Ok(())
+        } else {
+            Err(LlmError::Unsupported(format!(
+                "inconsistent model configuration {self:?}"
+            )))
+        }
     }
 }
 

@@ -12,10 +12,10 @@ use candle_core::{DType, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::transformer::{rope_tables, Embedding, Layer, Linear, Transformer};
-use super::{inv_freqs, Architecture, Config, Llama3Scaling, LoadOptions, Loaded};
-use crate::llm::error::{LlmError, Result};
+use super::transformer::{Embedding, Layer, Linear, Transformer, rope_tables};
+use super::{Architecture, Config, Llama3Scaling, LoadOptions, Loaded, inv_freqs};
 use crate::llm::Tokenizer;
+use crate::llm::error::{LlmError, Result};
 
 #[derive(Debug, Deserialize)]
 struct HfConfig {
@@ -68,8 +68,15 @@ fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let v = read_json(&index)?;
-        let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| LlmError::checkpoint(&index, "no weight_map"))?;
-        let mut files: Vec<_> = map.values().filter_map(Value::as_str).map(|f| dir.join(f)).collect();
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| LlmError::checkpoint(&index, "no weight_map"))?;
+        let mut files: Vec<_> = map
+            .values()
+            .filter_map(Value::as_str)
+            .map(|f| dir.join(f))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files);
@@ -78,7 +85,10 @@ fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     if single.is_file() {
         return Ok(vec![single]);
     }
-    Err(LlmError::checkpoint(dir, "no model.safetensors or model.safetensors.index.json"))
+    Err(LlmError::checkpoint(
+        dir,
+        "no model.safetensors or model.safetensors.index.json",
+    ))
 }
 
 struct Weights<'a> {
@@ -94,16 +104,26 @@ impl Weights<'_> {
     }
 
     fn dense(&self, name: &str) -> Result<Tensor> {
-        let t = self.st.load(name, &self.opts.device).map_err(|e| LlmError::checkpoint(self.dir, format!("{name}: {e}")))?;
+        let t = self
+            .st
+            .load(name, &self.opts.device)
+            .map_err(|e| LlmError::checkpoint(self.dir, format!("{name}: {e}")))?;
         Ok(t.to_dtype(DType::F32)?)
     }
 
     fn opt_dense(&self, name: &str) -> Result<Option<Tensor>> {
-        if self.has(name) { self.dense(name).map(Some) } else { Ok(None) }
+        if self.has(name) {
+            self.dense(name).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     fn quantizable(&self, t: &Tensor) -> bool {
-        self.opts.quantize_dense && t.dims().last().is_some_and(|&k| k % self.opts.requantize_to.block_size() == 0)
+        self.opts.quantize_dense
+            && t.dims()
+                .last()
+                .is_some_and(|&k| k % self.opts.requantize_to.block_size() == 0)
     }
 
     fn qtensor(&mut self, t: &Tensor) -> Result<QTensor> {
@@ -115,14 +135,19 @@ impl Weights<'_> {
 
     fn linear(&mut self, name: &str) -> Result<Linear> {
         let t = self.dense(name)?;
-        Ok(Linear::Candle(if self.quantizable(&t) { QMatMul::from_qtensor(self.qtensor(&t)?)? } else { QMatMul::Tensor(t) }))
+        Ok(Linear::Candle(if self.quantizable(&t) {
+            QMatMul::from_qtensor(self.qtensor(&t)?)?
+        } else {
+            QMatMul::Tensor(t)
+        }))
     }
 }
 
 /// Read a safetensors checkpoint directory.
 pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let cfg_path = dir.join("config.json");
-    let hf: HfConfig = serde_json::from_value(read_json(&cfg_path)?).map_err(|e| LlmError::checkpoint(&cfg_path, e.to_string()))?;
+    let hf: HfConfig = serde_json::from_value(read_json(&cfg_path)?)
+        .map_err(|e| LlmError::checkpoint(&cfg_path, e.to_string()))?;
     let architecture = Architecture::from_hf_model_type(&hf.model_type)?;
     let tok_path = dir.join("tokenizer.json");
     if !tok_path.is_file() {
@@ -130,7 +155,11 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     }
     let tokenizer = Tokenizer::from_tokenizer_json(&tok_path)?;
     let tok_cfg_path = dir.join("tokenizer_config.json");
-    let tok_cfg = if tok_cfg_path.is_file() { Some(read_json(&tok_cfg_path)?) } else { None };
+    let tok_cfg = if tok_cfg_path.is_file() {
+        Some(read_json(&tok_cfg_path)?)
+    } else {
+        None
+    };
     let chat_template = tok_cfg.as_ref().and_then(|c| match c.get("chat_template") {
         Some(Value::String(s)) => Some(s.clone()),
         // A list of named templates: take "default".
@@ -141,18 +170,36 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
             .map(str::to_string),
         _ => None,
     });
-    let chat_template = chat_template.or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
-    let bos_token = tok_cfg.as_ref().and_then(|c| token_text(c.get("bos_token")));
-    let eos_token = tok_cfg.as_ref().and_then(|c| token_text(c.get("eos_token")));
+    let chat_template =
+        chat_template.or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
+    let bos_token = tok_cfg
+        .as_ref()
+        .and_then(|c| token_text(c.get("bos_token")));
+    let eos_token = tok_cfg
+        .as_ref()
+        .and_then(|c| token_text(c.get("eos_token")));
 
     let n_kv_head = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
-    let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1));
+    let head_dim = hf
+        .head_dim
+        .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1));
     let llama3 = hf.rope_scaling.as_ref().and_then(|s| {
-        let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str);
-        (kind == Some("llama3")).then(|| serde_json::from_value::<Llama3Scaling>(s.clone()).ok()).flatten()
+        let kind = s
+            .get("rope_type")
+            .or_else(|| s.get("type"))
+            .and_then(Value::as_str);
+        (kind == Some("llama3"))
+            .then(|| serde_json::from_value::<Llama3Scaling>(s.clone()).ok())
+            .flatten()
     });
-    let st = unsafe { MmapedSafetensors::multi(&weight_files(dir)?) }.map_err(|e| LlmError::checkpoint(dir, e.to_string()))?;
-    let mut w = Weights { st, dir, opts, quantize_ms: 0 };
+    let st = unsafe { MmapedSafetensors::multi(&weight_files(dir)?) }
+        .map_err(|e| LlmError::checkpoint(dir, e.to_string()))?;
+    let mut w = Weights {
+        st,
+        dir,
+        opts,
+        quantize_ms: 0,
+    };
     let tied = hf.tie_word_embeddings || !w.has("lm_head.weight");
     let cfg = Config {
         architecture,
@@ -176,13 +223,27 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let embed_t = w.dense("model.embed_tokens.weight")?;
     let (embed, tied_head) = if w.quantizable(&embed_t) {
         let q = Arc::new(w.qtensor(&embed_t)?);
-        (Embedding::Quantized(q.clone()), Linear::Candle(QMatMul::from_arc(q)?))
+        (
+            Embedding::Quantized(q.clone()),
+            Linear::Candle(QMatMul::from_arc(q)?),
+        )
     } else {
-        (Embedding::Dense(embed_t.clone()), Linear::Candle(QMatMul::Tensor(embed_t)))
+        (
+            Embedding::Dense(embed_t.clone()),
+            Linear::Candle(QMatMul::Tensor(embed_t)),
+        )
     };
-    let lm_head = if tied { tied_head } else { w.linear("lm_head.weight")? };
+    let lm_head = if tied {
+        tied_head
+    } else {
+        w.linear("lm_head.weight")?
+    };
     let norm = w.dense("model.norm.weight")?;
-    let (cos, sin) = rope_tables(&inv_freqs(head_dim, cfg.rope_theta, llama3.as_ref()), cfg.max_seq_len, &opts.device)?;
+    let (cos, sin) = rope_tables(
+        &inv_freqs(head_dim, cfg.rope_theta, llama3.as_ref()),
+        cfg.max_seq_len,
+        &opts.device,
+    )?;
     let mut layers = Vec::with_capacity(cfg.n_layer);
     for i in 0..cfg.n_layer {
         let p = format!("model.layers.{i}");
@@ -204,6 +265,22 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         });
     }
     let requantize_ms = w.quantize_ms;
-    let model = Transformer { cfg, embed, layers, norm, lm_head, cos, sin, device: opts.device.clone() };
-    Ok(Loaded { model, tokenizer, chat_template, bos_token, eos_token, requantize_ms })
+    let model = Transformer {
+        cfg,
+        embed,
+        layers,
+        norm,
+        lm_head,
+        cos,
+        sin,
+        device: opts.device.clone(),
+    };
+    Ok(Loaded {
+        model,
+        tokenizer,
+        chat_template,
+        bos_token,
+        eos_token,
+        requantize_ms,
+    })
 }

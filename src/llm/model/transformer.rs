@@ -10,9 +10,9 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::Config;
 use super::blocks::BlockLinear;
 use super::cache::KvCache;
-use super::Config;
 use crate::llm::error::{LlmError, Result};
 
 /// A linear layer without bias: stored GGML blocks run by our own kernel, or anything candle
@@ -76,7 +76,11 @@ pub struct Transformer {
 }
 
 /// RoPE tables `(max_len, head_dim / 2)` for the given per-pair inverse frequencies.
-pub(crate) fn rope_tables(inv_freq: &[f32], max_len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+pub(crate) fn rope_tables(
+    inv_freq: &[f32],
+    max_len: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let half = inv_freq.len();
     let mut cos = Vec::with_capacity(max_len * half);
     let mut sin = Vec::with_capacity(max_len * half);
@@ -87,7 +91,10 @@ pub(crate) fn rope_tables(inv_freq: &[f32], max_len: usize, device: &Device) -> 
             sin.push(a.sin());
         }
     }
-    Ok((Tensor::from_vec(cos, (max_len, half), device)?, Tensor::from_vec(sin, (max_len, half), device)?))
+    Ok((
+        Tensor::from_vec(cos, (max_len, half), device)?,
+        Tensor::from_vec(sin, (max_len, half), device)?,
+    ))
 }
 
 fn add_bias(x: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
@@ -123,7 +130,10 @@ impl Transformer {
 
     fn logits(&self, h: &Tensor) -> Result<Tensor> {
         let h = candle_nn::ops::rms_norm(h, &self.norm, self.cfg.rms_eps)?;
-        self.lm_head.forward(&h)?.to_dtype(DType::F32).map_err(Into::into)
+        self.lm_head
+            .forward(&h)?
+            .to_dtype(DType::F32)
+            .map_err(Into::into)
     }
 
     /// Final hidden states `(t, hidden)` before the output norm.
@@ -139,14 +149,23 @@ impl Transformer {
                 pos, self.cfg.max_seq_len
             )));
         }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(LlmError::InvalidRequest(format!("token id {bad} outside the vocabulary")));
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&id| id as usize >= self.cfg.vocab_size)
+        {
+            return Err(LlmError::InvalidRequest(format!(
+                "token id {bad} outside the vocabulary"
+            )));
         }
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.forward(&ids)?;
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
-        let mask = if t > 1 { Some(self.causal_mask(t, pos)?) } else { None };
+        let mask = if t > 1 {
+            Some(self.causal_mask(t, pos)?)
+        } else {
+            None
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;
             let a = self.attention(layer, i, &h, &cos, &sin, mask.as_ref(), cache)?;
@@ -170,7 +189,11 @@ impl Transformer {
         for _ in 0..n_rep {
             for i in 0..t {
                 for j in 0..total {
-                    m.push(if j <= pos + i { 0f32 } else { f32::NEG_INFINITY });
+                    m.push(if j <= pos + i {
+                        0f32
+                    } else {
+                        f32::NEG_INFINITY
+                    });
                 }
             }
         }
@@ -208,11 +231,21 @@ impl Transformer {
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.reshape((1, t, cfg.n_kv_head, hd))?.transpose(1, 2)?;
         let (q, k) = if cfg.rope_interleaved {
-            (candle_nn::rotary_emb::rope_i(&q, cos, sin)?, candle_nn::rotary_emb::rope_i(&k, cos, sin)?)
+            (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            )
         } else {
-            (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
+            (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            )
         };
-        let (q, k, v) = if cfg.f16_attention { (f16_round(&q)?, f16_round(&k)?, f16_round(&v)?) } else { (q, k, v) };
+        let (q, k, v) = if cfg.f16_attention {
+            (f16_round(&q)?, f16_round(&k)?, f16_round(&v)?)
+        } else {
+            (q, k, v)
+        };
         let (k, v) = cache.append(index, &k, &v, cfg.max_seq_len)?;
         // Grouped-query attention without copying K/V: the query heads sharing a KV head are
         // stacked as rows, `(1, n_kv, n_rep * t, hd)`.
@@ -225,9 +258,16 @@ impl Transformer {
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let probs = if cfg.f16_attention { f16_round(&probs)? } else { probs };
+        let probs = if cfg.f16_attention {
+            f16_round(&probs)?
+        } else {
+            probs
+        };
         let out = probs.matmul(&v)?; // (1, n_kv, n_rep * t, hd)
-        let out = out.reshape((1, cfg.n_head, t, hd))?.transpose(1, 2)?.reshape((t, cfg.n_head * hd))?;
+        let out = out
+            .reshape((1, cfg.n_head, t, hd))?
+            .transpose(1, 2)?
+            .reshape((t, cfg.n_head * hd))?;
         layer.wo.forward(&out)
     }
 }

@@ -28,7 +28,12 @@ pub(crate) fn merge(ids: &[u32], merges: &Merges, out: &mut Vec<u32>) {
     let mut syms: Vec<Symbol> = ids
         .iter()
         .enumerate()
-        .map(|(i, &id)| Symbol { id, prev: if i == 0 { NONE } else { i - 1 }, next: if i + 1 == ids.len() { NONE } else { i + 1 }, alive: true })
+        .map(|(i, &id)| Symbol {
+            id,
+            prev: if i == 0 { NONE } else { i - 1 },
+            next: if i + 1 == ids.len() { NONE } else { i + 1 },
+            alive: true,
+        })
         .collect();
     // (rank, left position, left id, right id)
     let mut heap: BinaryHeap<Reverse<(u32, usize, u32, u32)>> = BinaryHeap::new();
@@ -49,7 +54,9 @@ pub(crate) fn merge(ids: &[u32], merges: &Merges, out: &mut Vec<u32>) {
         if !syms[left].alive || right == NONE || syms[left].id != lid || syms[right].id != rid {
             continue; // stale entry
         }
-        let Some(&(_, merged)) = merges.get(&(lid, rid)) else { continue };
+        let Some(&(_, merged)) = merges.get(&(lid, rid)) else {
+            continue;
+        };
         syms[left].id = merged;
         syms[right].alive = false;
         let after = syms[right].next;

@@ -10,7 +10,9 @@ pub(crate) struct ByteMap {
 impl ByteMap {
     pub(crate) fn new() -> Self {
         let mut to_char = ['\0'; 256];
-        let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable = |b: u32| {
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b)
+        };
         let mut next = 256u32;
         for b in 0u32..256 {
             let c = if printable(b) {
@@ -23,7 +25,11 @@ impl ByteMap {
             // All values are below 0x180, valid scalar values.
             to_char[b as usize] = char::from_u32(c).unwrap_or('\u{FFFD}');
         }
-        let to_byte = to_char.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let to_byte = to_char
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
         ByteMap { to_char, to_byte }
     }
 
@@ -33,7 +39,10 @@ impl ByteMap {
 
     /// Bytes of a vocabulary entry; `None` when it holds a char outside the map.
     pub(crate) fn decode(&self, token: &str) -> Option<Vec<u8>> {
-        token.chars().map(|c| self.to_byte.get(&c).copied()).collect()
+        token
+            .chars()
+            .map(|c| self.to_byte.get(&c).copied())
+            .collect()
     }
 }
 

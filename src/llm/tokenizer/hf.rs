@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::pretokenize::GPT2_PATTERN;
-use super::{PreTokenizer, Tokenizer, TokenKind, TokenizerParts};
+use super::{PreTokenizer, TokenKind, Tokenizer, TokenizerParts};
 use crate::llm::error::{LlmError, Result};
 
 fn bad(detail: impl std::fmt::Display) -> LlmError {
@@ -20,12 +20,18 @@ fn bad(detail: impl std::fmt::Display) -> LlmError {
 fn pre_patterns(node: &Value, patterns: &mut Vec<String>, prefix_space: &mut bool) -> Result<()> {
     match node.get("type").and_then(Value::as_str) {
         Some("Sequence") => {
-            for p in node.get("pretokenizers").and_then(Value::as_array).ok_or_else(|| bad("Sequence without pretokenizers"))? {
+            for p in node
+                .get("pretokenizers")
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad("Sequence without pretokenizers"))?
+            {
                 pre_patterns(p, patterns, prefix_space)?;
             }
         }
         Some("Split") => {
-            let pattern = node.get("pattern").ok_or_else(|| bad("Split without pattern"))?;
+            let pattern = node
+                .get("pattern")
+                .ok_or_else(|| bad("Split without pattern"))?;
             let re = if let Some(r) = pattern.get("Regex").and_then(Value::as_str) {
                 r.to_string()
             } else if let Some(s) = pattern.get("String").and_then(Value::as_str) {
@@ -33,28 +39,49 @@ fn pre_patterns(node: &Value, patterns: &mut Vec<String>, prefix_space: &mut boo
             } else {
                 return Err(bad("Split pattern is neither Regex nor String"));
             };
-            let behavior = node.get("behavior").and_then(Value::as_str).unwrap_or("Isolated");
+            let behavior = node
+                .get("behavior")
+                .and_then(Value::as_str)
+                .unwrap_or("Isolated");
             if behavior != "Isolated" {
-                return Err(LlmError::Unsupported(format!("tokenizer.json Split behavior {behavior}")));
+                return Err(LlmError::Unsupported(format!(
+                    "tokenizer.json Split behavior {behavior}"
+                )));
             }
             patterns.push(re);
         }
         Some("Digits") => {
-            if node.get("individual_digits").and_then(Value::as_bool).unwrap_or(false) {
+            if node
+                .get("individual_digits")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+            {
                 patterns.push(r"\p{N}".into());
             } else {
                 patterns.push(r"\p{N}+".into());
             }
         }
         Some("ByteLevel") => {
-            if node.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(false) {
+            if node
+                .get("add_prefix_space")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+            {
                 *prefix_space = true;
             }
-            if node.get("use_regex").and_then(Value::as_bool).unwrap_or(true) {
+            if node
+                .get("use_regex")
+                .and_then(Value::as_bool)
+                .unwrap_or(true)
+            {
                 patterns.push(GPT2_PATTERN.into());
             }
         }
-        other => return Err(LlmError::Unsupported(format!("tokenizer.json pre-tokenizer {other:?}"))),
+        other => {
+            return Err(LlmError::Unsupported(format!(
+                "tokenizer.json pre-tokenizer {other:?}"
+            )));
+        }
     }
     Ok(())
 }
@@ -71,22 +98,47 @@ impl Tokenizer {
     pub fn from_tokenizer_json_value(json: &Value) -> Result<Self> {
         let model = json.get("model").ok_or_else(|| bad("no model"))?;
         if model.get("type").and_then(Value::as_str).unwrap_or("BPE") != "BPE" {
-            return Err(LlmError::Unsupported("tokenizer.json model other than BPE".into()));
+            return Err(LlmError::Unsupported(
+                "tokenizer.json model other than BPE".into(),
+            ));
         }
-        let vocab = model.get("vocab").and_then(Value::as_object).ok_or_else(|| bad("no model.vocab"))?;
+        let vocab = model
+            .get("vocab")
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad("no model.vocab"))?;
         let mut entries: Vec<(u32, String)> = Vec::with_capacity(vocab.len());
         for (tok, id) in vocab {
-            let id = id.as_u64().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| bad(format!("bad id for {tok:?}")))?;
+            let id = id
+                .as_u64()
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| bad(format!("bad id for {tok:?}")))?;
             entries.push((id, tok.clone()));
         }
         let mut added: Vec<(u32, String, bool)> = Vec::new();
-        for a in json.get("added_tokens").and_then(Value::as_array).into_iter().flatten() {
-            let id = a.get("id").and_then(Value::as_u64).and_then(|i| u32::try_from(i).ok()).ok_or_else(|| bad("added token without id"))?;
-            let content = a.get("content").and_then(Value::as_str).ok_or_else(|| bad("added token without content"))?;
+        for a in json
+            .get("added_tokens")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let id = a
+                .get("id")
+                .and_then(Value::as_u64)
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| bad("added token without id"))?;
+            let content = a
+                .get("content")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("added token without content"))?;
             let special = a.get("special").and_then(Value::as_bool).unwrap_or(false);
             added.push((id, content.to_string(), special));
         }
-        let size = entries.iter().map(|e| e.0).chain(added.iter().map(|a| a.0)).max().map_or(0, |m| m as usize + 1);
+        let size = entries
+            .iter()
+            .map(|e| e.0)
+            .chain(added.iter().map(|a| a.0))
+            .max()
+            .map_or(0, |m| m as usize + 1);
         let mut tokens = vec![String::new(); size];
         let mut kinds = vec![TokenKind::Unused; size];
         for (id, tok) in entries {
@@ -95,12 +147,23 @@ impl Tokenizer {
         }
         for (id, content, special) in added {
             tokens[id as usize] = content;
-            kinds[id as usize] = if special { TokenKind::Control } else { TokenKind::UserDefined };
+            kinds[id as usize] = if special {
+                TokenKind::Control
+            } else {
+                TokenKind::UserDefined
+            };
         }
         let mut merges = Vec::new();
-        for m in model.get("merges").and_then(Value::as_array).into_iter().flatten() {
+        for m in model
+            .get("merges")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let pair = match m {
-                Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())),
+                Value::String(s) => s
+                    .split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string())),
                 Value::Array(p) if p.len() == 2 => match (p[0].as_str(), p[1].as_str()) {
                     (Some(a), Some(b)) => Some((a.to_string(), b.to_string())),
                     _ => None,
@@ -117,8 +180,19 @@ impl Tokenizer {
         }
         let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
         let pre = PreTokenizer::from_patterns(&refs, prefix_space)?;
-        let ignore_merges = model.get("ignore_merges").and_then(Value::as_bool).unwrap_or(false);
-        Tokenizer::from_parts(TokenizerParts { tokens, kinds, merges, pre, ignore_merges, bos: None, eos: None })
+        let ignore_merges = model
+            .get("ignore_merges")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        Tokenizer::from_parts(TokenizerParts {
+            tokens,
+            kinds,
+            merges,
+            pre,
+            ignore_merges,
+            bos: None,
+            eos: None,
+        })
     }
 }
 
@@ -142,7 +216,10 @@ mod tests {
             "model": {"type": "BPE", "vocab": vocab, "merges": [["a", "b"]]}
         });
         let t = Tokenizer::from_tokenizer_json_value(&json).unwrap();
-        assert_eq!(t.encode("ab<|end|>12", true).unwrap(), [256, 257, b'1' as u32, b'2' as u32]);
+        assert_eq!(
+            t.encode("ab<|end|>12", true).unwrap(),
+            [256, 257, b'1' as u32, b'2' as u32]
+        );
         assert_eq!(t.kind(257), Some(TokenKind::Control));
     }
 

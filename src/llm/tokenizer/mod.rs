@@ -64,26 +64,44 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("vocab_size", &self.tokens.len()).field("specials", &self.specials.len()).finish()
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.tokens.len())
+            .field("specials", &self.specials.len())
+            .finish()
     }
 }
 
 impl Tokenizer {
     /// Assemble from parts; validates that the vocabulary covers every byte.
     pub fn from_parts(parts: TokenizerParts) -> Result<Self> {
-        let TokenizerParts { tokens, kinds, merges: merge_list, pre, ignore_merges, bos, eos } = parts;
+        let TokenizerParts {
+            tokens,
+            kinds,
+            merges: merge_list,
+            pre,
+            ignore_merges,
+            bos,
+            eos,
+        } = parts;
         if tokens.len() != kinds.len() {
-            return Err(LlmError::Tokenizer(format!("{} tokens but {} token types", tokens.len(), kinds.len())));
+            return Err(LlmError::Tokenizer(format!(
+                "{} tokens but {} token types",
+                tokens.len(),
+                kinds.len()
+            )));
         }
         let byte_map = bytes::ByteMap::new();
         let mut ids = HashMap::with_capacity(tokens.len());
         let mut bytes = Vec::with_capacity(tokens.len());
         let mut specials = Vec::new();
         for (i, (tok, kind)) in tokens.iter().zip(&kinds).enumerate() {
-            let id = u32::try_from(i).map_err(|_| LlmError::Tokenizer("vocabulary too large".into()))?;
+            let id =
+                u32::try_from(i).map_err(|_| LlmError::Tokenizer("vocabulary too large".into()))?;
             ids.entry(tok.clone()).or_insert(id);
             let b = match kind {
-                TokenKind::Normal | TokenKind::Unused => byte_map.decode(tok).unwrap_or_else(|| tok.as_bytes().to_vec()),
+                TokenKind::Normal | TokenKind::Unused => byte_map
+                    .decode(tok)
+                    .unwrap_or_else(|| tok.as_bytes().to_vec()),
                 TokenKind::Control | TokenKind::UserDefined => tok.as_bytes().to_vec(),
             };
             bytes.push(b);
@@ -99,11 +117,28 @@ impl Tokenizer {
         }
         let mut merges = bpe::Merges::with_capacity(merge_list.len());
         for (rank, (a, b)) in merge_list.iter().enumerate() {
-            let (Some(&ia), Some(&ib)) = (ids.get(a), ids.get(b)) else { continue };
-            let Some(&im) = ids.get(&format!("{a}{b}")) else { continue };
+            let (Some(&ia), Some(&ib)) = (ids.get(a), ids.get(b)) else {
+                continue;
+            };
+            let Some(&im) = ids.get(&format!("{a}{b}")) else {
+                continue;
+            };
             merges.entry((ia, ib)).or_insert((rank as u32, im));
         }
-        Ok(Tokenizer { tokens, kinds, bytes, ids, merges, byte_ids, specials, pre, ignore_merges, byte_map, bos, eos })
+        Ok(Tokenizer {
+            tokens,
+            kinds,
+            bytes,
+            ids,
+            merges,
+            byte_ids,
+            specials,
+            pre,
+            ignore_merges,
+            byte_map,
+            bos,
+            eos,
+        })
     }
 
     /// Number of entries in the vocabulary.
@@ -128,15 +163,22 @@ impl Tokenizer {
 
     /// Whether `id` is a control or user-defined token.
     pub fn is_special(&self, id: u32) -> bool {
-        matches!(self.kind(id), Some(TokenKind::Control | TokenKind::UserDefined))
+        matches!(
+            self.kind(id),
+            Some(TokenKind::Control | TokenKind::UserDefined)
+        )
     }
 
     /// The id of a token given by its text, special or not.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.specials.iter().find(|(t, _)| t == text).map(|&(_, id)| id).or_else(|| {
-            let encoded: String = text.bytes().map(|b| self.byte_map.char_of(b)).collect();
-            self.ids.get(&encoded).copied()
-        })
+        self.specials
+            .iter()
+            .find(|(t, _)| t == text)
+            .map(|&(_, id)| id)
+            .or_else(|| {
+                let encoded: String = text.bytes().map(|b| self.byte_map.char_of(b)).collect();
+                self.ids.get(&encoded).copied()
+            })
     }
 
     pub fn bos(&self) -> Option<u32> {
@@ -179,7 +221,9 @@ impl Tokenizer {
                     self.encode_plain(std::str::from_utf8(valid).unwrap_or_default(), &mut out)?;
                     let bad = e.error_len().unwrap_or(rest.len()).max(1).min(rest.len());
                     for &b in &rest[..bad] {
-                        out.push(self.byte_ids[b as usize].ok_or_else(|| LlmError::Tokenizer(format!("no token for byte {b:#04x}")))?);
+                        out.push(self.byte_ids[b as usize].ok_or_else(|| {
+                            LlmError::Tokenizer(format!("no token for byte {b:#04x}"))
+                        })?);
                     }
                     bytes = &rest[bad..];
                 }
@@ -232,8 +276,9 @@ impl Tokenizer {
             }
             piece_ids.clear();
             for b in piece.bytes() {
-                let id = self.byte_ids[b as usize]
-                    .ok_or_else(|| LlmError::Tokenizer(format!("vocabulary has no token for byte {b:#04x}")))?;
+                let id = self.byte_ids[b as usize].ok_or_else(|| {
+                    LlmError::Tokenizer(format!("vocabulary has no token for byte {b:#04x}"))
+                })?;
                 piece_ids.push(id);
             }
             bpe::merge(&piece_ids, &self.merges, out);
@@ -274,7 +319,13 @@ pub(crate) mod tests {
     pub(crate) fn tiny() -> Tokenizer {
         let map = bytes::ByteMap::new();
         let mut tokens: Vec<String> = (0..=255u8).map(|b| map.char_of(b).to_string()).collect();
-        let merges = vec![("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o"), ("Ġ", "w")];
+        let merges = vec![
+            ("h", "e"),
+            ("l", "l"),
+            ("he", "ll"),
+            ("hell", "o"),
+            ("Ġ", "w"),
+        ];
         for (a, b) in &merges {
             tokens.push(format!("{a}{b}"));
         }
@@ -287,7 +338,10 @@ pub(crate) mod tests {
         Tokenizer::from_parts(TokenizerParts {
             tokens,
             kinds,
-            merges: merges.into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            merges: merges
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             pre: PreTokenizer::for_gguf_pre("gpt2").unwrap(),
             ignore_merges: false,
             bos: None,
@@ -320,8 +374,13 @@ pub(crate) mod tests {
     #[test]
     fn invalid_utf8_encodes_as_byte_tokens() {
         let t = tiny();
-        let ids = t.encode_bytes(&[b'h', b'e', 0xF0, 0x9F, b'l', b'l', b'o']).unwrap();
-        assert_eq!(t.decode_bytes(&ids, true), vec![b'h', b'e', 0xF0, 0x9F, b'l', b'l', b'o']);
+        let ids = t
+            .encode_bytes(&[b'h', b'e', 0xF0, 0x9F, b'l', b'l', b'o'])
+            .unwrap();
+        assert_eq!(
+            t.decode_bytes(&ids, true),
+            vec![b'h', b'e', 0xF0, 0x9F, b'l', b'l', b'o']
+        );
     }
 
     #[test]

@@ -34,9 +34,15 @@ impl PreTokenizer {
     pub fn from_patterns(patterns: &[&str], prefix_space: bool) -> Result<Self> {
         let steps = patterns
             .iter()
-            .map(|p| Regex::new(p).map_err(|e| LlmError::Tokenizer(format!("bad pre-tokenizer regex {p:?}: {e}"))))
+            .map(|p| {
+                Regex::new(p)
+                    .map_err(|e| LlmError::Tokenizer(format!("bad pre-tokenizer regex {p:?}: {e}")))
+            })
             .collect::<Result<_>>()?;
-        Ok(PreTokenizer { steps, prefix_space })
+        Ok(PreTokenizer {
+            steps,
+            prefix_space,
+        })
     }
 
     /// The pre-tokenizer llama.cpp uses for a GGUF `tokenizer.ggml.pre` value.
@@ -46,7 +52,11 @@ impl PreTokenizer {
             "smollm" => &[DIGITS_PATTERN, SMOLLM_PATTERN],
             "llama3" | "llama-bpe" | "llama-v3" => &[LLAMA3_PATTERN],
             "default" | "gpt-2" | "gpt2" => &[GPT2_PATTERN],
-            other => return Err(LlmError::Unsupported(format!("GGUF pre-tokenizer {other:?}"))),
+            other => {
+                return Err(LlmError::Unsupported(format!(
+                    "GGUF pre-tokenizer {other:?}"
+                )));
+            }
         };
         Self::from_patterns(patterns, false)
     }
@@ -64,7 +74,9 @@ impl PreTokenizer {
             for piece in &pieces {
                 let mut last = 0;
                 for m in re.find_iter(piece) {
-                    let m = m.map_err(|e| LlmError::Tokenizer(format!("pre-tokenizer regex failed: {e}")))?;
+                    let m = m.map_err(|e| {
+                        LlmError::Tokenizer(format!("pre-tokenizer regex failed: {e}"))
+                    })?;
                     if m.start() > last {
                         next.push(sub(piece, last, m.start()));
                     }
@@ -95,7 +107,13 @@ mod tests {
     use super::*;
 
     fn split(pre: &str, text: &str) -> Vec<String> {
-        PreTokenizer::for_gguf_pre(pre).unwrap().split(text).unwrap().into_iter().map(|c| c.into_owned()).collect()
+        PreTokenizer::for_gguf_pre(pre)
+            .unwrap()
+            .split(text)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.into_owned())
+            .collect()
     }
 
     #[test]

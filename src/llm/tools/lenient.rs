@@ -39,18 +39,33 @@ pub fn call_from_value(v: &Value) -> Option<Result<ToolCall, String>> {
     let Some(name) = name.as_str().map(str::trim).filter(|n| !n.is_empty()) else {
         return Some(Err(format!("tool name is not a non-empty string: {name}")));
     };
-    let args = obj.get("arguments").or_else(|| obj.get("parameters")).cloned().unwrap_or(Value::Object(Map::new()));
+    let args = obj
+        .get("arguments")
+        .or_else(|| obj.get("parameters"))
+        .cloned()
+        .unwrap_or(Value::Object(Map::new()));
     let arguments = match args {
         Value::Object(_) => args,
         Value::String(s) if s.trim().is_empty() => Value::Object(Map::new()),
         Value::String(s) => match serde_json::from_str::<Value>(&s) {
             Ok(v @ Value::Object(_)) => v,
-            Ok(_) | Err(_) => return Some(Err(format!("arguments of {name} are a string that is not a JSON object"))),
+            Ok(_) | Err(_) => {
+                return Some(Err(format!(
+                    "arguments of {name} are a string that is not a JSON object"
+                )));
+            }
         },
         Value::Null => Value::Object(Map::new()),
-        other => return Some(Err(format!("arguments of {name} are not an object: {other}"))),
+        other => {
+            return Some(Err(format!(
+                "arguments of {name} are not an object: {other}"
+            )));
+        }
     };
-    Some(Ok(ToolCall { name: name.to_string(), arguments }))
+    Some(Ok(ToolCall {
+        name: name.to_string(),
+        arguments,
+    }))
 }
 
 /// Calls from one JSON value: a call object, an array of them, or a `tool_calls` wrapper.
@@ -66,7 +81,13 @@ pub fn calls_from_value(v: &Value) -> Option<Result<Vec<ToolCall>, String>> {
                 match call_from_value(item) {
                     Some(Ok(c)) => calls.push(c),
                     Some(Err(e)) => return Some(Err(e)),
-                    None => return if calls.is_empty() { None } else { Some(Err(format!("array item is not a call: {item}"))) },
+                    None => {
+                        return if calls.is_empty() {
+                            None
+                        } else {
+                            Some(Err(format!("array item is not a call: {item}")))
+                        };
+                    }
                 }
             }
             Some(Ok(calls))
@@ -86,7 +107,12 @@ pub fn prose_around(text: &str, spans: &[(usize, usize)]) -> String {
     }
     out.push_str(&text[last..]);
     let cleaned = out.replace("```json", "").replace("```", "");
-    cleaned.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("\n")
+    cleaned
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The first call-shaped JSON anywhere in `text`: `Some(Ok((calls, prose)))`, `Some(Err)`
@@ -127,25 +153,45 @@ mod tests {
     fn finds_calls_in_fences_and_prose() {
         let text = "Sure! Let me check.\n```json\n{\"name\": \"get_order\", \"arguments\": {\"id\": 1}}\n```\nDone.";
         let (calls, prose) = find_calls(text).unwrap().unwrap();
-        assert_eq!(calls, vec![ToolCall { name: "get_order".into(), arguments: json!({"id": 1}) }]);
+        assert_eq!(
+            calls,
+            vec![ToolCall {
+                name: "get_order".into(),
+                arguments: json!({"id": 1})
+            }]
+        );
         assert_eq!(prose, "Sure! Let me check.\nDone.");
     }
 
     #[test]
     fn string_arguments_and_parameters_are_accepted() {
         let v = json!({"name": "f", "arguments": "{\"a\": 1}"});
-        assert_eq!(call_from_value(&v).unwrap().unwrap().arguments, json!({"a": 1}));
+        assert_eq!(
+            call_from_value(&v).unwrap().unwrap().arguments,
+            json!({"a": 1})
+        );
         let v = json!({"name": "f", "parameters": {"b": 2}});
-        assert_eq!(call_from_value(&v).unwrap().unwrap().arguments, json!({"b": 2}));
+        assert_eq!(
+            call_from_value(&v).unwrap().unwrap().arguments,
+            json!({"b": 2})
+        );
         let v = json!({"type": "function", "function": {"name": "g", "arguments": {}}});
         assert_eq!(call_from_value(&v).unwrap().unwrap().name, "g");
-        assert!(call_from_value(&json!({"name": "f", "arguments": "oops"})).unwrap().is_err());
+        assert!(
+            call_from_value(&json!({"name": "f", "arguments": "oops"}))
+                .unwrap()
+                .is_err()
+        );
         assert!(call_from_value(&json!({"answer": 1})).is_none());
     }
 
     #[test]
     fn plain_json_that_is_not_a_call_is_not_one() {
-        assert!(find_calls("{\"name\": \"Ann\", \"age\": 30}").unwrap().is_ok()); // call-shaped: has a name
+        assert!(
+            find_calls("{\"name\": \"Ann\", \"age\": 30}")
+                .unwrap()
+                .is_ok()
+        ); // call-shaped: has a name
         assert!(find_calls("{\"age\": 30}").is_none());
         assert!(find_calls("no json here").is_none());
     }

@@ -33,7 +33,9 @@ impl ToolFormat {
             "hermes" => Ok(ToolFormat::Hermes),
             "xlam" => Ok(ToolFormat::Xlam),
             "llama3-json" => Ok(ToolFormat::Llama3Json),
-            other => Err(LlmError::Unsupported(format!("tool-call format {other:?} (hermes, xlam, llama3-json)"))),
+            other => Err(LlmError::Unsupported(format!(
+                "tool-call format {other:?} (hermes, xlam, llama3-json)"
+            ))),
         }
     }
 
@@ -63,7 +65,10 @@ pub enum ModelOutput {
     /// A plain answer.
     Text { content: String },
     /// One or more calls; `content` is any prose around them.
-    ToolCalls { calls: Vec<ToolCall>, content: String },
+    ToolCalls {
+        calls: Vec<ToolCall>,
+        content: String,
+    },
     /// The reply tried to call a tool but could not be read.
     Malformed { reason: String, raw: String },
 }
@@ -84,8 +89,14 @@ mod tests {
 
     fn calls() -> Vec<ToolCall> {
         vec![
-            ToolCall { name: "get_order".into(), arguments: json!({"order_id": "#W1", "n": 2}) },
-            ToolCall { name: "cancel".into(), arguments: json!({"reason": "no longer needed", "nested": {"a": [1, "}"]}}) },
+            ToolCall {
+                name: "get_order".into(),
+                arguments: json!({"order_id": "#W1", "n": 2}),
+            },
+            ToolCall {
+                name: "cancel".into(),
+                arguments: json!({"reason": "no longer needed", "nested": {"a": [1, "}"]}}),
+            },
         ]
     }
 
@@ -94,7 +105,9 @@ mod tests {
         for f in [ToolFormat::Hermes, ToolFormat::Xlam, ToolFormat::Llama3Json] {
             let text = f.render(&calls());
             match f.parse(&text) {
-                ModelOutput::ToolCalls { calls: got, .. } => assert_eq!(got, calls(), "{f:?}: {text}"),
+                ModelOutput::ToolCalls { calls: got, .. } => {
+                    assert_eq!(got, calls(), "{f:?}: {text}")
+                }
                 other => panic!("{f:?}: {other:?} from {text}"),
             }
             let one = f.render(&calls()[..1]);
@@ -105,22 +118,41 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         let inputs = [
-            "", "{", "[", "}", "<tool_call>", "</tool_call>", "<tool_call>{\"name\":", "[{\"name\": 3}]",
-            "```json\n{\"name\": \"x\", \"arguments\": \"{not json\"}\n```", "\u{0}\u{1}\u{ffff}", "[[[[[[[[[[[[",
-            "{\"name\": \"\", \"arguments\": {}}", "<tool_call>\n{\"arguments\": {}}\n</tool_call>", "null", "42",
-            "{\"name\": \"a\", \"arguments\": [1, 2]}", "```", "```json", "\"just a string\"",
+            "",
+            "{",
+            "[",
+            "}",
+            "<tool_call>",
+            "</tool_call>",
+            "<tool_call>{\"name\":",
+            "[{\"name\": 3}]",
+            "```json\n{\"name\": \"x\", \"arguments\": \"{not json\"}\n```",
+            "\u{0}\u{1}\u{ffff}",
+            "[[[[[[[[[[[[",
+            "{\"name\": \"\", \"arguments\": {}}",
+            "<tool_call>\n{\"arguments\": {}}\n</tool_call>",
+            "null",
+            "42",
+            "{\"name\": \"a\", \"arguments\": [1, 2]}",
+            "```",
+            "```json",
+            "\"just a string\"",
         ];
         for f in [ToolFormat::Hermes, ToolFormat::Xlam, ToolFormat::Llama3Json] {
             for s in inputs {
                 let _ = f.parse(s);
             }
             // Deterministic pseudo-random byte soup built from JSON-ish characters.
-            let alphabet: Vec<char> = "{}[]\",:<>/tool_call name arguments\n`json 0123\\".chars().collect();
+            let alphabet: Vec<char> = "{}[]\",:<>/tool_call name arguments\n`json 0123\\"
+                .chars()
+                .collect();
             let mut state = 7u64;
             for len in 0..300 {
                 let s: String = (0..len % 60)
                     .map(|_| {
-                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
                         alphabet[(state >> 33) as usize % alphabet.len()]
                     })
                     .collect();
