@@ -256,15 +256,9 @@ impl Dedup {
         )
     }
 
-    pub fn contains(&self, task: &Task) -> bool {
-        self.seen.contains(&Self::key(task))
-    }
-
-    /// Record an accepted blueprint; `Err` when it was already there.
-    pub fn insert(&mut self, task: &Task) -> Result<(), Rejection> {
-        if self.seen.insert(Self::key(task)) {
-            Ok(())
-        } else {
+    /// `Err(dedup.duplicate)` when this user already has a blueprint with these actions.
+    pub fn check(&self, task: &Task) -> Result<(), Rejection> {
+        if self.seen.contains(&Self::key(task)) {
             Err(Rejection::new(
                 "dedup.duplicate",
                 format!(
@@ -272,7 +266,16 @@ impl Dedup {
                     task.user_id
                 ),
             ))
+        } else {
+            Ok(())
         }
+    }
+
+    /// Record an accepted blueprint; `Err` when it was already there.
+    pub fn insert(&mut self, task: &Task) -> Result<(), Rejection> {
+        self.check(task)?;
+        self.seen.insert(Self::key(task));
+        Ok(())
     }
 }
 
@@ -290,15 +293,7 @@ pub fn stage1(
     if !violations.is_empty() {
         return Err(violations);
     }
-    if dedup.contains(&task) {
-        return Err(vec![Rejection::new(
-            "dedup.duplicate",
-            format!(
-                "user {} already has a blueprint with exactly these actions",
-                task.user_id
-            ),
-        )]);
-    }
+    dedup.check(&task).map_err(|r| vec![r])?;
     Ok((task, executed))
 }
 

@@ -650,14 +650,8 @@ impl<'d> Pipeline<'d> {
         };
         state.record.funnel.executed += 1;
         let mut violations = check::policy(self.domain, &task);
-        if violations.is_empty() && dedup.contains(&task) {
-            violations.push(Rejection::new(
-                "dedup.duplicate",
-                format!(
-                    "user {} already has a blueprint with exactly these actions",
-                    task.user_id
-                ),
-            ));
+        if violations.is_empty() {
+            violations.extend(dedup.check(&task).err());
         }
         state.time("checks", started);
         if !violations.is_empty() {
@@ -729,11 +723,8 @@ impl<'d> Pipeline<'d> {
         };
         state.record.funnel.executed += 1;
         let mut violations = check::policy(self.domain, &combined);
-        if violations.is_empty() && dedup.contains(&combined) {
-            violations.push(Rejection::new(
-                "dedup.duplicate",
-                "this combination was already accepted",
-            ));
+        if violations.is_empty() {
+            violations.extend(dedup.check(&combined).err());
         }
         if !violations.is_empty() {
             violations.iter().for_each(|r| state.reject(1, r));

@@ -205,10 +205,7 @@ fn run_replay(args: DbArgs) -> Result<ExitCode> {
 
 fn run_generate(args: GenerateArgs) -> Result<ExitCode> {
     let manifest_path = args.dir.join(crate::domain::manifest::MANIFEST_FILE);
-    let text = std::fs::read_to_string(&manifest_path)
-        .with_context(|| format!("reading {}", manifest_path.display()))?;
-    let manifest: crate::domain::manifest::Manifest =
-        toml::from_str(&text).with_context(|| format!("parsing {}", manifest_path.display()))?;
+    let manifest = crate::domain::manifest::Manifest::read(&args.dir)?;
     let Some(gen_section) = &manifest.generator else {
         bail!("{}: no [generator] section", manifest_path.display());
     };

@@ -106,3 +106,27 @@ fn default_scripts() -> String {
 fn default_data() -> String {
     "data".into()
 }
+
+impl Manifest {
+    /// Read `<dir>/domain.toml`; errors name the file, line and column.
+    pub fn read(dir: &std::path::Path) -> Result<Manifest, crate::domain::DomainError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text =
+            std::fs::read_to_string(&path).map_err(|error| crate::domain::DomainError::Read {
+                path: path.clone(),
+                error,
+            })?;
+        toml::from_str(&text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| crate::domain::line_col(&text, s.start))
+                .unwrap_or((1, 1));
+            crate::domain::DomainError::Syntax {
+                path,
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })
+    }
+}

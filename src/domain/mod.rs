@@ -74,16 +74,8 @@ impl Domain {
     /// Load the domain in `dir`, with its tables from `db_dir` (default: the manifest's `db.dir`).
     pub fn load(dir: &Path, db_dir: Option<&Path>) -> Result<Domain, DomainError> {
         let manifest_path = dir.join(MANIFEST_FILE);
+        let manifest = Manifest::read(dir)?;
         let text = read(&manifest_path)?;
-        let manifest: Manifest = toml::from_str(&text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
-            DomainError::Syntax {
-                path: manifest_path.clone(),
-                line,
-                column,
-                message: e.message().to_owned(),
-            }
-        })?;
         let invalid = |line: usize, message: String| DomainError::Invalid {
             path: manifest_path.clone(),
             line,

@@ -134,6 +134,3 @@ pub fn json_namespace(builder: &mut GlobalsBuilder) {
         Ok(convert::to_starlark(heap, &json))
     }
 }
-
-#[allow(dead_code)]
-fn _assert_value_like<'v, V: ValueLike<'v>>() {}
