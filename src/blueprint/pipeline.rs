@@ -61,6 +61,7 @@ impl Role {
 /// Settings of a blueprint run (mirrored by the command-line flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
+    /// Stop early once this many blueprints are accepted.
     pub count: usize,
     pub seed: u64,
     /// Proposals per item, the first included (the paper: 3 retail, 5 airline).
@@ -68,9 +69,9 @@ pub struct Settings {
     pub threshold: Threshold,
     /// Characters of database records shown to the proposer, at most.
     pub data_budget: usize,
-    /// Recombined blueprints to make after `count` are accepted.
+    /// Recombined blueprints to make after the items are done.
     pub recombine: usize,
-    /// Give up after this many items without reaching `count`.
+    /// Items (tasks) to attempt; each gets up to `max_turns` proposals.
     pub max_items: usize,
     /// The table of customers.
     pub user_table: String,
@@ -161,6 +162,7 @@ impl Funnel {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
     pub domain: String,
+    /// Tasks to attempt.
     pub target: usize,
     pub accepted: usize,
     pub recombined: usize,
@@ -295,8 +297,9 @@ fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> Result<(), RunError> {
 }
 
 impl<'d> Pipeline<'d> {
-    /// Run (or resume) into `out` until `count` blueprints are accepted (and `recombine` more
-    /// made), calling `progress` after every item.
+    /// Run (or resume) into `out`: attempt `max_items` items (stopping early once `count` are
+    /// accepted), then make up to `recombine` recombined blueprints, calling `progress` after
+    /// every item.
     pub fn run(&self, out: &Path, mut progress: impl FnMut(&Summary)) -> Result<Summary, RunError> {
         let mut files = Files::open(out)?;
         let mut dedup = Dedup::default();
@@ -326,8 +329,7 @@ impl<'d> Pipeline<'d> {
             .filter(|i| i.id.starts_with("rc-"))
             .count();
         let mut tries = 0;
-        while summary.accepted >= self.settings.count
-            && summary.recombined < self.settings.recombine
+        while summary.recombined < self.settings.recombine
             && tries < self.settings.recombine * 10
         {
             let id = format!("rc-{r:05}");
@@ -339,8 +341,7 @@ impl<'d> Pipeline<'d> {
             summary = self.finish_item(out, &mut files, &mut dedup, state, blueprint)?;
             progress(&summary);
         }
-        summary.complete = summary.accepted >= self.settings.count
-            && summary.recombined >= self.settings.recombine;
+        summary.complete = true;
         self.write_summary(out, &summary)?;
         files.blueprints.sync()?;
         files.rejected.sync()?;
@@ -376,7 +377,7 @@ impl<'d> Pipeline<'d> {
     fn summarise(&self, files: &Files) -> Summary {
         let mut s = Summary {
             domain: self.domain.name().into(),
-            target: self.settings.count,
+            target: self.settings.max_items,
             items: files.done.len(),
             ..Default::default()
         };

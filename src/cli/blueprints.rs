@@ -26,9 +26,13 @@ pub struct BlueprintsArgs {
     /// Load the domain's tables from this folder instead.
     #[arg(long, value_name = "DATA")]
     pub db: Option<PathBuf>,
-    /// Blueprints to accept.
+    /// Blueprint tasks to attempt; each gets up to --max-turns proposals and ends accepted or
+    /// rejected.
     #[arg(long, default_value_t = 10)]
     pub count: usize,
+    /// Stop early once this many blueprints are accepted (default: attempt all --count tasks).
+    #[arg(long, value_name = "N")]
+    pub accept: Option<usize>,
     /// The proposer model (profile name or file; default: the default profile).
     #[arg(long)]
     pub proposer: Option<String>,
@@ -42,7 +46,7 @@ pub struct BlueprintsArgs {
     /// Proposals per task (default: the domain's `[blueprints] max_turns`).
     #[arg(long)]
     pub max_turns: Option<usize>,
-    /// Recombined blueprints to make once `count` are accepted.
+    /// Recombined blueprints to make once the tasks are done.
     #[arg(long, default_value_t = 0)]
     pub recombine: usize,
     /// Proposer sampling temperature.
@@ -64,11 +68,11 @@ pub struct BlueprintsArgs {
 fn progress_line(s: &Summary, started: std::time::Instant) -> String {
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     format!(
-        "blueprints {}/{} accepted ({} recombined), {} tasks attempted, {} proposals, {:.1} accepted/min",
-        s.accepted,
-        s.target,
-        s.recombined,
+        "blueprints: {}/{} tasks, {} accepted ({} recombined), {} proposals, {:.1} accepted/min",
         s.items,
+        s.target,
+        s.accepted,
+        s.recombined,
         s.funnel.proposed,
         if minutes > 0.0 {
             s.accepted as f64 / minutes
@@ -131,13 +135,13 @@ pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
     };
     let section = &domain.manifest.blueprints;
     let settings = Settings {
-        count: args.count,
+        count: args.accept.unwrap_or(args.count),
         seed: args.seed,
         max_turns: args.max_turns.unwrap_or(section.max_turns),
         threshold: Threshold::default(),
         data_budget: args.data_budget,
         recombine: args.recombine,
-        max_items: args.count.max(1) * 20,
+        max_items: args.count,
         user_table: section.user_table.clone(),
         only_users: args.users.clone(),
     };
