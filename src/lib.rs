@@ -26,4 +26,5 @@ pub mod domain;
 pub mod eval;
 pub mod llm;
 pub mod pyjson;
+pub mod rollout;
 pub mod run;

@@ -11,3 +11,4 @@ mod domain_mock;
 mod domain_policy;
 mod domain_shipped;
 mod llm;
+mod rollouts;

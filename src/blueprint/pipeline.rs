@@ -329,9 +329,7 @@ impl<'d> Pipeline<'d> {
             .filter(|i| i.id.starts_with("rc-"))
             .count();
         let mut tries = 0;
-        while summary.recombined < self.settings.recombine
-            && tries < self.settings.recombine * 10
-        {
+        while summary.recombined < self.settings.recombine && tries < self.settings.recombine * 10 {
             let id = format!("rc-{r:05}");
             r += 1;
             tries += 1;
@@ -368,10 +366,7 @@ impl<'d> Pipeline<'d> {
     }
 
     fn write_summary(&self, out: &Path, summary: &Summary) -> Result<(), RunError> {
-        write_atomic(
-            &out.join("summary.json"),
-            (serde_json::to_string_pretty(summary).unwrap_or_default() + "\n").as_bytes(),
-        )
+        crate::run::merge_summary(out, &serde_json::to_value(summary).unwrap_or_default())
     }
 
     fn summarise(&self, files: &Files) -> Summary {

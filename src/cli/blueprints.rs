@@ -5,18 +5,13 @@ use crate::blueprint::pipeline::{Pipeline, Role, Settings, Summary};
 use crate::blueprint::sampler::{ApiGraph, read_personas};
 use crate::domain::Domain;
 use crate::domain::task::read_tasks;
-use crate::llm::Backend;
 use crate::llm::cli::LoadArgs;
-use crate::llm::local::LocalBackend;
-use crate::llm::profile::Profile;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct BlueprintsArgs {
@@ -83,32 +78,30 @@ fn progress_line(s: &Summary, started: std::time::Instant) -> String {
 }
 
 pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
+    let mut models = super::Models::new(args.load.clone());
+    let summary = run_with(&args, &mut models)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(if summary.complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Phase 1 with models from `models` (shared with phase 2 by `generate`).
+pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Summary> {
     let domain = Domain::load(&args.domain, args.db.as_deref())
         .with_context(|| format!("cannot load domain {}", args.domain.display()))?;
-    let default_model = || {
-        Profile::default_profile()
-            .map(|p| p.name)
-            .map_err(anyhow::Error::from)
-    };
     let proposer_name = match &args.proposer {
         Some(p) => p.clone(),
-        None => default_model()?,
+        None => super::default_model()?,
     };
     let reviewer_names = if args.reviewers.is_empty() {
-        vec![default_model()?; 3]
+        vec![super::default_model()?; 3]
     } else {
         args.reviewers.clone()
     };
-    let mut loaded: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
-    let mut backend = |name: &str| -> Result<Arc<dyn Backend>> {
-        if let Some(b) = loaded.get(name) {
-            return Ok(b.clone());
-        }
-        let engine = args.load.load(name)?;
-        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(Arc::new(engine))?);
-        loaded.insert(name.to_owned(), b.clone());
-        Ok(b)
-    };
+    let mut backend = |name: &str| models.get(name);
     let proposer = Role {
         name: proposer_name.clone(),
         backend: backend(&proposer_name)?,
@@ -158,11 +151,7 @@ pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
         vec![]
     };
     let graph = ApiGraph::derive(&domain, &examples, &[]);
-    let hashes = |n: &str| {
-        Profile::find(n)
-            .map(|p| p.files.iter().map(|f| f.sha256.clone()).collect::<Vec<_>>())
-            .unwrap_or_default()
-    };
+    let hashes = super::model_hashes;
     let config = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "domain": {"name": domain.name(), "dir": args.domain, "db": domain.db_dir, "db_hash": domain.pristine().hash()},
@@ -195,10 +184,5 @@ pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
     if tty {
         eprintln!();
     }
-    println!("{}", serde_json::to_string_pretty(&summary)?);
-    Ok(if summary.complete {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(summary)
 }

@@ -4,10 +4,61 @@
 pub mod blueprints;
 pub mod chat;
 pub mod domain;
+pub mod eval;
 pub mod export;
+pub mod rollouts;
 
+use crate::llm::Backend;
+use crate::llm::cli::LoadArgs;
+use crate::llm::local::LocalBackend;
+use crate::llm::profile::Profile;
 use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Models loaded once per process and shared by every role that names them.
+pub struct Models {
+    load: LoadArgs,
+    loaded: BTreeMap<String, Arc<dyn Backend>>,
+}
+
+impl Models {
+    pub fn new(load: LoadArgs) -> Self {
+        Models {
+            load,
+            loaded: BTreeMap::new(),
+        }
+    }
+
+    /// The backend for a profile name or model file, loading it on first use.
+    pub fn get(&mut self, name: &str) -> anyhow::Result<Arc<dyn Backend>> {
+        if let Some(b) = self.loaded.get(name) {
+            return Ok(b.clone());
+        }
+        let engine = self.load.load(name)?;
+        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(Arc::new(engine))?);
+        self.loaded.insert(name.to_owned(), b.clone());
+        Ok(b)
+    }
+
+    pub fn load_args(&self) -> &LoadArgs {
+        &self.load
+    }
+}
+
+/// The default model's profile name.
+pub fn default_model() -> anyhow::Result<String> {
+    Ok(Profile::default_profile()?.name)
+}
+
+/// sha256 of a profile's files, where the profile pins them (empty for a path that is not a
+/// profile).
+pub fn model_hashes(name: &str) -> Vec<Option<String>> {
+    Profile::find(name)
+        .map(|p| p.files.iter().map(|f| f.sha256.clone()).collect())
+        .unwrap_or_default()
+}
 
 /// Verified multi-turn tool-use data and agent evaluation on local models.
 #[derive(Debug, Parser)]
@@ -21,6 +72,12 @@ pub struct Cli {
 pub enum Command {
     /// Phase 1: generate verified task blueprints into a run directory (resumable).
     Blueprints(blueprints::BlueprintsArgs),
+    /// Phase 2: simulated user ⇄ agent conversations for a run's blueprints (resumable).
+    Rollouts(rollouts::RolloutsArgs),
+    /// Phase 1 then phase 2 in one run directory: blueprints, then verified conversations.
+    Generate(rollouts::GenerateArgs),
+    /// Score an agent model on tau-bench-style tasks with pass^k (resumable).
+    Eval(eval::EvalArgs),
     /// Export a run's kept conversations as training data (APIGen-MT, OpenAI or ShareGPT).
     Export(export::ExportArgs),
     /// Inspect, check, replay, generate and benchmark executable domains.
@@ -44,6 +101,9 @@ pub fn main() -> ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Export(args) => export::run(args),
         Command::Blueprints(args) => blueprints::run(args),
+        Command::Rollouts(args) => rollouts::run(args),
+        Command::Generate(args) => rollouts::generate(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,11 @@
 //! tasks, estimated from n ≥ k trials with c successes as C(c, k) / C(n, k) (tau-bench's
 //! unbiased estimator; pass^1 is the mean success rate).
 
+use crate::domain::task::Task;
+use crate::rollout::run::TrajectoryRecord;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
 /// C(n, k) as a float (exact for the small n of evaluation runs).
 fn binomial(n: usize, k: usize) -> f64 {
     if k > n {
@@ -29,6 +34,94 @@ pub fn pass_hat_k(tasks: &[(usize, usize)], k: usize) -> Result<f64, String> {
         total += binomial(c, k) / binomial(n, k);
     }
     Ok(total / tasks.len() as f64)
+}
+
+/// `results.json`.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub agent: String,
+    pub user: String,
+    pub tasks: usize,
+    pub trials: usize,
+    /// Task id → reward of each trial, in trial order.
+    pub per_task: BTreeMap<String, Vec<f64>>,
+    /// k (as a string) → pass^k, for k = 1..trials.
+    pub pass_k: BTreeMap<String, f64>,
+    pub average_reward: f64,
+    /// Failed trials per code.
+    pub failures: BTreeMap<String, usize>,
+    pub mean_steps: f64,
+    pub complete: bool,
+}
+
+/// Results from the trials logged so far (tasks in `tasks` order).
+pub fn results(tasks: &[(String, Task)], trials: usize, done: &[TrajectoryRecord]) -> Results {
+    let mut per_task: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut failures = BTreeMap::new();
+    let (mut sum, mut n, mut steps) = (0.0, 0usize, 0usize);
+    for (id, _) in tasks {
+        let mut rewards = Vec::new();
+        for t in 0..trials {
+            if let Some(d) = done.iter().find(|d| d.blueprint_id == *id && d.trial == t) {
+                rewards.push(d.episode.reward);
+                sum += d.episode.reward;
+                n += 1;
+                steps += d.episode.steps;
+                if let Some(c) = &d.episode.code {
+                    *failures.entry(c.clone()).or_default() += 1;
+                }
+            }
+        }
+        per_task.insert(id.clone(), rewards);
+    }
+    let complete = per_task.values().all(|r| r.len() == trials);
+    let counts: Vec<(usize, usize)> = per_task
+        .values()
+        .filter(|r| r.len() == trials)
+        .map(|r| {
+            (
+                r.len(),
+                r.iter().filter(|x| (**x - 1.0).abs() < 1e-6).count(),
+            )
+        })
+        .collect();
+    let pass_k = (1..=trials)
+        .filter_map(|k| Some((k.to_string(), pass_hat_k(&counts, k).ok()?)))
+        .collect();
+    Results {
+        agent: done.first().map(|d| d.agent.clone()).unwrap_or_default(),
+        user: done.first().map(|d| d.user.clone()).unwrap_or_default(),
+        tasks: tasks.len(),
+        trials,
+        per_task,
+        pass_k,
+        average_reward: if n > 0 { sum / n as f64 } else { 0.0 },
+        failures,
+        mean_steps: if n > 0 { steps as f64 / n as f64 } else { 0.0 },
+        complete,
+    }
+}
+
+/// The table printed on stderr.
+pub fn table(r: &Results) -> String {
+    let mut s = String::new();
+    let width = r.per_task.keys().map(String::len).max().unwrap_or(4).max(4);
+    s += &format!("{:<width$}  rewards\n", "task");
+    for (id, rewards) in &r.per_task {
+        let cells: Vec<String> = rewards.iter().map(|x| format!("{x:.0}")).collect();
+        s += &format!("{id:<width$}  {}\n", cells.join(" "));
+    }
+    s += &format!(
+        "average reward {:.3} over {} tasks × {} trials\n",
+        r.average_reward, r.tasks, r.trials
+    );
+    for (k, v) in &r.pass_k {
+        s += &format!("pass^{k} {v:.3}\n");
+    }
+    for (c, n) in &r.failures {
+        s += &format!("{c}: {n}\n");
+    }
+    s
 }
 
 #[cfg(test)]

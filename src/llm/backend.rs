@@ -100,4 +100,12 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
     /// The next assistant reply for `request.messages`.
     fn reply(&self, conversation: &mut Conversation, request: &ChatRequest) -> Result<ChatReply>;
+
+    /// Run `request.messages` (and tools) into the conversation's cache without replying, so
+    /// that conversations cloned from it start with that prefix already computed. A backend
+    /// without a cache does nothing.
+    fn prime(&self, conversation: &mut Conversation, request: &ChatRequest) -> Result<()> {
+        let _ = (conversation, request);
+        Ok(())
+    }
 }

@@ -118,4 +118,15 @@ impl Backend for LocalBackend {
             },
         })
     }
+
+    fn prime(&self, conversation: &mut Conversation, request: &ChatRequest) -> Result<()> {
+        let prompt = self
+            .template
+            .render(&request.messages, &request.tools, false)?;
+        let ids = self.engine.tokenizer().encode(&prompt, true)?;
+        if ids.len() > 1 {
+            self.engine.prefill(&mut conversation.cache, &ids)?;
+        }
+        Ok(())
+    }
 }

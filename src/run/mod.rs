@@ -140,12 +140,40 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), RunError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// Overlay the keys of `value` (a JSON object) on `summary.json` in `dir`, keeping the keys
+/// other stages wrote (phase 1 and phase 2 share one summary), and replace it atomically.
+pub fn merge_summary(dir: &Path, value: &serde_json::Value) -> Result<(), RunError> {
+    let path = dir.join("summary.json");
+    let mut current = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let (Some(cur), Some(new)) = (current.as_object_mut(), value.as_object()) {
+        for (k, v) in new {
+            cur.insert(k.clone(), v.clone());
+        }
+    }
+    let text = serde_json::to_string_pretty(&current).unwrap_or_default() + "\n";
+    write_atomic(&path, text.as_bytes())
+}
+
 /// Create `dir` (if needed) and pin its settings: the first run writes `config.toml`; a later
 /// run must bring the same settings, compared key by key except those in `volatile` (e.g. the
 /// program version or a thread count, which do not change the output).
 pub fn pin_config<C: Serialize>(dir: &Path, config: &C, volatile: &[&str]) -> Result<(), RunError> {
+    pin_config_file(dir, "config.toml", config, volatile)
+}
+
+/// [`pin_config`] with another file name (a second stage of a run pins its own settings).
+pub fn pin_config_file<C: Serialize>(
+    dir: &Path,
+    name: &str,
+    config: &C,
+    volatile: &[&str],
+) -> Result<(), RunError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let path = dir.join("config.toml");
+    let path = dir.join(name);
     let now = toml::Value::try_from(config).map_err(|e| RunError::Config {
         path: path.clone(),
         message: e.to_string(),

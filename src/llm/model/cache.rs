@@ -9,10 +9,22 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::llm::error::Result;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct LayerKv {
     k: Tensor,
     v: Tensor,
+}
+
+/// Buffers are written in place, so a clone must own its copy: two conversations that started
+/// from one cached prefix must not see each other's later tokens.
+impl Clone for LayerKv {
+    fn clone(&self) -> Self {
+        let copy = |t: &Tensor| t.copy().unwrap_or_else(|_| t.clone());
+        LayerKv {
+            k: copy(&self.k),
+            v: copy(&self.v),
+        }
+    }
 }
 
 /// Keys and values for every layer, plus the token ids they stand for.

@@ -1,0 +1,312 @@
+//! `apigen-mt rollouts` (phase 2 on a run's blueprints) and `apigen-mt generate` (phase 1 then
+//! phase 2 in one run directory).
+
+use super::Models;
+use super::blueprints::BlueprintsArgs;
+use crate::domain::Domain;
+use crate::domain::task::{Task, read_tasks};
+use crate::llm::cli::LoadArgs;
+use crate::rollout::run::{RolloutSummary, Rollouts, Settings};
+use crate::rollout::{AgentRole, UserRole, UserStrategy};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The agent and simulated-user settings shared by `rollouts`, `generate` and `eval`.
+#[derive(Debug, Clone, Args)]
+pub struct RoleArgs {
+    /// The agent model (profile name or file; default: the default profile).
+    #[arg(long, value_name = "M", alias = "agent-model")]
+    pub agent: Option<String>,
+    /// The simulated user's model (default: the default profile).
+    #[arg(long, value_name = "M", alias = "user-model")]
+    pub user: Option<String>,
+    /// How the user picks each line: one sample (`plain`, tau-bench's user) or the best of
+    /// --user-n samples by a judge's 0–10 score (`best-of-n`, APIGen-MT's).
+    #[arg(long, value_enum, default_value_t = UserStrategy::Plain)]
+    pub user_strategy: UserStrategy,
+    /// Candidates per user turn for best-of-n.
+    #[arg(long, default_value_t = 4)]
+    pub user_n: usize,
+    /// The best-of-n judge's model (default: the user's).
+    #[arg(long, value_name = "M")]
+    pub judge: Option<String>,
+    /// Attempts per task.
+    #[arg(long, default_value_t = 3)]
+    pub trials: usize,
+    /// Agent sampling temperature (tau-bench: 0).
+    #[arg(long, default_value_t = 0.0)]
+    pub agent_temperature: f32,
+    /// User sampling temperature (tau-bench leaves the provider's default, 1.0).
+    #[arg(long, default_value_t = 1.0)]
+    pub user_temperature: f32,
+    /// Agent replies per episode before it is cut off (tau-bench: 30).
+    #[arg(long, default_value_t = 30)]
+    pub max_steps: usize,
+    /// Run every tool call of an agent reply (tau-bench runs only the first).
+    #[arg(long)]
+    pub parallel_calls: bool,
+    /// Tokens per agent reply, at most.
+    #[arg(long, default_value_t = 512)]
+    pub agent_max_tokens: usize,
+}
+
+impl RoleArgs {
+    /// The agent and user roles, loading their models through `models`.
+    pub fn roles(&self, models: &mut Models) -> Result<(AgentRole, UserRole)> {
+        let agent_name = match &self.agent {
+            Some(a) => a.clone(),
+            None => super::default_model()?,
+        };
+        let user_name = match &self.user {
+            Some(u) => u.clone(),
+            None => super::default_model()?,
+        };
+        let judge_name = self.judge.clone().unwrap_or_else(|| user_name.clone());
+        if self.trials == 0 {
+            bail!("--trials must be at least 1");
+        }
+        let agent = AgentRole {
+            name: agent_name.clone(),
+            backend: models.get(&agent_name)?,
+            temperature: self.agent_temperature,
+            max_tokens: self.agent_max_tokens,
+            max_steps: self.max_steps,
+            parallel_calls: self.parallel_calls,
+        };
+        let judge = if self.user_strategy == UserStrategy::BestOfN {
+            models.get(&judge_name)?
+        } else {
+            models.get(&user_name)?
+        };
+        let user = UserRole {
+            name: user_name.clone(),
+            backend: models.get(&user_name)?,
+            temperature: self.user_temperature,
+            max_tokens: 128,
+            strategy: self.user_strategy,
+            n: self.user_n,
+            judge,
+        };
+        Ok((agent, user))
+    }
+
+    /// The settings as pinned in a run's configuration.
+    pub fn config(&self, agent: &AgentRole, user: &UserRole) -> Value {
+        json!({
+            "agent": {"model": agent.name, "sha256": super::model_hashes(&agent.name),
+                      "temperature": self.agent_temperature, "max_steps": self.max_steps,
+                      "parallel_calls": self.parallel_calls, "max_tokens": self.agent_max_tokens},
+            "user": {"model": user.name, "sha256": super::model_hashes(&user.name),
+                     "temperature": self.user_temperature, "strategy": self.user_strategy,
+                     "n": self.user_n, "judge": self.judge.clone().unwrap_or_else(|| user.name.clone())},
+            "trials": self.trials,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutsArgs {
+    /// Tasks to roll out: a run's `blueprints.jsonl` (or any tau-bench task file).
+    #[arg(long, value_name = "FILE")]
+    pub blueprints: PathBuf,
+    /// The domain (default: the one recorded in the `config.toml` beside the blueprints).
+    #[arg(long, value_name = "DIR")]
+    pub domain: Option<PathBuf>,
+    /// Load the domain's tables from this folder instead.
+    #[arg(long, value_name = "DATA")]
+    pub db: Option<PathBuf>,
+    /// Run seed: each attempt's seed derives from it, the task id and the trial.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The run directory (re-running the same command resumes it).
+    #[arg(long, value_name = "RUN")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub roles: RoleArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub blueprints: BlueprintsArgs,
+    #[command(flatten)]
+    pub roles: RoleArgs,
+}
+
+/// Tasks with ids: a blueprint's `id`, else its position in the file.
+pub fn read_identified_tasks(path: &Path) -> Result<Vec<(String, Task)>> {
+    let tasks = read_tasks(path)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let id = match t.extra.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => i.to_string(),
+        };
+        if !seen.insert(id.clone()) {
+            bail!("{}: task id {id:?} appears twice", path.display());
+        }
+        out.push((id, t));
+    }
+    Ok(out)
+}
+
+/// The domain a blueprint file was made for, from the run's `config.toml`.
+fn domain_of_run(blueprints: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+    let config = blueprints
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("config.toml");
+    let text = std::fs::read_to_string(&config).with_context(|| {
+        format!(
+            "no --domain given and cannot read {} to find the run's domain",
+            config.display()
+        )
+    })?;
+    let v: toml::Value =
+        toml::from_str(&text).with_context(|| format!("{}: invalid TOML", config.display()))?;
+    let dir = v
+        .get("domain")
+        .and_then(|d| d.get("dir"))
+        .and_then(|d| d.as_str())
+        .with_context(|| format!("{}: no domain.dir; pass --domain", config.display()))?;
+    let db = v
+        .get("domain")
+        .and_then(|d| d.get("db"))
+        .and_then(|d| d.as_str())
+        .map(PathBuf::from);
+    Ok((PathBuf::from(dir), db))
+}
+
+fn progress_line(s: &RolloutSummary, planned: usize, started: std::time::Instant) -> String {
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    format!(
+        "rollouts: {}/{} attempts, {} verified, {} kept, {:.2} verified/min",
+        s.rollouts,
+        planned,
+        s.verified,
+        s.kept,
+        if minutes > 0.0 {
+            s.verified as f64 / minutes
+        } else {
+            0.0
+        }
+    )
+}
+
+/// Roll out `tasks` into `out` with progress on stderr.
+pub fn roll_out(
+    domain: &Domain,
+    tasks: &[(String, Task)],
+    roles: &RoleArgs,
+    models: &mut Models,
+    seed: u64,
+    keep: bool,
+    out: &Path,
+    config_name: &str,
+    extra_config: Value,
+) -> Result<RolloutSummary> {
+    let (agent, user) = roles.roles(models)?;
+    let load = models.load_args();
+    let mut config = roles.config(&agent, &user);
+    config["version"] = json!(env!("CARGO_PKG_VERSION"));
+    config["seed"] = json!(seed);
+    config["domain"] = json!({"name": domain.name(), "db_hash": domain.pristine().hash()});
+    config["load"] = json!({"device": load.device, "threads": load.threads});
+    if let (Some(c), Some(e)) = (config.as_object_mut(), extra_config.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    crate::run::pin_config_file(out, config_name, &config, &["version", "load"])?;
+    let rollouts = Rollouts {
+        domain,
+        agent,
+        user,
+        settings: Settings {
+            trials: roles.trials,
+            seed,
+            keep,
+        },
+    };
+    let planned = tasks.len() * roles.trials;
+    let started = std::time::Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let summary = rollouts.run(out, tasks, |s| {
+        if tty {
+            eprint!("\r{}", progress_line(s, planned, started));
+        } else {
+            eprintln!("{}", progress_line(s, planned, started));
+        }
+    })?;
+    if tty {
+        eprintln!();
+    }
+    Ok(summary)
+}
+
+pub fn run(args: RolloutsArgs) -> Result<ExitCode> {
+    let (dir, db) = match &args.domain {
+        Some(d) => (d.clone(), args.db.clone()),
+        None => {
+            let (d, db) = domain_of_run(&args.blueprints)?;
+            (d, args.db.clone().or(db))
+        }
+    };
+    let domain = Domain::load(&dir, db.as_deref())
+        .with_context(|| format!("cannot load domain {}", dir.display()))?;
+    let tasks = read_identified_tasks(&args.blueprints)?;
+    let mut models = Models::new(args.load.clone());
+    let summary = roll_out(
+        &domain,
+        &tasks,
+        &args.roles,
+        &mut models,
+        args.seed,
+        true,
+        &args.out,
+        "rollouts.toml",
+        json!({"blueprints": args.blueprints}),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
+    let mut models = Models::new(args.blueprints.load.clone());
+    let phase1 = super::blueprints::run_with(&args.blueprints, &mut models)?;
+    let bp = &args.blueprints;
+    let domain = Domain::load(&bp.domain, bp.db.as_deref())
+        .with_context(|| format!("cannot load domain {}", bp.domain.display()))?;
+    let path = bp.out.join("blueprints.jsonl");
+    let tasks = read_identified_tasks(&path)?;
+    if tasks.is_empty() {
+        eprintln!(
+            "no blueprint was accepted ({} tasks attempted); nothing to roll out",
+            phase1.items
+        );
+    }
+    let summary = roll_out(
+        &domain,
+        &tasks,
+        &args.roles,
+        &mut models,
+        bp.seed,
+        true,
+        &bp.out,
+        "rollouts.toml",
+        json!({}),
+    )?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({"blueprints": phase1, "rollouts": summary}))?
+    );
+    Ok(ExitCode::SUCCESS)
+}

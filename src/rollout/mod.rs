@@ -1,0 +1,565 @@
+//! Phase 2: a simulated user who knows only a task's instruction talks to a tool-calling agent
+//! inside the domain, with tau-bench's episode mechanics and reward.
+//!
+//! - The user model sees tau-bench's user prompt (the instruction and its rules) and the
+//!   conversation from its side: the agent's greeting "Hi! How can I help you today?" and every
+//!   agent message arrive as `user` turns, its own lines are `assistant` turns. `###STOP###`
+//!   anywhere in its line ends the episode.
+//! - The agent sees the domain policy as system prompt and the domain's tools, in its own chat
+//!   template and tool-call format. A reply with tool calls runs the first call (tau-bench's
+//!   `tool_calls[:1]`; [`AgentRole::parallel_calls`] runs them all) and its observation comes
+//!   back as a `tool` message; a reply without calls is said to the user. At most
+//!   [`AgentRole::max_steps`] replies (tau-bench: 30).
+//! - A terminate tool (`transfer_to_human_agents`) or the user's stop ends the episode; then
+//!   the reward is tau-bench's ([`crate::domain::reward`]). An episode cut off by the step limit
+//!   scores 0, as in tau-bench.
+//!
+//! Two choices beyond tau-bench, for training data: a reply that tries to call a tool but cannot
+//! be read ends the episode (`rollout.agent_malformed`) rather than being sent to the user as
+//! prose; and a user who stops before the agent has done anything scores 0
+//! (`rollout.user_stopped_early`), so an empty conversation is never kept.
+
+pub mod run;
+
+use crate::domain::Domain;
+use crate::domain::reward::{self, Reward};
+use crate::domain::task::{Action, Task};
+use crate::llm::{
+    Backend, ChatRequest, Conversation, Message, ModelOutput, SamplingParams, ToolCall,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The marker a simulated user writes when its goal is met (tau-bench's).
+pub const STOP: &str = "###STOP###";
+/// The agent's first line, shown to the user model (tau-bench's).
+pub const GREETING: &str = "Hi! How can I help you today?";
+
+/// The user prompt of tau-bench's `LLMUserSimulationEnv` (MIT, © 2024 Sierra), word for word —
+/// typo included — so that users simulated here behave as they do there.
+pub fn user_system_prompt(instruction: &str) -> String {
+    format!(
+        "You are an user interacting with an agent.\n\nInstruction: {instruction}\n
+Rules:
+- Just generate one line at a time to simulate the user's message.
+- Do not give away all the instruction at once. Only provide the information that is necessary for the current step.
+- Do not hallucinate information that is not provided in the instruction. For example, if the agent asks for the order id but it is not mentioned in the instruction, do not make up an order id, just say you do not remember or have it.
+- If the instruction goal is satisified, generate '###STOP###' as a standalone message without anything else to end the conversation.
+- Do not repeat the exact instruction in the conversation. Instead, use your own words to convey the same information.
+- Try to make the conversation as natural as possible, and stick to the personalities in the instruction.
+"
+    )
+}
+
+/// The best-of-N judge's prompt (APIGen-MT, Fig. 12, in our words): the human's task, the
+/// agent's last message and one candidate reply, scored 0–10 in `<score></score>`.
+pub fn judge_prompt(instruction: &str, agent_said: &str, candidate: &str) -> String {
+    format!(
+        "You are a fair and detail-focused judge. A human is talking to a customer-service \
+assistant. Below are the human's description (who they are and what they want), the \
+assistant's last message, and one candidate reply from the human.
+
+<description>
+{instruction}
+</description>
+
+<assistant>
+{agent_said}
+</assistant>
+
+<response>
+{candidate}
+</response>
+
+Score the candidate reply from 0 to 10:
+1. Item, order, reservation or personal details must match the description: a reply whose details all match scores 10, and each altered or invented detail lowers the score.
+2. Ordinary conversation (asking for details, confirming, saying ###STOP### once the goal is met) is acceptable.
+3. Replies that move the conversation forward and give the needed information properly score high; unhelpful ones (\"I don't remember\" when the description says it) score lower.
+
+Answer with the score only, as <score>N</score>."
+    )
+}
+
+/// Read a judge's score: the number in `<score>…</score>`, else the first number 0–10 in the
+/// text; `None` when there is none.
+pub fn parse_score(text: &str) -> Option<u32> {
+    let inner = text
+        .split_once("<score>")
+        .map(|(_, rest)| rest.split("</score>").next().unwrap_or(rest))
+        .unwrap_or(text);
+    inner
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse::<u32>().ok())
+        .find(|n| *n <= 10)
+}
+
+/// How the simulated user picks each line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserStrategy {
+    /// One sample per turn (tau-bench's `llm` user).
+    Plain,
+    /// N samples per turn, each scored 0–10 by a judge; the first best one is sent (APIGen-MT).
+    BestOfN,
+}
+
+/// The agent under test or generating data.
+#[derive(Clone)]
+pub struct AgentRole {
+    pub name: String,
+    pub backend: Arc<dyn Backend>,
+    pub temperature: f32,
+    pub max_tokens: usize,
+    /// Replies before the episode is cut off (tau-bench: 30).
+    pub max_steps: usize,
+    /// Run every call of a reply instead of only the first.
+    pub parallel_calls: bool,
+}
+
+/// The simulated user (and, for best-of-N, its judge).
+#[derive(Clone)]
+pub struct UserRole {
+    pub name: String,
+    pub backend: Arc<dyn Backend>,
+    pub temperature: f32,
+    pub max_tokens: usize,
+    pub strategy: UserStrategy,
+    /// Candidates per turn for best-of-N.
+    pub n: usize,
+    /// The judge for best-of-N (the user's model by default).
+    pub judge: Arc<dyn Backend>,
+}
+
+/// Why an episode did not earn reward 1.
+pub mod code {
+    pub const DB_MISMATCH: &str = "rollout.db_mismatch";
+    pub const OUTPUT_MISSING: &str = "rollout.output_missing";
+    pub const MAX_STEPS: &str = "rollout.max_steps";
+    pub const AGENT_MALFORMED: &str = "rollout.agent_malformed";
+    pub const USER_STOPPED_EARLY: &str = "rollout.user_stopped_early";
+    pub const MODEL_ERROR: &str = "rollout.model_error";
+}
+
+/// One finished episode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Episode {
+    /// The conversation in OpenAI chat form: `system` (the policy), then `user`, `assistant`
+    /// (with `tool_calls`) and `tool` messages. The user's closing `###STOP###` line is left out.
+    pub messages: Vec<Value>,
+    pub reward: f64,
+    /// Set when the reward is 0.
+    pub code: Option<String>,
+    pub detail: String,
+    pub db_hash: String,
+    pub gold_db_hash: String,
+    /// Each expected output and whether the agent said it.
+    pub outputs: Vec<(String, bool)>,
+    /// Agent replies (tau-bench's steps).
+    pub steps: usize,
+    /// User lines, the closing one included.
+    pub user_turns: usize,
+    pub tool_calls: usize,
+    /// Generated plus freshly prefilled tokens per role (`agent`, `user`, `judge`).
+    pub tokens: BTreeMap<String, usize>,
+    pub seconds: BTreeMap<String, f64>,
+}
+
+/// Per-role accounting.
+#[derive(Default)]
+struct Meter {
+    tokens: BTreeMap<String, usize>,
+    seconds: BTreeMap<String, f64>,
+}
+
+impl Meter {
+    fn ask(
+        &mut self,
+        role: &str,
+        backend: &dyn Backend,
+        conv: &mut Conversation,
+        req: &ChatRequest,
+    ) -> Result<crate::llm::ChatReply, String> {
+        let t = Instant::now();
+        let reply = backend
+            .reply(conv, req)
+            .map_err(|e| format!("{role}: {e}"))?;
+        *self.seconds.entry(role.into()).or_default() += t.elapsed().as_secs_f64();
+        *self.tokens.entry(role.into()).or_default() += reply.usage.completion_tokens
+            + reply
+                .usage
+                .prompt_tokens
+                .saturating_sub(reply.usage.cached_tokens);
+        Ok(reply)
+    }
+}
+
+/// The user side of an episode.
+struct SimUser<'a> {
+    role: &'a UserRole,
+    instruction: String,
+    messages: Vec<Message>,
+    conv: Conversation,
+    judge_conv: Conversation,
+    seed: u64,
+    turn: u64,
+}
+
+impl<'a> SimUser<'a> {
+    fn new(role: &'a UserRole, instruction: &str, seed: u64) -> Self {
+        SimUser {
+            role,
+            instruction: instruction.to_owned(),
+            messages: vec![Message::system(user_system_prompt(instruction))],
+            conv: Conversation::new(),
+            judge_conv: Conversation::new(),
+            seed,
+            turn: 0,
+        }
+    }
+
+    /// The user's next line after the agent said `agent_said`.
+    fn reply(&mut self, agent_said: &str, meter: &mut Meter) -> Result<String, String> {
+        self.messages.push(Message::user(agent_said));
+        self.turn += 1;
+        let n = match self.role.strategy {
+            UserStrategy::Plain => 1,
+            UserStrategy::BestOfN => self.role.n.max(1),
+        };
+        let mut best: Option<(i64, String)> = None;
+        for i in 0..n {
+            let mut req = ChatRequest::new(self.messages.clone());
+            req.max_tokens = self.role.max_tokens;
+            req.sampling = SamplingParams {
+                temperature: self.role.temperature,
+                seed: self
+                    .seed
+                    .wrapping_add(self.turn.wrapping_mul(1_000_003))
+                    .wrapping_add(i as u64),
+                ..SamplingParams::greedy()
+            };
+            let reply = meter.ask("user", &*self.role.backend, &mut self.conv, &req)?;
+            let line = user_line(&reply.raw);
+            if n == 1 {
+                best = Some((0, line));
+                break;
+            }
+            let mut jreq = ChatRequest::new(vec![Message::user(judge_prompt(
+                &self.instruction,
+                agent_said,
+                &line,
+            ))]);
+            jreq.max_tokens = 24;
+            jreq.stop = vec!["</score>".into()];
+            let judged = meter.ask("judge", &*self.role.judge, &mut self.judge_conv, &jreq)?;
+            let score = parse_score(&judged.raw).map_or(-1, i64::from);
+            if best.as_ref().is_none_or(|(s, _)| score > *s) {
+                best = Some((score, line));
+            }
+        }
+        let line = best.map(|(_, l)| l).unwrap_or_default();
+        self.messages.push(Message::assistant(line.clone()));
+        Ok(line)
+    }
+}
+
+/// A user model's reply as one line to send: trimmed; a model that wraps its line in quotes or
+/// prefixes its role gets those removed.
+fn user_line(raw: &str) -> String {
+    let mut s = raw.trim();
+    for prefix in ["User:", "user:", "Customer:"] {
+        if let Some(rest) = s.strip_prefix(prefix) {
+            s = rest.trim_start();
+        }
+    }
+    s.to_owned()
+}
+
+/// Canonical OpenAI-form messages from the agent's message list: tool calls get ids `call_0`,
+/// `call_1`, … and the tool messages that follow answer them in order.
+pub fn openai_messages(messages: &[Message]) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut next = 0usize;
+    let mut pending: std::collections::VecDeque<String> = Default::default();
+    for m in messages {
+        match m.role.as_str() {
+            "assistant" if !m.tool_calls.is_empty() => {
+                let calls: Vec<Value> = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| {
+                        let id = format!("call_{next}");
+                        next += 1;
+                        pending.push_back(id.clone());
+                        json!({"id": id, "type": "function", "function": {
+                            "name": c.name,
+                            "arguments": serde_json::to_string(&c.arguments).unwrap_or_default(),
+                        }})
+                    })
+                    .collect();
+                out.push(json!({"role": "assistant", "content": m.content, "tool_calls": calls}));
+            }
+            "tool" => {
+                let id = pending.pop_front().unwrap_or_default();
+                out.push(json!({"role": "tool", "tool_call_id": id, "name": m.name, "content": m.content}));
+            }
+            role => out.push(json!({"role": role, "content": m.content})),
+        }
+    }
+    out
+}
+
+/// Everything one episode needs.
+pub struct EpisodeSpec<'a> {
+    pub domain: &'a Domain,
+    pub task: &'a Task,
+    pub agent: &'a AgentRole,
+    pub user: &'a UserRole,
+    /// Seeds the user's (and a sampling agent's) choices.
+    pub seed: u64,
+    /// A conversation whose cache already holds the agent's system prompt and tools (see
+    /// [`prime_agent`]); cloned, never modified.
+    pub agent_prefix: Option<&'a Conversation>,
+}
+
+/// The agent's opening request: the policy as system prompt and the domain's tools.
+fn agent_request(domain: &Domain, messages: Vec<Message>, agent: &AgentRole) -> ChatRequest {
+    let mut req = ChatRequest::new(messages);
+    req.tools = domain.tool_schemas();
+    req.max_tokens = agent.max_tokens;
+    req
+}
+
+/// A conversation with the agent's system prompt and tools already in its cache, to clone for
+/// each episode (the prompt is the same for every task of a domain).
+pub fn prime_agent(domain: &Domain, agent: &AgentRole) -> Result<Conversation, String> {
+    let mut conv = Conversation::new();
+    let req = agent_request(domain, vec![Message::system(domain.policy.clone())], agent);
+    agent
+        .backend
+        .prime(&mut conv, &req)
+        .map_err(|e| format!("agent: {e}"))?;
+    Ok(conv)
+}
+
+/// Run one episode to its end and score it.
+pub fn run_episode(spec: &EpisodeSpec) -> Episode {
+    let EpisodeSpec {
+        domain,
+        task,
+        agent,
+        user,
+        seed,
+        ..
+    } = *spec;
+    let mut meter = Meter::default();
+    let mut env = domain.env();
+    let mut sim = SimUser::new(user, &task.instruction, seed);
+    let mut messages = vec![Message::system(domain.policy.clone())];
+    let mut said: Vec<String> = Vec::new();
+    let mut conv = spec.agent_prefix.cloned().unwrap_or_default();
+    let (mut steps, mut user_turns, mut tool_calls) = (0usize, 0usize, 0usize);
+    // How the loop ended: None = done normally (stop or terminate tool), Some(code, detail).
+    let mut cut: Option<(&str, String)> = None;
+
+    let finish = |messages: &[Message],
+                  said: &[String],
+                  env: &crate::domain::env::Env,
+                  cut: Option<(&str, String)>,
+                  meter: Meter,
+                  counts: (usize, usize, usize)| {
+        let refs: Vec<&str> = said.iter().map(String::as_str).collect();
+        let r: Reward = reward::score(domain, task, &env.hash(), &refs);
+        let (reward, code, detail) = match cut {
+            Some((c, d)) => (0.0, Some(c.to_owned()), d),
+            None if r.reward == 1.0 => (1.0, None, String::new()),
+            None if !r.db_match => (
+                0.0,
+                Some(code::DB_MISMATCH.to_owned()),
+                format!(
+                    "final database {} differs from the gold {}",
+                    short(&r.db_hash),
+                    short(&r.gold_db_hash)
+                ),
+            ),
+            None => (
+                0.0,
+                Some(code::OUTPUT_MISSING.to_owned()),
+                format!(
+                    "never said: {}",
+                    r.outputs
+                        .iter()
+                        .filter(|(_, ok)| !ok)
+                        .map(|(o, _)| format!("{o:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        };
+        Episode {
+            messages: openai_messages(messages),
+            reward,
+            code,
+            detail,
+            db_hash: r.db_hash,
+            gold_db_hash: r.gold_db_hash,
+            outputs: r.outputs,
+            steps: counts.0,
+            user_turns: counts.1,
+            tool_calls: counts.2,
+            tokens: meter.tokens,
+            seconds: meter.seconds,
+        }
+    };
+
+    let first = match sim.reply(GREETING, &mut meter) {
+        Ok(line) => line,
+        Err(e) => {
+            return finish(
+                &messages,
+                &said,
+                &env,
+                Some((code::MODEL_ERROR, e)),
+                meter,
+                (0, 0, 0),
+            );
+        }
+    };
+    user_turns += 1;
+    if first.contains(STOP) {
+        let cut = Some((
+            code::USER_STOPPED_EARLY,
+            "the user stopped before the agent did anything".to_owned(),
+        ));
+        return finish(&messages, &said, &env, cut, meter, (0, 1, 0));
+    }
+    messages.push(Message::user(first));
+
+    let mut done = false;
+    while !done {
+        if steps >= agent.max_steps {
+            cut = Some((
+                code::MAX_STEPS,
+                format!("no end after {} agent replies", agent.max_steps),
+            ));
+            break;
+        }
+        steps += 1;
+        let mut req = agent_request(domain, messages.clone(), agent);
+        req.sampling = SamplingParams {
+            temperature: agent.temperature,
+            seed: seed ^ 0x9e37_79b9_7f4a_7c15 ^ steps as u64,
+            ..SamplingParams::greedy()
+        };
+        let reply = match meter.ask("agent", &*agent.backend, &mut conv, &req) {
+            Ok(r) => r,
+            Err(e) => {
+                cut = Some((code::MODEL_ERROR, e));
+                break;
+            }
+        };
+        match reply.output {
+            ModelOutput::Malformed { reason, raw } => {
+                messages.push(Message::assistant(raw));
+                cut = Some((code::AGENT_MALFORMED, reason));
+                break;
+            }
+            ModelOutput::ToolCalls { calls, content } => {
+                let run: Vec<ToolCall> = if agent.parallel_calls {
+                    calls
+                } else {
+                    calls.into_iter().take(1).collect()
+                };
+                let mut observations = Vec::new();
+                for call in &run {
+                    tool_calls += 1;
+                    let arguments = match &call.arguments {
+                        Value::Object(m) => m.clone(),
+                        _ => Default::default(),
+                    };
+                    let step = env.step(&Action::new(call.name.clone(), arguments));
+                    observations.push(Message::tool(&call.name, step.observation));
+                    if step.done {
+                        done = true;
+                        break;
+                    }
+                }
+                // Calls after a terminate tool are not run; the record keeps only the calls
+                // that were, so each has its observation.
+                let mut msg = Message::assistant_calls(run[..observations.len()].to_vec());
+                msg.content = content;
+                messages.push(msg);
+                messages.extend(observations);
+            }
+            ModelOutput::Text { content } => {
+                said.push(content.clone());
+                messages.push(Message::assistant(content.clone()));
+                match sim.reply(&content, &mut meter) {
+                    Ok(line) => {
+                        user_turns += 1;
+                        if line.contains(STOP) {
+                            done = true;
+                        } else {
+                            messages.push(Message::user(line));
+                        }
+                    }
+                    Err(e) => {
+                        cut = Some((code::MODEL_ERROR, e));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    finish(
+        &messages,
+        &said,
+        &env,
+        cut,
+        meter,
+        (steps, user_turns, tool_calls),
+    )
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_are_read_leniently() {
+        assert_eq!(parse_score("<score>7</score>"), Some(7));
+        assert_eq!(parse_score("I'd say <score> 10 "), Some(10));
+        assert_eq!(parse_score("score: 42 or 3"), Some(3));
+        assert_eq!(parse_score("no idea"), None);
+    }
+
+    #[test]
+    fn tool_calls_get_ids_their_answers_follow() {
+        let mut call = Message::assistant_calls(vec![ToolCall {
+            name: "get".into(),
+            arguments: json!({"id": "a"}),
+        }]);
+        call.content = String::new();
+        let m = openai_messages(&[
+            Message::system("p"),
+            Message::user("hi"),
+            call,
+            Message::tool("get", "{}"),
+            Message::assistant("done"),
+        ]);
+        assert_eq!(m[2]["tool_calls"][0]["id"], "call_0");
+        assert_eq!(
+            m[2]["tool_calls"][0]["function"]["arguments"],
+            "{\"id\":\"a\"}"
+        );
+        assert_eq!(m[3]["tool_call_id"], "call_0");
+        assert!(crate::dataset::validate(&json!({"messages": m})).is_ok());
+    }
+}

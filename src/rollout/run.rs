@@ -1,0 +1,318 @@
+//! Rollouts into a run directory: every task is tried `trials` times; every attempt is logged in
+//! `trajectories.jsonl`, and each unique successful conversation is kept in `dataset.jsonl`.
+//!
+//! An attempt is the unit of durability: its `dataset.jsonl` line (if kept) is appended first,
+//! its `trajectories.jsonl` line last. On restart, dataset lines without their trajectory line
+//! are dropped and the attempt is run again; finished attempts are never redone.
+
+use super::{AgentRole, Episode, EpisodeSpec, UserRole, UserStrategy, prime_agent, run_episode};
+use crate::domain::Domain;
+use crate::domain::task::Task;
+use crate::run::{JsonlLog, RunError, merge_summary};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+/// Settings of a rollout run (mirrored by the command-line flags).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// Attempts per task (the paper: up to 3).
+    pub trials: usize,
+    pub seed: u64,
+    /// Keep successful conversations in `dataset.jsonl` (off for evaluation).
+    pub keep: bool,
+}
+
+/// One attempt, as logged in `trajectories.jsonl`: these fields and the episode's, side by side.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrajectoryRecord {
+    /// `<task id>#<trial>`.
+    pub id: String,
+    /// The blueprint's (or task's) id.
+    pub blueprint_id: String,
+    pub trial: usize,
+    pub seed: u64,
+    pub agent: String,
+    pub user: String,
+    pub user_strategy: UserStrategy,
+    /// Kept in `dataset.jsonl`: successful and not a repeat of a kept conversation.
+    pub kept: bool,
+    /// The kept attempt this successful one repeats word for word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
+    #[serde(flatten)]
+    pub episode: Episode,
+}
+
+/// Read back in two passes over one JSON value (serde's `flatten` cannot read the exact
+/// numbers this crate's JSON keeps).
+impl<'de> Deserialize<'de> for TrajectoryRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Meta {
+            id: String,
+            blueprint_id: String,
+            trial: usize,
+            seed: u64,
+            agent: String,
+            user: String,
+            user_strategy: UserStrategy,
+            kept: bool,
+            #[serde(default)]
+            duplicate_of: Option<String>,
+        }
+        use serde::de::Error;
+        let v = Value::deserialize(d)?;
+        let m: Meta = serde_json::from_value(v.clone()).map_err(D::Error::custom)?;
+        let episode: Episode = serde_json::from_value(v).map_err(D::Error::custom)?;
+        Ok(TrajectoryRecord {
+            id: m.id,
+            blueprint_id: m.blueprint_id,
+            trial: m.trial,
+            seed: m.seed,
+            agent: m.agent,
+            user: m.user,
+            user_strategy: m.user_strategy,
+            kept: m.kept,
+            duplicate_of: m.duplicate_of,
+            episode,
+        })
+    }
+}
+
+/// A kept conversation, as written in `dataset.jsonl` (the canonical training record).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetRecord {
+    pub id: String,
+    pub blueprint_id: String,
+    pub trial: usize,
+    pub domain: String,
+    pub agent: String,
+    pub user: String,
+    pub messages: Vec<Value>,
+    /// The tools offered to the agent, as OpenAI function schemas.
+    pub tools: Vec<Value>,
+}
+
+/// The rollout part of `summary.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RolloutSummary {
+    pub tasks: usize,
+    pub rollouts: usize,
+    pub verified: usize,
+    pub kept: usize,
+    /// Failed attempts per code.
+    pub failures: BTreeMap<String, usize>,
+    /// Means over kept conversations.
+    pub mean_user_turns: f64,
+    pub mean_tool_calls: f64,
+    pub tokens: BTreeMap<String, usize>,
+    pub seconds: BTreeMap<String, f64>,
+    pub complete: bool,
+}
+
+/// Everything a rollout run needs.
+pub struct Rollouts<'d> {
+    pub domain: &'d Domain,
+    pub agent: AgentRole,
+    pub user: UserRole,
+    pub settings: Settings,
+}
+
+/// The seed of one attempt, from the run seed, the task id and the trial.
+pub fn attempt_seed(run_seed: u64, task_id: &str, trial: usize) -> u64 {
+    let d = Sha256::digest(format!("{run_seed}:{task_id}:{trial}").as_bytes());
+    u64::from_le_bytes(d[..8].try_into().unwrap_or_default())
+}
+
+fn conversation_key(messages: &[Value]) -> String {
+    let d = Sha256::digest(
+        serde_json::to_string(messages)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The open logs of a run directory.
+pub struct Logs {
+    trajectories: JsonlLog,
+    dataset: JsonlLog,
+    pub done: Vec<TrajectoryRecord>,
+}
+
+impl Logs {
+    /// Open `trajectories.jsonl` and `dataset.jsonl` in `out`, dropping kept records of
+    /// attempts that never committed.
+    pub fn open(out: &Path) -> Result<Logs, RunError> {
+        std::fs::create_dir_all(out).map_err(|error| RunError::Io {
+            path: out.into(),
+            error,
+        })?;
+        let (trajectories, done) =
+            JsonlLog::open::<TrajectoryRecord>(&out.join("trajectories.jsonl"))?;
+        let committed: HashSet<&str> = done
+            .iter()
+            .filter(|t| t.kept)
+            .map(|t| t.id.as_str())
+            .collect();
+        let path = out.join("dataset.jsonl");
+        let (dataset, mut kept) = JsonlLog::open::<Value>(&path)?;
+        let before = kept.len();
+        kept.retain(|r| r["id"].as_str().is_some_and(|id| committed.contains(id)));
+        let dataset = if kept.len() != before {
+            drop(dataset);
+            let text: String = kept.iter().map(|r| r.to_string() + "\n").collect();
+            crate::run::write_atomic(&path, text.as_bytes())?;
+            JsonlLog::open::<Value>(&path)?.0
+        } else {
+            dataset
+        };
+        Ok(Logs {
+            trajectories,
+            dataset,
+            done,
+        })
+    }
+
+    fn commit(
+        &mut self,
+        record: TrajectoryRecord,
+        kept: Option<DatasetRecord>,
+    ) -> Result<(), RunError> {
+        if let Some(k) = &kept {
+            self.dataset.append(k)?;
+        }
+        self.trajectories.append(&record)?;
+        self.done.push(record);
+        Ok(())
+    }
+
+    pub fn sync(&self) -> Result<(), RunError> {
+        self.dataset.sync()?;
+        self.trajectories.sync()
+    }
+}
+
+impl Rollouts<'_> {
+    /// Run (or resume) every task's trials into `out`, calling `progress` after each attempt.
+    /// `tasks` are `(id, task)` pairs; ids must be unique.
+    pub fn run(
+        &self,
+        out: &Path,
+        tasks: &[(String, Task)],
+        mut progress: impl FnMut(&RolloutSummary),
+    ) -> Result<RolloutSummary, RunError> {
+        let mut logs = Logs::open(out)?;
+        let mut summary = self.summarise(tasks.len(), &logs.done);
+        progress(&summary);
+        let todo = tasks.iter().any(|(id, _)| {
+            (0..self.settings.trials)
+                .any(|t| !logs.done.iter().any(|d| d.id == format!("{id}#{t}")))
+        });
+        let prefix = if todo {
+            Some(
+                prime_agent(self.domain, &self.agent).map_err(|message| RunError::Config {
+                    path: out.into(),
+                    message,
+                })?,
+            )
+        } else {
+            None
+        };
+        for (task_id, task) in tasks {
+            for trial in 0..self.settings.trials {
+                let id = format!("{task_id}#{trial}");
+                if logs.done.iter().any(|d| d.id == id) {
+                    continue;
+                }
+                let seed = attempt_seed(self.settings.seed, task_id, trial);
+                let episode = run_episode(&EpisodeSpec {
+                    domain: self.domain,
+                    task,
+                    agent: &self.agent,
+                    user: &self.user,
+                    seed,
+                    agent_prefix: prefix.as_ref(),
+                });
+                let key = conversation_key(&episode.messages);
+                let duplicate_of = if episode.reward == 1.0 {
+                    logs.done
+                        .iter()
+                        .filter(|d| d.kept && d.blueprint_id == *task_id)
+                        .find(|d| conversation_key(&d.episode.messages) == key)
+                        .map(|d| d.id.clone())
+                } else {
+                    None
+                };
+                let kept = self.settings.keep && episode.reward == 1.0 && duplicate_of.is_none();
+                let dataset = kept.then(|| DatasetRecord {
+                    id: id.clone(),
+                    blueprint_id: task_id.clone(),
+                    trial,
+                    domain: self.domain.name().to_owned(),
+                    agent: self.agent.name.clone(),
+                    user: self.user.name.clone(),
+                    messages: episode.messages.clone(),
+                    tools: self.domain.tool_schemas(),
+                });
+                let record = TrajectoryRecord {
+                    id,
+                    blueprint_id: task_id.clone(),
+                    trial,
+                    seed,
+                    agent: self.agent.name.clone(),
+                    user: self.user.name.clone(),
+                    user_strategy: self.user.strategy,
+                    kept,
+                    duplicate_of,
+                    episode,
+                };
+                logs.commit(record, dataset)?;
+                summary = self.summarise(tasks.len(), &logs.done);
+                merge_summary(out, &json!({ "rollouts": summary }))?;
+                progress(&summary);
+            }
+        }
+        summary.complete = true;
+        merge_summary(out, &json!({ "rollouts": summary }))?;
+        logs.sync()?;
+        Ok(summary)
+    }
+
+    fn summarise(&self, tasks: usize, done: &[TrajectoryRecord]) -> RolloutSummary {
+        let mut s = RolloutSummary {
+            tasks,
+            rollouts: done.len(),
+            ..Default::default()
+        };
+        let (mut turns, mut calls) = (0usize, 0usize);
+        for d in done {
+            let e = &d.episode;
+            if e.reward == 1.0 {
+                s.verified += 1;
+            }
+            if d.kept {
+                s.kept += 1;
+                turns += e.user_turns;
+                calls += e.tool_calls;
+            }
+            if let Some(c) = &e.code {
+                *s.failures.entry(c.clone()).or_default() += 1;
+            }
+            for (k, v) in &e.tokens {
+                *s.tokens.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &e.seconds {
+                *s.seconds.entry(k.clone()).or_default() += v;
+            }
+        }
+        if s.kept > 0 {
+            s.mean_user_turns = turns as f64 / s.kept as f64;
+            s.mean_tool_calls = calls as f64 / s.kept as f64;
+        }
+        s
+    }
+}

@@ -1,0 +1,485 @@
+//! Phase 2 and evaluation with scripted models on the mock domain: one test per branch.
+//! The agent, the user and the judge are separate scripted backends, each answering its own
+//! requests in call order.
+
+use crate::util;
+use apigen_mt::dataset::{self, Format};
+use apigen_mt::domain::Domain;
+use apigen_mt::domain::task::{Task, read_tasks};
+use apigen_mt::llm::Backend;
+use apigen_mt::llm::scripted::ScriptedBackend;
+use apigen_mt::llm::tools::ToolFormat;
+use apigen_mt::rollout::run::{Logs, RolloutSummary, Rollouts, Settings};
+use apigen_mt::rollout::{AgentRole, GREETING, UserRole, UserStrategy, code};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+
+fn domain() -> Domain {
+    Domain::load(&util::root().join("domains/mock"), None).unwrap()
+}
+
+/// The mock train tasks: 0 moves 250.50 from acc_1002 to acc_1001 (memo "rent share"); 1 freezes
+/// acc_1003 and must say its balance, 1757.18.
+fn tasks() -> Vec<Task> {
+    read_tasks(&util::root().join("domains/mock/tasks/train.json")).unwrap()
+}
+
+fn call(name: &str, args: Value) -> String {
+    format!(
+        "<tool_call>\n{}\n</tool_call>",
+        json!({"name": name, "arguments": args})
+    )
+}
+
+fn get_1002() -> String {
+    call("get_account", json!({"account_id": "acc_1002"}))
+}
+
+fn transfer(amount: f64) -> String {
+    call(
+        "transfer_funds",
+        json!({"from_account_id": "acc_1002", "to_account_id": "acc_1001", "amount": amount, "memo": "rent share"}),
+    )
+}
+
+fn script(replies: &[&str]) -> Arc<ScriptedBackend> {
+    Arc::new(ScriptedBackend::new(ToolFormat::Hermes, replies.to_vec()))
+}
+
+struct Setup {
+    agent: Arc<ScriptedBackend>,
+    user: Arc<ScriptedBackend>,
+    judge: Arc<ScriptedBackend>,
+    max_steps: usize,
+    strategy: UserStrategy,
+    trials: usize,
+    keep: bool,
+}
+
+impl Setup {
+    fn new(agent: &[&str], user: &[&str]) -> Setup {
+        Setup {
+            agent: script(agent),
+            user: script(user),
+            judge: script(&[]),
+            max_steps: 30,
+            strategy: UserStrategy::Plain,
+            trials: 1,
+            keep: true,
+        }
+    }
+
+    fn run(&self, out: &Path, tasks: &[(String, Task)]) -> RolloutSummary {
+        let domain = domain();
+        let r = Rollouts {
+            domain: &domain,
+            agent: AgentRole {
+                name: "agent".into(),
+                backend: self.agent.clone() as Arc<dyn Backend>,
+                temperature: 0.0,
+                max_tokens: 100,
+                max_steps: self.max_steps,
+                parallel_calls: false,
+            },
+            user: UserRole {
+                name: "user".into(),
+                backend: self.user.clone() as Arc<dyn Backend>,
+                temperature: 1.0,
+                max_tokens: 100,
+                strategy: self.strategy,
+                n: 4,
+                judge: self.judge.clone() as Arc<dyn Backend>,
+            },
+            settings: Settings {
+                trials: self.trials,
+                seed: 3,
+                keep: self.keep,
+            },
+        };
+        r.run(out, tasks, |_| {}).unwrap()
+    }
+}
+
+fn one(i: usize) -> Vec<(String, Task)> {
+    vec![(format!("bp-{i}"), tasks()[i].clone())]
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+const ASK: &str = "Hi, I'd like to send 250.50 from acc_1002 to acc_1001, memo rent share.";
+
+#[test]
+fn a_solved_task_is_verified_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first agent reply makes two calls: only the first runs, as in tau-bench.
+    let two = format!("{}\n{}", get_1002(), transfer(1.0));
+    let s = Setup::new(
+        &[&two, &transfer(250.5), "The transfer of 250.50 is done."],
+        &[ASK, "Thanks! ###STOP###"],
+    );
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(
+        (summary.rollouts, summary.verified, summary.kept),
+        (1, 1, 1)
+    );
+    assert_eq!((s.agent.remaining(), s.user.remaining()), (0, 0));
+
+    // The user model sees tau-bench's arrangement: its prompt, then the greeting as a user turn.
+    let first = &s.user.requests()[0].messages;
+    assert_eq!(first[0].role, "system");
+    assert!(first[0].content.contains(&tasks()[0].instruction));
+    assert!(first[0].content.contains("###STOP###"));
+    assert_eq!(
+        (first[1].role.as_str(), first[1].content.as_str()),
+        ("user", GREETING)
+    );
+    // ... and the agent's message as a user turn later.
+    let second = &s.user.requests()[1].messages;
+    assert_eq!(
+        second.last().unwrap().content,
+        "The transfer of 250.50 is done."
+    );
+    // The agent sees the policy and the domain's tools.
+    let a = &s.agent.requests()[0];
+    assert_eq!(a.messages[0].content, domain().policy);
+    assert_eq!(a.tools.len(), domain().tools().len());
+
+    let t = &lines(&dir.path().join("trajectories.jsonl"))[0];
+    assert_eq!(
+        (t["reward"].as_f64(), t["kept"].as_bool()),
+        (Some(1.0), Some(true))
+    );
+    assert_eq!(t["db_hash"], t["gold_db_hash"]);
+    let d = &lines(&dir.path().join("dataset.jsonl"))[0];
+    assert_eq!(d["blueprint_id"], "bp-0");
+    dataset::validate(d).unwrap();
+    let roles: Vec<&str> = d["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            "system",
+            "user",
+            "assistant",
+            "tool",
+            "assistant",
+            "tool",
+            "assistant"
+        ],
+        "one call per step; the closing ###STOP### line is not part of the record"
+    );
+    assert_eq!(
+        d["messages"][2]["tool_calls"].as_array().unwrap().len(),
+        1,
+        "the unrun second call is not recorded"
+    );
+}
+
+#[test]
+fn a_wrong_final_state_is_a_db_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Setup::new(&[&transfer(25.05), "Done."], &[ASK, "###STOP###"]);
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!((summary.verified, summary.kept), (0, 0));
+    assert_eq!(summary.failures[code::DB_MISMATCH], 1);
+    assert!(lines(&dir.path().join("dataset.jsonl")).is_empty());
+}
+
+#[test]
+fn an_unsaid_output_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Setup::new(
+        &[
+            &call("find_accounts_by_owner", json!({"owner": "Ada Turing"})),
+            &call("get_account", json!({"account_id": "acc_1003"})),
+            &call(
+                "freeze_account",
+                json!({"account_id": "acc_1003", "reason": "lost card"}),
+            ),
+            "Your account is frozen.",
+        ],
+        &["I lost my card, I'm Ada Turing.", "###STOP###"],
+    );
+    let summary = s.run(dir.path(), &one(1));
+    assert_eq!(summary.failures[code::OUTPUT_MISSING], 1);
+    let t = &lines(&dir.path().join("trajectories.jsonl"))[0];
+    assert_eq!(t["db_hash"], t["gold_db_hash"], "the state was right");
+    assert!(t["detail"].as_str().unwrap().contains("1757.18"));
+}
+
+#[test]
+fn an_endless_agent_hits_max_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(
+        &[&get_1002(), &get_1002(), &get_1002(), &get_1002()],
+        &[ASK],
+    );
+    s.max_steps = 3;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(summary.failures[code::MAX_STEPS], 1);
+    assert_eq!(s.agent.remaining(), 1, "exactly max_steps agent replies");
+    let t = &lines(&dir.path().join("trajectories.jsonl"))[0];
+    assert_eq!(
+        (t["steps"].as_u64(), t["reward"].as_f64()),
+        (Some(3), Some(0.0))
+    );
+}
+
+#[test]
+fn a_user_who_stops_at_once_scores_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    // Task 0 has no outputs; an agent that did nothing must still not earn a kept empty talk.
+    let s = Setup::new(&["unused"], &["###STOP###"]);
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(summary.failures[code::USER_STOPPED_EARLY], 1);
+    assert_eq!(s.agent.remaining(), 1, "the agent was never asked");
+}
+
+#[test]
+fn a_malformed_tool_call_ends_the_episode() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Setup::new(
+        &[
+            "<tool_call>\n{\"name\": \"get_account\", \"arguments\": {\"account_id\": \n</tool_call>",
+            "unused",
+        ],
+        &[ASK],
+    );
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(summary.failures[code::AGENT_MALFORMED], 1);
+    assert_eq!(s.agent.remaining(), 1);
+}
+
+#[test]
+fn best_of_n_sends_the_first_top_scored_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(&["unused"], &["c0", "c1", "c2", "c3", "###STOP###"]);
+    s.agent = script(&["Sure, which account?", "unused"]);
+    s.user = script(&[
+        "I want to pay rent.",
+        "Send 250.50 from acc_1002 to acc_1001.",
+        "Send 250.50 to acc_1001, memo rent share, from acc_1002.",
+        "I don't remember.",
+        "###STOP###",
+        "###STOP###",
+        "###STOP###",
+        "###STOP###",
+    ]);
+    s.judge = script(&[
+        "<score>3</score>",
+        "<score>9</score>",
+        "<score>9</score>",
+        "no score",
+        "<score>10</score>",
+        "<score>2</score>",
+        "<score>2</score>",
+        "<score>2</score>",
+    ]);
+    s.strategy = UserStrategy::BestOfN;
+    s.run(dir.path(), &one(0));
+    let first = &s.agent.requests()[0].messages;
+    assert_eq!(
+        first.last().unwrap().content,
+        "Send 250.50 from acc_1002 to acc_1001.",
+        "the first of the two 9s"
+    );
+    assert_eq!(s.judge.remaining(), 0, "every candidate was judged");
+    let judged = &s.judge.requests()[1].messages[0].content;
+    assert!(judged.contains("<description>") && judged.contains(&tasks()[0].instruction));
+    assert!(judged.contains("Send 250.50 from acc_1002 to acc_1001."));
+}
+
+#[test]
+fn a_repeated_success_is_kept_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = transfer(250.5);
+    let mut s = Setup::new(
+        &[&t, "Done.", &t, "Done."],
+        &[ASK, "###STOP###", ASK, "###STOP###"],
+    );
+    s.trials = 2;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!((summary.verified, summary.kept), (2, 1));
+    let t = lines(&dir.path().join("trajectories.jsonl"));
+    assert_eq!(t[1]["duplicate_of"], "bp-0#0");
+}
+
+/// Two tasks, two trials each; the four episodes' replies in order.
+fn four_episodes() -> Setup {
+    let t = transfer(250.5);
+    let mut s = Setup::new(
+        &[
+            &t,
+            "Done.",
+            &transfer(3.0),
+            "Done.",
+            &t,
+            "Sent 250.50.",
+            &t,
+            "Done!",
+        ],
+        &[
+            ASK,
+            "###STOP###",
+            ASK,
+            "###STOP###",
+            ASK,
+            "ok ###STOP###",
+            ASK,
+            "###STOP###",
+        ],
+    );
+    s.trials = 2;
+    s
+}
+
+fn two_tasks() -> Vec<(String, Task)> {
+    vec![
+        ("a".into(), tasks()[0].clone()),
+        ("b".into(), tasks()[0].clone()),
+    ]
+}
+
+#[test]
+fn resume_after_a_crash_gives_the_uninterrupted_records() {
+    let whole = tempfile::tempdir().unwrap();
+    four_episodes().run(whole.path(), &two_tasks());
+    let dataset = std::fs::read_to_string(whole.path().join("dataset.jsonl")).unwrap();
+    let trajectories = std::fs::read_to_string(whole.path().join("trajectories.jsonl")).unwrap();
+    assert_eq!(dataset.lines().count(), 3);
+
+    // A crash after the last attempt's dataset line but before its commit line, with the
+    // commit line half written.
+    let cut = tempfile::tempdir().unwrap();
+    let t: Vec<&str> = trajectories.lines().collect();
+    std::fs::write(
+        cut.path().join("trajectories.jsonl"),
+        format!("{}\n{}\n{}\n{}", t[0], t[1], t[2], &t[3][..40]),
+    )
+    .unwrap();
+    std::fs::write(cut.path().join("dataset.jsonl"), &dataset).unwrap();
+    let mut s = four_episodes();
+    s.agent = script(&[&transfer(250.5), "Done!"]);
+    s.user = script(&[ASK, "###STOP###"]);
+    let summary = s.run(cut.path(), &two_tasks());
+    assert_eq!((summary.rollouts, summary.kept), (4, 3));
+    assert_eq!(
+        std::fs::read_to_string(cut.path().join("dataset.jsonl")).unwrap(),
+        dataset
+    );
+    let strip = |text: &str| -> Vec<Value> {
+        text.lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                v["seconds"] = json!(null);
+                v
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(&std::fs::read_to_string(cut.path().join("trajectories.jsonl")).unwrap()),
+        strip(&trajectories)
+    );
+    // Finished runs are not redone: a third run asks no model anything.
+    let mut idle = Setup::new(&[], &[]);
+    idle.trials = 2;
+    idle.run(cut.path(), &two_tasks());
+}
+
+#[test]
+fn evaluation_scores_pass_hat_k_from_the_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = four_episodes();
+    s.keep = false;
+    s.run(dir.path(), &two_tasks());
+    assert!(
+        lines(&dir.path().join("dataset.jsonl")).is_empty(),
+        "evaluation keeps no data"
+    );
+    let logs = Logs::open(dir.path()).unwrap();
+    let r = apigen_mt::eval::results(&two_tasks(), 2, &logs.done);
+    // Task a: trials 1, 0. Task b: 1, 1. pass^1 = (1/2 + 1)/2; pass^2 = (0 + 1)/2.
+    assert_eq!(r.per_task["a"], [1.0, 0.0]);
+    assert_eq!(r.per_task["b"], [1.0, 1.0]);
+    assert_eq!(r.pass_k["1"], 0.75);
+    assert_eq!(r.pass_k["2"], 0.5);
+    assert_eq!(r.average_reward, 0.75);
+    assert_eq!(r.failures[code::DB_MISMATCH], 1);
+    assert!(r.complete);
+}
+
+#[test]
+fn exports_of_a_rollout_hold_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Setup::new(
+        &[
+            &get_1002(),
+            &transfer(250.5),
+            "The transfer of 250.50 is done.",
+        ],
+        &[ASK, "###STOP###"],
+    );
+    s.run(dir.path(), &one(0));
+    let record = &lines(&dir.path().join("dataset.jsonl"))[0];
+    let policy = domain().policy;
+
+    let row = dataset::export(record, Format::ApigenMt).unwrap();
+    assert_eq!(row["system"], json!(policy));
+    let tools: Vec<Value> = serde_json::from_str(row["tools"].as_str().unwrap()).unwrap();
+    assert_eq!(tools.len(), domain().tools().len());
+    assert!(
+        tools
+            .iter()
+            .all(|t| t["name"].is_string() && t["parameters"].is_object())
+    );
+    let conv = row["conversations"].as_array().unwrap();
+    let froms: Vec<&str> = conv.iter().map(|c| c["from"].as_str().unwrap()).collect();
+    assert_eq!(
+        froms,
+        [
+            "human",
+            "function_call",
+            "observation",
+            "function_call",
+            "observation",
+            "gpt"
+        ]
+    );
+    for (i, c) in conv.iter().enumerate() {
+        if c["from"] == "function_call" {
+            let v: Value = serde_json::from_str(c["value"].as_str().unwrap()).unwrap();
+            assert!(v["name"].is_string() && v["arguments"].is_object());
+            assert_eq!(conv[i + 1]["from"], "observation");
+        }
+    }
+
+    let o = dataset::export(record, Format::Openai).unwrap();
+    let m = o["messages"].as_array().unwrap();
+    assert_eq!(m[2]["tool_calls"][0]["function"]["name"], "get_account");
+    let args: Value = serde_json::from_str(
+        m[2]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(args, json!({"account_id": "acc_1002"}));
+    assert_eq!(m[3]["role"], "tool");
+    assert_eq!(m[3]["tool_call_id"], m[2]["tool_calls"][0]["id"]);
+    assert_eq!(o["tools"][0]["type"], "function");
+
+    let sg = dataset::export(record, Format::Sharegpt).unwrap();
+    assert_eq!(sg["id"], "bp-0#0");
+    assert_eq!(sg["conversations"], row["conversations"]);
+    assert_eq!(sg["system"], json!(policy));
+}
