@@ -81,6 +81,7 @@ impl Setup {
                 max_tokens: 100,
                 max_steps: self.max_steps,
                 parallel_calls: false,
+                constrained: false,
             },
             user: UserRole {
                 name: "user".into(),

@@ -49,6 +49,10 @@ pub struct RoleArgs {
     /// Run every tool call of an agent reply (tau-bench runs only the first).
     #[arg(long)]
     pub parallel_calls: bool,
+    /// Decode agent replies under a grammar (plain text or one well-formed call to a domain
+    /// tool). Default: on for rollouts and generate (data), off for eval (the model as it is).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub constrain_agent: Option<bool>,
     /// Tokens per agent reply, at most.
     #[arg(long, default_value_t = 512)]
     pub agent_max_tokens: usize,
@@ -56,7 +60,7 @@ pub struct RoleArgs {
 
 impl RoleArgs {
     /// The agent and user roles, loading their models through `models`.
-    pub fn roles(&self, models: &mut Models) -> Result<(AgentRole, UserRole)> {
+    pub fn roles(&self, models: &mut Models, constrain_default: bool) -> Result<(AgentRole, UserRole)> {
         let agent_name = match &self.agent {
             Some(a) => a.clone(),
             None => super::default_model()?,
@@ -76,6 +80,7 @@ impl RoleArgs {
             max_tokens: self.agent_max_tokens,
             max_steps: self.max_steps,
             parallel_calls: self.parallel_calls,
+            constrained: self.constrain_agent.unwrap_or(constrain_default),
         };
         let judge = if self.user_strategy == UserStrategy::BestOfN {
             models.get(&judge_name)?
@@ -99,7 +104,8 @@ impl RoleArgs {
         json!({
             "agent": {"model": agent.name, "sha256": super::model_hashes(&agent.name),
                       "temperature": self.agent_temperature, "max_steps": self.max_steps,
-                      "parallel_calls": self.parallel_calls, "max_tokens": self.agent_max_tokens},
+                      "parallel_calls": self.parallel_calls, "max_tokens": self.agent_max_tokens,
+                      "constrained": agent.constrained},
             "user": {"model": user.name, "sha256": super::model_hashes(&user.name),
                      "temperature": self.user_temperature, "strategy": self.user_strategy,
                      "n": self.user_n, "judge": self.judge.clone().unwrap_or_else(|| user.name.clone())},
@@ -213,7 +219,8 @@ pub fn roll_out(
     config_name: &str,
     extra_config: Value,
 ) -> Result<RolloutSummary> {
-    let (agent, user) = roles.roles(models)?;
+    // Data generation constrains the agent; evaluation (which keeps nothing) does not.
+    let (agent, user) = roles.roles(models, keep)?;
     let load = models.load_args();
     let mut config = roles.config(&agent, &user);
     config["version"] = json!(env!("CARGO_PKG_VERSION"));

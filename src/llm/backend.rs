@@ -25,6 +25,8 @@ pub enum Constraint {
     JsonSchema(Value),
     /// The reply is a tool call in the model's format, to one of the request's tools.
     ToolCall,
+    /// The reply is plain text or one tool call (an agent's turn): never a half-formed call.
+    TextOrToolCall,
 }
 
 /// One reply request.

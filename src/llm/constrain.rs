@@ -117,6 +117,28 @@ impl Constrainer {
             }
         }
     }
+
+    /// Either a plain answer or one tool call in the model's format (an agent's turn). The
+    /// answer may not start with what a call starts with, nor contain `<`, `{` or a backtick,
+    /// so a reply is always readable as exactly one of the two.
+    pub fn text_or_tool_call(&self, format: ToolFormat, tools: &[Value]) -> Result<Grammar> {
+        let call = with_json_layout(call_schema(format, tools)?);
+        let text = r#"TEXT: /[^<{\[\s`][^<{`]*/"#;
+        let lark = match format {
+            ToolFormat::Hermes => format!(
+                "start: TEXT | {:?} %json {} {:?}\n{text}\n",
+                format!("{}\n", hermes::OPEN),
+                call,
+                format!("\n{}", hermes::CLOSE)
+            ),
+            ToolFormat::Llama3Json => format!("start: TEXT | %json {call}\n{text}\n"),
+            ToolFormat::Xlam => {
+                let array = with_json_layout(json!({"type": "array", "items": call, "minItems": 1}));
+                format!("start: TEXT | %json {array}\n{text}\n")
+            }
+        };
+        self.grammar(TopLevelGrammar::from_lark(lark))
+    }
 }
 
 /// Fix the JSON layout to Python's `json.dumps` style (`", "`, `": "`, no other whitespace)

@@ -97,6 +97,10 @@ impl Backend for LocalBackend {
             Some(Constraint::ToolCall) => {
                 Some(self.constrainer()?.tool_call(self.format, &request.tools)?)
             }
+            Some(Constraint::TextOrToolCall) => Some(
+                self.constrainer()?
+                    .text_or_tool_call(self.format, &request.tools)?,
+            ),
         };
         let g = self.engine.generate(
             &mut conversation.cache,

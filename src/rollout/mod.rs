@@ -118,6 +118,9 @@ pub struct AgentRole {
     pub max_steps: usize,
     /// Run every call of a reply instead of only the first.
     pub parallel_calls: bool,
+    /// Decode each reply under a grammar that admits plain text or one well-formed call to a
+    /// domain tool, so a small model never writes a half-formed call.
+    pub constrained: bool,
 }
 
 /// The simulated user (and, for best-of-N, its judge).
@@ -162,6 +165,9 @@ pub struct Episode {
     pub steps: usize,
     /// User lines, the closing one included.
     pub user_turns: usize,
+    /// The user's closing line (the one with `###STOP###`), left out of `messages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_line: Option<String>,
     pub tool_calls: usize,
     /// Generated plus freshly prefilled tokens per role (`agent`, `user`, `judge`).
     pub tokens: BTreeMap<String, usize>,
@@ -266,10 +272,10 @@ impl<'a> SimUser<'a> {
     }
 }
 
-/// A user model's reply as one line to send: trimmed; a model that wraps its line in quotes or
-/// prefixes its role gets those removed.
+/// A user model's reply as one line to send: its first non-empty line ("one line at a time"),
+/// trimmed, without a role prefix.
 fn user_line(raw: &str) -> String {
-    let mut s = raw.trim();
+    let mut s = raw.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
     for prefix in ["User:", "user:", "Customer:"] {
         if let Some(rest) = s.strip_prefix(prefix) {
             s = rest.trim_start();
@@ -365,7 +371,9 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     // How the loop ended: None = done normally (stop or terminate tool), Some(code, detail).
     let mut cut: Option<(&str, String)> = None;
 
+    let mut stop_line: Option<String> = None;
     let finish = |messages: &[Message],
+                  stop_line: Option<String>,
                   said: &[String],
                   env: &crate::domain::env::Env,
                   cut: Option<(&str, String)>,
@@ -409,6 +417,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
             outputs: r.outputs,
             steps: counts.0,
             user_turns: counts.1,
+            stop_line,
             tool_calls: counts.2,
             tokens: meter.tokens,
             seconds: meter.seconds,
@@ -420,6 +429,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
         Err(e) => {
             return finish(
                 &messages,
+                None,
                 &said,
                 &env,
                 Some((code::MODEL_ERROR, e)),
@@ -434,7 +444,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
             code::USER_STOPPED_EARLY,
             "the user stopped before the agent did anything".to_owned(),
         ));
-        return finish(&messages, &said, &env, cut, meter, (0, 1, 0));
+        return finish(&messages, Some(first), &said, &env, cut, meter, (0, 1, 0));
     }
     messages.push(Message::user(first));
 
@@ -449,6 +459,9 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
         }
         steps += 1;
         let mut req = agent_request(domain, messages.clone(), agent);
+        if agent.constrained {
+            req.constraint = Some(crate::llm::Constraint::TextOrToolCall);
+        }
         req.sampling = SamplingParams {
             temperature: agent.temperature,
             seed: seed ^ 0x9e37_79b9_7f4a_7c15 ^ steps as u64,
@@ -501,6 +514,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                     Ok(line) => {
                         user_turns += 1;
                         if line.contains(STOP) {
+                            stop_line = Some(line);
                             done = true;
                         } else {
                             messages.push(Message::user(line));
@@ -516,6 +530,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     }
     finish(
         &messages,
+        stop_line,
         &said,
         &env,
         cut,

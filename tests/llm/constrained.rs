@@ -165,3 +165,43 @@ fn tool_call_constraint_yields_a_call_in_the_model_format() {
         other => panic!("{other:?} from {:?}", reply.raw),
     }
 }
+
+#[test]
+fn text_or_tool_call_gives_either_a_clean_answer_or_a_clean_call() {
+    let _serial = model_lock();
+    let Some(backend) = smollm() else { return };
+    let tools = vec![
+        json!({"name": "get_order_details", "description": "Look up an order", "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}),
+    ];
+    for (prompt, seed) in [
+        ("Look up my order #W2378156 please.", 0),
+        ("Hello! What can you do?", 1),
+        ("Tell me a short joke about databases.", 2),
+        ("Order #W1 — where is it?", 3),
+    ] {
+        let mut req = ChatRequest::new(vec![Message::user(prompt)]);
+        req.tools = tools.clone();
+        req.max_tokens = 60;
+        req.sampling = apigen_mt::llm::SamplingParams {
+            temperature: 0.8,
+            seed,
+            ..Default::default()
+        };
+        req.constraint = Some(Constraint::TextOrToolCall);
+        let reply = backend.reply(&mut Conversation::new(), &req).unwrap();
+        match &reply.output {
+            ModelOutput::ToolCalls { calls, content } => {
+                assert!(reply.raw.starts_with("<tool_call>\n{"), "{:?}", reply.raw);
+                assert_eq!((calls.len(), content.trim()), (1, ""), "{:?}", reply.raw);
+                assert_eq!(calls[0].name, "get_order_details");
+            }
+            ModelOutput::Text { content } => {
+                assert!(
+                    !content.contains(['<', '{', '`']),
+                    "an answer never half-opens a call: {content:?}"
+                );
+            }
+            other => panic!("{other:?} from {:?}", reply.raw),
+        }
+    }
+}
