@@ -241,10 +241,30 @@ fn an_endless_agent_hits_max_steps() {
 fn a_user_who_stops_at_once_scores_zero() {
     let dir = tempfile::tempdir().unwrap();
     // Task 0 has no outputs; an agent that did nothing must still not earn a kept empty talk.
-    let s = Setup::new(&["unused"], &["###STOP###"]);
+    let s = Setup::new(&["unused"], &["###STOP###", "###STOP###", "###STOP###"]);
     let summary = s.run(dir.path(), &one(0));
     assert_eq!(summary.failures[code::USER_STOPPED_EARLY], 1);
     assert_eq!(s.agent.remaining(), 1, "the agent was never asked");
+    assert_eq!(
+        s.user.remaining(),
+        0,
+        "the opening line was sampled three times"
+    );
+    // Each new sample starts over from the greeting.
+    assert!(s.user.requests().iter().all(|r| r.messages.len() == 2));
+}
+
+#[test]
+fn an_opening_stop_is_sampled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Setup::new(
+        &[&transfer(250.5), "Done."],
+        &["###STOP###", ASK, "###STOP###"],
+    );
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(summary.verified, 1);
+    let d = &lines(&dir.path().join("dataset.jsonl"))[0];
+    assert_eq!(d["messages"][1]["content"], ASK);
 }
 
 #[test]

@@ -60,7 +60,11 @@ pub struct RoleArgs {
 
 impl RoleArgs {
     /// The agent and user roles, loading their models through `models`.
-    pub fn roles(&self, models: &mut Models, constrain_default: bool) -> Result<(AgentRole, UserRole)> {
+    pub fn roles(
+        &self,
+        models: &mut Models,
+        constrain_default: bool,
+    ) -> Result<(AgentRole, UserRole)> {
         let agent_name = match &self.agent {
             Some(a) => a.clone(),
             None => super::default_model()?,

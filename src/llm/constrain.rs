@@ -133,7 +133,8 @@ impl Constrainer {
             ),
             ToolFormat::Llama3Json => format!("start: TEXT | %json {call}\n{text}\n"),
             ToolFormat::Xlam => {
-                let array = with_json_layout(json!({"type": "array", "items": call, "minItems": 1}));
+                let array =
+                    with_json_layout(json!({"type": "array", "items": call, "minItems": 1}));
                 format!("start: TEXT | %json {array}\n{text}\n")
             }
         };

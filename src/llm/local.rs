@@ -72,8 +72,24 @@ impl LocalBackend {
 
     /// The prompt text for a request (what the model will see).
     pub fn prompt(&self, request: &ChatRequest) -> Result<String> {
+        self.render(request, true)
+    }
+
+    /// Render a request. xLAM-2 with a system message and tools gets the format instruction
+    /// and the tools in its system message, as it was trained (its template would drop the
+    /// instruction).
+    fn render(&self, request: &ChatRequest, add_generation_prompt: bool) -> Result<String> {
+        if self.format == ToolFormat::Xlam
+            && !request.tools.is_empty()
+            && request.messages.first().is_some_and(|m| m.role == "system")
+        {
+            let mut messages = request.messages.clone();
+            messages[0].content =
+                crate::llm::tools::xlam::system_prompt(&messages[0].content, &request.tools);
+            return self.template.render(&messages, &[], add_generation_prompt);
+        }
         self.template
-            .render(&request.messages, &request.tools, true)
+            .render(&request.messages, &request.tools, add_generation_prompt)
     }
 }
 
@@ -124,9 +140,7 @@ impl Backend for LocalBackend {
     }
 
     fn prime(&self, conversation: &mut Conversation, request: &ChatRequest) -> Result<()> {
-        let prompt = self
-            .template
-            .render(&request.messages, &request.tools, false)?;
+        let prompt = self.render(request, false)?;
         let ids = self.engine.tokenizer().encode(&prompt, true)?;
         if ids.len() > 1 {
             self.engine.prefill(&mut conversation.cache, &ids)?;

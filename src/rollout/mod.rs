@@ -16,7 +16,8 @@
 //!
 //! Two choices beyond tau-bench, for training data: a reply that tries to call a tool but cannot
 //! be read ends the episode (`rollout.agent_malformed`) rather than being sent to the user as
-//! prose; and a user who stops before the agent has done anything scores 0
+//! prose; and a user's opening line that already stops is sampled again (a user who has said
+//! nothing cannot have reached their goal), and if it stops every time the episode scores 0
 //! (`rollout.user_stopped_early`), so an empty conversation is never kept.
 
 pub mod run;
@@ -37,6 +38,8 @@ use std::time::Instant;
 pub const STOP: &str = "###STOP###";
 /// The agent's first line, shown to the user model (tau-bench's).
 pub const GREETING: &str = "Hi! How can I help you today?";
+/// Samples of the user's opening line before an episode whose user stops at once is given up.
+pub const OPENING_TRIES: usize = 3;
 
 /// The user prompt of tau-bench's `LLMUserSimulationEnv` (MIT, © 2024 Sierra), word for word —
 /// typo included — so that users simulated here behave as they do there.
@@ -227,6 +230,20 @@ impl<'a> SimUser<'a> {
         }
     }
 
+    /// The user's opening line. A user who has said nothing yet cannot have reached their goal,
+    /// so an opening `###STOP###` is sampled again, up to [`OPENING_TRIES`] times in all.
+    fn open(&mut self, meter: &mut Meter) -> Result<String, String> {
+        let mut line = String::new();
+        for _ in 0..OPENING_TRIES {
+            self.messages.truncate(1);
+            line = self.reply(GREETING, meter)?;
+            if !line.contains(STOP) {
+                break;
+            }
+        }
+        Ok(line)
+    }
+
     /// The user's next line after the agent said `agent_said`.
     fn reply(&mut self, agent_said: &str, meter: &mut Meter) -> Result<String, String> {
         self.messages.push(Message::user(agent_said));
@@ -275,7 +292,11 @@ impl<'a> SimUser<'a> {
 /// A user model's reply as one line to send: its first non-empty line ("one line at a time"),
 /// trimmed, without a role prefix.
 fn user_line(raw: &str) -> String {
-    let mut s = raw.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let mut s = raw
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     for prefix in ["User:", "user:", "Customer:"] {
         if let Some(rest) = s.strip_prefix(prefix) {
             s = rest.trim_start();
@@ -424,7 +445,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
         }
     };
 
-    let first = match sim.reply(GREETING, &mut meter) {
+    let first = match sim.open(&mut meter) {
         Ok(line) => line,
         Err(e) => {
             return finish(
@@ -442,7 +463,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     if first.contains(STOP) {
         let cut = Some((
             code::USER_STOPPED_EARLY,
-            "the user stopped before the agent did anything".to_owned(),
+            format!("the user's opening line was {STOP} in all {OPENING_TRIES} samples"),
         ));
         return finish(&messages, Some(first), &said, &env, cut, meter, (0, 1, 0));
     }
