@@ -60,7 +60,8 @@ pub struct BlueprintsArgs {
     pub load: LoadArgs,
 }
 
-fn progress_line(s: &Summary, started: std::time::Instant) -> String {
+/// `base`: accepted when this process started (a resumed run's rate counts only new work).
+fn progress_line(s: &Summary, base: usize, started: std::time::Instant) -> String {
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     format!(
         "blueprints: {}/{} tasks, {} accepted ({} recombined), {} proposals, {:.1} accepted/min",
@@ -70,7 +71,7 @@ fn progress_line(s: &Summary, started: std::time::Instant) -> String {
         s.recombined,
         s.funnel.proposed,
         if minutes > 0.0 {
-            s.accepted as f64 / minutes
+            s.accepted.saturating_sub(base) as f64 / minutes
         } else {
             0.0
         }
@@ -161,7 +162,13 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
         "data_budget": args.data_budget,
         "load": {"device": args.load.device, "threads": args.load.threads, "requantize": !args.load.no_requantize},
     });
-    crate::run::pin_config(&args.out, &config, &["version", "load"])?;
+    // How far to go (tasks to attempt, early stop) does not change any item, so a run can be
+    // extended or cut short by re-running with another --count or --accept.
+    crate::run::pin_config(
+        &args.out,
+        &config,
+        &["version", "load", "settings.count", "settings.max_items"],
+    )?;
     let pipeline = Pipeline {
         domain: &domain,
         proposer,
@@ -174,11 +181,13 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
     };
     let started = std::time::Instant::now();
     let tty = std::io::stderr().is_terminal();
+    let mut base = None;
     let summary = pipeline.run(&args.out, |s| {
+        let base = *base.get_or_insert(s.accepted);
         if tty {
-            eprint!("\r{}", progress_line(s, started));
+            eprint!("\r{}", progress_line(s, base, started));
         } else {
-            eprintln!("{}", progress_line(s, started));
+            eprintln!("{}", progress_line(s, base, started));
         }
     })?;
     if tty {

@@ -195,7 +195,13 @@ fn domain_of_run(blueprints: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     Ok((PathBuf::from(dir), db))
 }
 
-fn progress_line(s: &RolloutSummary, planned: usize, started: std::time::Instant) -> String {
+/// `base`: verified when this process started (a resumed run's rate counts only new work).
+fn progress_line(
+    s: &RolloutSummary,
+    base: usize,
+    planned: usize,
+    started: std::time::Instant,
+) -> String {
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     format!(
         "rollouts: {}/{} attempts, {} verified, {} kept, {:.2} verified/min",
@@ -204,7 +210,7 @@ fn progress_line(s: &RolloutSummary, planned: usize, started: std::time::Instant
         s.verified,
         s.kept,
         if minutes > 0.0 {
-            s.verified as f64 / minutes
+            s.verified.saturating_sub(base) as f64 / minutes
         } else {
             0.0
         }
@@ -250,11 +256,13 @@ pub fn roll_out(
     let planned = tasks.len() * roles.trials;
     let started = std::time::Instant::now();
     let tty = std::io::stderr().is_terminal();
+    let mut base = None;
     let summary = rollouts.run(out, tasks, |s| {
+        let base = *base.get_or_insert(s.verified);
         if tty {
-            eprint!("\r{}", progress_line(s, planned, started));
+            eprint!("\r{}", progress_line(s, base, planned, started));
         } else {
-            eprintln!("{}", progress_line(s, planned, started));
+            eprintln!("{}", progress_line(s, base, planned, started));
         }
     })?;
     if tty {
