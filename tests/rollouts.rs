@@ -82,6 +82,7 @@ impl Setup {
                 max_steps: self.max_steps,
                 parallel_calls: false,
                 constrained: false,
+                trace: false,
             },
             user: UserRole {
                 name: "user".into(),

@@ -37,9 +37,10 @@ pub struct RoleArgs {
     /// Attempts per task.
     #[arg(long, default_value_t = 3)]
     pub trials: usize,
-    /// Agent sampling temperature (tau-bench: 0).
-    #[arg(long, default_value_t = 0.0)]
-    pub agent_temperature: f32,
+    /// Agent sampling temperature. Default: 0 for eval (tau-bench's); 0.7 for rollouts and
+    /// generate, so that trials differ and a small model does not repeat one call forever.
+    #[arg(long)]
+    pub agent_temperature: Option<f32>,
     /// User sampling temperature (tau-bench leaves the provider's default, 1.0).
     #[arg(long, default_value_t = 1.0)]
     pub user_temperature: f32,
@@ -53,18 +54,19 @@ pub struct RoleArgs {
     /// tool). Default: on for rollouts and generate (data), off for eval (the model as it is).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub constrain_agent: Option<bool>,
+    /// Print every message of every episode to stderr as it happens.
+    #[arg(long)]
+    pub trace: bool,
     /// Tokens per agent reply, at most.
     #[arg(long, default_value_t = 512)]
     pub agent_max_tokens: usize,
 }
 
 impl RoleArgs {
-    /// The agent and user roles, loading their models through `models`.
-    pub fn roles(
-        &self,
-        models: &mut Models,
-        constrain_default: bool,
-    ) -> Result<(AgentRole, UserRole)> {
+    /// The agent and user roles, loading their models through `models`. `data`: the roles
+    /// generate training data (rollouts, generate) rather than score a model (eval), which
+    /// picks the defaults of --constrain-agent and --agent-temperature.
+    pub fn roles(&self, models: &mut Models, data: bool) -> Result<(AgentRole, UserRole)> {
         let agent_name = match &self.agent {
             Some(a) => a.clone(),
             None => super::default_model()?,
@@ -80,11 +82,14 @@ impl RoleArgs {
         let agent = AgentRole {
             name: agent_name.clone(),
             backend: models.get(&agent_name)?,
-            temperature: self.agent_temperature,
+            temperature: self
+                .agent_temperature
+                .unwrap_or(if data { 0.7 } else { 0.0 }),
             max_tokens: self.agent_max_tokens,
             max_steps: self.max_steps,
             parallel_calls: self.parallel_calls,
-            constrained: self.constrain_agent.unwrap_or(constrain_default),
+            constrained: self.constrain_agent.unwrap_or(data),
+            trace: self.trace,
         };
         let judge = if self.user_strategy == UserStrategy::BestOfN {
             models.get(&judge_name)?
@@ -107,7 +112,7 @@ impl RoleArgs {
     pub fn config(&self, agent: &AgentRole, user: &UserRole) -> Value {
         json!({
             "agent": {"model": agent.name, "sha256": super::model_hashes(&agent.name),
-                      "temperature": self.agent_temperature, "max_steps": self.max_steps,
+                      "temperature": agent.temperature, "max_steps": self.max_steps,
                       "parallel_calls": self.parallel_calls, "max_tokens": self.agent_max_tokens,
                       "constrained": agent.constrained},
             "user": {"model": user.name, "sha256": super::model_hashes(&user.name),

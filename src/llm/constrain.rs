@@ -118,26 +118,48 @@ impl Constrainer {
         }
     }
 
-    /// Either a plain answer or one tool call in the model's format (an agent's turn). The
-    /// answer may not start with what a call starts with, nor contain `<`, `{` or a backtick,
-    /// so a reply is always readable as exactly one of the two.
+    /// Either a plain answer or one tool call (an agent's turn). The call may come in the
+    /// model's format or in the forms small models drift to — a fenced JSON block or bare JSON
+    /// — which the format's parser reads too; JSON whitespace is free, so the model is not
+    /// pushed off the layout it prefers. The answer may not start with what a call starts with,
+    /// nor contain `<`, `{` or a backtick, so a reply is always readable as exactly one of the
+    /// two.
     pub fn text_or_tool_call(&self, format: ToolFormat, tools: &[Value]) -> Result<Grammar> {
-        let call = with_json_layout(call_schema(format, tools)?);
-        let text = r#"TEXT: /[^<{\[\s`][^<{`]*/"#;
-        let lark = match format {
+        // Arguments a tool does not declare would only earn an error observation.
+        let closed: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                let mut t = t.clone();
+                let f = if t.get("function").is_some() {
+                    &mut t["function"]
+                } else {
+                    &mut t
+                };
+                if let Some(Value::Object(p)) = f.get_mut("parameters") {
+                    p.entry("additionalProperties")
+                        .or_insert(Value::Bool(false));
+                }
+                t
+            })
+            .collect();
+        let mut call = call_schema(format, &closed)?;
+        if format == ToolFormat::Xlam {
+            call = json!({"type": "array", "items": call, "minItems": 1});
+        }
+        if let Value::Object(o) = &mut call {
+            o.insert("x-guidance".into(), json!({"whitespace_flexible": true}));
+        }
+        let tagged = match format {
             ToolFormat::Hermes => format!(
-                "start: TEXT | {:?} %json {} {:?}\n{text}\n",
+                " | {:?} call {:?}",
                 format!("{}\n", hermes::OPEN),
-                call,
                 format!("\n{}", hermes::CLOSE)
             ),
-            ToolFormat::Llama3Json => format!("start: TEXT | %json {call}\n{text}\n"),
-            ToolFormat::Xlam => {
-                let array =
-                    with_json_layout(json!({"type": "array", "items": call, "minItems": 1}));
-                format!("start: TEXT | %json {array}\n{text}\n")
-            }
+            _ => String::new(),
         };
+        let lark = format!(
+            "start: TEXT | call | \"```json\\n\" call \"\\n```\"{tagged}\ncall: %json {call}\nTEXT: /[^<{{\\[\\s`][^<{{`]*/\n"
+        );
         self.grammar(TopLevelGrammar::from_lark(lark))
     }
 }

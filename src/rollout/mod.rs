@@ -4,7 +4,7 @@
 //! - The user model sees tau-bench's user prompt (the instruction and its rules) and the
 //!   conversation from its side: the agent's greeting "Hi! How can I help you today?" and every
 //!   agent message arrive as `user` turns, its own lines are `assistant` turns. `###STOP###`
-//!   anywhere in its line ends the episode.
+//!   anywhere in its line ends the episode (whitespace inside the marker is ignored).
 //! - The agent sees the domain policy as system prompt and the domain's tools, in its own chat
 //!   template and tool-call format. A reply with tool calls runs the first call (tau-bench's
 //!   `tool_calls[:1]`; [`AgentRole::parallel_calls`] runs them all) and its observation comes
@@ -36,6 +36,12 @@ use std::time::Instant;
 
 /// The marker a simulated user writes when its goal is met (tau-bench's).
 pub const STOP: &str = "###STOP###";
+/// Whether a user line ends the episode: it holds `###STOP###`, whitespace inside the marker
+/// ignored (small user models write `### STOP###`).
+pub fn is_stop(line: &str) -> bool {
+    line.split_whitespace().collect::<String>().contains(STOP)
+}
+
 /// The agent's first line, shown to the user model (tau-bench's).
 pub const GREETING: &str = "Hi! How can I help you today?";
 /// Samples of the user's opening line before an episode whose user stops at once is given up.
@@ -121,6 +127,8 @@ pub struct AgentRole {
     pub max_steps: usize,
     /// Run every call of a reply instead of only the first.
     pub parallel_calls: bool,
+    /// Print every message of every episode to stderr as it happens.
+    pub trace: bool,
     /// Decode each reply under a grammar that admits plain text or one well-formed call to a
     /// domain tool, so a small model never writes a half-formed call.
     pub constrained: bool,
@@ -237,7 +245,7 @@ impl<'a> SimUser<'a> {
         for _ in 0..OPENING_TRIES {
             self.messages.truncate(1);
             line = self.reply(GREETING, meter)?;
-            if !line.contains(STOP) {
+            if !is_stop(&line) {
                 break;
             }
         }
@@ -460,7 +468,8 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
         }
     };
     user_turns += 1;
-    if first.contains(STOP) {
+    trace(agent.trace, "user", &first);
+    if is_stop(&first) {
         let cut = Some((
             code::USER_STOPPED_EARLY,
             format!("the user's opening line was {STOP} in all {OPENING_TRIES} samples"),
@@ -495,6 +504,15 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 break;
             }
         };
+        trace(
+            agent.trace,
+            &format!(
+                "agent {steps}, {} tokens, {:.1}s",
+                reply.usage.completion_tokens,
+                (reply.usage.prefill_ms + reply.usage.decode_ms) / 1e3
+            ),
+            &reply.raw,
+        );
         match reply.output {
             ModelOutput::Malformed { reason, raw } => {
                 messages.push(Message::assistant(raw));
@@ -515,6 +533,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                         _ => Default::default(),
                     };
                     let step = env.step(&Action::new(call.name.clone(), arguments));
+                    trace(agent.trace, "tool", &step.observation);
                     observations.push(Message::tool(&call.name, step.observation));
                     if step.done {
                         done = true;
@@ -533,8 +552,9 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 messages.push(Message::assistant(content.clone()));
                 match sim.reply(&content, &mut meter) {
                     Ok(line) => {
+                        trace(agent.trace, "user", &line);
                         user_turns += 1;
-                        if line.contains(STOP) {
+                        if is_stop(&line) {
                             stop_line = Some(line);
                             done = true;
                         } else {
@@ -560,6 +580,15 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     )
 }
 
+/// One message on stderr (for `--trace`).
+fn trace(on: bool, who: &str, text: &str) {
+    if on {
+        let one_line: String = text.replace('\n', " ");
+        let cut: String = one_line.chars().take(300).collect();
+        eprintln!("  [{who}] {cut}");
+    }
+}
+
 fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }
@@ -567,6 +596,14 @@ fn short(hash: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stops_are_read_through_stray_spaces() {
+        assert!(is_stop("###STOP###"));
+        assert!(is_stop("Thanks, bye! ### STOP###"));
+        assert!(!is_stop("STOP"));
+        assert!(!is_stop("## STOP ##"));
+    }
 
     #[test]
     fn scores_are_read_leniently() {
