@@ -59,12 +59,15 @@ impl LocalBackend {
         if let Some(c) = self.constrainer.get() {
             return Ok(c);
         }
+        // The model's declared end-of-turn token first: a grammar that ends on free text lets
+        // only this one stop the reply (Qwen's <|im_end|>, not the lower-numbered
+        // <|endoftext|> it never writes after an answer).
         let eos = self
             .engine
-            .stop_tokens()
-            .first()
-            .copied()
-            .or(self.engine.tokenizer().eos())
+            .tokenizer()
+            .eos()
+            .filter(|id| self.engine.stop_tokens().contains(id))
+            .or(self.engine.stop_tokens().first().copied())
             .ok_or_else(|| LlmError::Constraint("the model has no end-of-turn token".into()))?;
         let c = Constrainer::new(self.engine.tokenizer().clone(), eos)?;
         Ok(self.constrainer.get_or_init(|| c))
