@@ -361,9 +361,9 @@ pub struct EpisodeSpec<'a> {
 }
 
 /// The agent's opening request: the policy as system prompt and the domain's tools.
-fn agent_request(domain: &Domain, messages: Vec<Message>, agent: &AgentRole) -> ChatRequest {
+fn agent_request(tools: &[Value], messages: Vec<Message>, agent: &AgentRole) -> ChatRequest {
     let mut req = ChatRequest::new(messages);
-    req.tools = domain.tool_schemas();
+    req.tools = tools.to_vec();
     req.max_tokens = agent.max_tokens;
     req
 }
@@ -372,7 +372,11 @@ fn agent_request(domain: &Domain, messages: Vec<Message>, agent: &AgentRole) -> 
 /// each episode (the prompt is the same for every task of a domain).
 pub fn prime_agent(domain: &Domain, agent: &AgentRole) -> Result<Conversation, String> {
     let mut conv = Conversation::new();
-    let req = agent_request(domain, vec![Message::system(domain.policy.clone())], agent);
+    let req = agent_request(
+        &domain.tool_schemas(),
+        vec![Message::system(domain.policy.clone())],
+        agent,
+    );
     agent
         .backend
         .prime(&mut conv, &req)
@@ -393,6 +397,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     let mut meter = Meter::default();
     let mut env = domain.env();
     let mut sim = SimUser::new(user, &task.instruction, seed);
+    let tools = domain.tool_schemas();
     let mut messages = vec![Message::system(domain.policy.clone())];
     let mut said: Vec<String> = Vec::new();
     let mut conv = spec.agent_prefix.cloned().unwrap_or_default();
@@ -488,7 +493,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
             break;
         }
         steps += 1;
-        let mut req = agent_request(domain, messages.clone(), agent);
+        let mut req = agent_request(&tools, messages.clone(), agent);
         if agent.constrained {
             req.constraint = Some(crate::llm::Constraint::TextOrToolCall);
         }
