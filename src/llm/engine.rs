@@ -17,6 +17,8 @@ use crate::llm::profile::Profile;
 use crate::llm::sampler::{Sampler, SamplingParams};
 
 /// End-of-turn tokens of the chat formats we know, used when no profile says otherwise.
+/// Prompt tokens per forward pass when prefilling (llama.cpp's default micro-batch is 512).
+const PREFILL_CHUNK: usize = 128;
 const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>"];
 
 /// What a generation call should do.
@@ -208,7 +210,13 @@ impl Engine {
         }
         let reuse = cache.reusable_prefix(prompt);
         cache.truncate(reuse);
-        let logits = self.model.forward(&prompt[reuse..], cache)?;
+        // In chunks, as llama.cpp does in micro-batches: attention scores and the mask grow
+        // with chunk × context, so one pass over a long prompt allocates gigabytes and slows.
+        let mut logits = None;
+        for chunk in prompt[reuse..].chunks(PREFILL_CHUNK) {
+            logits = Some(self.model.forward(chunk, cache)?);
+        }
+        let logits = logits.ok_or_else(|| LlmError::InvalidRequest("nothing to prefill".into()))?;
         Ok((self.to_vec(&logits)?, reuse))
     }
 
