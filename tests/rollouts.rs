@@ -52,6 +52,7 @@ struct Setup {
     user: Arc<ScriptedBackend>,
     judge: Arc<ScriptedBackend>,
     max_steps: usize,
+    stall_after: usize,
     strategy: UserStrategy,
     trials: usize,
     keep: bool,
@@ -64,6 +65,7 @@ impl Setup {
             user: script(user),
             judge: script(&[]),
             max_steps: 30,
+            stall_after: 0,
             strategy: UserStrategy::Plain,
             trials: 1,
             keep: true,
@@ -83,6 +85,7 @@ impl Setup {
                 parallel_calls: false,
                 constrained: false,
                 trace: false,
+                stall_after: self.stall_after,
             },
             user: UserRole {
                 name: "user".into(),
@@ -236,6 +239,33 @@ fn an_endless_agent_hits_max_steps() {
         (t["steps"].as_u64(), t["reward"].as_f64()),
         (Some(3), Some(0.0))
     );
+}
+
+#[test]
+fn a_loop_of_identical_exchanges_is_cut_as_stalled() {
+    let dir = tempfile::tempdir().unwrap();
+    // The agent says the same thing and the user answers the same line: after three identical
+    // exchanges the episode ends, long before max_steps.
+    let mut s = Setup::new(&["32"; 10], &[ASK, "32", "32", "32", "32", "32", "32"]);
+    s.stall_after = 3;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(summary.failures[code::STALLED], 1);
+    let t = &lines(&dir.path().join("trajectories.jsonl"))[0];
+    assert_eq!(t["steps"].as_u64(), Some(3), "{t}");
+    assert_eq!(s.agent.remaining(), 7);
+
+    // A varied user is not a loop: the same agent reply answered differently runs on.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(&["32"; 4], &[ASK, "a", "b", "c", "###STOP###"]);
+    s.stall_after = 3;
+    s.run(dir.path(), &one(0));
+    let t = &lines(&dir.path().join("trajectories.jsonl"))[0];
+    assert_eq!(t["steps"].as_u64(), Some(4), "{t}");
+    assert_eq!(
+        t["stop_line"], "###STOP###",
+        "ended by the user, not cut: {t}"
+    );
+    assert_eq!(t["code"], code::DB_MISMATCH, "the transfer was never made");
 }
 
 #[test]

@@ -60,6 +60,11 @@ pub struct RoleArgs {
     /// Tokens per agent reply, at most.
     #[arg(long, default_value_t = 512)]
     pub agent_max_tokens: usize,
+    /// End an episode as `rollout.stalled` once this many agent replies in a row, with what
+    /// answered them, are identical (a loop no sampling leaves). Default: 3 for rollouts and
+    /// generate, where such a conversation is never good data; 0 (never) for eval, as tau-bench.
+    #[arg(long, value_name = "N")]
+    pub stall_after: Option<usize>,
 }
 
 impl RoleArgs {
@@ -90,6 +95,7 @@ impl RoleArgs {
             parallel_calls: self.parallel_calls,
             constrained: self.constrain_agent.unwrap_or(data),
             trace: self.trace,
+            stall_after: self.stall_after.unwrap_or(if data { 3 } else { 0 }),
         };
         let judge = if self.user_strategy == UserStrategy::BestOfN {
             models.get(&judge_name)?
@@ -114,7 +120,7 @@ impl RoleArgs {
             "agent": {"model": agent.name, "sha256": super::model_hashes(&agent.name),
                       "temperature": agent.temperature, "max_steps": self.max_steps,
                       "parallel_calls": self.parallel_calls, "max_tokens": self.agent_max_tokens,
-                      "constrained": agent.constrained},
+                      "constrained": agent.constrained, "stall_after": agent.stall_after},
             "user": {"model": user.name, "sha256": super::model_hashes(&user.name),
                      "temperature": self.user_temperature, "strategy": self.user_strategy,
                      "n": self.user_n, "judge": self.judge.clone().unwrap_or_else(|| user.name.clone())},

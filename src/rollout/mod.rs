@@ -132,6 +132,9 @@ pub struct AgentRole {
     /// Decode each reply under a grammar that admits plain text or one well-formed call to a
     /// domain tool, so a small model never writes a half-formed call.
     pub constrained: bool,
+    /// End the episode (`rollout.stalled`) once this many agent replies in a row, and what
+    /// answered each (the user's line or the tool's observation), are identical; 0 or 1: never.
+    pub stall_after: usize,
 }
 
 /// The simulated user (and, for best-of-N, its judge).
@@ -156,6 +159,7 @@ pub mod code {
     pub const AGENT_MALFORMED: &str = "rollout.agent_malformed";
     pub const USER_STOPPED_EARLY: &str = "rollout.user_stopped_early";
     pub const MODEL_ERROR: &str = "rollout.model_error";
+    pub const STALLED: &str = "rollout.stalled";
 }
 
 /// One finished episode.
@@ -406,6 +410,8 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     let mut cut: Option<(&str, String)> = None;
 
     let mut stop_line: Option<String> = None;
+    // One entry per agent reply: the reply and what answered it, for stall detection.
+    let mut exchanges: Vec<String> = Vec::new();
     let finish = |messages: &[Message],
                   stop_line: Option<String>,
                   said: &[String],
@@ -485,6 +491,19 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
 
     let mut done = false;
     while !done {
+        let n = agent.stall_after;
+        if n > 1
+            && exchanges.len() >= n
+            && exchanges[exchanges.len() - n..]
+                .windows(2)
+                .all(|w| w[0] == w[1])
+        {
+            cut = Some((
+                code::STALLED,
+                format!("the last {n} agent replies, and the answers to them, were identical"),
+            ));
+            break;
+        }
         if steps >= agent.max_steps {
             cut = Some((
                 code::MAX_STEPS,
@@ -549,6 +568,15 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 // that were, so each has its observation.
                 let mut msg = Message::assistant_calls(run[..observations.len()].to_vec());
                 msg.content = content;
+                exchanges.push(format!(
+                    "{}\u{1}{}",
+                    reply.raw,
+                    observations
+                        .iter()
+                        .map(|o| o.content.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\u{1}")
+                ));
                 messages.push(msg);
                 messages.extend(observations);
             }
@@ -563,6 +591,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                             stop_line = Some(line);
                             done = true;
                         } else {
+                            exchanges.push(format!("{content}\u{1}{line}"));
                             messages.push(Message::user(line));
                         }
                     }
