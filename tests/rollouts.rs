@@ -10,7 +10,7 @@ use apigen_mt::llm::Backend;
 use apigen_mt::llm::scripted::ScriptedBackend;
 use apigen_mt::llm::tools::ToolFormat;
 use apigen_mt::rollout::run::{Logs, RolloutSummary, Rollouts, Settings};
-use apigen_mt::rollout::{AgentRole, GREETING, UserRole, UserStrategy, code};
+use apigen_mt::rollout::{AgentRole, GREETING, UserRole, UserStrategy, UserView, code};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
@@ -54,6 +54,7 @@ struct Setup {
     max_steps: usize,
     stall_after: usize,
     strategy: UserStrategy,
+    view: UserView,
     trials: usize,
     keep: bool,
 }
@@ -67,6 +68,7 @@ impl Setup {
             max_steps: 30,
             stall_after: 0,
             strategy: UserStrategy::Plain,
+            view: UserView::TauBench,
             trials: 1,
             keep: true,
         }
@@ -93,6 +95,7 @@ impl Setup {
                 temperature: 1.0,
                 max_tokens: 100,
                 strategy: self.strategy,
+                view: self.view,
                 n: 4,
                 judge: self.judge.clone() as Arc<dyn Backend>,
             },
@@ -296,6 +299,42 @@ fn an_opening_stop_is_sampled_again() {
     assert_eq!(summary.verified, 1);
     let d = &lines(&dir.path().join("dataset.jsonl"))[0];
     assert_eq!(d["messages"][1]["content"], ASK);
+}
+
+#[test]
+fn the_transcript_view_shows_the_user_the_whole_conversation_as_a_customer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(
+        &["Which account?", &transfer(250.5), "Done."],
+        &["Customer: I'd like to send money.", ASK, "###STOP###"],
+    );
+    s.view = UserView::Transcript;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(summary.verified, 1, "the episode itself is unchanged");
+    let reqs = s.user.requests();
+    assert_eq!(reqs.len(), 3);
+    for r in &reqs {
+        // Always two messages: the customer prompt with the instruction, then the transcript.
+        assert_eq!(r.messages.len(), 2);
+        assert!(r.messages[0].content.contains("You are not the agent"));
+        assert!(r.messages[0].content.contains(&tasks()[0].instruction));
+        assert!(
+            r.messages[1]
+                .content
+                .ends_with("Write the customer's next message.")
+        );
+    }
+    assert_eq!(
+        reqs[2].messages[1].content,
+        format!(
+            "Conversation so far:\nAgent: {GREETING}\nCustomer: I'd like to send money.\n\
+             Agent: Which account?\nCustomer: {ASK}\nAgent: Done.\n\n\
+             Write the customer's next message."
+        )
+    );
+    // The role prefix the model wrote is not sent on.
+    let d = &lines(&dir.path().join("dataset.jsonl"))[0];
+    assert_eq!(d["messages"][1]["content"], "I'd like to send money.");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use crate::domain::Domain;
 use crate::domain::task::{Task, read_tasks};
 use crate::llm::cli::LoadArgs;
 use crate::rollout::run::{RolloutSummary, Rollouts, Settings};
-use crate::rollout::{AgentRole, UserRole, UserStrategy};
+use crate::rollout::{AgentRole, UserRole, UserStrategy, UserView};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
@@ -28,6 +28,11 @@ pub struct RoleArgs {
     /// --user-n samples by a judge's 0–10 score (`best-of-n`, APIGen-MT's).
     #[arg(long, value_enum, default_value_t = UserStrategy::Plain)]
     pub user_strategy: UserStrategy,
+    /// How the user model sees the conversation: `tau-bench` (its prompt, the agent's lines as
+    /// user turns) or `transcript` (a customer prompt and the conversation as one transcript to
+    /// continue; keeps small user models in the customer's role).
+    #[arg(long, value_enum, default_value_t = UserView::TauBench)]
+    pub user_view: UserView,
     /// Candidates per user turn for best-of-n.
     #[arg(long, default_value_t = 4)]
     pub user_n: usize,
@@ -108,6 +113,7 @@ impl RoleArgs {
             temperature: self.user_temperature,
             max_tokens: 128,
             strategy: self.user_strategy,
+            view: self.user_view,
             n: self.user_n,
             judge,
         };
@@ -122,7 +128,7 @@ impl RoleArgs {
                       "parallel_calls": self.parallel_calls, "max_tokens": self.agent_max_tokens,
                       "constrained": agent.constrained, "stall_after": agent.stall_after},
             "user": {"model": user.name, "sha256": super::model_hashes(&user.name),
-                     "temperature": self.user_temperature, "strategy": self.user_strategy,
+                     "temperature": self.user_temperature, "strategy": self.user_strategy, "view": self.user_view,
                      "n": self.user_n, "judge": self.judge.clone().unwrap_or_else(|| user.name.clone())},
             "trials": self.trials,
         })

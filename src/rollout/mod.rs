@@ -63,6 +63,38 @@ Rules:
     )
 }
 
+/// The user prompt of the `transcript` view (ours): the same instruction and rules as
+/// tau-bench's, addressed to a customer who is told they are not the agent. Small models given
+/// tau-bench's arrangement, where the agent's lines arrive as user turns, answer as the
+/// assistant they were trained to be ("How can I help you?").
+pub fn transcript_system_prompt(instruction: &str) -> String {
+    format!(
+        "You are a customer writing to a customer-service agent. You are not the agent: you never offer help, you ask for it.
+
+Your situation: {instruction}
+
+Rules:
+- Write only your next message, one short line.
+- Do not give away your whole situation at once. Only provide the information that is necessary for the current step.
+- Do not invent facts (ids, numbers, names) that your situation does not state. If the agent asks for one you do not have, say you do not remember or have it.
+- When your goal is met, write '###STOP###' alone, with nothing else.
+- Do not repeat your situation word for word. Use your own words, and stick to the personality it describes."
+    )
+}
+
+/// The one user message of the `transcript` view: the conversation so far, the agent's lines
+/// as `Agent:` and the user's as `Customer:`, then the request for the next line.
+pub fn transcript_prompt(history: &[(bool, String)]) -> String {
+    let mut s = String::from("Conversation so far:\n");
+    for (agent, line) in history {
+        s.push_str(if *agent { "Agent: " } else { "Customer: " });
+        s.push_str(&line.replace('\n', " "));
+        s.push('\n');
+    }
+    s.push_str("\nWrite the customer's next message.");
+    s
+}
+
 /// The best-of-N judge's prompt (APIGen-MT, Fig. 12, in our words): the human's task, the
 /// agent's last message and one candidate reply, scored 0–10 in `<score></score>`.
 pub fn judge_prompt(instruction: &str, agent_said: &str, candidate: &str) -> String {
@@ -116,6 +148,18 @@ pub enum UserStrategy {
     BestOfN,
 }
 
+/// How the simulated user's model sees the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserView {
+    /// tau-bench's: its user prompt as the system message, the agent's lines as user turns and
+    /// the user's own lines as assistant turns.
+    TauBench,
+    /// A customer prompt and the whole conversation as one transcript to continue, asked anew
+    /// each turn (the cached prefix is reused): small user models stay in the customer's role.
+    Transcript,
+}
+
 /// The agent under test or generating data.
 #[derive(Clone)]
 pub struct AgentRole {
@@ -145,6 +189,7 @@ pub struct UserRole {
     pub temperature: f32,
     pub max_tokens: usize,
     pub strategy: UserStrategy,
+    pub view: UserView,
     /// Candidates per turn for best-of-N.
     pub n: usize,
     /// The judge for best-of-N (the user's model by default).
@@ -223,6 +268,8 @@ struct SimUser<'a> {
     role: &'a UserRole,
     instruction: String,
     messages: Vec<Message>,
+    /// The conversation as the transcript view shows it: (agent?, line).
+    history: Vec<(bool, String)>,
     conv: Conversation,
     judge_conv: Conversation,
     seed: u64,
@@ -235,6 +282,7 @@ impl<'a> SimUser<'a> {
             role,
             instruction: instruction.to_owned(),
             messages: vec![Message::system(user_system_prompt(instruction))],
+            history: Vec::new(),
             conv: Conversation::new(),
             judge_conv: Conversation::new(),
             seed,
@@ -248,6 +296,7 @@ impl<'a> SimUser<'a> {
         let mut line = String::new();
         for _ in 0..OPENING_TRIES {
             self.messages.truncate(1);
+            self.history.clear();
             line = self.reply(GREETING, meter)?;
             if !is_stop(&line) {
                 break;
@@ -259,14 +308,22 @@ impl<'a> SimUser<'a> {
     /// The user's next line after the agent said `agent_said`.
     fn reply(&mut self, agent_said: &str, meter: &mut Meter) -> Result<String, String> {
         self.messages.push(Message::user(agent_said));
+        self.history.push((true, agent_said.to_owned()));
         self.turn += 1;
+        let prompt = match self.role.view {
+            UserView::TauBench => self.messages.clone(),
+            UserView::Transcript => vec![
+                Message::system(transcript_system_prompt(&self.instruction)),
+                Message::user(transcript_prompt(&self.history)),
+            ],
+        };
         let n = match self.role.strategy {
             UserStrategy::Plain => 1,
             UserStrategy::BestOfN => self.role.n.max(1),
         };
         let mut best: Option<(i64, String)> = None;
         for i in 0..n {
-            let mut req = ChatRequest::new(self.messages.clone());
+            let mut req = ChatRequest::new(prompt.clone());
             req.max_tokens = self.role.max_tokens;
             req.sampling = SamplingParams {
                 temperature: self.role.temperature,
@@ -297,6 +354,7 @@ impl<'a> SimUser<'a> {
         }
         let line = best.map(|(_, l)| l).unwrap_or_default();
         self.messages.push(Message::assistant(line.clone()));
+        self.history.push((false, line.clone()));
         Ok(line)
     }
 }
