@@ -122,16 +122,25 @@ impl RoleArgs {
 
     /// The settings as pinned in a run's configuration.
     pub fn config(&self, agent: &AgentRole, user: &UserRole) -> Value {
-        json!({
+        let mut config = json!({
             "agent": {"model": agent.name, "sha256": super::model_hashes(&agent.name),
                       "temperature": agent.temperature, "max_steps": self.max_steps,
                       "parallel_calls": self.parallel_calls, "max_tokens": self.agent_max_tokens,
-                      "constrained": agent.constrained, "stall_after": agent.stall_after},
+                      "constrained": agent.constrained},
             "user": {"model": user.name, "sha256": super::model_hashes(&user.name),
-                     "temperature": self.user_temperature, "strategy": self.user_strategy, "view": self.user_view,
+                     "temperature": self.user_temperature, "strategy": self.user_strategy,
                      "n": self.user_n, "judge": self.judge.clone().unwrap_or_else(|| user.name.clone())},
             "trials": self.trials,
-        })
+        });
+        // Settings added later are recorded only when they change what earlier versions did,
+        // so that runs those versions started can still be resumed.
+        if agent.stall_after > 1 {
+            config["agent"]["stall_after"] = json!(agent.stall_after);
+        }
+        if user.view != UserView::TauBench {
+            config["user"]["view"] = json!(user.view);
+        }
+        config
     }
 }
 

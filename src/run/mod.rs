@@ -174,16 +174,20 @@ pub fn pin_config_file<C: Serialize>(
 ) -> Result<(), RunError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(name);
-    let now = toml::Value::try_from(config).map_err(|e| RunError::Config {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    let now = serde_json::to_value(config)
+        .map_err(|e| e.to_string())
+        .and_then(|v| json_to_toml(&v).ok_or_else(|| "the settings are not a table".to_owned()))
+        .map_err(|message| RunError::Config {
+            path: path.clone(),
+            message,
+        })?;
     if path.exists() {
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
         let was: toml::Value = toml::from_str(&text).map_err(|e| RunError::Config {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        let was = plain_numbers(was);
         if let Some((key, a, b)) = first_difference("", &was, &now, volatile) {
             return Err(RunError::ConfigMismatch {
                 path,
@@ -198,6 +202,48 @@ pub fn pin_config_file<C: Serialize>(
         message: e.to_string(),
     })?;
     write_atomic(&path, text.as_bytes())
+}
+
+/// A JSON value as TOML: numbers as integers where they are, else floats; nulls left out.
+fn json_to_toml(v: &serde_json::Value) -> Option<toml::Value> {
+    use serde_json::Value as J;
+    Some(match v {
+        J::Null => return None,
+        J::Bool(b) => toml::Value::Boolean(*b),
+        J::Number(n) => number(&n.to_string())?,
+        J::String(s) => toml::Value::String(s.clone()),
+        J::Array(a) => toml::Value::Array(a.iter().filter_map(json_to_toml).collect()),
+        J::Object(o) => toml::Value::Table(
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), json_to_toml(v)?)))
+                .collect(),
+        ),
+    })
+}
+
+fn number(text: &str) -> Option<toml::Value> {
+    text.parse::<i64>()
+        .map(toml::Value::Integer)
+        .ok()
+        .or_else(|| text.parse::<f64>().ok().map(toml::Value::Float))
+}
+
+/// Settings files written by earlier versions spelled numbers as serde_json's private
+/// `{"$serde_json::private::Number" = "30"}` tables; read those as the numbers they are.
+fn plain_numbers(v: toml::Value) -> toml::Value {
+    const KEY: &str = "$serde_json::private::Number";
+    match v {
+        toml::Value::Table(t) => {
+            if t.len() == 1
+                && let Some(n) = t.get(KEY).and_then(|n| n.as_str()).and_then(number)
+            {
+                return n;
+            }
+            toml::Value::Table(t.into_iter().map(|(k, v)| (k, plain_numbers(v))).collect())
+        }
+        toml::Value::Array(a) => toml::Value::Array(a.into_iter().map(plain_numbers).collect()),
+        other => other,
+    }
 }
 
 fn first_difference(
@@ -243,6 +289,30 @@ fn show(v: Option<&toml::Value>) -> String {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn settings_are_pinned_with_plain_numbers_and_old_spellings_still_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = json!({"trials": 3, "agent": {"temperature": 0.7, "model": "m", "x": null}});
+        pin_config(dir.path(), &config, &[]).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+        assert!(text.contains("trials = 3"), "{text}");
+        assert!(text.contains("temperature = 0.7"), "{text}");
+        assert!(!text.contains("private") && !text.contains("x ="), "{text}");
+        // A file in the earlier spelling is the same settings.
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "[trials]\n\"$serde_json::private::Number\" = \"3\"\n[agent]\nmodel = \"m\"\n\
+             [agent.temperature]\n\"$serde_json::private::Number\" = \"0.7\"\n",
+        )
+        .unwrap();
+        pin_config(dir.path(), &config, &[]).unwrap();
+        let changed = json!({"trials": 2, "agent": {"temperature": 0.7, "model": "m"}});
+        let err = pin_config(dir.path(), &changed, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trials: 3 then, 2 now"), "{err}");
+    }
 
     #[test]
     fn a_cut_short_line_is_dropped_and_appending_continues() {
