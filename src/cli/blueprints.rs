@@ -164,6 +164,7 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
     });
     // How far to go (tasks to attempt, early stop) does not change any item, so a run can be
     // extended or cut short by re-running with another --count or --accept.
+    let _lock = crate::run::lock(&args.out)?;
     crate::run::pin_config(
         &args.out,
         &config,

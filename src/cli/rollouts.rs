@@ -268,6 +268,7 @@ pub fn roll_out(
             c.insert(k.clone(), v.clone());
         }
     }
+    let _lock = crate::run::lock(out)?;
     crate::run::pin_config_file(out, config_name, &config, &["version", "load"])?;
     let rollouts = Rollouts {
         domain,

@@ -40,6 +40,35 @@ pub enum RunError {
     },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
+    #[error(
+        "{path}: another apigen-mt process is writing to this run directory; wait for it to finish or stop it"
+    )]
+    Busy { path: PathBuf },
+}
+
+/// Exclusive use of a run directory while it is held: two processes appending to one run would
+/// each redo the other's open work and write it twice. The lock is the operating system's on
+/// `RUN/.lock`, so it goes away with the process however that ends.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// Take `dir`'s lock (creating the directory), or fail at once with [`RunError::Busy`].
+pub fn lock(dir: &Path) -> Result<RunLock, RunError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(RunLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::Busy { path: dir.into() }),
+        Err(std::fs::TryLockError::Error(error)) => Err(RunError::Io { path, error }),
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
@@ -289,6 +318,17 @@ fn show(v: Option<&toml::Value>) -> String {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn a_run_directory_has_one_writer_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock(dir.path()).unwrap();
+        let err = lock(dir.path()).unwrap_err();
+        assert!(matches!(err, RunError::Busy { .. }), "{err}");
+        assert!(err.to_string().contains("another apigen-mt process"));
+        drop(held);
+        lock(dir.path()).expect("free again once the holder is gone");
+    }
 
     #[test]
     fn settings_are_pinned_with_plain_numbers_and_old_spellings_still_match() {
