@@ -19,7 +19,8 @@ pub struct BenchArgs {
     /// Tokens to generate per decode run (greedy, end-of-turn ignored).
     #[arg(long, default_value_t = 128)]
     pub gen_tokens: usize,
-    /// Prompt length for the prefill measurement.
+    /// Prompt length for the prefill measurement (and the context of a second decode speed,
+    /// `then_decode_tok_per_s`, 32 tokens after it).
     #[arg(long, default_value_t = 256)]
     pub prefill_tokens: usize,
     /// Runs per measurement; the median is reported.
@@ -28,6 +29,9 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub load: LoadArgs,
 }
+
+/// Tokens decoded after the prefill prompt, for the decode speed at that context.
+const LONG_DECODE_TOKENS: usize = 32;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -58,19 +62,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
         None,
     )?;
-    let mut prefill = vec![];
+    // Prefill the long prompt, then decode a little after it: decode slows as the context grows.
+    let (mut prefill, mut long_decode) = (vec![], vec![]);
     for _ in 0..runs {
         let g = engine.generate(
             &mut KvCache::new(),
             &long,
             &GenerateRequest {
-                max_tokens: 1,
+                max_tokens: LONG_DECODE_TOKENS + 1,
                 ignore_eos: true,
                 ..Default::default()
             },
             None,
         )?;
         prefill.push(long.len() as f64 / (g.prefill_ms / 1e3));
+        long_decode.push((g.ids.len().saturating_sub(1)) as f64 / (g.decode_ms / 1e3));
     }
     let mut decode = vec![];
     let mut first_ms = vec![];
@@ -93,7 +99,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "device": args.load.device,
         "threads": std::env::var("CANDLE_NUM_THREADS").ok().and_then(|s| s.parse::<usize>().ok()),
         "runs": runs,
-        "prefill": {"prompt_tokens": long.len(), "tok_per_s": (median(prefill) * 10.0).round() / 10.0},
+        "prefill": {"prompt_tokens": long.len(), "tok_per_s": (median(prefill) * 10.0).round() / 10.0,
+                    "then_decode_tok_per_s": (median(long_decode) * 100.0).round() / 100.0},
         "decode": {"prompt_tokens": prompt.len(), "gen_tokens": args.gen_tokens, "prompt_ms": (median(first_ms) * 10.0).round() / 10.0,
                    "tok_per_s": (median(decode) * 100.0).round() / 100.0},
         "constrained": constrained,
