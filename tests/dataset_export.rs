@@ -62,3 +62,195 @@ fn exports_every_format_from_a_run_directory() {
         "{stderr}"
     );
 }
+
+/// One exported APIGen-MT or ShareGPT row, checked the way a trainer reads it: `system` is the
+/// policy, `tools` a JSON string of `{name, description, parameters}` functions, the turns start
+/// with a human line, and each `function_call` holds `{name, arguments: object}` and is followed
+/// by its `observation`.
+pub fn validate_turns_row(row: &Value, sharegpt: bool) -> Result<(), String> {
+    let system = row["system"].as_str().ok_or("system is not a string")?;
+    if system.trim().is_empty() {
+        return Err("system is empty".into());
+    }
+    let tools: Vec<Value> =
+        serde_json::from_str(row["tools"].as_str().ok_or("tools is not a string")?)
+            .map_err(|e| format!("tools is not a JSON list: {e}"))?;
+    if tools.is_empty() {
+        return Err("no tools".into());
+    }
+    for t in &tools {
+        if !t["name"].is_string() || !t["parameters"].is_object() {
+            return Err(format!("tool without a name or parameters: {t}"));
+        }
+    }
+    if sharegpt && !row["id"].is_string() {
+        return Err("sharegpt row without an id".into());
+    }
+    let conv = row["conversations"]
+        .as_array()
+        .ok_or("conversations is not a list")?;
+    if conv.first().map(|c| &c["from"]) != Some(&json!("human")) {
+        return Err("the first turn is not the human's".into());
+    }
+    for (i, c) in conv.iter().enumerate() {
+        let from = c["from"].as_str().ok_or(format!("turn {i}: no from"))?;
+        if !c["value"].is_string() {
+            return Err(format!("turn {i}: value is not a string"));
+        }
+        match from {
+            "human" | "gpt" | "observation" => {}
+            "function_call" => {
+                let v: Value = serde_json::from_str(c["value"].as_str().unwrap_or(""))
+                    .map_err(|e| format!("turn {i}: function_call is not JSON: {e}"))?;
+                if !v["name"].is_string() || !v["arguments"].is_object() {
+                    return Err(format!(
+                        "turn {i}: function_call needs a name and object arguments: {v}"
+                    ));
+                }
+                if conv.get(i + 1).map(|n| &n["from"]) != Some(&json!("observation")) {
+                    return Err(format!("turn {i}: function_call without its observation"));
+                }
+            }
+            other => return Err(format!("turn {i}: unknown from {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// One exported OpenAI fine-tuning row: `messages` with a leading system message, assistant
+/// `tool_calls` (`id`, `type: function`, `function.name`, `function.arguments` a JSON object in a
+/// string), each answered in order by `tool` messages with its `tool_call_id`, and `tools` in
+/// OpenAI's function form.
+pub fn validate_openai_row(row: &Value) -> Result<(), String> {
+    let msgs = row["messages"].as_array().ok_or("messages is not a list")?;
+    if msgs.first().map(|m| &m["role"]) != Some(&json!("system")) {
+        return Err("the first message is not the system message".into());
+    }
+    let mut pending: Vec<String> = vec![];
+    for (i, m) in msgs.iter().enumerate() {
+        let role = m["role"].as_str().ok_or(format!("message {i}: no role"))?;
+        if role != "tool" && !pending.is_empty() {
+            return Err(format!("message {i}: calls {pending:?} were not answered"));
+        }
+        match role {
+            "system" | "user" => {
+                if !m["content"].is_string() {
+                    return Err(format!("message {i}: content is not a string"));
+                }
+            }
+            "assistant" => {
+                for c in m["tool_calls"].as_array().into_iter().flatten() {
+                    let id = c["id"]
+                        .as_str()
+                        .ok_or(format!("message {i}: call without id"))?;
+                    if c["type"] != "function" || !c["function"]["name"].is_string() {
+                        return Err(format!("message {i}: malformed call {c}"));
+                    }
+                    let args: Value =
+                        serde_json::from_str(c["function"]["arguments"].as_str().unwrap_or(""))
+                            .map_err(|e| format!("message {i}: arguments are not JSON: {e}"))?;
+                    if !args.is_object() {
+                        return Err(format!("message {i}: arguments are not an object"));
+                    }
+                    pending.push(id.to_owned());
+                }
+            }
+            "tool" => {
+                let id = m["tool_call_id"]
+                    .as_str()
+                    .ok_or(format!("message {i}: no tool_call_id"))?;
+                if pending.first().map(String::as_str) != Some(id) {
+                    return Err(format!("message {i}: answers {id}, expected {pending:?}"));
+                }
+                pending.remove(0);
+            }
+            other => return Err(format!("message {i}: unknown role {other:?}")),
+        }
+    }
+    if !pending.is_empty() {
+        return Err(format!("calls {pending:?} were never answered"));
+    }
+    let tools = row["tools"].as_array().ok_or("tools is not a list")?;
+    if tools.is_empty()
+        || tools
+            .iter()
+            .any(|t| t["type"] != "function" || !t["function"]["name"].is_string())
+    {
+        return Err("tools are not OpenAI functions".into());
+    }
+    Ok(())
+}
+
+/// Export a run directory in every format through the CLI and validate every row.
+pub fn validate_run_exports(dir: &str) -> Result<usize, String> {
+    let mut rows = 0;
+    for format in ["apigen-mt", "sharegpt", "openai"] {
+        let (code, stdout, stderr) = util::run(&["export", dir, "--format", format], "");
+        if code != 0 {
+            return Err(format!("export --format {format}: {stderr}"));
+        }
+        let parsed: Vec<Value> = if format == "openai" {
+            stdout
+                .lines()
+                .map(serde_json::from_str)
+                .collect::<Result<_, _>>()
+        } else {
+            serde_json::from_str(&stdout)
+        }
+        .map_err(|e| format!("{format}: not JSON: {e}"))?;
+        for (i, row) in parsed.iter().enumerate() {
+            match format {
+                "openai" => validate_openai_row(row),
+                f => validate_turns_row(row, f == "sharegpt"),
+            }
+            .map_err(|e| format!("{format} row {i}: {e}"))?;
+        }
+        rows += parsed.len();
+    }
+    Ok(rows)
+}
+
+#[test]
+fn the_validators_pass_good_rows_and_catch_bad_ones() {
+    let run = tempfile::tempdir().unwrap();
+    std::fs::write(
+        run.path().join("dataset.jsonl"),
+        format!("{}\n", record("a")),
+    )
+    .unwrap();
+    assert_eq!(validate_run_exports(run.path().to_str().unwrap()), Ok(3));
+    // The exporter refuses such records itself; the validator must catch them too.
+    let mut o =
+        apigen_mt::dataset::export(&record("a"), apigen_mt::dataset::Format::Openai).unwrap();
+    o["messages"][2]["tool_calls"][0]["function"]["arguments"] = json!("[1]");
+    assert!(
+        validate_openai_row(&o)
+            .unwrap_err()
+            .contains("not an object")
+    );
+    o["messages"].as_array_mut().unwrap().remove(3);
+    assert!(validate_openai_row(&o).is_err());
+    let mut row =
+        apigen_mt::dataset::export(&record("a"), apigen_mt::dataset::Format::ApigenMt).unwrap();
+    row["conversations"].as_array_mut().unwrap().remove(2);
+    assert!(
+        validate_turns_row(&row, false)
+            .unwrap_err()
+            .contains("without its observation")
+    );
+}
+
+/// The exports of a real run (`APIGEN_MT_EXPORT_RUN=RUN cargo test --release exports_of_a_run`).
+#[test]
+fn exports_of_a_run_named_in_the_environment_pass_the_validators() {
+    let Ok(dir) = std::env::var("APIGEN_MT_EXPORT_RUN") else {
+        eprintln!(
+            "SKIPPED: set APIGEN_MT_EXPORT_RUN=RUN to validate the exports of a run directory"
+        );
+        return;
+    };
+    match validate_run_exports(&dir) {
+        Ok(rows) => eprintln!("{dir}: {rows} exported rows in 3 formats pass"),
+        Err(e) => panic!("{dir}: {e}"),
+    }
+}
