@@ -55,6 +55,7 @@ struct Setup {
     stall_after: usize,
     strategy: UserStrategy,
     view: UserView,
+    require_gold_tools: bool,
     trials: usize,
     keep: bool,
 }
@@ -69,6 +70,7 @@ impl Setup {
             stall_after: 0,
             strategy: UserStrategy::Plain,
             view: UserView::TauBench,
+            require_gold_tools: false,
             trials: 1,
             keep: true,
         }
@@ -103,6 +105,7 @@ impl Setup {
                 trials: self.trials,
                 seed: 3,
                 keep: self.keep,
+                require_gold_tools: self.require_gold_tools,
             },
         };
         r.run(out, tasks, |_| {}).unwrap()
@@ -192,6 +195,43 @@ fn a_solved_task_is_verified_and_kept() {
         1,
         "the unrun second call is not recorded"
     );
+}
+
+#[test]
+fn a_success_without_the_blueprints_lookups_is_verified_but_not_kept() {
+    // Task 0's gold actions are get_account then transfer_funds; this agent transfers at once.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(
+        &[&transfer(250.5), "The transfer of 250.50 is done."],
+        &[ASK, "###STOP###"],
+    );
+    s.require_gold_tools = true;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(
+        (summary.verified, summary.kept, summary.filtered),
+        (1, 0, 1)
+    );
+    let t = &lines(&dir.path().join("trajectories.jsonl"))[0];
+    assert_eq!(t["reward"].as_f64(), Some(1.0), "the reward is tau-bench's");
+    assert_eq!(
+        t["not_kept"],
+        "the agent never called get_account, which the blueprint's actions call"
+    );
+    assert!(lines(&dir.path().join("dataset.jsonl")).is_empty());
+
+    // An agent that looks the account up first is kept.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(
+        &[
+            &get_1002(),
+            &transfer(250.5),
+            "The transfer of 250.50 is done.",
+        ],
+        &[ASK, "###STOP###"],
+    );
+    s.require_gold_tools = true;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!((summary.kept, summary.filtered), (1, 0));
 }
 
 #[test]

@@ -70,6 +70,12 @@ pub struct RoleArgs {
     /// generate, where such a conversation is never good data; 0 (never) for eval, as tau-bench.
     #[arg(long, value_name = "N")]
     pub stall_after: Option<usize>,
+    /// Keep a verified conversation only if the agent called every tool the blueprint's actions
+    /// call (rollouts and generate; default true). The reward is tau-bench's either way; this
+    /// keeps out conversations that "solve" a blueprint which changes nothing and asks for no
+    /// output by chatting without looking anything up.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub require_gold_tools: Option<bool>,
 }
 
 impl RoleArgs {
@@ -268,6 +274,10 @@ pub fn roll_out(
             c.insert(k.clone(), v.clone());
         }
     }
+    let require_gold_tools = keep && roles.require_gold_tools.unwrap_or(true);
+    if keep {
+        config["require_gold_tools"] = json!(require_gold_tools);
+    }
     let _lock = crate::run::lock(out)?;
     crate::run::pin_config_file(out, config_name, &config, &["version", "load"])?;
     let rollouts = Rollouts {
@@ -278,6 +288,7 @@ pub fn roll_out(
             trials: roles.trials,
             seed,
             keep,
+            require_gold_tools,
         },
     };
     let planned = tasks.len() * roles.trials;

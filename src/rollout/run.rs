@@ -23,6 +23,10 @@ pub struct Settings {
     pub seed: u64,
     /// Keep successful conversations in `dataset.jsonl` (off for evaluation).
     pub keep: bool,
+    /// Keep a successful conversation only if the agent called every tool the blueprint's
+    /// actions call: otherwise a blueprint that changes nothing and asks for no output is
+    /// "solved" by an agent that chats and looks nothing up.
+    pub require_gold_tools: bool,
 }
 
 /// One attempt, as logged in `trajectories.jsonl`: these fields and the episode's, side by side.
@@ -42,6 +46,9 @@ pub struct TrajectoryRecord {
     /// The kept attempt this successful one repeats word for word.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate_of: Option<String>,
+    /// Why a successful attempt was not kept, other than being a duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_kept: Option<String>,
     #[serde(flatten)]
     pub episode: Episode,
 }
@@ -62,6 +69,8 @@ impl<'de> Deserialize<'de> for TrajectoryRecord {
             kept: bool,
             #[serde(default)]
             duplicate_of: Option<String>,
+            #[serde(default)]
+            not_kept: Option<String>,
         }
         use serde::de::Error;
         let v = Value::deserialize(d)?;
@@ -77,6 +86,7 @@ impl<'de> Deserialize<'de> for TrajectoryRecord {
             user_strategy: m.user_strategy,
             kept: m.kept,
             duplicate_of: m.duplicate_of,
+            not_kept: m.not_kept,
             episode,
         })
     }
@@ -103,6 +113,9 @@ pub struct RolloutSummary {
     pub rollouts: usize,
     pub verified: usize,
     pub kept: usize,
+    /// Successful attempts left out for a missing gold tool call (see `not_kept`).
+    #[serde(default)]
+    pub filtered: usize,
     /// Failed attempts per code.
     pub failures: BTreeMap<String, usize>,
     /// Means over kept conversations.
@@ -119,6 +132,32 @@ pub struct Rollouts<'d> {
     pub agent: AgentRole,
     pub user: UserRole,
     pub settings: Settings,
+}
+
+/// The tools the blueprint's actions call that the agent never called in `messages`, as a
+/// sentence; `None` when it called them all.
+fn missing_gold_tools(task: &Task, messages: &[Value]) -> Option<String> {
+    let called: std::collections::BTreeSet<&str> = messages
+        .iter()
+        .filter_map(|m| m["tool_calls"].as_array())
+        .flatten()
+        .filter_map(|c| c["function"]["name"].as_str())
+        .collect();
+    let missing: Vec<&str> = task
+        .actions
+        .iter()
+        .map(|a| a.name.as_str())
+        .filter(|n| !called.contains(n))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the agent never called {}, which the blueprint's actions call",
+        missing.join(", ")
+    ))
 }
 
 /// The seed of one attempt, from the run seed, the task id and the trial.
@@ -247,7 +286,15 @@ impl Rollouts<'_> {
                 } else {
                     None
                 };
-                let kept = self.settings.keep && episode.reward == 1.0 && duplicate_of.is_none();
+                let not_kept = (self.settings.keep
+                    && self.settings.require_gold_tools
+                    && episode.reward == 1.0)
+                    .then(|| missing_gold_tools(task, &episode.messages))
+                    .flatten();
+                let kept = self.settings.keep
+                    && episode.reward == 1.0
+                    && duplicate_of.is_none()
+                    && not_kept.is_none();
                 let dataset = kept.then(|| DatasetRecord {
                     id: id.clone(),
                     blueprint_id: task_id.clone(),
@@ -268,6 +315,7 @@ impl Rollouts<'_> {
                     user_strategy: self.user.strategy,
                     kept,
                     duplicate_of,
+                    not_kept,
                     episode,
                 };
                 logs.commit(record, dataset)?;
@@ -293,6 +341,9 @@ impl Rollouts<'_> {
             let e = &d.episode;
             if e.reward == 1.0 {
                 s.verified += 1;
+            }
+            if d.not_kept.is_some() {
+                s.filtered += 1;
             }
             if d.kept {
                 s.kept += 1;
