@@ -252,12 +252,21 @@ impl Rollouts<'_> {
                 .any(|t| !logs.done.iter().any(|d| d.id == format!("{id}#{t}")))
         });
         let prefix = if todo {
-            Some(
+            // A long policy and many tool schemas take minutes to run through a model on a CPU:
+            // say so rather than sit silent.
+            eprintln!("caching the agent's prompt (the policy and the tool schemas)...");
+            let started = std::time::Instant::now();
+            let conv =
                 prime_agent(self.domain, &self.agent).map_err(|message| RunError::Config {
                     path: out.into(),
                     message,
-                })?,
-            )
+                })?;
+            eprintln!(
+                "cached {} tokens in {:.1}s",
+                conv.cached_tokens(),
+                started.elapsed().as_secs_f64()
+            );
+            Some(conv)
         } else {
             None
         };
