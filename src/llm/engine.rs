@@ -16,9 +16,9 @@ use crate::llm::model::{self, KvCache, LoadOptions, Transformer};
 use crate::llm::profile::Profile;
 use crate::llm::sampler::{Sampler, SamplingParams};
 
-/// End-of-turn tokens of the chat formats we know, used when no profile says otherwise.
 /// Prompt tokens per forward pass when prefilling (llama.cpp's default micro-batch is 512).
 const PREFILL_CHUNK: usize = 128;
+/// End-of-turn tokens of the chat formats we know, used when no profile says otherwise.
 const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|endoftext|>"];
 
 /// What a generation call should do.

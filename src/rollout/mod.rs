@@ -82,13 +82,19 @@ Rules:
     )
 }
 
-/// The one user message of the `transcript` view: the conversation so far, the agent's lines
-/// as `Agent:` and the user's as `Customer:`, then the request for the next line.
-pub fn transcript_prompt(history: &[(bool, String)]) -> String {
+/// The one user message of the `transcript` view, from the user's tau-bench-arranged
+/// conversation (`user` turns are the agent's lines, `assistant` turns the user's own; the
+/// system prompt is skipped): the lines as `Agent:` and `Customer:`, then the request for the
+/// next line.
+pub fn transcript_prompt(conversation: &[Message]) -> String {
     let mut s = String::from("Conversation so far:\n");
-    for (agent, line) in history {
-        s.push_str(if *agent { "Agent: " } else { "Customer: " });
-        s.push_str(&line.replace('\n', " "));
+    for m in conversation.iter().filter(|m| m.role != "system") {
+        s.push_str(if m.role == "user" {
+            "Agent: "
+        } else {
+            "Customer: "
+        });
+        s.push_str(&m.content.replace('\n', " "));
         s.push('\n');
     }
     s.push_str("\nWrite the customer's next message.");
@@ -268,8 +274,6 @@ struct SimUser<'a> {
     role: &'a UserRole,
     instruction: String,
     messages: Vec<Message>,
-    /// The conversation as the transcript view shows it: (agent?, line).
-    history: Vec<(bool, String)>,
     conv: Conversation,
     judge_conv: Conversation,
     seed: u64,
@@ -282,7 +286,6 @@ impl<'a> SimUser<'a> {
             role,
             instruction: instruction.to_owned(),
             messages: vec![Message::system(user_system_prompt(instruction))],
-            history: Vec::new(),
             conv: Conversation::new(),
             judge_conv: Conversation::new(),
             seed,
@@ -296,7 +299,6 @@ impl<'a> SimUser<'a> {
         let mut line = String::new();
         for _ in 0..OPENING_TRIES {
             self.messages.truncate(1);
-            self.history.clear();
             line = self.reply(GREETING, meter)?;
             if !is_stop(&line) {
                 break;
@@ -308,13 +310,12 @@ impl<'a> SimUser<'a> {
     /// The user's next line after the agent said `agent_said`.
     fn reply(&mut self, agent_said: &str, meter: &mut Meter) -> Result<String, String> {
         self.messages.push(Message::user(agent_said));
-        self.history.push((true, agent_said.to_owned()));
         self.turn += 1;
         let prompt = match self.role.view {
             UserView::TauBench => self.messages.clone(),
             UserView::Transcript => vec![
                 Message::system(transcript_system_prompt(&self.instruction)),
-                Message::user(transcript_prompt(&self.history)),
+                Message::user(transcript_prompt(&self.messages)),
             ],
         };
         let n = match self.role.strategy {
@@ -354,7 +355,6 @@ impl<'a> SimUser<'a> {
         }
         let line = best.map(|(_, l)| l).unwrap_or_default();
         self.messages.push(Message::assistant(line.clone()));
-        self.history.push((false, line.clone()));
         Ok(line)
     }
 }

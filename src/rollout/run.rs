@@ -143,20 +143,18 @@ fn missing_gold_tools(task: &Task, messages: &[Value]) -> Option<String> {
         .flatten()
         .filter_map(|c| c["function"]["name"].as_str())
         .collect();
-    let missing: Vec<&str> = task
+    let missing: std::collections::BTreeSet<&str> = task
         .actions
         .iter()
         .map(|a| a.name.as_str())
         .filter(|n| !called.contains(n))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
         .collect();
     if missing.is_empty() {
         return None;
     }
     Some(format!(
         "the agent never called {}, which the blueprint's actions call",
-        missing.join(", ")
+        missing.into_iter().collect::<Vec<_>>().join(", ")
     ))
 }
 
