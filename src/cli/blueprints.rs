@@ -6,6 +6,7 @@ use crate::blueprint::sampler::{ApiGraph, read_personas};
 use crate::domain::Domain;
 use crate::domain::task::read_tasks;
 use crate::llm::cli::LoadArgs;
+use crate::llm::profile::ModelRole;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -95,10 +96,10 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
         .with_context(|| format!("cannot load domain {}", args.domain.display()))?;
     let proposer_name = match &args.proposer {
         Some(p) => p.clone(),
-        None => super::default_model()?,
+        None => super::default_model_for(ModelRole::Proposer)?,
     };
     let reviewer_names = if args.reviewers.is_empty() {
-        vec![super::default_model()?; 3]
+        vec![super::default_model_for(ModelRole::Reviewer)?; 3]
     } else {
         args.reviewers.clone()
     };

@@ -11,7 +11,7 @@ pub mod rollouts;
 use crate::llm::Backend;
 use crate::llm::cli::LoadArgs;
 use crate::llm::local::LocalBackend;
-use crate::llm::profile::Profile;
+use crate::llm::profile::{ModelRole, Profile};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -47,9 +47,9 @@ impl Models {
     }
 }
 
-/// The default model's profile name.
-pub fn default_model() -> anyhow::Result<String> {
-    Ok(Profile::default_profile()?.name)
+/// The default model's profile name for one role (see `default_for` in `models/*.toml`).
+pub fn default_model_for(role: ModelRole) -> anyhow::Result<String> {
+    Ok(Profile::default_for_role(role)?.name)
 }
 
 /// sha256 of a profile's files, where the profile pins them (empty for a path that is not a

@@ -6,6 +6,7 @@ use super::blueprints::BlueprintsArgs;
 use crate::domain::Domain;
 use crate::domain::task::{Task, read_tasks};
 use crate::llm::cli::LoadArgs;
+use crate::llm::profile::ModelRole;
 use crate::rollout::run::{RolloutSummary, Rollouts, Settings};
 use crate::rollout::{AgentRole, UserRole, UserStrategy, UserView};
 use anyhow::{Context, Result, bail};
@@ -18,10 +19,12 @@ use std::process::ExitCode;
 /// The agent and simulated-user settings shared by `rollouts`, `generate` and `eval`.
 #[derive(Debug, Clone, Args)]
 pub struct RoleArgs {
-    /// The agent model (profile name or file; default: the default profile).
+    /// The agent model (profile name or file; default: the profile that is `default_for`
+    /// agent, qwen2.5-coder-1.5b as shipped).
     #[arg(long, value_name = "M", alias = "agent-model")]
     pub agent: Option<String>,
-    /// The simulated user's model (default: the default profile).
+    /// The simulated user's model (default: the profile that is `default_for` user,
+    /// qwen2.5-coder-1.5b as shipped).
     #[arg(long, value_name = "M", alias = "user-model")]
     pub user: Option<String>,
     /// How the user picks each line: one sample (`plain`, tau-bench's user) or the best of
@@ -85,11 +88,11 @@ impl RoleArgs {
     pub fn roles(&self, models: &mut Models, data: bool) -> Result<(AgentRole, UserRole)> {
         let agent_name = match &self.agent {
             Some(a) => a.clone(),
-            None => super::default_model()?,
+            None => super::default_model_for(ModelRole::Agent)?,
         };
         let user_name = match &self.user {
             Some(u) => u.clone(),
-            None => super::default_model()?,
+            None => super::default_model_for(ModelRole::User)?,
         };
         let judge_name = self.judge.clone().unwrap_or_else(|| user_name.clone());
         if self.trials == 0 {
@@ -338,6 +341,11 @@ pub fn run(args: RolloutsArgs) -> Result<ExitCode> {
 
 pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let mut models = Models::new(args.blueprints.load.clone());
+    // Phase 2's models are loaded first, so that a missing one is reported now and not after
+    // phase 1's hour of work.
+    args.roles
+        .roles(&mut models, true)
+        .context("cannot load phase 2's models")?;
     let phase1 = super::blueprints::run_with(&args.blueprints, &mut models)?;
     let bp = &args.blueprints;
     let domain = Domain::load(&bp.domain, bp.db.as_deref())

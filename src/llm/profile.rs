@@ -78,6 +78,20 @@ pub struct FileSpec {
     pub shards: bool,
 }
 
+/// The model roles a profile can be the default for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelRole {
+    /// Phase 1's task writer.
+    Proposer,
+    /// Phase 1's committee.
+    Reviewer,
+    /// The tool-calling agent of rollouts and eval.
+    Agent,
+    /// The simulated user (and its best-of-n judge).
+    User,
+}
+
 /// A model profile.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,8 +102,13 @@ pub struct Profile {
     pub architecture: String,
     pub format: Format,
     pub license: String,
+    /// The default model: used for every role no profile's `default_for` claims.
     #[serde(default)]
     pub default: bool,
+    /// Roles this profile is the default for, ahead of the `default` profile (e.g. a larger
+    /// model for the agent and the simulated user, whose conversations are the data).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_for: Vec<ModelRole>,
     /// `gguf` (the file's `tokenizer.chat_template`), `tokenizer_config` (from
     /// `tokenizer_config.json`) or a file name under `models/templates/`.
     pub chat_template: String,
@@ -156,6 +175,26 @@ impl Profile {
                 name: "default".into(),
                 detail: "no profile is marked default".into(),
             })
+    }
+
+    /// The default profile for `role`: the one whose `default_for` lists it, else the default.
+    pub fn default_for_role(role: ModelRole) -> Result<Profile> {
+        let all = Profile::all()?;
+        let claiming: Vec<&Profile> = all
+            .iter()
+            .filter(|p| p.default_for.contains(&role))
+            .collect();
+        match claiming.as_slice() {
+            [] => Profile::default_profile(),
+            [p] => Ok((*p).clone()),
+            many => Err(LlmError::Profile {
+                name: many[1].name.clone(),
+                detail: format!(
+                    "both {} and {} say default_for {role:?}; one role has one default",
+                    many[0].name, many[1].name
+                ),
+            }),
+        }
     }
 
     /// The directory this profile's files are fetched into.
@@ -256,6 +295,11 @@ mod tests {
             .map(|p| p.name.as_str())
             .collect();
         assert_eq!(defaults, ["qwen2.5-coder-0.5b"]);
+        let by_role = |r| Profile::default_for_role(r).unwrap().name;
+        assert_eq!(by_role(ModelRole::Proposer), "qwen2.5-coder-0.5b");
+        assert_eq!(by_role(ModelRole::Reviewer), "qwen2.5-coder-0.5b");
+        assert_eq!(by_role(ModelRole::Agent), "qwen2.5-coder-1.5b");
+        assert_eq!(by_role(ModelRole::User), "qwen2.5-coder-1.5b");
         for p in &all {
             assert!(!p.files.is_empty(), "{}", p.name);
             assert!(

@@ -72,11 +72,21 @@ fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
 fn list() -> anyhow::Result<()> {
     for p in Profile::all()? {
         let present = p.model_path().is_ok();
+        // `default` for the default model, else the roles it is the default for.
+        let default = if p.default {
+            "default".to_string()
+        } else {
+            p.default_for
+                .iter()
+                .map(|r| format!("{r:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         println!(
-            "{:<22} {:<12} {:<8} {:<40} {}",
+            "{:<22} {:<12} {:<10} {:<40} {}",
             p.name,
             p.architecture,
-            if p.default { "default" } else { "" },
+            default,
             p.display_name,
             if present { "present" } else { "not fetched" }
         );
