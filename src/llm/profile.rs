@@ -168,33 +168,12 @@ impl Profile {
 
     /// The default profile (`default = true`).
     pub fn default_profile() -> Result<Profile> {
-        Profile::all()?
-            .into_iter()
-            .find(|p| p.default)
-            .ok_or_else(|| LlmError::Profile {
-                name: "default".into(),
-                detail: "no profile is marked default".into(),
-            })
+        default_among(&Profile::all()?, None)
     }
 
     /// The default profile for `role`: the one whose `default_for` lists it, else the default.
     pub fn default_for_role(role: ModelRole) -> Result<Profile> {
-        let all = Profile::all()?;
-        let claiming: Vec<&Profile> = all
-            .iter()
-            .filter(|p| p.default_for.contains(&role))
-            .collect();
-        match claiming.as_slice() {
-            [] => Profile::default_profile(),
-            [p] => Ok((*p).clone()),
-            many => Err(LlmError::Profile {
-                name: many[1].name.clone(),
-                detail: format!(
-                    "both {} and {} say default_for {role:?}; one role has one default",
-                    many[0].name, many[1].name
-                ),
-            }),
-        }
+        default_among(&Profile::all()?, Some(role))
     }
 
     /// The directory this profile's files are fetched into.
@@ -281,9 +260,77 @@ fn hf_cache_lookup(repo: &str, file: &str) -> Option<PathBuf> {
     candidates.pop()
 }
 
+/// The profile among `all` that is the default for `role` (`None`: the default model).
+fn default_among(all: &[Profile], role: Option<ModelRole>) -> Result<Profile> {
+    if let Some(role) = role {
+        let claiming: Vec<&Profile> = all
+            .iter()
+            .filter(|p| p.default_for.contains(&role))
+            .collect();
+        match claiming.as_slice() {
+            [] => {}
+            [p] => return Ok((*p).clone()),
+            many => {
+                return Err(LlmError::Profile {
+                    name: many[1].name.clone(),
+                    detail: format!(
+                        "both {} and {} are default_for {}; a role has one default",
+                        many[0].name,
+                        many[1].name,
+                        format!("{role:?}").to_lowercase()
+                    ),
+                });
+            }
+        }
+    }
+    let defaults: Vec<&Profile> = all.iter().filter(|p| p.default).collect();
+    match defaults.as_slice() {
+        [p] => Ok((*p).clone()),
+        [] => Err(LlmError::Profile {
+            name: "default".into(),
+            detail: "no profile is marked default".into(),
+        }),
+        many => Err(LlmError::Profile {
+            name: many[1].name.clone(),
+            detail: format!(
+                "both {} and {} say default = true; one model is the default",
+                many[0].name, many[1].name
+            ),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_role_has_one_default() {
+        let profile = |name: &str, extra: &str| {
+            let text = format!(
+                "name = \"{name}\"\ndisplay_name = \"x\"\narchitecture = \"qwen2\"\n\
+                 format = \"gguf\"\nlicense = \"x\"\nchat_template = \"gguf\"\n\
+                 tool_format = \"hermes\"\n{extra}\n[[files]]\nname = \"m.gguf\"\n"
+            );
+            Profile::from_toml(name, &text).unwrap()
+        };
+        let small = profile("small", "default = true");
+        let big = profile("big", "default_for = [\"agent\", \"user\"]");
+        let all = [small.clone(), big.clone()];
+        let pick = |all: &[Profile], r| default_among(all, r).map(|p| p.name);
+        assert_eq!(pick(&all, None).unwrap(), "small");
+        assert_eq!(pick(&all, Some(ModelRole::Proposer)).unwrap(), "small");
+        assert_eq!(pick(&all, Some(ModelRole::User)).unwrap(), "big");
+        let rival = profile("rival", "default_for = [\"user\"]");
+        let err = pick(&[small.clone(), big.clone(), rival], Some(ModelRole::User)).unwrap_err();
+        assert!(err.to_string().contains("default_for user"), "{err}");
+        assert!(pick(&[big.clone()], Some(ModelRole::Reviewer)).is_err());
+        let bad = "name = \"b\"\ndisplay_name = \"x\"\narchitecture = \"qwen2\"\n\
+                   format = \"gguf\"\nlicense = \"x\"\nchat_template = \"gguf\"\n\
+                   tool_format = \"hermes\"\ndefault_for = [\"critic\"]\nfiles = []\n";
+        let err = Profile::from_toml("b", bad).unwrap_err().to_string();
+        assert!(err.contains("critic"), "{err}");
+    }
 
     #[test]
     fn builtin_profiles_parse_and_one_is_default() {
