@@ -36,10 +36,24 @@ use std::time::Instant;
 
 /// The marker a simulated user writes when its goal is met (tau-bench's).
 pub const STOP: &str = "###STOP###";
-/// Whether a user line ends the episode: it holds `###STOP###`, whitespace inside the marker
-/// ignored (small user models write `### STOP###`).
+/// Whether a user line ends the episode: it holds `###STOP###`, read the way small user models
+/// misspell it: whitespace and underscores inside the marker ignored, any case, and one `#`
+/// more or less on one side (`### STOP###`, `###Stop###`, `###_STOP###`, `##STOP###`).
 pub fn is_stop(line: &str) -> bool {
-    line.split_whitespace().collect::<String>().contains(STOP)
+    let squeezed: String = line
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect();
+    squeezed.match_indices("stop").any(|(i, _)| {
+        let before = squeezed[..i]
+            .chars()
+            .rev()
+            .take_while(|c| *c == '#')
+            .count();
+        let after = squeezed[i + 4..].chars().take_while(|c| *c == '#').count();
+        before >= 2 && after >= 2 && before + after >= 5
+    })
 }
 
 /// The agent's first line, shown to the user model (tau-bench's).
@@ -693,8 +707,15 @@ mod tests {
     fn stops_are_read_through_stray_spaces() {
         assert!(is_stop("###STOP###"));
         assert!(is_stop("Thanks, bye! ### STOP###"));
+        // Misspellings the 1.5B user wrote in real runs.
+        assert!(is_stop("###Stop###"));
+        assert!(is_stop("###_STOP###"));
+        assert!(is_stop("##STOP###"));
         assert!(!is_stop("STOP"));
+        assert!(!is_stop("Please stop the order."));
         assert!(!is_stop("## STOP ##"));
+        assert!(!is_stop("#STOP###"));
+        assert!(!is_stop("###STOPPED"));
     }
 
     #[test]
