@@ -52,6 +52,9 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
         Some(path) => crate::run::write_atomic(path, body.as_bytes())?,
         None => print!("{body}"),
     }
-    eprintln!("exported {} conversations as {:?}", rows.len(), args.format);
+    let name = clap::ValueEnum::to_possible_value(&args.format)
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default();
+    eprintln!("exported {} conversations as {name}", rows.len());
     Ok(ExitCode::SUCCESS)
 }
