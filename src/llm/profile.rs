@@ -92,6 +92,18 @@ pub enum ModelRole {
     User,
 }
 
+impl ModelRole {
+    /// The role as profiles spell it in `default_for`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelRole::Proposer => "proposer",
+            ModelRole::Reviewer => "reviewer",
+            ModelRole::Agent => "agent",
+            ModelRole::User => "user",
+        }
+    }
+}
+
 /// A model profile.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,14 +178,9 @@ impl Profile {
             })
     }
 
-    /// The default profile (`default = true`).
-    pub fn default_profile() -> Result<Profile> {
-        default_among(&Profile::all()?, None)
-    }
-
     /// The default profile for `role`: the one whose `default_for` lists it, else the default.
     pub fn default_for_role(role: ModelRole) -> Result<Profile> {
-        default_among(&Profile::all()?, Some(role))
+        default_among(&Profile::all()?, role)
     }
 
     /// The directory this profile's files are fetched into.
@@ -260,29 +267,29 @@ fn hf_cache_lookup(repo: &str, file: &str) -> Option<PathBuf> {
     candidates.pop()
 }
 
-/// The profile among `all` that is the default for `role` (`None`: the default model).
-fn default_among(all: &[Profile], role: Option<ModelRole>) -> Result<Profile> {
-    if let Some(role) = role {
-        let claiming: Vec<&Profile> = all
-            .iter()
-            .filter(|p| p.default_for.contains(&role))
-            .collect();
-        match claiming.as_slice() {
-            [] => {}
-            [p] => return Ok((*p).clone()),
-            many => {
-                return Err(LlmError::Profile {
-                    name: many[1].name.clone(),
-                    detail: format!(
-                        "both {} and {} are default_for {}; a role has one default",
-                        many[0].name,
-                        many[1].name,
-                        format!("{role:?}").to_lowercase()
-                    ),
-                });
-            }
-        }
+/// The profile among `all` that is the default for `role`: its one claimant, else the default.
+fn default_among(all: &[Profile], role: ModelRole) -> Result<Profile> {
+    let claiming: Vec<&Profile> = all
+        .iter()
+        .filter(|p| p.default_for.contains(&role))
+        .collect();
+    match claiming.as_slice() {
+        [] => the_default(all),
+        [p] => Ok((*p).clone()),
+        many => Err(LlmError::Profile {
+            name: many[1].name.clone(),
+            detail: format!(
+                "both {} and {} are default_for {}; a role has one default",
+                many[0].name,
+                many[1].name,
+                role.name()
+            ),
+        }),
     }
+}
+
+/// The one profile among `all` with `default = true`.
+fn the_default(all: &[Profile]) -> Result<Profile> {
     let defaults: Vec<&Profile> = all.iter().filter(|p| p.default).collect();
     match defaults.as_slice() {
         [p] => Ok((*p).clone()),
@@ -318,13 +325,13 @@ mod tests {
         let big = profile("big", "default_for = [\"agent\", \"user\"]");
         let all = [small.clone(), big.clone()];
         let pick = |all: &[Profile], r| default_among(all, r).map(|p| p.name);
-        assert_eq!(pick(&all, None).unwrap(), "small");
-        assert_eq!(pick(&all, Some(ModelRole::Proposer)).unwrap(), "small");
-        assert_eq!(pick(&all, Some(ModelRole::User)).unwrap(), "big");
+        assert_eq!(the_default(&all).unwrap().name, "small");
+        assert_eq!(pick(&all, ModelRole::Proposer).unwrap(), "small");
+        assert_eq!(pick(&all, ModelRole::User).unwrap(), "big");
         let rival = profile("rival", "default_for = [\"user\"]");
-        let err = pick(&[small.clone(), big.clone(), rival], Some(ModelRole::User)).unwrap_err();
+        let err = pick(&[small.clone(), big.clone(), rival], ModelRole::User).unwrap_err();
         assert!(err.to_string().contains("default_for user"), "{err}");
-        assert!(pick(&[big.clone()], Some(ModelRole::Reviewer)).is_err());
+        assert!(pick(&[big.clone()], ModelRole::Reviewer).is_err());
         let bad = "name = \"b\"\ndisplay_name = \"x\"\narchitecture = \"qwen2\"\n\
                    format = \"gguf\"\nlicense = \"x\"\nchat_template = \"gguf\"\n\
                    tool_format = \"hermes\"\ndefault_for = [\"critic\"]\nfiles = []\n";

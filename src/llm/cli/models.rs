@@ -78,7 +78,7 @@ fn list() -> anyhow::Result<()> {
         } else {
             p.default_for
                 .iter()
-                .map(|r| format!("{r:?}").to_lowercase())
+                .map(|r| r.name())
                 .collect::<Vec<_>>()
                 .join(",")
         };
