@@ -7,7 +7,9 @@ use apigen_mt::blueprint::committee::Threshold;
 use apigen_mt::blueprint::pipeline::{
     BlueprintRecord, Pipeline, RejectedRecord, Role, Settings, Summary,
 };
+use apigen_mt::blueprint::plan::PlanMode;
 use apigen_mt::blueprint::sampler::ApiGraph;
+use apigen_mt::domain::ground::Grounder;
 use apigen_mt::domain::Domain;
 use apigen_mt::domain::task::read_tasks;
 use apigen_mt::llm::scripted::ScriptedBackend;
@@ -20,7 +22,7 @@ const YES: &str = r#"{"reflection": "fine", "correctness": 1, "completeness": 1,
 const NO: &str = r#"{"reflection": "the instruction never says which account", "correctness": 1, "completeness": 0, "satisfaction": 0, "creativity": 0, "total": 1, "correction": "name the account"}"#;
 
 fn proposal(actions: Value) -> String {
-    json!({"thought": "t", "instruction": "You are Barbara Allen. You want to check your account acc_1002 and move money.", "actions": actions, "outputs": []}).to_string()
+    json!({"thought": "t", "instruction": "You are Barbara Allen. You want to check your account acc_1002 and move money to account acc_1001.", "actions": actions, "outputs": []}).to_string()
 }
 
 fn look() -> String {
@@ -65,10 +67,12 @@ fn run(out: &Path, replies: Vec<String>, count: usize, recombine: usize) -> Run 
             max_items: 5,
             user_table: "accounts".into(),
             only_users: vec!["acc_1002".into()],
+            plan: PlanMode::None,
         },
         graph: ApiGraph::derive(&domain, &examples, &[]),
         personas: vec![],
         examples,
+        grounder: Grounder::new(&domain),
     };
     let summary = pipeline.run(out, |_| {}).unwrap();
     let read = |f: &str| -> Vec<Value> {

@@ -108,6 +108,58 @@ pub fn parse(answer: &str, user_id: &str) -> Result<Task, Rejection> {
     })
 }
 
+/// Parse an answer that holds only the instruction and outputs, for a plan whose actions are
+/// fixed (`--plan fixed`): the task's actions are `actions`.
+pub fn parse_with_actions(answer: &str, user_id: &str, actions: &[Action]) -> Result<Task, Rejection> {
+    let Some(Value::Object(mut obj)) = extract_object(answer) else {
+        return Err(Rejection::new(
+            "format.not_json",
+            "the answer must contain one JSON object with instruction and outputs",
+        ));
+    };
+    obj.insert(
+        "actions".into(),
+        Value::Array(actions.iter().map(Action::to_json).collect()),
+    );
+    parse(&Value::Object(obj).to_string(), user_id)
+}
+
+/// Words in a row an instruction may share with feedback it was revised from.
+const FEEDBACK_PHRASE_WORDS: usize = 6;
+
+/// Words of reviews and checks that never belong in what a customer is told.
+const REVIEW_WORDS: [&str; 6] = ["reviewer", "database diff", "the diff", "blueprint", "tool call", "ground-truth"];
+
+/// `ground.feedback_in_instruction`: the instruction repeats the feedback it was revised from,
+/// or speaks of reviews and diffs (text meant for the author, not for the customer).
+pub fn feedback_in_instruction(task: &Task, feedback: &[String]) -> Option<crate::domain::ground::Finding> {
+    use crate::domain::ground::normalise;
+    let text = normalise(&task.instruction);
+    if let Some(w) = REVIEW_WORDS.iter().find(|w| text.contains(*w)) {
+        return Some(crate::domain::ground::Finding {
+            code: "ground.feedback_in_instruction".into(),
+            detail: format!("the instruction speaks of \"{w}\": it is what the customer is told, not a note to the author"),
+        });
+    }
+    let words: Vec<&str> = text.split(' ').collect();
+    for f in feedback {
+        let fw: Vec<String> = normalise(f).split(' ').map(str::to_owned).collect();
+        let phrases: std::collections::HashSet<String> =
+            fw.windows(FEEDBACK_PHRASE_WORDS).map(|w| w.join(" ")).collect();
+        if let Some(w) = words
+            .windows(FEEDBACK_PHRASE_WORDS)
+            .map(|w| w.join(" "))
+            .find(|w| phrases.contains(w))
+        {
+            return Some(crate::domain::ground::Finding {
+                code: "ground.feedback_in_instruction".into(),
+                detail: format!("the instruction repeats the feedback (\"{w}\"): act on it, do not copy it"),
+            });
+        }
+    }
+    None
+}
+
 /// The first balanced JSON object in `text` that parses (after stripping code fences).
 pub fn extract_object(text: &str) -> Option<Value> {
     let bytes = text.as_bytes();

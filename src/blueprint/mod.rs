@@ -8,6 +8,7 @@
 pub mod check;
 pub mod committee;
 pub mod pipeline;
+pub mod plan;
 pub mod prompt;
 pub mod sampler;
 

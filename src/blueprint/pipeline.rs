@@ -11,7 +11,9 @@ use super::Rejection;
 use super::check::{self, Dedup, Executed};
 use super::committee::{self, Review, Threshold, Verdict};
 use super::prompt::{self, Context};
+use super::plan::{self, PlanMode};
 use super::sampler::{self, ApiGraph, Mix, Persona};
+use crate::domain::ground::Grounder;
 use crate::domain::Domain;
 use crate::domain::diff::Edit;
 use crate::domain::task::{Action, Task};
@@ -78,6 +80,16 @@ pub struct Settings {
     /// Sample only these customers (empty: all of the table).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub only_users: Vec<String>,
+    /// How the proposer uses a sampled executable plan.
+    #[serde(default = "plan_none")]
+    pub plan: PlanMode,
+}
+
+/// Customers drawn for an item before giving up on a plan (the item then has none).
+const PLAN_USER_DRAWS: usize = 5;
+
+fn plan_none() -> PlanMode {
+    PlanMode::None
 }
 
 /// An accepted blueprint as written to `blueprints.jsonl`: a tau-bench task plus provenance.
@@ -143,6 +155,9 @@ pub struct Funnel {
     pub format_ok: usize,
     pub executed: usize,
     pub policy_ok: usize,
+    /// Passed the grounding checks (`ground.*`).
+    #[serde(default)]
+    pub grounded: usize,
     pub committee_ok: usize,
     pub accepted: usize,
 }
@@ -153,6 +168,7 @@ impl Funnel {
         self.format_ok += o.format_ok;
         self.executed += o.executed;
         self.policy_ok += o.policy_ok;
+        self.grounded += o.grounded;
         self.committee_ok += o.committee_ok;
         self.accepted += o.accepted;
     }
@@ -185,6 +201,8 @@ pub struct Pipeline<'d> {
     pub personas: Vec<Persona>,
     /// Well-formed example tasks (the domain's non-test tasks).
     pub examples: Vec<Task>,
+    /// The grounding checks, built once for the domain.
+    pub grounder: Grounder<'d>,
 }
 
 struct ItemState {
@@ -397,15 +415,52 @@ impl<'d> Pipeline<'d> {
         s
     }
 
+    /// Other customers' records shown beside this one's (`[blueprints] peers` of them).
+    fn draw_user(&self, rng: &mut impl Rng) -> Option<String> {
+        if self.settings.only_users.is_empty() {
+            sampler::sample_user(self.domain, &self.settings.user_table, rng)
+        } else {
+            let i = rng.random_range(0..self.settings.only_users.len());
+            Some(self.settings.only_users[i].clone())
+        }
+    }
+
+    fn peer_records(&self, user: &str, rng: &mut impl Rng) -> Vec<(String, Value)> {
+        let n = self.domain.manifest.blueprints.peers;
+        let Some(table) = self.domain.pristine().table(&self.settings.user_table) else {
+            return vec![];
+        };
+        if n == 0 {
+            return vec![];
+        }
+        let others: Vec<(&String, &Arc<crate::domain::db::Record>)> =
+            table.iter().filter(|(id, _)| *id != user).collect();
+        sampler::sample_k(&others, n, rng)
+            .into_iter()
+            .map(|(id, r)| ((*id).clone(), r.value().clone()))
+            .collect()
+    }
+
     /// Sample the context of one item.
     fn context(&self, rng: &mut impl Rng, accepted: &[BlueprintRecord]) -> Option<(Context, Mix)> {
         let mix = Mix::draw(rng, self.settings.data_budget);
         let tools = self.graph.walk(rng, mix.writes, mix.feeder_depth);
-        let user = if self.settings.only_users.is_empty() {
-            sampler::sample_user(self.domain, &self.settings.user_table, rng)?
-        } else {
-            self.settings.only_users[rng.random_range(0..self.settings.only_users.len())].clone()
-        };
+        let mut user = self.draw_user(rng)?;
+        // With plans, a customer with nothing to change (no open orders, a frozen account) is
+        // redrawn, a few times.
+        let mut plan_drawn = None;
+        if self.settings.plan != PlanMode::None {
+            for _ in 0..PLAN_USER_DRAWS {
+                let peers = self.peer_records(&user, rng);
+                let values: Vec<Value> = peers.iter().map(|p| p.1.clone()).collect();
+                plan_drawn = plan::sample(self.domain, &user, &values, mix.writes, rng)
+                    .map(|p| (p, peers));
+                if plan_drawn.is_some() {
+                    break;
+                }
+                user = self.draw_user(rng)?;
+            }
+        }
         let mut data = sampler::user_context(
             self.domain,
             &self.settings.user_table,
@@ -413,18 +468,13 @@ impl<'d> Pipeline<'d> {
             2,
             mix.data_budget,
         )?;
-        let peers = &self.domain.manifest.blueprints.peers;
-        if *peers > 0 {
-            let table = self.domain.pristine().table(&self.settings.user_table)?;
-            let others: Vec<(&String, &Arc<crate::domain::db::Record>)> =
-                table.iter().filter(|(id, _)| **id != user).collect();
-            for (id, record) in sampler::sample_k(&others, *peers, rng) {
-                data.records.push((
-                    self.settings.user_table.clone(),
-                    (*id).clone(),
-                    record.value().clone(),
-                ));
-            }
+        let peers = match &plan_drawn {
+            Some((_, peers)) => peers.clone(),
+            None => self.peer_records(&user, rng),
+        };
+        for (id, record) in peers {
+            data.records
+                .push((self.settings.user_table.clone(), id, record));
         }
         let persona = if mix.persona && !self.personas.is_empty() {
             Some(self.personas[rng.random_range(0..self.personas.len())].clone())
@@ -433,16 +483,42 @@ impl<'d> Pipeline<'d> {
         };
         let mut pool: Vec<Task> = self.examples.clone();
         pool.extend(accepted.iter().map(|b| b.task()));
-        let examples = sampler::sample_k(&pool, mix.examples, rng)
+        let examples: Vec<Task> = sampler::sample_k(&pool, mix.examples, rng)
             .into_iter()
             .cloned()
             .collect();
+        let plan = plan_drawn.map(|(p, _)| p);
+        // A small proposer copies examples' customers and sentences; a fixed plan is anchor
+        // enough, so it comes without them.
+        let examples = if plan.is_some() && self.settings.plan == PlanMode::Fixed {
+            vec![]
+        } else {
+            examples
+        };
+        let mut tools = tools;
+        if let Some(p) = &plan {
+            // The plan's tools first, then the walk's others (suggest mode may extend it).
+            let mut ts: Vec<String> = Vec::new();
+            for a in &p.actions {
+                if !ts.contains(&a.name) {
+                    ts.push(a.name.clone());
+                }
+            }
+            for t in tools {
+                if !ts.contains(&t) {
+                    ts.push(t);
+                }
+            }
+            tools = ts;
+        }
         Some((
             Context {
                 tools,
                 data,
                 persona,
                 examples,
+                plan,
+                fixed: self.settings.plan == PlanMode::Fixed,
             },
             mix,
         ))
@@ -455,6 +531,7 @@ impl<'d> Pipeline<'d> {
         diff: &[Edit],
         rng: &mut impl Rng,
     ) -> Vec<Review> {
+        let report = self.grounder.explain(task);
         let started = Instant::now();
         // Reviewers on the same model read the same prompt: later ones start from the first one's
         // cache, so the prompt is processed once per committee.
@@ -468,7 +545,7 @@ impl<'d> Pipeline<'d> {
             };
             let messages = vec![
                 Message::system(prompt::reviewer_system(self.domain)),
-                Message::user(prompt::reviewer_user(self.domain, task, diff)),
+                Message::user(prompt::reviewer_user(self.domain, task, diff, &report)),
             ];
             reviews.push(
                 match role.ask(
@@ -552,7 +629,12 @@ impl<'d> Pipeline<'d> {
             );
             return (state, None);
         };
-        let schema = prompt::blueprint_schema(self.domain, &ctx.tools);
+        let schema = if ctx.fixed && ctx.plan.is_some() {
+            prompt::fixed_plan_schema()
+        } else {
+            prompt::blueprint_schema(self.domain, &ctx.tools)
+        };
+        let mut feedback_given: Vec<String> = Vec::new();
         let mut messages = vec![
             Message::system(prompt::proposer_system(self.domain)),
             Message::user(prompt::proposer_user(self.domain, &ctx)),
@@ -581,7 +663,7 @@ impl<'d> Pipeline<'d> {
                     break;
                 }
             };
-            let outcome = self.check(&mut state, turn, &raw, &ctx, dedup, &mut rng);
+            let outcome = self.check(&mut state, turn, &raw, &ctx, dedup, &feedback_given, &mut rng);
             let feedback = match outcome {
                 Ok((task, executed, reviews, verdict)) => {
                     state.record.funnel.accepted += 1;
@@ -590,6 +672,7 @@ impl<'d> Pipeline<'d> {
                         "tools": ctx.tools, "persona": ctx.persona.as_ref().map(|p| p.id.clone()),
                         "examples": ctx.examples.len(), "records": ctx.data.records.iter().map(|r| format!("{}/{}", r.0, r.1)).collect::<Vec<_>>(),
                         "mix": mix,
+                        "plan": ctx.plan.as_ref().map(|p| json!({"actions": p.actions, "writes": p.writes, "mode": self.settings.plan})),
                     });
                     return (
                         state,
@@ -607,6 +690,7 @@ impl<'d> Pipeline<'d> {
                 }
                 Err(feedback) => feedback,
             };
+            feedback_given.push(feedback.clone());
             messages.push(Message::assistant(raw));
             messages.push(Message::user(prompt::revise_user(&feedback)));
         }
@@ -622,6 +706,7 @@ impl<'d> Pipeline<'d> {
         raw: &str,
         ctx: &Context,
         dedup: &Dedup,
+        feedback_given: &[String],
         rng: &mut impl Rng,
     ) -> Result<(Task, Executed, Vec<Review>, Verdict), String> {
         let fail = |state: &mut ItemState, rs: Vec<Rejection>| {
@@ -635,8 +720,18 @@ impl<'d> Pipeline<'d> {
                 .join("\n"))
         };
         let started = Instant::now();
-        let task = match check::parse(raw, &ctx.data.user_id) {
-            Ok(t) => t,
+        let parsed = match (&ctx.plan, ctx.fixed) {
+            (Some(p), true) => check::parse_with_actions(raw, &ctx.data.user_id, &p.actions),
+            _ => check::parse(raw, &ctx.data.user_id),
+        };
+        let task = match parsed {
+            Ok(mut t) => {
+                // A planned blueprint's customer says who they are as the domain spells it.
+                if ctx.plan.is_some() {
+                    self.grounder.introduce(&mut t);
+                }
+                t
+            }
             Err(r) => return fail(state, vec![r]),
         };
         state.record.funnel.format_ok += 1;
@@ -649,11 +744,23 @@ impl<'d> Pipeline<'d> {
         if violations.is_empty() {
             violations.extend(dedup.check(&task).err());
         }
-        state.time("checks", started);
         if !violations.is_empty() {
+            state.time("checks", started);
             return fail(state, violations);
         }
         state.record.funnel.policy_ok += 1;
+        let mut findings = self.grounder.check(&task, &executed.observations);
+        findings.extend(self.grounder.check_copied(&task, &ctx.examples));
+        findings.extend(check::feedback_in_instruction(&task, feedback_given));
+        state.time("checks", started);
+        if !findings.is_empty() {
+            let rs = findings
+                .into_iter()
+                .map(|f| Rejection::new(f.code, f.detail))
+                .collect();
+            return fail(state, rs);
+        }
+        state.record.funnel.grounded += 1;
         let reviews = self.review(state, &task, &executed.diff, rng);
         let verdict = committee::verdict(&reviews, &self.settings.threshold);
         if !verdict.accepted {
@@ -760,6 +867,14 @@ impl<'d> Pipeline<'d> {
             }
         };
         combined.instruction = instruction;
+        let findings = self.grounder.check(&combined, &executed.observations);
+        if !findings.is_empty() {
+            for f in findings {
+                state.reject(1, &Rejection::new(f.code, f.detail));
+            }
+            return Some((state, None));
+        }
+        state.record.funnel.grounded += 1;
         let reviews = self.review(&mut state, &combined, &executed.diff, &mut rng);
         let verdict = committee::verdict(&reviews, &self.settings.threshold);
         if !verdict.accepted {

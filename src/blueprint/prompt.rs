@@ -3,6 +3,7 @@
 //! tools, data, persona and examples, then the task; answers are JSON so small models can be held
 //! to them by constrained decoding.
 
+use super::plan::Plan;
 use super::sampler::{DataContext, Persona};
 use crate::domain::Domain;
 use crate::domain::diff::Edit;
@@ -16,6 +17,10 @@ pub struct Context {
     pub data: DataContext,
     pub persona: Option<Persona>,
     pub examples: Vec<Task>,
+    /// A sampled action chain that runs on this customer's data.
+    pub plan: Option<Plan>,
+    /// The plan's actions are the task's actions; the proposer writes instruction and outputs.
+    pub fixed: bool,
 }
 
 /// The JSON schema of a blueprint answer: a short thought, then the task. Action names are an
@@ -47,6 +52,20 @@ pub fn blueprint_schema(domain: &Domain, tools: &[String]) -> Value {
             "outputs": {"type": "array", "maxItems": 4, "items": {"type": "string", "maxLength": 80}}
         },
         "required": ["thought", "instruction", "actions", "outputs"],
+        "additionalProperties": false
+    })
+}
+
+/// The JSON schema of an answer around a fixed plan: the instruction and the outputs only.
+pub fn fixed_plan_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "thought": {"type": "string", "maxLength": 600},
+            "instruction": {"type": "string", "minLength": 20, "maxLength": 1200},
+            "outputs": {"type": "array", "maxItems": 4, "items": {"type": "string", "maxLength": 40}}
+        },
+        "required": ["thought", "instruction", "outputs"],
         "additionalProperties": false
     })
 }
@@ -138,16 +157,87 @@ pub fn proposer_user(domain: &Domain, ctx: &Context) -> String {
             ));
         }
     }
+    if let Some(plan) = &ctx.plan {
+        s.push_str(if ctx.fixed {
+            "\n## The actions (they run on this data; the task's actions are exactly these)\n"
+        } else {
+            "\n## A plan that runs on this data (keep, trim or extend it)\n"
+        });
+        for (a, o) in plan.actions.iter().zip(&plan.observations) {
+            let shown: String = o.chars().take(600).collect();
+            let more = if o.chars().count() > 600 { " ..." } else { "" };
+            s.push_str(&format!(
+                "{} -> {shown}{more}\n",
+                crate::pyjson::dumps(&json!({"name": a.name, "arguments": a.arguments}))
+            ));
+        }
+        if ctx.fixed {
+            s.push_str(&identity_hint(domain, ctx));
+            s.push_str(
+                "\n## Your task\nWrite the instruction of a customer who wants exactly what these actions do, and the outputs. Rules:\n\
+- The instruction is written to the customer in the second person (\"You are ...\"). It starts by saying who they are, with the identity shown above, \
+so the agent can authenticate them.\n\
+- It asks for every change the write actions make, with the details the agent needs (which order or account, which items, the new values), \
+described as the customer would (product names and options, amounts) and nothing the actions do not do.\n\
+- It matches the persona, in your own words: never copy an example's sentences, names or ids.\n\
+- Outputs are bare values the agent must tell the customer, taken from the action results above (e.g. \"2015.04\", \"pending\"), never sentences; use [] when the customer only wants the changes made.\n\
+Answer with one JSON object: {\"thought\": ..., \"instruction\": ..., \"outputs\": [...]}.",
+            );
+            return s;
+        }
+    }
+    s.push_str(&identity_hint(domain, ctx));
     s.push_str(
         "\n## Your task\nWrite one new task for this customer. Rules:\n\
 - Use only ids, names and values that appear in the customer's data above; never invent them.\n\
 - The actions must follow the policy exactly and must all succeed when run in order on this data.\n\
 - The instruction is written to the customer in the second person (\"You are ...\"), says who they are and what they want \
 and gives every detail the agent needs (but not tool names or ids the customer would not know), and matches the persona.\n\
-- Outputs are short facts the agent must say (numbers, statuses); use [] when the customer only wants changes made.\n\
+- Outputs are bare values the agent must say, taken from the data or the actions' results (e.g. \"2015.04\", \"pending\"), never sentences; use [] when the customer only wants changes made.\n\
 Answer with one JSON object: {\"thought\": ..., \"instruction\": ..., \"actions\": [{\"name\": ..., \"arguments\": {...}}], \"outputs\": [...]}.",
     );
     s
+}
+
+/// How this customer can say who they are (the domain's `[grounding] identity`).
+fn identity_hint(domain: &Domain, ctx: &Context) -> String {
+    let Some((_, _, record)) = ctx.data.records.first() else {
+        return String::new();
+    };
+    let ways: Vec<String> = domain
+        .manifest
+        .grounding
+        .identity
+        .iter()
+        .filter_map(|alt| {
+            let parts: Option<Vec<String>> = alt
+                .iter()
+                .map(|part| {
+                    part.split(' ')
+                        .map(|p| {
+                            if p == crate::domain::ground::RECORD_ID {
+                                return Some(ctx.data.user_id.clone());
+                            }
+                            let mut at = record;
+                            for k in p.split('.') {
+                                at = at.get(k)?;
+                            }
+                            at.as_str().map(str::to_owned).or_else(|| Some(at.to_string()))
+                        })
+                        .collect::<Option<Vec<String>>>()
+                        .map(|w| w.join(" "))
+                })
+                .collect();
+            parts.map(|p| p.join(", "))
+        })
+        .collect();
+    if ways.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n## Who the customer is\nThe instruction must identify the customer by one of: {}.\n",
+        ways.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" or ")
+    )
 }
 
 /// The message asking the proposer to revise after a failure.
@@ -195,7 +285,7 @@ total is the sum. correction says concretely what to fix (empty when nothing).\n
 }
 
 /// The reviewer's request.
-pub fn reviewer_user(domain: &Domain, task: &Task, diff: &[Edit]) -> String {
+pub fn reviewer_user(domain: &Domain, task: &Task, diff: &[Edit], grounding: &str) -> String {
     let tools: Vec<String> = task
         .actions
         .iter()
@@ -204,7 +294,7 @@ pub fn reviewer_user(domain: &Domain, task: &Task, diff: &[Edit]) -> String {
         .into_iter()
         .collect();
     format!(
-        "## Tools\n{}\n\n## Task (customer {})\n{}\n\n## Database diff\n{}\n\nAnswer with one JSON object: {{\"reflection\", \"correctness\", \"completeness\", \"satisfaction\", \"creativity\", \"total\", \"correction\"}}.",
+        "## Tools\n{}\n\n## Task (customer {})\n{}\n\n## Database diff\n{}\n\n## Deterministic checks (passed)\n{grounding}\n\nJudge whether the instruction asks for exactly what the actions do, no more and no less.\n\nAnswer with one JSON object: {{\"reflection\", \"correctness\", \"completeness\", \"satisfaction\", \"creativity\", \"total\", \"correction\"}}.",
         tool_lines(domain, &tools),
         task.user_id,
         task_json(task),

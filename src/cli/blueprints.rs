@@ -2,6 +2,7 @@
 
 use crate::blueprint::committee::Threshold;
 use crate::blueprint::pipeline::{Pipeline, Role, Settings, Summary};
+use crate::blueprint::plan::PlanMode;
 use crate::blueprint::sampler::{ApiGraph, read_personas};
 use crate::domain::Domain;
 use crate::domain::task::read_tasks;
@@ -54,6 +55,12 @@ pub struct BlueprintsArgs {
     /// Write tasks only for these customers (comma-separated ids; default: any).
     #[arg(long, value_delimiter = ',')]
     pub users: Vec<String>,
+    /// How the proposer uses a sampled executable plan (an action chain drawn for the customer
+    /// that runs cleanly and passes the rules): `fixed` makes it the blueprint's actions and the
+    /// proposer writes the instruction and outputs; `suggest` shows it and the proposer may
+    /// change it; `none` is the paper's setting, actions from the sampled tools alone.
+    #[arg(long, value_enum, default_value_t = PlanMode::Fixed)]
+    pub plan: PlanMode,
     /// The run directory (created; re-running the same command resumes it).
     #[arg(long, value_name = "RUN")]
     pub out: PathBuf,
@@ -139,6 +146,7 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
         max_items: args.count,
         user_table: section.user_table.clone(),
         only_users: args.users.clone(),
+        plan: args.plan,
     };
     let mut examples = Vec::new();
     for (name, path) in domain.task_files() {
@@ -180,6 +188,7 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
         graph,
         personas,
         examples,
+        grounder: crate::domain::ground::Grounder::new(&domain),
     };
     let started = std::time::Instant::now();
     let tty = std::io::stderr().is_terminal();

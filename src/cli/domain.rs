@@ -116,7 +116,7 @@ fn run_check(args: CheckArgs) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let report = check::check(&domain, &args.tasks);
+    let report = check::check(&domain, &args.tasks, args.db.db.is_none());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }

@@ -4,7 +4,9 @@
 //! and the scripts compile. On top of that, every task's gold actions are replayed on a fresh
 //! database: no action may be unknown or break its schema, read tools must never change the
 //! hash, every write tool that succeeds at least once must change it at least once, and no task
-//! may break one of the domain's policy rules.
+//! may break one of the domain's policy rules, and every task must pass the grounding checks
+//! ([`crate::domain::ground`]): its instruction names its customer, and its write arguments and
+//! outputs come from somewhere.
 
 use crate::domain::Domain;
 use crate::domain::task::{RESPOND_ACTION_NAME, read_tasks};
@@ -34,6 +36,9 @@ pub enum ProblemKind {
     ToolKind,
     /// A task breaks one of the domain's policy rules.
     Policy,
+    /// A task's instruction, actions and outputs do not describe the same customer and job
+    /// (`ground.*` codes, see [`crate::domain::ground`]).
+    Grounding,
 }
 
 /// The outcome of a check.
@@ -46,19 +51,26 @@ pub struct Report {
     pub problems: Vec<Problem>,
 }
 
-/// Replay every task of the domain (and of `extra_task_files`) and check tool effects.
-pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
+/// Replay every task of the domain (and of `extra_task_files`) and check tool effects. The
+/// domain's own tasks are grounded only when `ground_own` (they are written for the domain's own
+/// data, not for a database loaded with `--db`); the extra files always are.
+pub fn check(domain: &Domain, extra_task_files: &[PathBuf], ground_own: bool) -> Report {
     let mut report = Report {
         tools: domain.tools().len(),
         db_hash: domain.pristine().hash(),
         ..Report::default()
     };
-    let mut files: Vec<PathBuf> = domain.task_files().into_iter().map(|(_, p)| p).collect();
-    files.extend(extra_task_files.iter().cloned());
+    let mut files: Vec<(PathBuf, bool)> = domain
+        .task_files()
+        .into_iter()
+        .map(|(_, p)| (p, ground_own))
+        .collect();
+    files.extend(extra_task_files.iter().map(|p| (p.clone(), true)));
     // write tool → (successful calls, calls that changed the hash, first location)
     let mut writes: BTreeMap<String, (usize, usize, String)> = BTreeMap::new();
     let mut env = domain.env();
-    for file in files {
+    let grounder = crate::domain::ground::Grounder::new(domain);
+    for (file, ground) in files {
         let tasks = match read_tasks(&file) {
             Ok(t) => t,
             Err(e) => {
@@ -81,6 +93,7 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
             }
             env.reset();
             let mut hash = env.hash();
+            let mut observations = Vec::new();
             for (ai, action) in task.actions.iter().enumerate() {
                 report.actions += 1;
                 let location =
@@ -89,6 +102,7 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
                     continue;
                 }
                 let step = env.step(action);
+                observations.push(step.observation.clone());
                 let Some(tool) = domain.tool(&action.name) else {
                     report.problems.push(Problem {
                         kind: ProblemKind::UnknownAction,
@@ -131,6 +145,13 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf]) -> Report {
                     }),
                     _ => {}
                 }
+            }
+            for f in grounder.check(task, &observations).into_iter().filter(|_| ground) {
+                report.problems.push(Problem {
+                    kind: ProblemKind::Grounding,
+                    location: format!("{} task {ti}", file.display()),
+                    message: format!("{}: {}", f.code, f.detail),
+                });
             }
         }
     }

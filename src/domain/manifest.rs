@@ -48,6 +48,36 @@ pub struct Manifest {
     /// Blueprint generation settings for this domain.
     #[serde(default)]
     pub blueprints: BlueprintSection,
+    /// How the grounding checks read this domain's customers (`crate::domain::ground`).
+    #[serde(default)]
+    pub grounding: GroundingSection,
+}
+
+/// `[grounding]`: who a customer is, as an instruction would say it, and what any customer can
+/// look up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroundingSection {
+    /// Ways an instruction identifies its customer; any one suffices. Each way lists the values
+    /// it must contain, each a space-separated list of dotted paths into the customer's record
+    /// (`"name.first_name name.last_name"` is the full name); `$id` is the record's key.
+    pub identity: Vec<Vec<String>>,
+    /// Tables any customer can reach through the read tools (a catalogue): ids in them are never
+    /// unsourced.
+    pub public: Vec<String>,
+    /// How a customer says who they are, with `{path}` fields of their record (`{$id}` its key):
+    /// put before a planned blueprint's instruction when the proposer left the identity out.
+    pub introduce: Option<String>,
+}
+
+impl Default for GroundingSection {
+    fn default() -> Self {
+        GroundingSection {
+            identity: vec![vec![crate::domain::ground::RECORD_ID.into()]],
+            public: vec![],
+            introduce: None,
+        }
+    }
 }
 
 /// `[blueprints]`: how phase 1 treats this domain.

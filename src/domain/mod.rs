@@ -11,6 +11,7 @@ pub mod db;
 pub mod diff;
 pub mod env;
 pub mod generate;
+pub mod ground;
 pub mod manifest;
 pub mod policy;
 

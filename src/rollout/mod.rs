@@ -20,6 +20,7 @@
 //! nothing cannot have reached their goal), and if it stops every time the episode scores 0
 //! (`rollout.user_stopped_early`), so an empty conversation is never kept.
 
+pub mod keep;
 pub mod run;
 
 use crate::domain::Domain;

@@ -5,6 +5,7 @@
 //! its `trajectories.jsonl` line last. On restart, dataset lines without their trajectory line
 //! are dropped and the attempt is run again; finished attempts are never redone.
 
+use super::keep::{self, Fault};
 use super::{AgentRole, Episode, EpisodeSpec, UserRole, UserStrategy, prime_agent, run_episode};
 use crate::domain::Domain;
 use crate::domain::task::Task;
@@ -23,9 +24,10 @@ pub struct Settings {
     pub seed: u64,
     /// Keep successful conversations in `dataset.jsonl` (off for evaluation).
     pub keep: bool,
-    /// Keep a successful conversation only if the agent called every tool the blueprint's
-    /// actions call: otherwise a blueprint that changes nothing and asks for no output is
-    /// "solved" by an agent that chats and looks nothing up.
+    /// Keep a successful conversation only if it also keeps the keep rules
+    /// ([`super::keep`]): the gold calls with the gold arguments, no invented id, no unrecovered
+    /// error, no needless hand-over, a user in role. Otherwise a blueprint that changes nothing
+    /// is "solved" by an agent that chats and looks nothing up.
     pub require_gold_tools: bool,
 }
 
@@ -49,6 +51,12 @@ pub struct TrajectoryRecord {
     /// Why a successful attempt was not kept, other than being a duplicate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_kept: Option<String>,
+    /// The keep rule a rewarded attempt broke (`keep.*`), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_kept_code: Option<String>,
+    /// Who a failed or filtered attempt's failure is on, with the evidence (data runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
     #[serde(flatten)]
     pub episode: Episode,
 }
@@ -71,6 +79,10 @@ impl<'de> Deserialize<'de> for TrajectoryRecord {
             duplicate_of: Option<String>,
             #[serde(default)]
             not_kept: Option<String>,
+            #[serde(default)]
+            not_kept_code: Option<String>,
+            #[serde(default)]
+            fault: Option<Fault>,
         }
         use serde::de::Error;
         let v = Value::deserialize(d)?;
@@ -87,6 +99,8 @@ impl<'de> Deserialize<'de> for TrajectoryRecord {
             kept: m.kept,
             duplicate_of: m.duplicate_of,
             not_kept: m.not_kept,
+            not_kept_code: m.not_kept_code,
+            fault: m.fault,
             episode,
         })
     }
@@ -113,9 +127,15 @@ pub struct RolloutSummary {
     pub rollouts: usize,
     pub verified: usize,
     pub kept: usize,
-    /// Successful attempts left out for a missing gold tool call (see `not_kept`).
+    /// Successful attempts left out by a keep rule (see `not_kept`).
     #[serde(default)]
     pub filtered: usize,
+    /// Filtered attempts per keep rule (`keep.*`).
+    #[serde(default)]
+    pub not_kept: BTreeMap<String, usize>,
+    /// Failed and filtered attempts per fault label (`agent`, `user`, `task`, `unclear`).
+    #[serde(default)]
+    pub faults: BTreeMap<String, usize>,
     /// Failed attempts per code.
     pub failures: BTreeMap<String, usize>,
     /// Means over kept conversations.
@@ -132,30 +152,6 @@ pub struct Rollouts<'d> {
     pub agent: AgentRole,
     pub user: UserRole,
     pub settings: Settings,
-}
-
-/// The tools the blueprint's actions call that the agent never called in `messages`, as a
-/// sentence; `None` when it called them all.
-fn missing_gold_tools(task: &Task, messages: &[Value]) -> Option<String> {
-    let called: std::collections::BTreeSet<&str> = messages
-        .iter()
-        .filter_map(|m| m["tool_calls"].as_array())
-        .flatten()
-        .filter_map(|c| c["function"]["name"].as_str())
-        .collect();
-    let missing: std::collections::BTreeSet<&str> = task
-        .actions
-        .iter()
-        .map(|a| a.name.as_str())
-        .filter(|n| !called.contains(n))
-        .collect();
-    if missing.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "the agent never called {}, which the blueprint's actions call",
-        missing.into_iter().collect::<Vec<_>>().join(", ")
-    ))
 }
 
 /// The seed of one attempt, from the run seed, the task id and the trial.
@@ -293,11 +289,34 @@ impl Rollouts<'_> {
                 } else {
                     None
                 };
-                let not_kept = (self.settings.keep
+                let is_write = |n: &str| {
+                    self.domain
+                        .tool(n)
+                        .is_some_and(|t| t.kind == crate::domain::tools::ToolKind::Write)
+                };
+                let problem = (self.settings.keep
                     && self.settings.require_gold_tools
                     && episode.reward == 1.0)
-                    .then(|| missing_gold_tools(task, &episode.messages))
+                    .then(|| {
+                        keep::keep_problem(
+                            task,
+                            &episode.messages,
+                            is_write,
+                            &self.domain.manifest.terminate_tools,
+                        )
+                    })
                     .flatten();
+                let fault = (self.settings.keep && (episode.reward != 1.0 || problem.is_some()))
+                    .then(|| {
+                        keep::fault(
+                            task,
+                            &episode.messages,
+                            episode.code.as_deref(),
+                            problem.as_ref(),
+                            is_write,
+                        )
+                    });
+                let not_kept = problem.as_ref().map(|p| p.detail.clone());
                 let kept = self.settings.keep
                     && episode.reward == 1.0
                     && duplicate_of.is_none()
@@ -323,6 +342,8 @@ impl Rollouts<'_> {
                     kept,
                     duplicate_of,
                     not_kept,
+                    not_kept_code: problem.map(|p| p.code),
+                    fault,
                     episode,
                 };
                 logs.commit(record, dataset)?;
@@ -351,6 +372,12 @@ impl Rollouts<'_> {
             }
             if d.not_kept.is_some() {
                 s.filtered += 1;
+                let code = d.not_kept_code.clone().unwrap_or_else(|| "keep.gold_tools".into());
+                *s.not_kept.entry(code).or_default() += 1;
+            }
+            if let Some(f) = &d.fault {
+                let label = serde_json::to_value(f.fault).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                *s.faults.entry(label).or_default() += 1;
             }
             if d.kept {
                 s.kept += 1;

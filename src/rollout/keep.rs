@@ -1,0 +1,403 @@
+//! What a verified conversation must also do to be kept as training data, and why a failed one
+//! failed.
+//!
+//! tau-bench's reward says the final database is right and the outputs were said; a
+//! conversation can earn it and still teach the wrong behaviour (an agent that looks up
+//! `example_user_id`, a user who talks like the agent). [`keep_problem`] applies the rules below
+//! to a rewarded conversation, first broken rule wins; each is a `not_kept` reason with its own
+//! count in the summary. `eval` never applies them: its reward is tau-bench's.
+//!
+//! - `keep.gold_arguments`: a gold write was not called with the gold arguments, or a gold
+//!   read with an id was not called with that id;
+//! - `keep.invented_id`: a call used an id that is in neither the instruction, the user's lines,
+//!   nor an earlier tool result;
+//! - `keep.unrecovered_error`: a tool answered `Error: ...` and the agent never called that tool
+//!   successfully afterwards;
+//! - `keep.needless_transfer`: the agent handed the customer to a human, which the gold actions
+//!   do not;
+//! - `keep.user_out_of_role`: a user line reads as the agent's ("How can I help you today?").
+//!
+//! [`fault`] labels a failed or filtered attempt `agent`, `user`, `task` or `unclear`, with the
+//! evidence, from these deterministic signals.
+
+use crate::domain::ground::{id_arguments, normalise};
+use crate::domain::task::{RESPOND_ACTION_NAME, Task};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Phrases of an assistant, not a customer: a user line containing one is out of role.
+pub const AGENT_PHRASES: [&str; 10] = [
+    "how can i help you",
+    "how can i assist you",
+    "how may i help you",
+    "how may i assist you",
+    "i'd be happy to assist",
+    "i'd be happy to help",
+    "i would be happy to help",
+    "is there anything else i can help",
+    "feel free to let me know",
+    "if you have any questions or need assistance",
+];
+
+/// Whether a user line reads as the agent's.
+pub fn out_of_role(line: &str) -> Option<&'static str> {
+    let l = normalise(line).replace('’', "'");
+    AGENT_PHRASES.iter().copied().find(|p| l.contains(p))
+}
+
+/// A broken keep rule: its code and what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepProblem {
+    pub code: String,
+    pub detail: String,
+}
+
+fn problem(code: &str, detail: String) -> Option<KeepProblem> {
+    Some(KeepProblem {
+        code: code.into(),
+        detail,
+    })
+}
+
+/// One tool call of the agent, with its position in the conversation.
+struct Call {
+    at: usize,
+    name: String,
+    arguments: Map<String, Value>,
+}
+
+fn calls(messages: &[Value]) -> Vec<Call> {
+    let mut out = Vec::new();
+    for (at, m) in messages.iter().enumerate() {
+        for c in m["tool_calls"].as_array().into_iter().flatten() {
+            let f = &c["function"];
+            let arguments = match &f["arguments"] {
+                Value::String(s) => serde_json::from_str(s).unwrap_or_default(),
+                Value::Object(o) => o.clone(),
+                _ => Map::new(),
+            };
+            out.push(Call {
+                at,
+                name: f["name"].as_str().unwrap_or_default().to_owned(),
+                arguments,
+            });
+        }
+    }
+    out
+}
+
+/// Arguments equal as JSON, numbers compared by value (`250.5` and `250.50`).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn text_of(m: &Value) -> String {
+    m["content"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The first keep rule a rewarded conversation breaks. `writes` says which tools change the
+/// database; `terminate` are the hand-over tools.
+pub fn keep_problem(
+    task: &Task,
+    messages: &[Value],
+    is_write: impl Fn(&str) -> bool,
+    terminate: &[String],
+) -> Option<KeepProblem> {
+    let calls = calls(messages);
+    for gold in task.actions.iter().filter(|a| a.name != RESPOND_ACTION_NAME) {
+        let gold_value = Value::Object(gold.arguments.clone());
+        let ok = if is_write(&gold.name) {
+            calls
+                .iter()
+                .any(|c| c.name == gold.name && same(&Value::Object(c.arguments.clone()), &gold_value))
+        } else {
+            let ids = id_arguments(&gold.arguments);
+            // A lookup by name or e-mail has alternatives; a read of an id does not.
+            ids.is_empty()
+                || calls.iter().any(|c| c.name == gold.name && id_arguments(&c.arguments) == ids)
+        };
+        if !ok {
+            return problem(
+                "keep.gold_arguments",
+                format!(
+                    "the agent never called {} with the gold arguments {}",
+                    gold.name,
+                    crate::pyjson::dumps(&gold_value)
+                ),
+            );
+        }
+    }
+    // Ids must come from somewhere the agent could see.
+    let mut seen = normalise(&task.instruction);
+    let mut next_call = 0;
+    for (at, m) in messages.iter().enumerate() {
+        while next_call < calls.len() && calls[next_call].at == at {
+            let c = &calls[next_call];
+            for (key, v) in id_arguments(&c.arguments) {
+                let nv = normalise(&v);
+                let bare = nv.trim_start_matches('#');
+                if !seen.contains(&nv) && !seen.contains(bare) {
+                    return problem(
+                        "keep.invented_id",
+                        format!(
+                            "{}: {key} {v:?} is in neither the instruction, the user's lines nor an earlier tool result",
+                            c.name
+                        ),
+                    );
+                }
+            }
+            next_call += 1;
+        }
+        match m["role"].as_str() {
+            Some("user") | Some("tool") => {
+                seen.push(' ');
+                seen.push_str(&normalise(&text_of(m)));
+            }
+            _ => {}
+        }
+    }
+    // Every tool error recovered by a later successful call of the same tool.
+    let tools: Vec<(usize, &str, bool)> = messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m["role"] == "tool")
+        .map(|(i, m)| (i, m["name"].as_str().unwrap_or_default(), text_of(m).starts_with("Error")))
+        .collect();
+    for (i, name, err) in &tools {
+        if *err && !tools.iter().any(|(j, n, e)| j > i && n == name && !e) {
+            return problem(
+                "keep.unrecovered_error",
+                format!("{name} answered an error at message {i} and never succeeded afterwards"),
+            );
+        }
+    }
+    if let Some(c) = calls.iter().find(|c| terminate.contains(&c.name)) {
+        if !task.actions.iter().any(|a| a.name == c.name) {
+            return problem(
+                "keep.needless_transfer",
+                format!("the agent called {} though the gold actions do not", c.name),
+            );
+        }
+    }
+    for m in messages.iter().filter(|m| m["role"] == "user") {
+        if let Some(p) = out_of_role(&text_of(m)) {
+            return problem(
+                "keep.user_out_of_role",
+                format!("the user said \"{p}\", which is the agent's line: {:?}", short(&text_of(m))),
+            );
+        }
+    }
+    None
+}
+
+fn short(s: &str) -> String {
+    let t: String = s.chars().take(160).collect();
+    if t.len() < s.len() { t + "..." } else { t }
+}
+
+/// Who a failed or filtered attempt's failure is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultLabel {
+    Agent,
+    User,
+    Task,
+    Unclear,
+}
+
+/// A fault label with its evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    pub fault: FaultLabel,
+    pub evidence: String,
+}
+
+/// Label a failed attempt (`code` is the episode's failure code, `keep` the broken keep rule of
+/// a rewarded one), from deterministic signals: the user out of role or stopping before the
+/// agent acted is the user's; a gold write needing a value the instruction never gives is the
+/// task's; an agent
+/// that invented an id, called a write the gold actions lack, left an error unrecovered or
+/// never authenticated is the agent's.
+pub fn fault(
+    task: &Task,
+    messages: &[Value],
+    code: Option<&str>,
+    keep: Option<&KeepProblem>,
+    is_write: impl Fn(&str) -> bool,
+) -> Fault {
+    let f = |fault, evidence: String| Fault { fault, evidence };
+    if let Some(k) = keep {
+        return match k.code.as_str() {
+            "keep.user_out_of_role" => f(FaultLabel::User, k.detail.clone()),
+            _ => f(FaultLabel::Agent, k.detail.clone()),
+        };
+    }
+    for m in messages.iter().filter(|m| m["role"] == "user") {
+        if let Some(p) = out_of_role(&text_of(m)) {
+            return f(FaultLabel::User, format!("the user said \"{p}\", the agent's line"));
+        }
+    }
+    let calls = calls(messages);
+    if code == Some("rollout.user_stopped_early") {
+        return f(FaultLabel::User, "the user ended the conversation before the agent acted".into());
+    }
+    // A value a gold write needs that the instruction never gives: no user could have said it.
+    let instruction = normalise(&task.instruction);
+    for gold in task.actions.iter().filter(|a| is_write(&a.name)) {
+        for (key, v) in &gold.arguments {
+            if crate::domain::ground::id_like(key) {
+                continue;
+            }
+            let text = match v {
+                Value::String(s) if !s.is_empty() => normalise(s),
+                Value::Number(n) => n.to_string(),
+                _ => continue,
+            };
+            let two = v.as_f64().map(|x| format!("{x:.2}"));
+            if !instruction.contains(&text) && two.is_none_or(|t| !instruction.contains(&t)) {
+                return f(
+                    FaultLabel::Task,
+                    format!("{} needs {key} {v} but the instruction never says it", gold.name),
+                );
+            }
+        }
+    }
+    if let Some(c) = calls
+        .iter()
+        .find(|c| is_write(&c.name) && !task.actions.iter().any(|a| a.name == c.name))
+    {
+        return f(
+            FaultLabel::Agent,
+            format!("the agent called the write {}, which the gold actions do not contain", c.name),
+        );
+    }
+    if let Some(k) = keep_problem(task, messages, &is_write, &[]) {
+        if k.code != "keep.gold_arguments" {
+            return f(FaultLabel::Agent, k.detail);
+        }
+    }
+    let said_by_user: String = messages
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| normalise(&text_of(m)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // The ids the gold writes need: if the user never gave one the instruction holds, the user
+    // withheld it; if they did, the agent did not use it.
+    for gold in task.actions.iter().filter(|a| is_write(&a.name)) {
+        for (key, v) in id_arguments(&gold.arguments) {
+            let nv = normalise(&v);
+            if instruction.contains(&nv) && !said_by_user.contains(&nv) {
+                return f(
+                    FaultLabel::User,
+                    format!("the instruction gives {key} {v:?} but the user never said it"),
+                );
+            }
+        }
+        if !calls.iter().any(|c| c.name == gold.name) {
+            return f(
+                FaultLabel::Agent,
+                format!("the agent never called {}, which the task needs", gold.name),
+            );
+        }
+    }
+    match code {
+        Some("rollout.output_missing") => f(
+            FaultLabel::Agent,
+            "the agent did not say every expected output".into(),
+        ),
+        Some("rollout.db_mismatch") => f(
+            FaultLabel::Agent,
+            "the agent's changes differ from the gold actions'".into(),
+        ),
+        Some(c) => f(FaultLabel::Unclear, format!("failed with {c}")),
+        None => f(FaultLabel::Unclear, "no deterministic signal".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::task::Action;
+    use serde_json::json;
+
+    fn task() -> Task {
+        let mut args = Map::new();
+        args.insert("account_id".into(), json!("acc_1008"));
+        Task {
+            user_id: "acc_1008".into(),
+            instruction: "You are Donald Liskov, account acc_1008.".into(),
+            actions: vec![Action::new("get_account", args)],
+            outputs: vec![],
+            extra: Map::new(),
+        }
+    }
+
+    fn call(name: &str, args: Value) -> Value {
+        json!({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": name, "arguments": args.to_string()}}]})
+    }
+
+    #[test]
+    fn keep_rules_catch_what_the_reward_does_not() {
+        let t = task();
+        let no_writes = |_: &str| false;
+        let user = |s: &str| json!({"role": "user", "content": s});
+        let tool = |n: &str, s: &str| json!({"role": "tool", "name": n, "content": s});
+        let good = vec![
+            user("Hi, I am Donald Liskov, acc_1008."),
+            call("get_account", json!({"account_id": "acc_1008"})),
+            tool("get_account", "{\"balance\": 1}"),
+        ];
+        assert_eq!(keep_problem(&t, &good, no_writes, &[]), None);
+        let wrong_id = vec![
+            user("Hi, I am Donald Liskov."),
+            call("get_account", json!({"account_id": "acc_1001"})),
+            tool("get_account", "{}"),
+        ];
+        let code = |m: &[Value]| keep_problem(&t, m, no_writes, &["transfer_to_human_agents".to_owned()]).map(|p| p.code);
+        assert_eq!(code(&wrong_id).as_deref(), Some("keep.invented_id"));
+        let mut errored = good.clone();
+        errored.push(call("get_account", json!({"account_id": "acc_1008"})));
+        errored.push(tool("get_account", "Error: account not found"));
+        assert_eq!(code(&errored).as_deref(), Some("keep.unrecovered_error"));
+        let mut handed = good.clone();
+        handed.push(call("transfer_to_human_agents", json!({"summary": "x"})));
+        assert_eq!(code(&handed).as_deref(), Some("keep.needless_transfer"));
+        let mut helper = good.clone();
+        helper.push(user("Hello! How can I help you today?"));
+        assert_eq!(code(&helper).as_deref(), Some("keep.user_out_of_role"));
+        assert_eq!(code(&good[..1]).as_deref(), Some("keep.gold_arguments"));
+    }
+
+    #[test]
+    fn each_fault_label_has_its_signal() {
+        let t = task();
+        let no_writes = |_: &str| false;
+        let user = |s: &str| json!({"role": "user", "content": s});
+        let label = |m: &[Value], code: Option<&str>| fault(&t, m, code, None, no_writes).fault;
+        assert_eq!(label(&[user("How can I assist you today?")], Some("rollout.db_mismatch")), FaultLabel::User);
+        let mut freeze = task();
+        let mut args = Map::new();
+        args.insert("account_id".into(), json!("acc_1008"));
+        args.insert("reason".into(), json!("lost card"));
+        freeze.actions.push(Action::new("freeze_account", args));
+        let writes = |n: &str| n == "freeze_account";
+        assert_eq!(
+            fault(&freeze, &[user("I am Donald Liskov.")], Some("rollout.db_mismatch"), None, writes).fault,
+            FaultLabel::Task,
+            "the instruction never gives the reason"
+        );
+        assert_eq!(
+            label(&[user("I am Donald Liskov."), call("get_account", json!({"account_id": "acc_9"}))], Some("rollout.output_missing")),
+            FaultLabel::Agent
+        );
+        assert_eq!(label(&[user("I am Donald Liskov.")], Some("rollout.max_steps")), FaultLabel::Unclear);
+    }
+}
