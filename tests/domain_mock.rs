@@ -208,3 +208,31 @@ fn reward_needs_the_gold_state_and_every_output() {
     let r = reward::score(&domain, task, &domain.pristine().hash(), &said);
     assert_eq!((r.reward, r.db_match), (0.0, false));
 }
+
+/// `domain check --tasks` grounds a task file: an instruction naming no customer, or another
+/// customer, gets its code (text and JSON, kind `grounding`).
+#[test]
+fn domain_check_grounds_task_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks.jsonl");
+    let look = json!([{"name": "get_account", "arguments": {"account_id": "acc_1002"}}]);
+    let lines = [
+        json!({"user_id": "acc_1002", "instruction": "You want to know your balance.", "actions": look, "outputs": []}),
+        json!({"user_id": "acc_1002", "instruction": "You are Ada Turing and want your balance.", "actions": look, "outputs": []}),
+        json!({"user_id": "acc_1002", "instruction": "You are Barbara Allen, account acc_1002, and want your balance.", "actions": look, "outputs": ["The balance is fine."]}),
+        json!({"user_id": "acc_1002", "instruction": "You are Barbara Allen, account acc_1002, and want your balance.", "actions": look, "outputs": ["3853.92"]}),
+    ];
+    let text: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    std::fs::write(&tasks, text).unwrap();
+    let t = tasks.to_str().unwrap();
+    let (code, _, stderr) = util::run(&["domain", "check", "domains/mock", "--tasks", t], "");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("task 0: ground.user_unidentified"), "{stderr}");
+    assert!(stderr.contains("task 1: ground.user_mismatch: the instruction names Ada Turing (owner), which is customer acc_1003"), "{stderr}");
+    assert!(stderr.contains("task 2: ground.output_unsourced"), "{stderr}");
+    assert!(!stderr.contains("task 3:"), "a grounded task passes: {stderr}");
+    let (_, stdout, _) = util::run(&["domain", "check", "domains/mock", "--tasks", t, "--json"], "");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let kinds: Vec<&str> = report["problems"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    assert!(kinds.iter().all(|k| *k == "grounding"), "{kinds:?}");
+}

@@ -213,10 +213,17 @@ fn a_success_without_the_blueprints_lookups_is_verified_but_not_kept() {
     );
     let t = &lines(&dir.path().join("trajectories.jsonl"))[0];
     assert_eq!(t["reward"].as_f64(), Some(1.0), "the reward is tau-bench's");
-    assert_eq!(
-        t["not_kept"],
-        "the agent never called get_account, which the blueprint's actions call"
+    assert_eq!(t["not_kept_code"], "keep.gold_arguments");
+    assert!(
+        t["not_kept"]
+            .as_str()
+            .unwrap()
+            .starts_with("the agent never called get_account with the gold arguments"),
+        "{t}"
     );
+    assert_eq!(t["fault"]["fault"], "agent", "{t}");
+    assert_eq!(summary.not_kept["keep.gold_arguments"], 1);
+    assert_eq!(summary.faults["agent"], 1);
     assert!(lines(&dir.path().join("dataset.jsonl")).is_empty());
 
     // An agent that looks the account up first is kept.

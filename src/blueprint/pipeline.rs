@@ -751,6 +751,7 @@ impl<'d> Pipeline<'d> {
         state.record.funnel.policy_ok += 1;
         let mut findings = self.grounder.check(&task, &executed.observations);
         findings.extend(self.grounder.check_copied(&task, &ctx.examples));
+        findings.extend(self.grounder.check_asked(&task));
         findings.extend(check::feedback_in_instruction(&task, feedback_given));
         state.time("checks", started);
         if !findings.is_empty() {

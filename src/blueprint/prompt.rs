@@ -63,7 +63,7 @@ pub fn fixed_plan_schema() -> Value {
         "properties": {
             "thought": {"type": "string", "maxLength": 600},
             "instruction": {"type": "string", "minLength": 20, "maxLength": 1200},
-            "outputs": {"type": "array", "maxItems": 4, "items": {"type": "string", "maxLength": 40}}
+            "outputs": {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1, "maxLength": 40}}
         },
         "required": ["thought", "instruction", "outputs"],
         "additionalProperties": false
@@ -177,8 +177,8 @@ pub fn proposer_user(domain: &Domain, ctx: &Context) -> String {
                 "\n## Your task\nWrite the instruction of a customer who wants exactly what these actions do, and the outputs. Rules:\n\
 - The instruction is written to the customer in the second person (\"You are ...\"). It starts by saying who they are, with the identity shown above, \
 so the agent can authenticate them.\n\
-- It asks for every change the write actions make, with the details the agent needs (which order or account, which items, the new values), \
-described as the customer would (product names and options, amounts) and nothing the actions do not do.\n\
+- It asks for every change the write actions make, with the details the agent needs (which order or account, which items, \
+and every value the actions set, word for word: the reason, the amount, the new address), described as the customer would and nothing the actions do not do.\n\
 - It matches the persona, in your own words: never copy an example's sentences, names or ids.\n\
 - Outputs are bare values the agent must tell the customer, taken from the action results above (e.g. \"2015.04\", \"pending\"), never sentences; use [] when the customer only wants the changes made.\n\
 Answer with one JSON object: {\"thought\": ..., \"instruction\": ..., \"outputs\": [...]}.",

@@ -545,6 +545,45 @@ impl<'d> Grounder<'d> {
         }
     }
 
+    /// `write_unasked`: a value a write sets (a reason, an amount, a new address line) that the
+    /// instruction never states, so no customer following it would ask for that change. Used for
+    /// generated blueprints; tau-bench's own instructions often paraphrase such values.
+    pub fn check_asked(&self, task: &Task) -> Vec<Finding> {
+        let text = normalise(&task.instruction);
+        let mut out = Vec::new();
+        for (i, a) in task.actions.iter().enumerate() {
+            if !self.domain.tool(&a.name).is_some_and(|t| t.kind == ToolKind::Write) {
+                continue;
+            }
+            for (key, v) in &a.arguments {
+                if id_like(key) {
+                    continue;
+                }
+                let said = match v {
+                    Value::String(s) if s.trim().is_empty() => true,
+                    Value::String(s) => contains_word(&text, &normalise(s)),
+                    Value::Number(n) => {
+                        let x = n.as_f64().unwrap_or_default();
+                        [n.to_string(), format!("{x:.2}"), format!("{x}")]
+                            .iter()
+                            .any(|t| contains_word(&text, t))
+                    }
+                    _ => true,
+                };
+                if !said {
+                    out.push(Finding::new(
+                        "ground.write_unasked",
+                        format!(
+                            "actions[{i}] {} sets {key} to {v}, which the instruction never asks for: say it in the instruction",
+                            a.name
+                        ),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// What the checks found for a task that passed them, in words, for reviewers.
     pub fn explain(&self, task: &Task) -> String {
         let text = normalise(&task.instruction);

@@ -356,11 +356,9 @@ mod tests {
             tool("get_account", "{\"balance\": 1}"),
         ];
         assert_eq!(keep_problem(&t, &good, no_writes, &[]), None);
-        let wrong_id = vec![
-            user("Hi, I am Donald Liskov."),
-            call("get_account", json!({"account_id": "acc_1001"})),
-            tool("get_account", "{}"),
-        ];
+        let mut wrong_id = good.clone();
+        wrong_id.push(call("get_account", json!({"account_id": "acc_1001"})));
+        wrong_id.push(tool("get_account", "{}"));
         let code = |m: &[Value]| keep_problem(&t, m, no_writes, &["transfer_to_human_agents".to_owned()]).map(|p| p.code);
         assert_eq!(code(&wrong_id).as_deref(), Some("keep.invented_id"));
         let mut errored = good.clone();
