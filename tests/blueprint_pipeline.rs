@@ -30,9 +30,9 @@ fn look() -> String {
 }
 
 fn transfer(amount: f64) -> String {
-    proposal(
-        json!([{"name": "transfer_funds", "arguments": {"from_account_id": "acc_1002", "to_account_id": "acc_1001", "amount": amount}}]),
-    )
+    // The instruction states the amount: a write's values must be asked for (ground.write_unasked).
+    json!({"thought": "t", "instruction": format!("Barbara Allen here (acc_1002): please send {amount} over to acc_1001."),
+        "actions": [{"name": "transfer_funds", "arguments": {"from_account_id": "acc_1002", "to_account_id": "acc_1001", "amount": amount}}], "outputs": []}).to_string()
 }
 
 struct Run {

@@ -73,10 +73,11 @@ pub struct RoleArgs {
     /// generate, where such a conversation is never good data; 0 (never) for eval, as tau-bench.
     #[arg(long, value_name = "N")]
     pub stall_after: Option<usize>,
-    /// Keep a verified conversation only if the agent called every tool the blueprint's actions
-    /// call (rollouts and generate; default true). The reward is tau-bench's either way; this
-    /// keeps out conversations that "solve" a blueprint which changes nothing and asks for no
-    /// output by chatting without looking anything up.
+    /// Keep a verified conversation only if it also keeps the keep rules (rollouts and
+    /// generate; default true): every gold write called with the gold arguments and every gold
+    /// read of an id with that id, no invented id, no tool error left unrecovered, no hand-over
+    /// the gold actions lack, no user line in the agent's voice. Failed and filtered attempts get
+    /// a `fault` (agent, user, task, unclear). The reward is tau-bench's either way.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub require_gold_tools: Option<bool>,
 }

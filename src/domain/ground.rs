@@ -732,6 +732,7 @@ mod tests {
         let args = serde_json::json!({"order_id": "#W1", "item_ids": ["1", "2"], "flights": [{"flight_number": "HAT1", "date": "2024-05-01"}], "reason": "x"});
         let got = id_arguments(args.as_object().unwrap());
         let keys: Vec<&str> = got.iter().map(|(k, v)| if k == "item_ids" { v.as_str() } else { k.as_str() }).collect();
-        assert_eq!(keys, vec!["flight_number", "1", "2", "order_id"]);
+        // Argument order as written (serde_json keeps insertion order here).
+        assert_eq!(keys, vec!["order_id", "1", "2", "flight_number"]);
     }
 }
