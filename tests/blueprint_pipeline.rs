@@ -9,8 +9,8 @@ use apigen_mt::blueprint::pipeline::{
 };
 use apigen_mt::blueprint::plan::PlanMode;
 use apigen_mt::blueprint::sampler::ApiGraph;
-use apigen_mt::domain::ground::Grounder;
 use apigen_mt::domain::Domain;
+use apigen_mt::domain::ground::Grounder;
 use apigen_mt::domain::task::read_tasks;
 use apigen_mt::llm::scripted::ScriptedBackend;
 use apigen_mt::llm::tools::ToolFormat;

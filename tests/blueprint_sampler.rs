@@ -173,14 +173,21 @@ fn sampled_plans_run_pass_the_rules_and_are_grounded() {
             made += 1;
             assert!(p.writes >= 1 && p.writes <= 3, "{name}: {p:?}");
             for o in &p.observations {
-                assert!(!o.starts_with("Error"), "{name} {user}: {o} in {:?}", p.actions);
+                assert!(
+                    !o.starts_with("Error"),
+                    "{name} {user}: {o} in {:?}",
+                    p.actions
+                );
             }
             let violations = apigen_mt::domain::policy::check(&d, &user, &p.actions);
             assert!(violations.is_empty(), "{name} {user}: {violations:?}");
             let task = Task {
                 user_id: user.clone(),
                 // Name the customer and any other customer the plan involves.
-                instruction: format!("You are {user}. {}", serde_json::to_string(&p.actions).unwrap()),
+                instruction: format!(
+                    "You are {user}. {}",
+                    serde_json::to_string(&p.actions).unwrap()
+                ),
                 actions: p.actions.clone(),
                 outputs: vec![],
                 extra: Default::default(),

@@ -198,7 +198,10 @@ fn grounding_flags_few_tau_bench_tasks_and_the_known_mismatch() {
     let Some(shared) = util::shared() else { return };
     let mut flagged: Vec<String> = Vec::new();
     let mut tasks = 0;
-    for (domain, splits) in [("retail", &["test", "train", "dev"][..]), ("airline", &["test"][..])] {
+    for (domain, splits) in [
+        ("retail", &["test", "train", "dev"][..]),
+        ("airline", &["test"][..]),
+    ] {
         let data = shared.join(format!("taubench/{domain}/data"));
         let mut args = vec![
             "domain".to_owned(),
@@ -210,18 +213,40 @@ fn grounding_flags_few_tau_bench_tasks_and_the_known_mismatch() {
         ];
         for s in splits {
             args.push("--tasks".into());
-            args.push(shared.join(format!("taubench/{domain}/tasks_{s}.json")).display().to_string());
+            args.push(
+                shared
+                    .join(format!("taubench/{domain}/tasks_{s}.json"))
+                    .display()
+                    .to_string(),
+            );
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (_, stdout, stderr) = util::run(&args, "");
-        let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        let report: Value =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
         // The domain's own tasks are not grounded against tau-bench's data.
         tasks += report["tasks"].as_u64().unwrap() as usize
-            - apigen_mt::domain::task::read_tasks(&util::root().join(format!("domains/{domain}/tasks/train.json"))).unwrap().len();
+            - apigen_mt::domain::task::read_tasks(
+                &util::root().join(format!("domains/{domain}/tasks/train.json")),
+            )
+            .unwrap()
+            .len();
         for p in report["problems"].as_array().unwrap() {
             if p["kind"] == "grounding" {
-                let loc = p["location"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
-                let code = p["message"].as_str().unwrap().split(':').next().unwrap().to_owned();
+                let loc = p["location"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                let code = p["message"]
+                    .as_str()
+                    .unwrap()
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .to_owned();
                 flagged.push(format!("{domain} {loc} {code}"));
             }
         }
@@ -239,9 +264,15 @@ fn grounding_flags_few_tau_bench_tasks_and_the_known_mismatch() {
             "airline tasks_test.json task 9 ground.output_unsourced",
         ]
     );
-    let distinct: std::collections::BTreeSet<String> =
-        flagged.iter().map(|f| f.rsplit_once(' ').unwrap().0.to_owned()).collect();
-    assert!(distinct.len() * 100 <= tasks * 3, "{} of {tasks} flagged", distinct.len());
+    let distinct: std::collections::BTreeSet<String> = flagged
+        .iter()
+        .map(|f| f.rsplit_once(' ').unwrap().0.to_owned())
+        .collect();
+    assert!(
+        distinct.len() * 100 <= tasks * 3,
+        "{} of {tasks} flagged",
+        distinct.len()
+    );
 }
 
 #[test]

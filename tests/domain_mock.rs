@@ -227,12 +227,29 @@ fn domain_check_grounds_task_files() {
     let t = tasks.to_str().unwrap();
     let (code, _, stderr) = util::run(&["domain", "check", "domains/mock", "--tasks", t], "");
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("task 0: ground.user_unidentified"), "{stderr}");
+    assert!(
+        stderr.contains("task 0: ground.user_unidentified"),
+        "{stderr}"
+    );
     assert!(stderr.contains("task 1: ground.user_mismatch: the instruction names Ada Turing (owner), which is customer acc_1003"), "{stderr}");
-    assert!(stderr.contains("task 2: ground.output_unsourced"), "{stderr}");
-    assert!(!stderr.contains("task 3:"), "a grounded task passes: {stderr}");
-    let (_, stdout, _) = util::run(&["domain", "check", "domains/mock", "--tasks", t, "--json"], "");
+    assert!(
+        stderr.contains("task 2: ground.output_unsourced"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("task 3:"),
+        "a grounded task passes: {stderr}"
+    );
+    let (_, stdout, _) = util::run(
+        &["domain", "check", "domains/mock", "--tasks", t, "--json"],
+        "",
+    );
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let kinds: Vec<&str> = report["problems"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
     assert!(kinds.iter().all(|k| *k == "grounding"), "{kinds:?}");
 }

@@ -110,7 +110,11 @@ pub fn parse(answer: &str, user_id: &str) -> Result<Task, Rejection> {
 
 /// Parse an answer that holds only the instruction and outputs, for a plan whose actions are
 /// fixed (`--plan fixed`): the task's actions are `actions`.
-pub fn parse_with_actions(answer: &str, user_id: &str, actions: &[Action]) -> Result<Task, Rejection> {
+pub fn parse_with_actions(
+    answer: &str,
+    user_id: &str,
+    actions: &[Action],
+) -> Result<Task, Rejection> {
     let Some(Value::Object(mut obj)) = extract_object(answer) else {
         return Err(Rejection::new(
             "format.not_json",
@@ -128,24 +132,38 @@ pub fn parse_with_actions(answer: &str, user_id: &str, actions: &[Action]) -> Re
 const FEEDBACK_PHRASE_WORDS: usize = 6;
 
 /// Words of reviews and checks that never belong in what a customer is told.
-const REVIEW_WORDS: [&str; 6] = ["reviewer", "database diff", "the diff", "blueprint", "tool call", "ground-truth"];
+const REVIEW_WORDS: [&str; 6] = [
+    "reviewer",
+    "database diff",
+    "the diff",
+    "blueprint",
+    "tool call",
+    "ground-truth",
+];
 
 /// `ground.feedback_in_instruction`: the instruction repeats the feedback it was revised from,
 /// or speaks of reviews and diffs (text meant for the author, not for the customer).
-pub fn feedback_in_instruction(task: &Task, feedback: &[String]) -> Option<crate::domain::ground::Finding> {
+pub fn feedback_in_instruction(
+    task: &Task,
+    feedback: &[String],
+) -> Option<crate::domain::ground::Finding> {
     use crate::domain::ground::normalise;
     let text = normalise(&task.instruction);
     if let Some(w) = REVIEW_WORDS.iter().find(|w| text.contains(*w)) {
         return Some(crate::domain::ground::Finding {
             code: "ground.feedback_in_instruction".into(),
-            detail: format!("the instruction speaks of \"{w}\": it is what the customer is told, not a note to the author"),
+            detail: format!(
+                "the instruction speaks of \"{w}\": it is what the customer is told, not a note to the author"
+            ),
         });
     }
     let words: Vec<&str> = text.split(' ').collect();
     for f in feedback {
         let fw: Vec<String> = normalise(f).split(' ').map(str::to_owned).collect();
-        let phrases: std::collections::HashSet<String> =
-            fw.windows(FEEDBACK_PHRASE_WORDS).map(|w| w.join(" ")).collect();
+        let phrases: std::collections::HashSet<String> = fw
+            .windows(FEEDBACK_PHRASE_WORDS)
+            .map(|w| w.join(" "))
+            .collect();
         if let Some(w) = words
             .windows(FEEDBACK_PHRASE_WORDS)
             .map(|w| w.join(" "))
@@ -153,7 +171,9 @@ pub fn feedback_in_instruction(task: &Task, feedback: &[String]) -> Option<crate
         {
             return Some(crate::domain::ground::Finding {
                 code: "ground.feedback_in_instruction".into(),
-                detail: format!("the instruction repeats the feedback (\"{w}\"): act on it, do not copy it"),
+                detail: format!(
+                    "the instruction repeats the feedback (\"{w}\"): act on it, do not copy it"
+                ),
             });
         }
     }

@@ -10,12 +10,12 @@
 use super::Rejection;
 use super::check::{self, Dedup, Executed};
 use super::committee::{self, Review, Threshold, Verdict};
-use super::prompt::{self, Context};
 use super::plan::{self, PlanMode};
+use super::prompt::{self, Context};
 use super::sampler::{self, ApiGraph, Mix, Persona};
-use crate::domain::ground::Grounder;
 use crate::domain::Domain;
 use crate::domain::diff::Edit;
+use crate::domain::ground::Grounder;
 use crate::domain::task::{Action, Task};
 use crate::llm::{Backend, ChatRequest, Constraint, Conversation, Message, SamplingParams};
 use crate::run::{JsonlLog, RunError, write_atomic};
@@ -453,8 +453,8 @@ impl<'d> Pipeline<'d> {
             for _ in 0..PLAN_USER_DRAWS {
                 let peers = self.peer_records(&user, rng);
                 let values: Vec<Value> = peers.iter().map(|p| p.1.clone()).collect();
-                plan_drawn = plan::sample(self.domain, &user, &values, mix.writes, rng)
-                    .map(|p| (p, peers));
+                plan_drawn =
+                    plan::sample(self.domain, &user, &values, mix.writes, rng).map(|p| (p, peers));
                 if plan_drawn.is_some() {
                     break;
                 }
@@ -663,7 +663,15 @@ impl<'d> Pipeline<'d> {
                     break;
                 }
             };
-            let outcome = self.check(&mut state, turn, &raw, &ctx, dedup, &feedback_given, &mut rng);
+            let outcome = self.check(
+                &mut state,
+                turn,
+                &raw,
+                &ctx,
+                dedup,
+                &feedback_given,
+                &mut rng,
+            );
             let feedback = match outcome {
                 Ok((task, executed, reviews, verdict)) => {
                     state.record.funnel.accepted += 1;

@@ -77,7 +77,7 @@ struct Known {
 impl Known {
     fn add(&mut self, v: &Value) {
         let mut strings = Vec::new();
-        strings_of(v, &mut strings);
+        crate::blueprint::sampler::string_values(v, &mut strings);
         self.records.push(strings.into_iter().collect());
         self.walk(v, None);
     }
@@ -165,7 +165,11 @@ impl Known {
                 || param.ends_with(&format!("_{f}"))
                 || singular.ends_with(&format!("_{f}"));
             if matches && f != "id" {
-                out.extend(values.iter().filter(|v| !scalar || !(v.is_object() || v.is_array())));
+                out.extend(
+                    values
+                        .iter()
+                        .filter(|v| !scalar || !(v.is_object() || v.is_array())),
+                );
             }
         }
         out
@@ -204,7 +208,11 @@ pub fn sample(
             k.walk(r.value(), None);
             for (f, vs) in k.by_field {
                 if !crate::domain::ground::id_like(&f) {
-                    known.elsewhere.entry(f).or_default().extend(vs.into_iter().filter(|v| v.is_string()));
+                    known
+                        .elsewhere
+                        .entry(f)
+                        .or_default()
+                        .extend(vs.into_iter().filter(|v| v.is_string()));
                 }
             }
         }
@@ -218,7 +226,7 @@ pub fn sample(
     let mut mentioned = std::collections::HashSet::new();
     for r in &records {
         let mut strings = Vec::new();
-        strings_of(r, &mut strings);
+        crate::blueprint::sampler::string_values(r, &mut strings);
         for s in strings {
             for t in &domain.manifest.grounding.public {
                 if let Some(rec) = db.record(t, &s) {
@@ -298,11 +306,22 @@ pub fn sample(
                     for r in &reads {
                         let params = props(r);
                         let required = required(r);
-                        if required.len() != 1 || plan.actions.iter().chain(&leads).any(|a| a.name == r.name && a.arguments.values().any(|v| v.as_str() == Some(&value))) {
+                        if required.len() != 1
+                            || plan.actions.iter().chain(&leads).any(|a| {
+                                a.name == r.name
+                                    && a.arguments.values().any(|v| v.as_str() == Some(&value))
+                            })
+                        {
                             continue;
                         }
                         let p = &required[0];
-                        if !(key == *p || key.ends_with(&format!("_{p}")) || key.strip_suffix('s').is_some_and(|k| k == p || k.ends_with(&format!("_{p}")))) || !params.contains_key(p) {
+                        if !(key == *p
+                            || key.ends_with(&format!("_{p}"))
+                            || key
+                                .strip_suffix('s')
+                                .is_some_and(|k| k == p || k.ends_with(&format!("_{p}"))))
+                            || !params.contains_key(p)
+                        {
                             continue;
                         }
                         let mut args = Map::new();
@@ -327,7 +346,10 @@ pub fn sample(
                 }
                 let before = trial_env.hash();
                 let step = trial_env.step(&write);
-                if step.fault.is_some() || step.observation.starts_with("Error") || trial_env.hash() == before {
+                if step.fault.is_some()
+                    || step.observation.starts_with("Error")
+                    || trial_env.hash() == before
+                {
                     continue;
                 }
                 trial.actions.push(write);
@@ -360,23 +382,21 @@ fn parse(obs: &str) -> Value {
     serde_json::from_str(obs).unwrap_or(Value::Null)
 }
 
-fn strings_of(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::String(s) => out.push(s.clone()),
-        Value::Object(m) => m.values().for_each(|x| strings_of(x, out)),
-        Value::Array(xs) => xs.iter().for_each(|x| strings_of(x, out)),
-        _ => {}
-    }
-}
-
 fn props(t: &Tool) -> Map<String, Value> {
-    t.parameters()["properties"].as_object().cloned().unwrap_or_default()
+    t.parameters()["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn required(t: &Tool) -> Vec<String> {
     t.parameters()["required"]
         .as_array()
-        .map(|r| r.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .map(|r| {
+            r.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -409,7 +429,11 @@ fn fill(t: &Tool, known: &Known, rng: &mut impl Rng) -> Option<Map<String, Value
         }
         // `new_item_ids` beside `item_ids`: for each item, another member of its group (another
         // variant of the same product).
-        if let Some(old) = name.strip_prefix("new_").and_then(|o| args.get(o)).and_then(Value::as_array) {
+        if let Some(old) = name
+            .strip_prefix("new_")
+            .and_then(|o| args.get(o))
+            .and_then(Value::as_array)
+        {
             let mut new = Vec::new();
             for v in old {
                 let sibs = known.siblings(v.as_str()?);
@@ -425,7 +449,7 @@ fn fill(t: &Tool, known: &Known, rng: &mut impl Rng) -> Option<Map<String, Value
             Some(v) => {
                 if crate::domain::ground::id_like(name) {
                     let mut s = Vec::new();
-                    strings_of(&v, &mut s);
+                    crate::blueprint::sampler::string_values(&v, &mut s);
                     drawn.extend(s);
                 }
                 args.insert(name.clone(), v);
@@ -447,11 +471,17 @@ fn value_for(
     if let Some(Value::Array(options)) = schema.get("enum") {
         return (!options.is_empty()).then(|| options[rng.random_range(0..options.len())].clone());
     }
-    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("string");
+    let ty = schema
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("string");
     match ty {
         "array" => {
             let items = schema.get("items").cloned().unwrap_or(Value::Null);
-            let item_ty = items.get("type").and_then(Value::as_str).unwrap_or("string");
+            let item_ty = items
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("string");
             // A whole list the customer has under this name (a reservation's passengers).
             let lists: Vec<&Value> = known
                 .candidates(name, false)
@@ -482,7 +512,9 @@ fn value_for(
             }
             let n = 1 + usize::from(pool.len() > 1 && rng.random_range(0..4) == 0);
             let picked = crate::blueprint::sampler::sample_k(&pool, n, rng);
-            Some(Value::Array(picked.into_iter().map(|v| (*v).clone()).collect()))
+            Some(Value::Array(
+                picked.into_iter().map(|v| (*v).clone()).collect(),
+            ))
         }
         "object" => {
             let whole: Vec<&Value> = known
@@ -491,7 +523,13 @@ fn value_for(
                 .filter(|v| v.is_object())
                 .collect();
             if !whole.is_empty() {
-                return project(whole[rng.random_range(0..whole.len())], schema, known, drawn, rng);
+                return project(
+                    whole[rng.random_range(0..whole.len())],
+                    schema,
+                    known,
+                    drawn,
+                    rng,
+                );
             }
             let mut m = Map::new();
             let req: Vec<&str> = schema["required"]

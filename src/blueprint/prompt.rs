@@ -222,7 +222,9 @@ fn identity_hint(domain: &Domain, ctx: &Context) -> String {
                             for k in p.split('.') {
                                 at = at.get(k)?;
                             }
-                            at.as_str().map(str::to_owned).or_else(|| Some(at.to_string()))
+                            at.as_str()
+                                .map(str::to_owned)
+                                .or_else(|| Some(at.to_string()))
                         })
                         .collect::<Option<Vec<String>>>()
                         .map(|w| w.join(" "))
@@ -236,7 +238,10 @@ fn identity_hint(domain: &Domain, ctx: &Context) -> String {
     }
     format!(
         "\n## Who the customer is\nThe instruction must identify the customer by one of: {}.\n",
-        ways.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" or ")
+        ways.iter()
+            .map(|w| format!("\"{w}\""))
+            .collect::<Vec<_>>()
+            .join(" or ")
     )
 }
 

@@ -249,7 +249,8 @@ pub fn user_context(
     })
 }
 
-fn string_values(v: &Value, out: &mut Vec<String>) {
+/// Every string inside `v`, depth first.
+pub(crate) fn string_values(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::String(s) => out.push(s.clone()),
         Value::Object(m) => m.values().for_each(|x| string_values(x, out)),

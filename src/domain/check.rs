@@ -146,7 +146,11 @@ pub fn check(domain: &Domain, extra_task_files: &[PathBuf], ground_own: bool) ->
                     _ => {}
                 }
             }
-            for f in grounder.check(task, &observations).into_iter().filter(|_| ground) {
+            for f in grounder
+                .check(task, &observations)
+                .into_iter()
+                .filter(|_| ground)
+            {
                 report.problems.push(Problem {
                     kind: ProblemKind::Grounding,
                     location: format!("{} task {ti}", file.display()),

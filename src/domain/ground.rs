@@ -258,7 +258,9 @@ impl<'d> Grounder<'d> {
         for (id, ids) in &self.identities {
             if id != user
                 && ids.iter().any(|i| {
-                    i.spec != RECORD_ID && !i.values.is_empty() && i.values.iter().all(|v| own.contains(v))
+                    i.spec != RECORD_ID
+                        && !i.values.is_empty()
+                        && i.values.iter().all(|v| own.contains(v))
                 })
             {
                 roots.push(id.clone());
@@ -284,7 +286,15 @@ impl<'d> Grounder<'d> {
             out.push(v);
             for s in refs {
                 for table in db.table_names() {
-                    if table == self.user_table || self.domain.manifest.grounding.public.iter().any(|p| p == table) {
+                    if table == self.user_table
+                        || self
+                            .domain
+                            .manifest
+                            .grounding
+                            .public
+                            .iter()
+                            .any(|p| p == table)
+                    {
                         continue;
                     }
                     if let Some(rec) = db.record(table, &s) {
@@ -310,9 +320,9 @@ impl<'d> Grounder<'d> {
 
     /// Whether the instruction identifies `user` by one of its identities.
     fn identified(&self, text: &str, user: &str) -> Option<&Identity> {
-        self.identities(user)
-            .iter()
-            .find(|i| !i.values.is_empty() && i.values.iter().all(|v| contains_word(text, &normalise(v))))
+        self.identities(user).iter().find(|i| {
+            !i.values.is_empty() && i.values.iter().all(|v| contains_word(text, &normalise(v)))
+        })
     }
 
     /// The identity and customer check: `user_unidentified` and `user_mismatch`.
@@ -467,7 +477,9 @@ impl<'d> Grounder<'d> {
                 for i in self.identities(&e.user_id) {
                     let vs: Vec<String> = i.values.iter().map(|v| normalise(v)).collect();
                     if !vs.is_empty()
-                        && vs.iter().all(|v| !own.contains(v) && contains_word(&text, v))
+                        && vs
+                            .iter()
+                            .all(|v| !own.contains(v) && contains_word(&text, v))
                     {
                         return vec![Finding::new(
                             "ground.copied_example",
@@ -552,7 +564,11 @@ impl<'d> Grounder<'d> {
         let text = normalise(&task.instruction);
         let mut out = Vec::new();
         for (i, a) in task.actions.iter().enumerate() {
-            if !self.domain.tool(&a.name).is_some_and(|t| t.kind == ToolKind::Write) {
+            if !self
+                .domain
+                .tool(&a.name)
+                .is_some_and(|t| t.kind == ToolKind::Write)
+            {
                 continue;
             }
             for (key, v) in &a.arguments {
@@ -594,7 +610,10 @@ impl<'d> Grounder<'d> {
                 i.spec,
                 i.values.join(", ")
             ),
-            None => format!("the instruction does not identify customer {}", task.user_id),
+            None => format!(
+                "the instruction does not identify customer {}",
+                task.user_id
+            ),
         };
         format!(
             "- {who};\n- every id the write actions use is in the instruction, the customer's data or an earlier action's result;\n- every output is in an action's result or the customer's data (or a sum or count of them)."
@@ -632,7 +651,11 @@ fn identities_of(record: &Value, id: &str, specs: &[Vec<String>]) -> Vec<Identit
 /// A bare number in an output: `$1,234.50`, `12`, `-3.5`.
 fn parse_number(s: &str) -> Option<f64> {
     let t = s.trim().trim_start_matches('$').replace(',', "");
-    if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-') {
+    if t.is_empty()
+        || !t
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == '-')
+    {
         return None;
     }
     t.parse().ok()
@@ -707,7 +730,10 @@ mod tests {
 
     #[test]
     fn words_match_at_boundaries() {
-        assert!(contains_word("you are yusuf rossi in 19122.", "yusuf rossi"));
+        assert!(contains_word(
+            "you are yusuf rossi in 19122.",
+            "yusuf rossi"
+        ));
         assert!(!contains_word("you are yusuf rossiter", "yusuf rossi"));
         assert!(contains_word("order #w2378156 please", "#w2378156"));
         assert!(!contains_word("zip 191223", "19122"));
@@ -716,7 +742,8 @@ mod tests {
 
     #[test]
     fn numbers_and_sums_count_as_sourced() {
-        let values = vec![serde_json::json!({"items": [{"price": 10.5}, {"price": 2.25}, {"price": 1.0}]})];
+        let values =
+            vec![serde_json::json!({"items": [{"price": 10.5}, {"price": 2.25}, {"price": 1.0}]})];
         let texts = vec![normalise(&values[0].to_string())];
         let public = HashSet::new();
         assert!(output_sourced("10.5", &texts, &values, &public));
@@ -724,14 +751,28 @@ mod tests {
         assert!(output_sourced("13.75", &texts, &values, &public));
         assert!(output_sourced("3", &texts, &values, &public), "a count");
         assert!(!output_sourced("99.99", &texts, &values, &public));
-        assert!(!output_sourced("The total is 12.75 dollars.", &texts, &values, &public));
+        assert!(!output_sourced(
+            "The total is 12.75 dollars.",
+            &texts,
+            &values,
+            &public
+        ));
     }
 
     #[test]
     fn id_arguments_reach_into_arrays_and_objects() {
         let args = serde_json::json!({"order_id": "#W1", "item_ids": ["1", "2"], "flights": [{"flight_number": "HAT1", "date": "2024-05-01"}], "reason": "x"});
         let got = id_arguments(args.as_object().unwrap());
-        let keys: Vec<&str> = got.iter().map(|(k, v)| if k == "item_ids" { v.as_str() } else { k.as_str() }).collect();
+        let keys: Vec<&str> = got
+            .iter()
+            .map(|(k, v)| {
+                if k == "item_ids" {
+                    v.as_str()
+                } else {
+                    k.as_str()
+                }
+            })
+            .collect();
         // Argument order as written (serde_json keeps insertion order here).
         assert_eq!(keys, vec!["order_id", "1", "2", "flight_number"]);
     }

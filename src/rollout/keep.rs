@@ -90,7 +90,9 @@ fn calls(messages: &[Value]) -> Vec<Call> {
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
         }
@@ -111,17 +113,23 @@ pub fn keep_problem(
     terminate: &[String],
 ) -> Option<KeepProblem> {
     let calls = calls(messages);
-    for gold in task.actions.iter().filter(|a| a.name != RESPOND_ACTION_NAME) {
+    for gold in task
+        .actions
+        .iter()
+        .filter(|a| a.name != RESPOND_ACTION_NAME)
+    {
         let gold_value = Value::Object(gold.arguments.clone());
         let ok = if is_write(&gold.name) {
-            calls
-                .iter()
-                .any(|c| c.name == gold.name && same(&Value::Object(c.arguments.clone()), &gold_value))
+            calls.iter().any(|c| {
+                c.name == gold.name && same(&Value::Object(c.arguments.clone()), &gold_value)
+            })
         } else {
             let ids = id_arguments(&gold.arguments);
             // A lookup by name or e-mail has alternatives; a read of an id does not.
             ids.is_empty()
-                || calls.iter().any(|c| c.name == gold.name && id_arguments(&c.arguments) == ids)
+                || calls
+                    .iter()
+                    .any(|c| c.name == gold.name && id_arguments(&c.arguments) == ids)
         };
         if !ok {
             return problem(
@@ -168,7 +176,13 @@ pub fn keep_problem(
         .iter()
         .enumerate()
         .filter(|(_, m)| m["role"] == "tool")
-        .map(|(i, m)| (i, m["name"].as_str().unwrap_or_default(), text_of(m).starts_with("Error")))
+        .map(|(i, m)| {
+            (
+                i,
+                m["name"].as_str().unwrap_or_default(),
+                text_of(m).starts_with("Error"),
+            )
+        })
         .collect();
     for (i, name, err) in &tools {
         if *err && !tools.iter().any(|(j, n, e)| j > i && n == name && !e) {
@@ -190,7 +204,10 @@ pub fn keep_problem(
         if let Some(p) = out_of_role(&text_of(m)) {
             return problem(
                 "keep.user_out_of_role",
-                format!("the user said \"{p}\", which is the agent's line: {:?}", short(&text_of(m))),
+                format!(
+                    "the user said \"{p}\", which is the agent's line: {:?}",
+                    short(&text_of(m))
+                ),
             );
         }
     }
@@ -241,12 +258,18 @@ pub fn fault(
     }
     for m in messages.iter().filter(|m| m["role"] == "user") {
         if let Some(p) = out_of_role(&text_of(m)) {
-            return f(FaultLabel::User, format!("the user said \"{p}\", the agent's line"));
+            return f(
+                FaultLabel::User,
+                format!("the user said \"{p}\", the agent's line"),
+            );
         }
     }
     let calls = calls(messages);
     if code == Some("rollout.user_stopped_early") {
-        return f(FaultLabel::User, "the user ended the conversation before the agent acted".into());
+        return f(
+            FaultLabel::User,
+            "the user ended the conversation before the agent acted".into(),
+        );
     }
     // A value a gold write needs that the instruction never gives: no user could have said it.
     let instruction = normalise(&task.instruction);
@@ -264,7 +287,10 @@ pub fn fault(
             if !instruction.contains(&text) && two.is_none_or(|t| !instruction.contains(&t)) {
                 return f(
                     FaultLabel::Task,
-                    format!("{} needs {key} {v} but the instruction never says it", gold.name),
+                    format!(
+                        "{} needs {key} {v} but the instruction never says it",
+                        gold.name
+                    ),
                 );
             }
         }
@@ -275,7 +301,10 @@ pub fn fault(
     {
         return f(
             FaultLabel::Agent,
-            format!("the agent called the write {}, which the gold actions do not contain", c.name),
+            format!(
+                "the agent called the write {}, which the gold actions do not contain",
+                c.name
+            ),
         );
     }
     if let Some(k) = keep_problem(task, messages, &is_write, &[]) {
@@ -359,7 +388,9 @@ mod tests {
         let mut wrong_id = good.clone();
         wrong_id.push(call("get_account", json!({"account_id": "acc_1001"})));
         wrong_id.push(tool("get_account", "{}"));
-        let code = |m: &[Value]| keep_problem(&t, m, no_writes, &["transfer_to_human_agents".to_owned()]).map(|p| p.code);
+        let code = |m: &[Value]| {
+            keep_problem(&t, m, no_writes, &["transfer_to_human_agents".to_owned()]).map(|p| p.code)
+        };
         assert_eq!(code(&wrong_id).as_deref(), Some("keep.invented_id"));
         let mut errored = good.clone();
         errored.push(call("get_account", json!({"account_id": "acc_1008"})));
@@ -380,7 +411,13 @@ mod tests {
         let no_writes = |_: &str| false;
         let user = |s: &str| json!({"role": "user", "content": s});
         let label = |m: &[Value], code: Option<&str>| fault(&t, m, code, None, no_writes).fault;
-        assert_eq!(label(&[user("How can I assist you today?")], Some("rollout.db_mismatch")), FaultLabel::User);
+        assert_eq!(
+            label(
+                &[user("How can I assist you today?")],
+                Some("rollout.db_mismatch")
+            ),
+            FaultLabel::User
+        );
         let mut freeze = task();
         let mut args = Map::new();
         args.insert("account_id".into(), json!("acc_1008"));
@@ -388,14 +425,30 @@ mod tests {
         freeze.actions.push(Action::new("freeze_account", args));
         let writes = |n: &str| n == "freeze_account";
         assert_eq!(
-            fault(&freeze, &[user("I am Donald Liskov.")], Some("rollout.db_mismatch"), None, writes).fault,
+            fault(
+                &freeze,
+                &[user("I am Donald Liskov.")],
+                Some("rollout.db_mismatch"),
+                None,
+                writes
+            )
+            .fault,
             FaultLabel::Task,
             "the instruction never gives the reason"
         );
         assert_eq!(
-            label(&[user("I am Donald Liskov."), call("get_account", json!({"account_id": "acc_9"}))], Some("rollout.output_missing")),
+            label(
+                &[
+                    user("I am Donald Liskov."),
+                    call("get_account", json!({"account_id": "acc_9"}))
+                ],
+                Some("rollout.output_missing")
+            ),
             FaultLabel::Agent
         );
-        assert_eq!(label(&[user("I am Donald Liskov.")], Some("rollout.max_steps")), FaultLabel::Unclear);
+        assert_eq!(
+            label(&[user("I am Donald Liskov.")], Some("rollout.max_steps")),
+            FaultLabel::Unclear
+        );
     }
 }

@@ -372,11 +372,17 @@ impl Rollouts<'_> {
             }
             if d.not_kept.is_some() {
                 s.filtered += 1;
-                let code = d.not_kept_code.clone().unwrap_or_else(|| "keep.gold_tools".into());
+                let code = d
+                    .not_kept_code
+                    .clone()
+                    .unwrap_or_else(|| "keep.gold_tools".into());
                 *s.not_kept.entry(code).or_default() += 1;
             }
             if let Some(f) = &d.fault {
-                let label = serde_json::to_value(f.fault).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                let label = serde_json::to_value(f.fault)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
                 *s.faults.entry(label).or_default() += 1;
             }
             if d.kept {
