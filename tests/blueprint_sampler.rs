@@ -171,6 +171,15 @@ fn sampled_plans_run_pass_the_rules_and_are_grounded() {
                 continue;
             };
             made += 1;
+            // The same seed and item draw the same plan.
+            let mut again = rng_for(3, &format!("bp-{i:05}"));
+            let u2 = sample_user(&d, &table, &mut again).unwrap();
+            let p2 = plan::sample(&d, &u2, &peers, 1 + i % 3, &mut again).unwrap();
+            assert_eq!(
+                serde_json::to_string(&p.actions).unwrap(),
+                serde_json::to_string(&p2.actions).unwrap(),
+                "{name} {user}: plans differ between draws"
+            );
             assert!(p.writes >= 1 && p.writes <= 3, "{name}: {p:?}");
             for o in &p.observations {
                 assert!(
@@ -198,6 +207,36 @@ fn sampled_plans_run_pass_the_rules_and_are_grounded() {
                 .filter(|f| f.code == "ground.argument_unsourced")
                 .collect();
             assert!(unsourced.is_empty(), "{name} {user}: {unsourced:?}");
+            // The brief: an instruction that says who the customer is and repeats the requests
+            // passes every grounding check, and an output drawn from the answers is sourced.
+            let requests = apigen_mt::blueprint::brief::requests(&d, &p);
+            let answers =
+                apigen_mt::blueprint::brief::answers(&d, &p, &g.introduction(&user).unwrap());
+            assert_eq!(requests.len(), p.writes, "{name}: {requests:?}");
+            let mut briefed = task.clone();
+            briefed.instruction =
+                format!("{} {}", g.introduction(&user).unwrap(), requests.join(" "));
+            if let Some(a) = answers.first() {
+                briefed
+                    .instruction
+                    .push_str(&format!(" What is the {}?", a.field));
+                briefed.outputs = vec![a.value.clone()];
+            }
+            let mut findings = g.check(&briefed, &p.observations);
+            findings.extend(g.check_asked(&briefed));
+            let unasked = apigen_mt::blueprint::brief::unasked(
+                &briefed.instruction,
+                &briefed.outputs,
+                &answers,
+            );
+            assert!(
+                findings.is_empty() && unasked.is_empty(),
+                "{name} {user}: {findings:?} {unasked:?} for {:?}",
+                briefed.instruction
+            );
+            if i < 3 {
+                eprintln!("{name} brief: {}", briefed.instruction);
+            }
             for a in &p.actions {
                 if d.tool(&a.name).unwrap().kind == apigen_mt::domain::tools::ToolKind::Write {
                     *tools.entry(a.name.clone()).or_default() += 1;

@@ -5,6 +5,7 @@
 //! deterministic stage-1 checks ([`check`]): format, execution with its database diff, the
 //! domain's policy rules, and duplicates. It uses domains but never touches models.
 
+pub mod brief;
 pub mod check;
 pub mod committee;
 pub mod pipeline;

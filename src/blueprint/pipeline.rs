@@ -511,6 +511,21 @@ impl<'d> Pipeline<'d> {
             }
             tools = ts;
         }
+        let fixed = plan.is_some() && self.settings.plan == PlanMode::Fixed;
+        let (requests, answers) = match (&plan, fixed) {
+            (Some(p), true) => (
+                super::brief::requests(self.domain, p),
+                super::brief::answers(
+                    self.domain,
+                    p,
+                    &self
+                        .grounder
+                        .introduction(&data.user_id)
+                        .unwrap_or_default(),
+                ),
+            ),
+            _ => (vec![], vec![]),
+        };
         Some((
             Context {
                 tools,
@@ -518,7 +533,9 @@ impl<'d> Pipeline<'d> {
                 persona,
                 examples,
                 plan,
-                fixed: self.settings.plan == PlanMode::Fixed,
+                fixed,
+                requests,
+                answers,
             },
             mix,
         ))
@@ -630,7 +647,7 @@ impl<'d> Pipeline<'d> {
             return (state, None);
         };
         let schema = if ctx.fixed && ctx.plan.is_some() {
-            prompt::fixed_plan_schema()
+            prompt::fixed_plan_schema(&ctx.answers)
         } else {
             prompt::blueprint_schema(self.domain, &ctx.tools)
         };
@@ -760,6 +777,13 @@ impl<'d> Pipeline<'d> {
         let mut findings = self.grounder.check(&task, &executed.observations);
         findings.extend(self.grounder.check_copied(&task, &ctx.examples));
         findings.extend(self.grounder.check_asked(&task));
+        if ctx.fixed {
+            findings.extend(
+                super::brief::unasked(&task.instruction, &task.outputs, &ctx.answers)
+                    .into_iter()
+                    .map(|d| crate::domain::ground::Finding::new("ground.output_unasked", d)),
+            );
+        }
         findings.extend(check::feedback_in_instruction(&task, feedback_given));
         state.time("checks", started);
         if !findings.is_empty() {

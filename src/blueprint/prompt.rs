@@ -3,6 +3,7 @@
 //! tools, data, persona and examples, then the task; answers are JSON so small models can be held
 //! to them by constrained decoding.
 
+use super::brief::Answer;
 use super::plan::Plan;
 use super::sampler::{DataContext, Persona};
 use crate::domain::Domain;
@@ -21,6 +22,10 @@ pub struct Context {
     pub plan: Option<Plan>,
     /// The plan's actions are the task's actions; the proposer writes instruction and outputs.
     pub fixed: bool,
+    /// A fixed plan's writes as the customer asks for them.
+    pub requests: Vec<String>,
+    /// What a fixed plan's reads returned that the customer could be told: the outputs' choices.
+    pub answers: Vec<Answer>,
 }
 
 /// The JSON schema of a blueprint answer: a short thought, then the task. Action names are an
@@ -56,14 +61,21 @@ pub fn blueprint_schema(domain: &Domain, tools: &[String]) -> Value {
     })
 }
 
-/// The JSON schema of an answer around a fixed plan: the instruction and the outputs only.
-pub fn fixed_plan_schema() -> Value {
+/// The JSON schema of an answer around a fixed plan: the instruction, and outputs chosen among
+/// the values the plan's reads returned (none when they returned none).
+pub fn fixed_plan_schema(answers: &[Answer]) -> Value {
+    let values: Vec<&str> = answers.iter().map(|a| a.value.as_str()).collect();
+    let outputs = if values.is_empty() {
+        json!({"type": "array", "maxItems": 0})
+    } else {
+        json!({"type": "array", "maxItems": 2, "items": {"enum": values}})
+    };
     json!({
         "type": "object",
         "properties": {
-            "thought": {"type": "string", "maxLength": 600},
+            "thought": {"type": "string", "maxLength": 400},
             "instruction": {"type": "string", "minLength": 20, "maxLength": 1200},
-            "outputs": {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1, "maxLength": 40}}
+            "outputs": outputs
         },
         "required": ["thought", "instruction", "outputs"],
         "additionalProperties": false
@@ -158,11 +170,11 @@ pub fn proposer_user(domain: &Domain, ctx: &Context) -> String {
         }
     }
     if let Some(plan) = &ctx.plan {
-        s.push_str(if ctx.fixed {
-            "\n## The actions (they run on this data; the task's actions are exactly these)\n"
-        } else {
-            "\n## A plan that runs on this data (keep, trim or extend it)\n"
-        });
+        if ctx.fixed {
+            s.push_str(&fixed_brief(domain, ctx, plan));
+            return s;
+        }
+        s.push_str("\n## A plan that runs on this data (keep, trim or extend it)\n");
         for (a, o) in plan.actions.iter().zip(&plan.observations) {
             let shown: String = o.chars().take(600).collect();
             let more = if o.chars().count() > 600 { " ..." } else { "" };
@@ -170,20 +182,6 @@ pub fn proposer_user(domain: &Domain, ctx: &Context) -> String {
                 "{} -> {shown}{more}\n",
                 crate::pyjson::dumps(&json!({"name": a.name, "arguments": a.arguments}))
             ));
-        }
-        if ctx.fixed {
-            s.push_str(&identity_hint(domain, ctx));
-            s.push_str(
-                "\n## Your task\nWrite the instruction of a customer who wants exactly what these actions do, and the outputs. Rules:\n\
-- The instruction is written to the customer in the second person (\"You are ...\"). It starts by saying who they are, with the identity shown above, \
-so the agent can authenticate them.\n\
-- It asks for every change the write actions make, with the details the agent needs (which order or account, which items, \
-and every value the actions set, word for word: the reason, the amount, the new address), described as the customer would and nothing the actions do not do.\n\
-- It matches the persona, in your own words: never copy an example's sentences, names or ids.\n\
-- Outputs are bare values the agent must tell the customer, taken from the action results above (e.g. \"2015.04\", \"pending\"), never sentences; use [] when the customer only wants the changes made.\n\
-Answer with one JSON object: {\"thought\": ..., \"instruction\": ..., \"outputs\": [...]}.",
-            );
-            return s;
         }
     }
     s.push_str(&identity_hint(domain, ctx));
@@ -195,6 +193,44 @@ Answer with one JSON object: {\"thought\": ..., \"instruction\": ..., \"outputs\
 and gives every detail the agent needs (but not tool names or ids the customer would not know), and matches the persona.\n\
 - Outputs are bare values the agent must say, taken from the data or the actions' results (e.g. \"2015.04\", \"pending\"), never sentences; use [] when the customer only wants changes made.\n\
 Answer with one JSON object: {\"thought\": ..., \"instruction\": ..., \"actions\": [{\"name\": ..., \"arguments\": {...}}], \"outputs\": [...]}.",
+    );
+    s
+}
+
+/// The brief of a fixed plan: its actions, what the customer wants, what they could be told.
+fn fixed_brief(domain: &Domain, ctx: &Context, plan: &Plan) -> String {
+    let mut s = String::from(
+        "\n## The actions (the task's actions are exactly these; they run on this data)\n",
+    );
+    for a in &plan.actions {
+        s.push_str(&format!(
+            "{}\n",
+            crate::pyjson::dumps(&json!({"name": a.name, "arguments": a.arguments}))
+        ));
+    }
+    s.push_str(&identity_hint(domain, ctx));
+    s.push_str("\n## What the customer wants (the instruction asks for all of it)\n");
+    if ctx.requests.is_empty() {
+        s.push_str("- Only information: nothing is changed.\n");
+    }
+    for r in &ctx.requests {
+        s.push_str(&format!("- {r}\n"));
+    }
+    if !ctx.answers.is_empty() {
+        s.push_str("\n## What the agent can look up for them (field: value)\n");
+        for a in &ctx.answers {
+            s.push_str(&format!("- {}: {}\n", a.field.replace('_', " "), a.value));
+        }
+    }
+    s.push_str(
+        "\n## Your task\nWrite the instruction of this customer and the outputs. Rules:\n\
+- The instruction is written to the customer in the second person (\"You are ...\"). It says who they are, as shown above, \
+so the agent can authenticate them.\n\
+- It asks for every change listed under \"What the customer wants\", keeping each quoted value word for word, and for nothing else; \
+add a short reason or situation that fits the persona, in your own words.\n\
+- Outputs: at most two values from \"What the agent can look up\" that the customer asks about in the instruction (\"What is my balance?\"); \
+usually none: use [] when the customer only wants the changes made.\n\
+Answer with one JSON object: {\"thought\": ..., \"instruction\": ..., \"outputs\": [...]}.",
     );
     s
 }

@@ -45,7 +45,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(code: &str, detail: String) -> Finding {
+    pub fn new(code: &str, detail: String) -> Finding {
         Finding {
             code: code.into(),
             detail,
@@ -62,7 +62,7 @@ pub fn normalise(s: &str) -> String {
 }
 
 /// `needle` occurs in `hay` (both normalised) not glued to a letter or digit on either side.
-fn contains_word(hay: &str, needle: &str) -> bool {
+pub fn contains_word(hay: &str, needle: &str) -> bool {
     if needle.is_empty() {
         return false;
     }
@@ -284,6 +284,9 @@ impl<'d> Grounder<'d> {
             let mut refs = HashSet::new();
             strings_into(&v, false, &mut refs);
             out.push(v);
+            // In a fixed order: plans are drawn from these records, and a run is reproducible.
+            let mut refs: Vec<String> = refs.into_iter().collect();
+            refs.sort();
             for s in refs {
                 for table in db.table_names() {
                     if table == self.user_table
@@ -533,16 +536,14 @@ impl<'d> Grounder<'d> {
     pub fn introduction(&self, user: &str) -> Option<String> {
         let template = self.domain.manifest.grounding.introduce.as_ref()?;
         let record = self.domain.pristine().record(&self.user_table, user)?;
-        let mut out = String::new();
-        let mut rest = template.as_str();
-        while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
-            let close = rest[open..].find('}')? + open;
-            out.push_str(&field(record, user, &rest[open + 1..close])?);
-            rest = &rest[close + 1..];
-        }
-        out.push_str(rest);
-        Some(out)
+        let mut missing = false;
+        let out = crate::domain::fill_template(template, |path| {
+            field(record, user, path).unwrap_or_else(|| {
+                missing = true;
+                String::new()
+            })
+        });
+        (!missing).then_some(out)
     }
 
     /// `task` with the customer's introduction put first when its instruction does not identify

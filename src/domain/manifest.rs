@@ -68,6 +68,12 @@ pub struct GroundingSection {
     /// How a customer says who they are, with `{path}` fields of their record (`{$id}` its key):
     /// put before a planned blueprint's instruction when the proposer left the identity out.
     pub introduce: Option<String>,
+    /// How a customer asks for each write tool's change, by tool: `{arg}` is the argument's
+    /// value, ids described by what the reads returned. A list is tried in order, the first
+    /// whose arguments are all present used (for optional arguments). Used for planned
+    /// blueprints; a tool without one gets a line built from its name.
+    #[serde(deserialize_with = "one_or_many")]
+    pub requests: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for GroundingSection {
@@ -76,6 +82,7 @@ impl Default for GroundingSection {
             identity: vec![vec![crate::domain::ground::RECORD_ID.into()]],
             public: vec![],
             introduce: None,
+            requests: Default::default(),
         }
     }
 }
@@ -159,4 +166,26 @@ impl Manifest {
             }
         })
     }
+}
+
+/// A map whose values are a string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let m = std::collections::BTreeMap::<String, OneOrMany>::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                OneOrMany::One(s) => vec![s],
+                OneOrMany::Many(v) => v,
+            };
+            (k, v)
+        })
+        .collect())
 }

@@ -105,6 +105,30 @@ impl Domain {
                 ));
             }
         }
+        for (tool, templates) in &manifest.grounding.requests {
+            let Some(t) = tools.iter().find(|x| &x.name == tool) else {
+                return Err(invalid(
+                    find_line(&text, tool),
+                    format!(
+                        "[grounding.requests] names tool {tool:?}, which is not in {}",
+                        manifest.tools
+                    ),
+                ));
+            };
+            let params = &t.parameters()["properties"];
+            for template in templates {
+                for name in template_fields(template) {
+                    if params.get(&name).is_none() {
+                        return Err(invalid(
+                            find_line(&text, template),
+                            format!(
+                                "[grounding.requests] {tool}: {{{name}}} is not an argument of {tool}"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         let rules = match &manifest.rules {
             Some(r) => Some(Scripts::load_dir(&dir.join(r), None)?),
             None => None,
@@ -313,4 +337,37 @@ mod tests {
         fn shareable<T: Send + Sync>() {}
         shareable::<super::Domain>();
     }
+}
+
+/// `template` with each `{name}` replaced by `say(name)`; `{{` and `}}` are braces, and a brace
+/// without its partner is kept as it is.
+pub fn fill_template(template: &str, mut say: impl FnMut(&str) -> String) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(at) = rest.find(['{', '}']) {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..1]);
+            rest = &tail[2..];
+        } else if let Some(end) = tail.strip_prefix('{').and_then(|t| t.find('}')) {
+            out.push_str(&say(&tail[1..=end]));
+            rest = &tail[end + 2..];
+        } else {
+            out.push_str(&tail[..1]);
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The `{name}` fields of a template.
+pub fn template_fields(template: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    fill_template(template, |name| {
+        out.push(name.to_owned());
+        String::new()
+    });
+    out
 }
