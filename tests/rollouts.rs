@@ -58,6 +58,7 @@ struct Setup {
     require_gold_tools: bool,
     trials: usize,
     keep: bool,
+    resample: usize,
 }
 
 impl Setup {
@@ -73,6 +74,7 @@ impl Setup {
             require_gold_tools: false,
             trials: 1,
             keep: true,
+            resample: 0,
         }
     }
 
@@ -100,6 +102,7 @@ impl Setup {
                 view: self.view,
                 n: 4,
                 judge: self.judge.clone() as Arc<dyn Backend>,
+                resample: self.resample,
             },
             settings: Settings {
                 trials: self.trials,
@@ -620,4 +623,123 @@ fn exports_of_a_rollout_hold_every_field() {
     assert_eq!(sg["id"], "bp-0#0");
     assert_eq!(sg["conversations"], row["conversations"]);
     assert_eq!(sg["system"], json!(policy));
+}
+
+#[test]
+fn a_user_line_in_the_agents_voice_or_with_an_unknown_id_is_drawn_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(
+        &[
+            &get_1002(),
+            &transfer(250.5),
+            "The transfer of 250.50 is done.",
+        ],
+        &[
+            "Hello! How can I help you today?",
+            ASK,
+            "Also check acc_1009 please.",
+            "Thanks! ###STOP###",
+        ],
+    );
+    s.resample = 3;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!((summary.verified, summary.kept), (1, 1), "{summary:?}");
+    assert_eq!(summary.user_resampled["agent_voice"], 1);
+    assert_eq!(summary.user_resampled["unknown_id"], 1);
+    let d = &lines(&dir.path().join("dataset.jsonl"))[0];
+    assert_eq!(d["messages"][1]["content"], ASK);
+    assert!(
+        d["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| !m["content"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("acc_1009")),
+        "the drawn-again lines never reach the agent: {d}"
+    );
+
+    // The bound holds: a user who never leaves the agent's voice is sent as sampled, and
+    // the conversation is not kept.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(
+        &[&get_1002(), &transfer(250.5), "Done."],
+        &[
+            "How can I help you?",
+            "How can I help you?",
+            ASK,
+            "###STOP###",
+        ],
+    );
+    s.resample = 1;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(summary.user_resampled["agent_voice"], 1);
+    assert_eq!(summary.kept, 0);
+    assert_eq!(summary.faults["user"], 1, "{summary:?}");
+}
+
+/// One attempt of `task` with these scripts; its fault label and evidence.
+fn fault_of(agent: &[&str], user: &[&str], task: Task) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(agent, user);
+    s.max_steps = 4;
+    s.run(dir.path(), &[("bp-0".into(), task)]);
+    let t = &lines(&dir.path().join("trajectories.jsonl"))[0];
+    (
+        t["fault"]["fault"].as_str().unwrap_or_default().to_owned(),
+        t["fault"]["evidence"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+#[test]
+fn each_fault_label_comes_from_its_signal() {
+    let task = tasks()[0].clone();
+    // agent: the wrong amount, though the user said the right one.
+    let (f, e) = fault_of(
+        &[&get_1002(), &transfer(25.05), "Done."],
+        &[ASK, "###STOP###"],
+        task.clone(),
+    );
+    assert_eq!(
+        (f.as_str(), e.as_str()),
+        ("agent", "the agent's changes differ from the gold actions'")
+    );
+    // user: ends the conversation before the agent could act.
+    let (f, e) = fault_of(&["unused"], &["###STOP###"; 3], task.clone());
+    assert_eq!(f, "user", "{e}");
+    assert!(e.contains("ended the conversation"), "{e}");
+    // task: the gold transfer's memo is nowhere in the instruction.
+    let mut vague = task.clone();
+    vague.instruction =
+        "You are Barbara Allen. You want to move 250.50 from acc_1002 to acc_1001.".into();
+    let no_memo = call(
+        "transfer_funds",
+        json!({"from_account_id": "acc_1002", "to_account_id": "acc_1001", "amount": 250.5}),
+    );
+    let (f, e) = fault_of(
+        &[&get_1002(), &no_memo, "Done."],
+        &["Move 250.50 from acc_1002 to acc_1001.", "###STOP###"],
+        vague,
+    );
+    assert_eq!(f, "task", "{e}");
+    assert!(e.contains("memo"), "{e}");
+    // unclear: the right calls, then an agent that never finishes, and no other signal.
+    let (f, e) = fault_of(
+        &[
+            &get_1002(),
+            &transfer(250.5),
+            "Anything else?",
+            "Anything else?",
+        ],
+        &[ASK, "Hm.", "Let me think."],
+        task,
+    );
+    assert_eq!(
+        (f.as_str(), e.as_str()),
+        ("unclear", "failed with rollout.max_steps")
+    );
 }

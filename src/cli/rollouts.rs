@@ -42,6 +42,12 @@ pub struct RoleArgs {
     /// The best-of-n judge's model (default: the user's).
     #[arg(long, value_name = "M")]
     pub judge: Option<String>,
+    /// Draw a user line again, up to N times, when it reads as the agent's ("How can I help
+    /// you?") or states an id neither the instruction nor the agent's lines contain; counted in
+    /// the summary's `user_resampled`. Default: 3 for rollouts and generate, 0 for eval
+    /// (tau-bench's user, as it is).
+    #[arg(long, value_name = "N")]
+    pub user_resample: Option<usize>,
     /// Attempts per task.
     #[arg(long, default_value_t = 3)]
     pub trials: usize,
@@ -126,6 +132,7 @@ impl RoleArgs {
             view: self.user_view,
             n: self.user_n,
             judge,
+            resample: self.user_resample.unwrap_or(if data { 3 } else { 0 }),
         };
         Ok((agent, user))
     }
@@ -146,6 +153,9 @@ impl RoleArgs {
         // so that runs those versions started can still be resumed.
         if agent.stall_after > 1 {
             config["agent"]["stall_after"] = json!(agent.stall_after);
+        }
+        if user.resample > 0 {
+            config["user"]["resample"] = json!(user.resample);
         }
         if user.view != UserView::TauBench {
             config["user"]["view"] = json!(user.view);

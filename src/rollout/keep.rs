@@ -45,6 +45,31 @@ pub fn out_of_role(line: &str) -> Option<&'static str> {
     AGENT_PHRASES.iter().copied().find(|p| l.contains(p))
 }
 
+/// Why a user line would be sampled again: it reads as the agent's (`agent_voice`), or states
+/// an id (a token with digits: an account, an order, a zip) that neither the instruction nor the
+/// agent's lines so far contain (`unknown_id`), so the user invented it or took it from another
+/// customer.
+pub fn user_line_problem(line: &str, instruction: &str, agent_lines: &[&str]) -> Option<String> {
+    if let Some(p) = out_of_role(line) {
+        return Some(format!("agent_voice: \"{p}\""));
+    }
+    let mut known = normalise(instruction);
+    for l in agent_lines {
+        known.push(' ');
+        known.push_str(&normalise(l));
+    }
+    for token in line.split(|c: char| c.is_whitespace() || ",;:()[]{}\"'!?".contains(c)) {
+        let t = token.trim_end_matches(['.', '-']).to_lowercase();
+        let digits = t.chars().filter(char::is_ascii_digit).count();
+        let letters = t.chars().any(|c| c.is_alphabetic() || c == '_' || c == '#');
+        let id = t.contains('@') || (digits > 0 && letters && t.len() >= 4) || digits >= 5;
+        if id && !crate::domain::ground::contains_word(&known, &t) {
+            return Some(format!("unknown_id: {t}"));
+        }
+    }
+    None
+}
+
 /// A broken keep rule: its code and what happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeepProblem {
@@ -449,6 +474,39 @@ mod tests {
         assert_eq!(
             label(&[user("I am Donald Liskov.")], Some("rollout.max_steps")),
             FaultLabel::Unclear
+        );
+    }
+}
+
+#[cfg(test)]
+mod user_line_tests {
+    use super::user_line_problem;
+
+    #[test]
+    fn user_lines_in_role_and_with_known_ids_pass() {
+        let ins = "You are Ada Turing, account acc_1003. Freeze it.";
+        assert_eq!(user_line_problem("Please freeze acc_1003.", ins, &[]), None);
+        assert_eq!(
+            user_line_problem("It's $250 on 2024-05-16, thanks!", ins, &[]),
+            None
+        );
+        // An id the agent said is known to the user.
+        assert_eq!(
+            user_line_problem("Yes, order #W1234567.", ins, &["Is it order #W1234567?"]),
+            None
+        );
+        assert!(
+            user_line_problem("How can I help you today?", ins, &[])
+                .unwrap()
+                .starts_with("agent_voice")
+        );
+        assert_eq!(
+            user_line_problem("My account is acc_1005.", ins, &[]).as_deref(),
+            Some("unknown_id: acc_1005")
+        );
+        assert_eq!(
+            user_line_problem("I'm at zip 94107.", ins, &[]).as_deref(),
+            Some("unknown_id: 94107")
         );
     }
 }

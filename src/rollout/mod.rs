@@ -215,6 +215,9 @@ pub struct UserRole {
     pub n: usize,
     /// The judge for best-of-N (the user's model by default).
     pub judge: Arc<dyn Backend>,
+    /// Samples drawn again, at most, for a line in the agent's voice or with an id the user
+    /// cannot know ([`keep::user_line_problem`]); 0: every line is sent as sampled (eval).
+    pub resample: usize,
 }
 
 /// Why an episode did not earn reward 1.
@@ -253,6 +256,9 @@ pub struct Episode {
     /// Generated plus freshly prefilled tokens per role (`agent`, `user`, `judge`).
     pub tokens: BTreeMap<String, usize>,
     pub seconds: BTreeMap<String, f64>,
+    /// User lines sampled again, by reason (`agent_voice`, `unknown_id`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_resampled: BTreeMap<String, usize>,
 }
 
 /// Per-role accounting.
@@ -260,6 +266,8 @@ pub struct Episode {
 struct Meter {
     tokens: BTreeMap<String, usize>,
     seconds: BTreeMap<String, f64>,
+    /// User lines drawn again, by reason.
+    resampled: BTreeMap<String, usize>,
 }
 
 impl Meter {
@@ -337,20 +345,44 @@ impl<'a> SimUser<'a> {
             UserStrategy::Plain => 1,
             UserStrategy::BestOfN => self.role.n.max(1),
         };
+        let agent_lines: Vec<String> = self
+            .messages
+            .iter()
+            .filter(|m| m.role == "user")
+            .map(|m| m.content.clone())
+            .collect();
+        let agent_lines: Vec<&str> = agent_lines.iter().map(String::as_str).collect();
         let mut best: Option<(i64, String)> = None;
-        for i in 0..n {
-            let mut req = ChatRequest::new(prompt.clone());
-            req.max_tokens = self.role.max_tokens;
-            req.sampling = SamplingParams {
-                temperature: self.role.temperature,
-                seed: self
-                    .seed
-                    .wrapping_add(self.turn.wrapping_mul(1_000_003))
-                    .wrapping_add(i as u64),
-                ..SamplingParams::greedy()
-            };
-            let reply = meter.ask("user", &*self.role.backend, &mut self.conv, &req)?;
-            let line = user_line(&reply.raw);
+        let mut draw = 0u64;
+        for _ in 0..n {
+            // A line in the agent's voice or with an id the user cannot know is drawn again;
+            // best-of-N judges only lines that pass.
+            let mut line = String::new();
+            for again in 0..=self.role.resample {
+                let mut req = ChatRequest::new(prompt.clone());
+                req.max_tokens = self.role.max_tokens;
+                req.sampling = SamplingParams {
+                    temperature: self.role.temperature,
+                    seed: self
+                        .seed
+                        .wrapping_add(self.turn.wrapping_mul(1_000_003))
+                        .wrapping_add(draw),
+                    ..SamplingParams::greedy()
+                };
+                draw += 1;
+                let reply = meter.ask("user", &*self.role.backend, &mut self.conv, &req)?;
+                line = user_line(&reply.raw);
+                if self.role.resample == 0 || is_stop(&line) {
+                    break;
+                }
+                match keep::user_line_problem(&line, &self.instruction, &agent_lines) {
+                    Some(why) if again < self.role.resample => {
+                        let reason = why.split(':').next().unwrap_or_default().to_owned();
+                        *meter.resampled.entry(reason).or_default() += 1;
+                    }
+                    _ => break,
+                }
+            }
             if n == 1 {
                 best = Some((0, line));
                 break;
@@ -534,6 +566,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
             tool_calls: counts.2,
             tokens: meter.tokens,
             seconds: meter.seconds,
+            user_resampled: meter.resampled,
         }
     };
 

@@ -136,6 +136,9 @@ pub struct RolloutSummary {
     /// Failed and filtered attempts per fault label (`agent`, `user`, `task`, `unclear`).
     #[serde(default)]
     pub faults: BTreeMap<String, usize>,
+    /// User lines drawn again, by reason (`agent_voice`, `unknown_id`): `user.resampled`.
+    #[serde(default)]
+    pub user_resampled: BTreeMap<String, usize>,
     /// Failed attempts per code.
     pub failures: BTreeMap<String, usize>,
     /// Means over kept conversations.
@@ -395,6 +398,9 @@ impl Rollouts<'_> {
             }
             for (k, v) in &e.tokens {
                 *s.tokens.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &e.user_resampled {
+                *s.user_resampled.entry(k.clone()).or_default() += v;
             }
             for (k, v) in &e.seconds {
                 *s.seconds.entry(k.clone()).or_default() += v;
