@@ -62,7 +62,10 @@ pub fn user_line_problem(line: &str, instruction: &str, agent_lines: &[&str]) ->
         let t = token.trim_end_matches(['.', '-']).to_lowercase();
         let digits = t.chars().filter(char::is_ascii_digit).count();
         let letters = t.chars().any(|c| c.is_alphabetic() || c == '_' || c == '#');
-        let id = t.contains('@') || (digits > 0 && letters && t.len() >= 4) || digits >= 5;
+        // An e-mail, letters with digits (`acc_1005`, `#w123`), or a long number (a zip).
+        let id = t.contains('@')
+            || (digits > 0 && letters && t.len() >= 4)
+            || (digits >= 5 && digits == t.chars().count());
         if id && !crate::domain::ground::contains_word(&known, &t) {
             return Some(format!("unknown_id: {t}"));
         }
