@@ -9,8 +9,8 @@
 //!   instruction.
 //! - **Answers**: the short values the plan's reads returned (a balance, a status, a price), each
 //!   with the field it came from. A fixed plan's outputs are drawn from these by constrained
-//!   decoding, so an output is sourced by construction; the instruction must ask about the field
-//!   (`ground.output_unasked`).
+//!   decoding, so an output is sourced by construction; one whose field the instruction never
+//!   asks about is dropped (`outputs_dropped` in the funnel).
 
 use super::plan::Plan;
 use crate::domain::Domain;
@@ -201,26 +201,22 @@ pub fn answers(domain: &Domain, plan: &Plan, known: &str) -> Vec<Answer> {
     out
 }
 
-/// Outputs whose field the instruction never mentions: the customer would not ask for them.
-/// An output that is not one of `answers` is left to the other checks.
+/// The outputs whose field the instruction never mentions: the customer would not ask for
+/// them, so a fixed plan's blueprint drops them. An output that is not one of `answers` is left
+/// to the other checks.
 pub fn unasked(instruction: &str, outputs: &[String], answers: &[Answer]) -> Vec<String> {
     let text = crate::domain::ground::normalise(instruction);
     outputs
         .iter()
-        .filter_map(|o| {
-            let a = answers.iter().find(|a| &a.value == o)?;
-            let asked = a
-                .field
-                .split('_')
-                .filter(|w| w.len() > 2)
-                .any(|w| text.contains(&w.to_lowercase()));
-            (!asked).then(|| {
-                format!(
-                    "output \"{o}\" is the customer's {field}, which the instruction never asks about: ask for the {field} in the instruction, or drop the output",
-                    field = a.field.replace('_', " ")
-                )
+        .filter(|o| {
+            answers.iter().find(|a| &a.value == *o).is_some_and(|a| {
+                !a.field
+                    .split('_')
+                    .filter(|w| w.len() > 2)
+                    .any(|w| text.contains(&w.to_lowercase()))
             })
         })
+        .cloned()
         .collect()
 }
 
@@ -274,8 +270,8 @@ mod tests {
         }];
         assert!(unasked("What is my balance now?", &["3755.92".into()], &answers).is_empty());
         assert_eq!(
-            unasked("Freeze my account.", &["3755.92".into()], &answers).len(),
-            1
+            unasked("Freeze my account.", &["3755.92".into()], &answers),
+            ["3755.92"]
         );
         assert!(unasked("Freeze it.", &["other".into()], &answers).is_empty());
     }

@@ -160,6 +160,13 @@ pub struct Funnel {
     pub grounded: usize,
     pub committee_ok: usize,
     pub accepted: usize,
+    /// Outputs of fixed-plan proposals dropped because the instruction never asks about them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub outputs_dropped: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Funnel {
@@ -171,6 +178,7 @@ impl Funnel {
         self.grounded += o.grounded;
         self.committee_ok += o.committee_ok;
         self.accepted += o.accepted;
+        self.outputs_dropped += o.outputs_dropped;
     }
 }
 
@@ -755,6 +763,13 @@ impl<'d> Pipeline<'d> {
                 if ctx.plan.is_some() {
                     self.grounder.introduce(&mut t);
                 }
+                // An output the customer never asks about is not the task's: dropped, counted.
+                if ctx.fixed {
+                    let unasked = super::brief::unasked(&t.instruction, &t.outputs, &ctx.answers);
+                    let before = t.outputs.len();
+                    t.outputs.retain(|o| !unasked.contains(o));
+                    state.record.funnel.outputs_dropped += before - t.outputs.len();
+                }
                 t
             }
             Err(r) => return fail(state, vec![r]),
@@ -777,13 +792,7 @@ impl<'d> Pipeline<'d> {
         let mut findings = self.grounder.check(&task, &executed.observations);
         findings.extend(self.grounder.check_copied(&task, &ctx.examples));
         findings.extend(self.grounder.check_asked(&task));
-        if ctx.fixed {
-            findings.extend(
-                super::brief::unasked(&task.instruction, &task.outputs, &ctx.answers)
-                    .into_iter()
-                    .map(|d| crate::domain::ground::Finding::new("ground.output_unasked", d)),
-            );
-        }
+
         findings.extend(check::feedback_in_instruction(&task, feedback_given));
         state.time("checks", started);
         if !findings.is_empty() {

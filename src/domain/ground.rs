@@ -546,11 +546,19 @@ impl<'d> Grounder<'d> {
         (!missing).then_some(out)
     }
 
-    /// `task` with the customer's introduction put first when its instruction does not identify
-    /// them (and no other customer is named).
+    /// `task` with the customer's introduction put first when its instruction does not say who
+    /// they are as a person would (by an identity other than the bare record key, where the
+    /// domain has one: a name, an e-mail).
     pub fn introduce(&self, task: &mut Task) {
         let text = normalise(&task.instruction);
-        if self.identified(&text, &task.user_id).is_some() {
+        let ids = self.identities(&task.user_id);
+        let personal = ids.iter().any(|i| i.spec != RECORD_ID);
+        let said = ids.iter().any(|i| {
+            (!personal || i.spec != RECORD_ID)
+                && !i.values.is_empty()
+                && i.values.iter().all(|v| contains_word(&text, &normalise(v)))
+        });
+        if said {
             return;
         }
         if let Some(intro) = self.introduction(&task.user_id) {
