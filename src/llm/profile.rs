@@ -350,7 +350,7 @@ mod tests {
             .collect();
         assert_eq!(defaults, ["qwen2.5-coder-0.5b"]);
         let by_role = |r| Profile::default_for_role(r).unwrap().name;
-        assert_eq!(by_role(ModelRole::Proposer), "qwen2.5-coder-0.5b");
+        assert_eq!(by_role(ModelRole::Proposer), "qwen2.5-coder-1.5b");
         assert_eq!(by_role(ModelRole::Reviewer), "qwen2.5-coder-0.5b");
         assert_eq!(by_role(ModelRole::Agent), "qwen2.5-coder-1.5b");
         assert_eq!(by_role(ModelRole::User), "qwen2.5-coder-1.5b");
