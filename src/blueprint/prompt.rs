@@ -128,8 +128,23 @@ A task is what a simulated customer wants (the instruction), the exact tool call
     )
 }
 
+/// The proposer's system message around a fixed plan: the actions already follow the policy,
+/// so it is left out (on retail it is most of the prompt).
+pub fn fixed_proposer_system(domain: &Domain) -> String {
+    format!(
+        "You write realistic customer-service tasks for training AI agents in the {name} domain ({description}). \
+A task is what a simulated customer wants (the instruction), given to the person who plays the customer, and the facts the agent must tell them \
+(the outputs). The tool calls that fulfil it are given and already follow the domain's policy.",
+        name = domain.name(),
+        description = domain.manifest.description.trim().trim_end_matches('.')
+    )
+}
+
 /// The proposer's request for a new task.
 pub fn proposer_user(domain: &Domain, ctx: &Context) -> String {
+    if let (Some(plan), true) = (&ctx.plan, ctx.fixed) {
+        return fixed_brief(domain, ctx, plan);
+    }
     let mut s = String::new();
     s.push_str(&format!(
         "## Tools to use (the task's actions come from these)\n{}\n\n",
@@ -170,10 +185,6 @@ pub fn proposer_user(domain: &Domain, ctx: &Context) -> String {
         }
     }
     if let Some(plan) = &ctx.plan {
-        if ctx.fixed {
-            s.push_str(&fixed_brief(domain, ctx, plan));
-            return s;
-        }
         s.push_str("\n## A plan that runs on this data (keep, trim or extend it)\n");
         for (a, o) in plan.actions.iter().zip(&plan.observations) {
             let shown: String = o.chars().take(600).collect();
@@ -197,11 +208,15 @@ Answer with one JSON object: {\"thought\": ..., \"instruction\": ..., \"actions\
     s
 }
 
-/// The brief of a fixed plan: its actions, what the customer wants, what they could be told.
+/// The brief of a fixed plan: the customer, their persona, the plan's actions, what the
+/// customer wants and what they could be told. Neither the policy, the tool schemas nor the raw
+/// records: the plan already runs and follows the rules.
 fn fixed_brief(domain: &Domain, ctx: &Context, plan: &Plan) -> String {
-    let mut s = String::from(
-        "\n## The actions (the task's actions are exactly these; they run on this data)\n",
-    );
+    let mut s = format!("## The customer\nuser id: {}\n", ctx.data.user_id);
+    if let Some(p) = &ctx.persona {
+        s.push_str(&format!("\n## Persona\n{} Style: {}\n", p.persona, p.style));
+    }
+    s.push_str("\n## The actions (the task's actions are exactly these; they run on this data)\n");
     for a in &plan.actions {
         s.push_str(&format!(
             "{}\n",
