@@ -92,10 +92,16 @@ impl Known {
     }
 
     /// Keep the candidates found in one record with every id already drawn, when there are any.
+    /// An id already drawn for another argument is not a candidate (a transfer's recipient is
+    /// not its source).
     fn coherent<'a>(&self, pool: Vec<&'a Value>, drawn: &[String]) -> Vec<&'a Value> {
         if drawn.is_empty() {
             return pool;
         }
+        let pool: Vec<&'a Value> = pool
+            .into_iter()
+            .filter(|v| v.as_str().is_none_or(|s| !drawn.iter().any(|d| d == s)))
+            .collect();
         let together: Vec<&'a Value> = pool
             .iter()
             .copied()
