@@ -180,6 +180,31 @@ pub fn feedback_in_instruction(
     None
 }
 
+/// Words of an assistant or of a model talking about its job, never of a customer's brief.
+const OFF_ROLE_WORDS: [&str; 6] = [
+    "i'm sorry, but",
+    "i am sorry, but",
+    "as an ai",
+    "i don't have enough context",
+    "provide more information",
+    "let's try again",
+];
+
+/// `ground.instruction_off_role`: the instruction reads as the agent's line ("How can I help
+/// you?") or the model's own ("I'm sorry, but I don't have enough context"), not as a brief for
+/// the customer.
+pub fn instruction_off_role(task: &Task) -> Option<crate::domain::ground::Finding> {
+    let text = crate::domain::ground::normalise(&task.instruction).replace('’', "'");
+    let phrase = crate::rollout::keep::out_of_role(&text)
+        .or_else(|| OFF_ROLE_WORDS.iter().copied().find(|w| text.contains(w)))?;
+    Some(crate::domain::ground::Finding {
+        code: "ground.instruction_off_role".into(),
+        detail: format!(
+            "the instruction says \"{phrase}\", which is the agent's or the author's voice: write what the customer wants, in the second person"
+        ),
+    })
+}
+
 /// The first balanced JSON object in `text` that parses (after stripping code fences).
 pub fn extract_object(text: &str) -> Option<Value> {
     let bytes = text.as_bytes();
@@ -372,6 +397,24 @@ pub fn stage1(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instruction_in_the_agents_or_the_models_voice_is_off_role() {
+        let task = |i: &str| Task {
+            user_id: "u1".into(),
+            instruction: i.into(),
+            actions: vec![],
+            outputs: vec![],
+            extra: Default::default(),
+        };
+        let code = |i: &str| instruction_off_role(&task(i)).map(|f| f.code);
+        assert_eq!(code("You are Ada. You want acc_1003 frozen."), None);
+        assert_eq!(
+            code("You are Barbara. I'm sorry, but I don't have enough context to help.").as_deref(),
+            Some("ground.instruction_off_role")
+        );
+        assert!(code("Hello! How can I help you today?").is_some());
+    }
 
     #[test]
     fn finds_the_json_object_in_prose_and_fences() {
