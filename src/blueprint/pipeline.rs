@@ -792,7 +792,6 @@ impl<'d> Pipeline<'d> {
         let mut findings = self.grounder.check(&task, &executed.observations);
         findings.extend(self.grounder.check_copied(&task, &ctx.examples));
         findings.extend(self.grounder.check_asked(&task));
-
         findings.extend(check::feedback_in_instruction(&task, feedback_given));
         findings.extend(check::instruction_off_role(&task));
         state.time("checks", started);
