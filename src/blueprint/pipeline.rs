@@ -450,19 +450,37 @@ impl<'d> Pipeline<'d> {
     }
 
     /// Sample the context of one item.
-    fn context(&self, rng: &mut impl Rng, accepted: &[BlueprintRecord]) -> Option<(Context, Mix)> {
+    fn context(
+        &self,
+        rng: &mut impl Rng,
+        accepted: &[BlueprintRecord],
+        dedup: &Dedup,
+    ) -> Option<(Context, Mix)> {
         let mix = Mix::draw(rng, self.settings.data_budget);
         let tools = self.graph.walk(rng, mix.writes, mix.feeder_depth);
         let mut user = self.draw_user(rng)?;
         // With plans, a customer with nothing to change (no open orders, a frozen account) is
-        // redrawn, a few times.
+        // redrawn, a few times, and so is a plan this customer already has a blueprint of (its
+        // proposals could only be duplicates).
         let mut plan_drawn = None;
         if self.settings.plan != PlanMode::None {
             for _ in 0..PLAN_USER_DRAWS {
                 let peers = self.peer_records(&user, rng);
                 let values: Vec<Value> = peers.iter().map(|p| p.1.clone()).collect();
-                plan_drawn =
-                    plan::sample(self.domain, &user, &values, mix.writes, rng).map(|p| (p, peers));
+                plan_drawn = plan::sample(self.domain, &user, &values, mix.writes, rng)
+                    .filter(|p| {
+                        self.settings.plan != PlanMode::Fixed
+                            || dedup
+                                .check(&Task {
+                                    user_id: user.clone(),
+                                    instruction: String::new(),
+                                    actions: p.actions.clone(),
+                                    outputs: vec![],
+                                    extra: Default::default(),
+                                })
+                                .is_ok()
+                    })
+                    .map(|p| (p, peers));
                 if plan_drawn.is_some() {
                     break;
                 }
@@ -644,7 +662,7 @@ impl<'d> Pipeline<'d> {
     ) -> (ItemState, Option<BlueprintRecord>) {
         let mut state = ItemState::new(id);
         let mut rng = sampler::rng_for(self.settings.seed, id);
-        let Some((ctx, mix)) = self.context(&mut rng, accepted) else {
+        let Some((ctx, mix)) = self.context(&mut rng, accepted, dedup) else {
             state.reject(
                 0,
                 &Rejection::new(
