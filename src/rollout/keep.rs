@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Phrases of an assistant, not a customer: a user line containing one is out of role.
-pub const AGENT_PHRASES: [&str; 10] = [
+pub const AGENT_PHRASES: &[&str] = &[
     "how can i help you",
     "how can i assist you",
     "how may i help you",
@@ -37,6 +37,9 @@ pub const AGENT_PHRASES: [&str; 10] = [
     "is there anything else i can help",
     "feel free to let me know",
     "if you have any questions or need assistance",
+    "if you have any other questions",
+    "i'm ready to assist",
+    "how can i assist",
 ];
 
 /// Whether a user line reads as the agent's.
