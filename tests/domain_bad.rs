@@ -165,3 +165,30 @@ fn a_raising_body_is_reported_with_file_and_line() {
     );
     assert!(err.contains("accounts.star:9:"), "{err}");
 }
+
+#[test]
+fn a_request_template_naming_an_unknown_argument_or_tool_is_named() {
+    let d = util::mock_with(
+        "domain.toml",
+        "the reason being {reason}.",
+        "the reason being {why}.",
+    );
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("domain.toml:")
+            && err.contains("[grounding.requests] freeze_account: {why} is not an argument"),
+        "{err}"
+    );
+    let d = util::mock_with(
+        "domain.toml",
+        "freeze_account = \"You want",
+        "close_account = \"You want",
+    );
+    let (code, err) = check(d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("[grounding.requests] names tool \"close_account\""),
+        "{err}"
+    );
+}

@@ -329,16 +329,6 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-#[cfg(test)]
-mod tests {
-    /// Episodes run on many threads at once: a loaded domain must be shareable.
-    #[test]
-    fn domain_is_send_and_sync() {
-        fn shareable<T: Send + Sync>() {}
-        shareable::<super::Domain>();
-    }
-}
-
 /// `template` with each `{name}` replaced by `say(name)`; `{{` and `}}` are braces, and a brace
 /// without its partner is kept as it is.
 pub fn fill_template(template: &str, mut say: impl FnMut(&str) -> String) -> String {
@@ -370,4 +360,14 @@ pub fn template_fields(template: &str) -> Vec<String> {
         String::new()
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// Episodes run on many threads at once: a loaded domain must be shareable.
+    #[test]
+    fn domain_is_send_and_sync() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<super::Domain>();
+    }
 }
