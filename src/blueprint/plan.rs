@@ -16,7 +16,8 @@
 //!    changes nothing, or breaks a rule is drawn again, up to a bound.
 //! 3. **Reads**: before each write, a read tool that takes one of its id arguments and returns
 //!    it (`get_order_details(order_id)`); at the start, the reads that identify the customer
-//!    (a lookup by their own fields, then the record itself).
+//!    (a lookup by their own fields, then the record itself; the lookup half the time where the
+//!    domain's `[grounding] introduce` has the customer state their record's key).
 //!
 //! The plan is a suggestion or the blueprint's actions (`--plan suggest|fixed`); the proposer
 //! writes the instruction and outputs around it.
@@ -276,7 +277,15 @@ pub fn sample(
     let (by_id, lookups): (Vec<Action>, Vec<Action>) = finders
         .into_iter()
         .partition(|a| a.arguments.values().any(|v| v.as_str() == Some(user_id)));
-    if !lookups.is_empty() {
+    // A customer who states their record's key (the domain's introduction says it) needs no
+    // lookup; half of their plans go without one, for shapes beyond the one chain.
+    let states_key = domain
+        .manifest
+        .grounding
+        .introduce
+        .as_ref()
+        .is_some_and(|t| t.contains(&format!("{{{}}}", crate::domain::ground::RECORD_ID)));
+    if !lookups.is_empty() && (!states_key || rng.random_range(0..2) == 0) {
         let a = lookups[rng.random_range(0..lookups.len())].clone();
         run(&mut env, &mut plan, &mut known, a);
     }
