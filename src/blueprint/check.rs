@@ -181,7 +181,9 @@ pub fn feedback_in_instruction(
 }
 
 /// Words of an assistant or of a model talking about its job, never of a customer's brief.
-const OFF_ROLE_WORDS: [&str; 6] = [
+const OFF_ROLE_WORDS: [&str; 7] = [
+    // Addressed to the customer, an instruction never speaks of "the customer".
+    "the customer",
     "i'm sorry, but",
     "i am sorry, but",
     "as an ai",
@@ -414,6 +416,7 @@ mod tests {
             Some("ground.instruction_off_role")
         );
         assert!(code("Hello! How can I help you today?").is_some());
+        assert!(code("If the balance is wrong, transfer the customer to a human agent.").is_some());
     }
 
     #[test]
