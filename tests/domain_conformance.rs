@@ -145,28 +145,7 @@ fn tau_bench_gold_tasks_replay_and_only_known_tasks_break_policy() {
         ),
     ];
     for (domain, splits, flagged, test_indices) in cases {
-        let data = shared.join(format!("taubench/{domain}/data"));
-        let mut args = vec![
-            "domain".to_owned(),
-            "check".into(),
-            format!("domains/{domain}"),
-            "--json".into(),
-            "--db".into(),
-            data.display().to_string(),
-        ];
-        for s in splits {
-            args.push("--tasks".into());
-            args.push(
-                shared
-                    .join(format!("taubench/{domain}/tasks_{s}.json"))
-                    .display()
-                    .to_string(),
-            );
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (_, stdout, stderr) = util::run(&args, "");
-        let report: Value =
-            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        let report = check_tau_bench(&shared, domain, splits);
         let all = report["problems"].as_array().unwrap();
         let other: Vec<&Value> = all
             .iter()
@@ -190,6 +169,31 @@ fn tau_bench_gold_tasks_replay_and_only_known_tasks_break_policy() {
     }
 }
 
+/// `domain check --json` of `domain` on tau-bench's data with its task files of `splits`.
+fn check_tau_bench(shared: &std::path::Path, domain: &str, splits: &[&str]) -> Value {
+    let data = shared.join(format!("taubench/{domain}/data"));
+    let mut args = vec![
+        "domain".to_owned(),
+        "check".into(),
+        format!("domains/{domain}"),
+        "--json".into(),
+        "--db".into(),
+        data.display().to_string(),
+    ];
+    for s in splits {
+        args.push("--tasks".into());
+        args.push(
+            shared
+                .join(format!("taubench/{domain}/tasks_{s}.json"))
+                .display()
+                .to_string(),
+        );
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_, stdout, stderr) = util::run(&args, "");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+}
+
 /// The grounding checks calibrated on tau-bench: over its 685 retail (test, train, dev) and
 /// airline (test) tasks with its own data they flag 5 (0.7%, the bound is 3%), each listed in
 /// docs/blueprints.md. Retail test 64 names James Sanchez for harper_moore_6183 and acts for him.
@@ -202,28 +206,7 @@ fn grounding_flags_few_tau_bench_tasks_and_the_known_mismatch() {
         ("retail", &["test", "train", "dev"][..]),
         ("airline", &["test"][..]),
     ] {
-        let data = shared.join(format!("taubench/{domain}/data"));
-        let mut args = vec![
-            "domain".to_owned(),
-            "check".into(),
-            format!("domains/{domain}"),
-            "--json".into(),
-            "--db".into(),
-            data.display().to_string(),
-        ];
-        for s in splits {
-            args.push("--tasks".into());
-            args.push(
-                shared
-                    .join(format!("taubench/{domain}/tasks_{s}.json"))
-                    .display()
-                    .to_string(),
-            );
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (_, stdout, stderr) = util::run(&args, "");
-        let report: Value =
-            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        let report = check_tau_bench(&shared, domain, splits);
         // The domain's own tasks are not grounded against tau-bench's data.
         tasks += report["tasks"].as_u64().unwrap() as usize
             - apigen_mt::domain::task::read_tasks(

@@ -619,12 +619,10 @@ fn project(
     Some(Value::Object(m))
 }
 
+/// A scalar of JSON-schema type `ty`; any scalar where the type is not a scalar one.
 fn type_ok(ty: &str, v: &Value) -> bool {
     match ty {
-        "string" => v.is_string(),
-        "integer" => v.is_i64() || v.is_u64(),
-        "number" => v.is_number(),
-        "boolean" => v.is_boolean(),
+        "string" | "integer" | "number" | "boolean" => crate::domain::tools::type_matches(ty, v),
         _ => !(v.is_object() || v.is_array()),
     }
 }

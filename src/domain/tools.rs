@@ -103,7 +103,7 @@ impl Tool {
     }
 }
 
-fn type_matches(ty: &str, value: &Value) -> bool {
+pub(crate) fn type_matches(ty: &str, value: &Value) -> bool {
     match ty {
         "string" => value.is_string(),
         "integer" => value.is_i64() || value.is_u64(),
