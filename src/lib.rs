@@ -16,6 +16,7 @@
 //! - [`domain`]: executable domains: manifest, database, tool schemas, sandboxed Starlark tool
 //!   bodies, the tau-bench style environment (`reset`, `step`), tasks and the canonical hash.
 //!   It never touches models.
+//! - [`guard`]: the last line of defence: a panic in one unit of work becomes that unit's error.
 //! - [`pyjson`]: Python's `json.dumps` and float `repr`, byte for byte, shared by tool results,
 //!   the database hash and chat templates' `tojson`.
 
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod dataset;
 pub mod domain;
 pub mod eval;
+pub mod guard;
 pub mod llm;
 pub mod pyjson;
 pub mod rollout;

@@ -287,6 +287,9 @@ pub fn execute(domain: &Domain, task: &Task) -> Result<Executed, Rejection> {
             Some(Fault::ScriptRaised(e, _) | Fault::LimitExceeded(e)) => {
                 return Err(Rejection::new("exec.tool_error", format!("{at}: {e}")));
             }
+            Some(Fault::ScriptPanic(e)) => {
+                return Err(Rejection::new("exec.script_panic", format!("{at}: {e}")));
+            }
             None if step.observation.starts_with("Error") => {
                 // What the earlier actions returned is what the author needs to fix this one.
                 let earlier: String = observations

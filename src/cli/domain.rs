@@ -224,8 +224,14 @@ fn run_generate(args: GenerateArgs) -> Result<ExitCode> {
     }
     let script = args.dir.join(&gen_section.script);
     let started = std::time::Instant::now();
-    let db = generate::generate(&script, args.seed, &size, &manifest.db.tables)
-        .map_err(anyhow::Error::msg)?;
+    let db = generate::generate(
+        &script,
+        args.seed,
+        &size,
+        &manifest.db.tables,
+        gen_section.limits,
+    )
+    .map_err(anyhow::Error::msg)?;
     let out = args.out.unwrap_or_else(|| args.dir.join(&manifest.db.dir));
     generate::write_db(&db, &out).with_context(|| format!("writing {}", out.display()))?;
     let counts: Vec<String> = db

@@ -89,12 +89,33 @@ pub enum Command {
     Models(crate::llm::cli::ModelsArgs),
     /// Prefill and decode speed of a model (JSON).
     Bench(crate::llm::cli::BenchArgs),
+    /// Internal: the script host a run starts to isolate script calls (JSON Lines on stdin).
+    #[command(name = "__script-host", hide = true)]
+    ScriptHost(ScriptHostArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScriptHostArgs {
+    /// Folder of tool bodies to compile.
+    #[arg(long)]
+    pub scripts: Option<std::path::PathBuf>,
+    /// Folder of policy rules to compile.
+    #[arg(long)]
+    pub rules: Option<std::path::PathBuf>,
 }
 
 /// Parse the command line, run it, and turn errors into a message and an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(unix)]
+    if let Ok(program) = std::env::current_exe() {
+        crate::domain::script::host::enable(program);
+    }
     let result = match cli.command {
+        Command::ScriptHost(args) => {
+            crate::domain::script::host::serve(args.scripts.as_deref(), args.rules.as_deref())
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Domain(cmd) => domain::run(cmd),
         Command::Models(args) => crate::llm::cli::run_models(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => crate::llm::cli::run_bench(args).map(|()| ExitCode::SUCCESS),

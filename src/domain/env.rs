@@ -33,6 +33,8 @@ pub enum Fault {
     /// The script raised: its message and where (`file:line:col`) when known.
     ScriptRaised(String, Option<String>),
     LimitExceeded(String),
+    /// The interpreter failed (a panic inside it, or the script host died).
+    ScriptPanic(String),
 }
 
 /// One episode's state.
@@ -106,13 +108,10 @@ impl<'d> Env<'d> {
         let (observation, fault) = match tool.body {
             Body::Builtin(b) => (b.invoke(&action.arguments), None),
             Body::Script => {
-                let limits = self.domain.manifest.limits;
-                match self.domain.scripts.call_with_db(
-                    &tool.name,
-                    &mut self.db,
-                    &action.arguments,
-                    limits,
-                ) {
+                match self
+                    .domain
+                    .call_tool(&tool.name, &mut self.db, &action.arguments)
+                {
                     Ok(Value::String(s)) => (s, None),
                     Ok(Value::Null) => ("None".to_owned(), None),
                     Ok(other) => (crate::pyjson::dumps(&other), None),
@@ -125,6 +124,13 @@ impl<'d> Env<'d> {
                     Err(CallFault::Missing(e)) => {
                         (format!("Error: {e}"), Some(Fault::ScriptRaised(e, None)))
                     }
+                    Err(CallFault::Panicked(e)) => (
+                        format!(
+                            "Error: {e} (arguments {})",
+                            Value::Object(action.arguments.clone())
+                        ),
+                        Some(Fault::ScriptPanic(e)),
+                    ),
                 }
             }
         };

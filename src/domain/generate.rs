@@ -6,7 +6,7 @@
 //! every machine. `generate(size)` returns `{table: {id: record}}`.
 
 use crate::domain::db::Db;
-use crate::domain::script::{CallFault, Limits, Scripts};
+use crate::domain::script::{CallFault, Limits, Scripts, host};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
@@ -142,12 +142,35 @@ fn generator_globals(b: &mut GlobalsBuilder) {
     b.namespace("random", random_namespace);
 }
 
-/// Run a domain's generator script with a seed and size knobs; returns the database.
+/// Run a domain's generator script with a seed and size knobs; returns the database. With a
+/// script host ([`crate::domain::script::host`]) the script runs in a child process of its own,
+/// so a generator that allocates past `limits.max_heap_bytes` stops with a clear error.
 pub fn generate(
     script: &Path,
     seed: u64,
     size: &BTreeMap<String, i64>,
     tables: &[String],
+    limits: Limits,
+) -> Result<Db, String> {
+    let Some(program) = host::program() else {
+        return generate_here(script, seed, size, tables, limits);
+    };
+    let json = host::Client::generate(program, script, seed, size, tables, limits).map_err(
+        |e| match e {
+            CallFault::Raised(m, _) => m,
+            other => format!("{}: generate(): {}", script.display(), other.message()),
+        },
+    )?;
+    Db::from_json(json).map_err(|e| format!("{}: {e}", script.display()))
+}
+
+/// [`generate`] in this process.
+pub fn generate_here(
+    script: &Path,
+    seed: u64,
+    size: &BTreeMap<String, i64>,
+    tables: &[String],
+    limits: Limits,
 ) -> Result<Db, String> {
     let dir = script.parent().unwrap_or(Path::new("."));
     let text = std::fs::read_to_string(script).map_err(|e| format!("{}: {e}", script.display()))?;
@@ -169,18 +192,9 @@ pub fn generate(
             .map(|(k, v)| (k.clone(), Value::from(*v)))
             .collect(),
     );
-    let limits = Limits {
-        max_ticks: 2_000_000_000,
-        max_heap_bytes: 8 << 30,
-        ..Limits::default()
-    };
     let out = scripts
         .call("generate", &[size_json], limits)
-        .map_err(|e| match e {
-            CallFault::Raised(m, _) | CallFault::LimitExceeded(m) | CallFault::Missing(m) => {
-                format!("{}: generate(): {m}", script.display())
-            }
-        })?;
+        .map_err(|e| format!("{}: generate(): {}", script.display(), e.message()))?;
     let Value::Object(mut map) = out else {
         return Err(format!(
             "{}: generate() must return a dict of tables",

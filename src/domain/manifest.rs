@@ -129,6 +129,18 @@ pub struct GeneratorSection {
     /// Default record counts per table (or any size knobs the script reads).
     #[serde(default)]
     pub size: BTreeMap<String, i64>,
+    /// Resource bounds for the one `generate(size)` call (`[generator.limits]`).
+    #[serde(default = "generator_limits")]
+    pub limits: Limits,
+}
+
+/// A generator builds the whole database in one call: more work and memory than a tool body.
+pub fn generator_limits() -> Limits {
+    Limits {
+        max_ticks: 2_000_000_000,
+        max_heap_bytes: 4 << 30,
+        ..Limits::default()
+    }
 }
 
 fn default_policy() -> String {

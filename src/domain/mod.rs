@@ -66,6 +66,8 @@ pub struct Domain {
     index: HashMap<String, usize>,
     pub(crate) scripts: Scripts,
     rules: Option<Scripts>,
+    /// Where script calls run when they are isolated (see [`script::host`]).
+    host: Option<std::sync::Mutex<script::host::Client>>,
     pristine: Db,
     /// Where the database was loaded from.
     pub db_dir: PathBuf,
@@ -133,6 +135,14 @@ impl Domain {
             Some(r) => Some(Scripts::load_dir(&dir.join(r), None)?),
             None => None,
         };
+        let host = script::host::program().map(|program| {
+            let rules_dir = manifest.rules.as_ref().map(|r| dir.join(r));
+            std::sync::Mutex::new(script::host::Client::new(
+                program,
+                Some(&scripts_dir),
+                rules_dir.as_deref(),
+            ))
+        });
         let db_dir = db_dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| dir.join(&manifest.db.dir));
@@ -150,6 +160,7 @@ impl Domain {
             index,
             scripts,
             rules,
+            host,
             pristine,
             db_dir,
         })
@@ -170,6 +181,41 @@ impl Domain {
     /// The policy rules, when the domain has a `rules` folder.
     pub fn rules(&self) -> Option<&Scripts> {
         self.rules.as_ref()
+    }
+
+    /// Run the tool body `name` against `db` under the manifest's limits, in the script host
+    /// when calls are isolated; the call's changes are applied to `db`.
+    pub fn call_tool(
+        &self,
+        name: &str,
+        db: &mut Db,
+        args: &serde_json::Map<String, Value>,
+    ) -> Result<Value, script::CallFault> {
+        let limits = self.manifest.limits;
+        match &self.host {
+            Some(host) => host
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .call_tool(name, db, args, limits),
+            None => self.scripts.call_with_db(name, db, args, limits),
+        }
+    }
+
+    /// Run the policy rule `name` over `trace`, like [`Domain::call_tool`].
+    pub fn call_rule(
+        &self,
+        name: &str,
+        trace: &script::RuleTrace,
+    ) -> Result<Vec<String>, script::CallFault> {
+        let limits = self.manifest.limits;
+        match (&self.host, &self.rules) {
+            (_, None) => Err(script::CallFault::Missing(name.to_owned())),
+            (Some(host), Some(_)) => host
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .call_rule(name, trace, limits),
+            (None, Some(rules)) => rules.call_rule(name, trace, limits),
+        }
     }
 
     /// The database every episode starts from.

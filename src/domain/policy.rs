@@ -60,7 +60,7 @@ pub fn check(domain: &Domain, user_id: &str, actions: &[Action]) -> Vec<Violatio
     let trace = trace(domain, user_id, actions);
     let mut violations = Vec::new();
     for (rule, _) in rules.functions() {
-        match rules.call_rule(rule, &trace, domain.manifest.limits) {
+        match domain.call_rule(rule, &trace) {
             Ok(messages) => violations.extend(messages.into_iter().map(|message| Violation {
                 rule: rule.to_owned(),
                 message,
@@ -70,7 +70,10 @@ pub fn check(domain: &Domain, user_id: &str, actions: &[Action]) -> Vec<Violatio
                 message: format!("rule failed: {e} (at {at})"),
             }),
             Err(
-                CallFault::Raised(e, None) | CallFault::LimitExceeded(e) | CallFault::Missing(e),
+                CallFault::Raised(e, None)
+                | CallFault::LimitExceeded(e)
+                | CallFault::Missing(e)
+                | CallFault::Panicked(e),
             ) => violations.push(Violation {
                 rule: rule.to_owned(),
                 message: format!("rule failed: {e}"),

@@ -26,7 +26,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// What a script did to one table.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TableChanges {
     /// Records removed, in the order they were removed.
     pub removed: Vec<String>,

@@ -4,14 +4,19 @@
 //! dicts keep insertion order (tool results must come out in tau-bench's key order). Scripts have
 //! no file, network or clock access; `load()` only reaches other scripts inside the same folder;
 //! and every call runs under a work bound (ticks: function calls plus loop iterations), a heap
-//! bound and a call-depth bound, so a runaway script stops with a clear error.
+//! bound and a call-depth bound, so a runaway script stops with a clear error. The heap bound
+//! holds before allocation only in the script host ([`host`]), where [`meter`] watches every
+//! allocation; in-process, Starlark checks its heap every thousand ticks.
 //!
 //! A [`Scripts`] set is compiled once and frozen; calling a function is cheap and thread-safe.
 //! The database reaches a script as `data` (see [`data`]) and comes back as a list of changes.
+//! A panic inside a call is caught ([`crate::guard`]) and returned as [`CallFault::Panicked`].
 
 pub mod builtins;
 pub mod convert;
 pub mod data;
+pub mod host;
+pub mod meter;
 
 use crate::domain::db::Db;
 use indexmap::IndexMap;
@@ -44,8 +49,26 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_ticks: 20_000_000,
-            max_heap_bytes: 1 << 30,
+            max_heap_bytes: 256 << 20,
             max_call_depth: 200,
+        }
+    }
+}
+
+/// What one call did to the database: per table, in the order the script's view lists them.
+pub type Changes = Vec<(String, data::TableChanges)>;
+
+/// Apply a call's changes to `db` (removals first, then upserts in order).
+pub fn apply_changes(db: &mut Db, changes: Changes) {
+    for (table, changes) in changes {
+        let Some(target) = db.table_mut(&table) else {
+            continue;
+        };
+        for id in &changes.removed {
+            target.shift_remove(id);
+        }
+        for (id, record) in changes.upserts {
+            target.insert(id, Arc::new(crate::domain::db::Record::new(record)));
         }
     }
 }
@@ -71,7 +94,7 @@ pub enum ScriptError {
 
 /// Why a call did not return normally. The environment turns these into `Error: ...`
 /// observations, as tau-bench turns a raised exception into one.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum CallFault {
     /// The script raised (`fail(...)`, a missing key, a type error, ...): the message, and where
     /// in the script (`file:line:col`) when known.
@@ -83,6 +106,31 @@ pub enum CallFault {
     /// No function of that name.
     #[error("no script function named `{0}`")]
     Missing(String),
+    /// The interpreter itself failed (a panic inside it, or the script host died): the call's
+    /// changes were discarded. The message names the function and the cause.
+    #[error("{0}")]
+    Panicked(String),
+}
+
+impl CallFault {
+    /// The message, whatever the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            CallFault::Raised(m, _)
+            | CallFault::LimitExceeded(m)
+            | CallFault::Missing(m)
+            | CallFault::Panicked(m) => m,
+        }
+    }
+}
+
+/// Run one call under [`crate::guard::catch`]: a panic becomes [`CallFault::Panicked`].
+fn guarded<T>(name: &str, f: impl FnOnce() -> Result<T, CallFault>) -> Result<T, CallFault> {
+    crate::guard::catch(f).unwrap_or_else(|panic| {
+        Err(CallFault::Panicked(format!(
+            "script stopped: the interpreter failed in {name}: {panic}"
+        )))
+    })
 }
 
 /// A compiled, frozen set of Starlark files.
@@ -217,50 +265,66 @@ impl Scripts {
         args: &Map<String, Json>,
         limits: Limits,
     ) -> Result<Json, CallFault> {
-        let (_, func) = self
-            .functions
-            .get(name)
-            .ok_or_else(|| CallFault::Missing(name.into()))?;
-        Module::with_temp_heap(|module| {
-            let heap = module.heap();
-            let data_value = db_view(heap, db);
-            module.set("__data", data_value);
-            let named: Vec<(String, Value)> = args
-                .iter()
-                .map(|(k, v)| (k.clone(), convert::to_starlark(heap, v)))
-                .collect();
-            let named_refs: Vec<(&str, Value)> =
-                named.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            let func = module.heap().access_owned_frozen_value(func);
-            let mut eval = Evaluator::new(&module);
-            let outcome = configure(&mut eval, limits)
-                .and_then(|_| eval.eval_function(func, &[data_value], &named_refs));
-            drop(eval);
-            let outcome = outcome.map_err(fault_from_error);
-            if matches!(outcome, Err(CallFault::LimitExceeded(_))) {
-                return outcome.map(|_| Json::Null);
-            }
-            let data_value = module.get("__data").expect("data stays in the module");
-            let db_view = data_value
-                .downcast_ref::<data::DbValue>()
-                .expect("data is a DbValue");
-            for table in db_view.tables() {
-                let changes = table.changes().map_err(|e| CallFault::Raised(e, None))?;
-                if changes.removed.is_empty() && changes.upserts.is_empty() {
-                    continue;
+        let (result, changes) = self.run_with_db(name, db, args, limits);
+        apply_changes(db, changes);
+        result
+    }
+
+    /// [`Scripts::call_with_db`] without applying: the result and the changes the script made
+    /// (none when it was stopped by a limit or the interpreter failed).
+    pub fn run_with_db(
+        &self,
+        name: &str,
+        db: &Db,
+        args: &Map<String, Json>,
+        limits: Limits,
+    ) -> (Result<Json, CallFault>, Changes) {
+        let mut changes = Changes::new();
+        let result = guarded(name, || {
+            let (_, func) = self
+                .functions
+                .get(name)
+                .ok_or_else(|| CallFault::Missing(name.into()))?;
+            Module::with_temp_heap(|module| {
+                let heap = module.heap();
+                let data_value = db_view(heap, db);
+                module.set("__data", data_value);
+                let named: Vec<(String, Value)> = args
+                    .iter()
+                    .map(|(k, v)| (k.clone(), convert::to_starlark(heap, v)))
+                    .collect();
+                let named_refs: Vec<(&str, Value)> =
+                    named.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+                let func = module.heap().access_owned_frozen_value(func);
+                let mut eval = Evaluator::new(&module);
+                let outcome = configure(&mut eval, limits)
+                    .and_then(|_| eval.eval_function(func, &[data_value], &named_refs));
+                drop(eval);
+                let outcome = outcome.map_err(fault_from_error);
+                if matches!(outcome, Err(CallFault::LimitExceeded(_))) {
+                    return outcome.map(|_| Json::Null);
                 }
-                let target = db.table_mut(table.name()).expect("table exists");
-                for id in &changes.removed {
-                    target.shift_remove(id);
+                let data_value = module.get("__data").expect("data stays in the module");
+                let db_view = data_value
+                    .downcast_ref::<data::DbValue>()
+                    .expect("data is a DbValue");
+                let mut found = Changes::new();
+                for table in db_view.tables() {
+                    let c = table.changes().map_err(|e| CallFault::Raised(e, None))?;
+                    if !c.removed.is_empty() || !c.upserts.is_empty() {
+                        found.push((table.name().to_owned(), c));
+                    }
                 }
-                for (id, record) in changes.upserts {
-                    target.insert(id, Arc::new(crate::domain::db::Record::new(record)));
-                }
-            }
-            let result = outcome?;
-            convert::to_json(result)
-                .map_err(|e| CallFault::Raised(format!("{name} returned {e}"), None))
-        })
+                changes = found;
+                let result = outcome?;
+                convert::to_json(result)
+                    .map_err(|e| CallFault::Raised(format!("{name} returned {e}"), None))
+            })
+        });
+        if matches!(result, Err(CallFault::Panicked(_))) {
+            changes.clear();
+        }
+        (result, changes)
     }
 
     /// Call a policy rule: `name(trace)` where `trace` is
@@ -269,6 +333,15 @@ impl Scripts {
     /// (read-only views in spirit: changes made to them are discarded). The rule returns `None`
     /// or `""` when the trace complies, a message or a list of messages when it does not.
     pub fn call_rule(
+        &self,
+        name: &str,
+        trace: &RuleTrace,
+        limits: Limits,
+    ) -> Result<Vec<String>, CallFault> {
+        guarded(name, || self.call_rule_unguarded(name, trace, limits))
+    }
+
+    fn call_rule_unguarded(
         &self,
         name: &str,
         trace: &RuleTrace,
@@ -329,6 +402,10 @@ impl Scripts {
 
     /// Call `name(*args)` without a database, returning its result as JSON.
     pub fn call(&self, name: &str, args: &[Json], limits: Limits) -> Result<Json, CallFault> {
+        guarded(name, || self.call_unguarded(name, args, limits))
+    }
+
+    fn call_unguarded(&self, name: &str, args: &[Json], limits: Limits) -> Result<Json, CallFault> {
         let (_, func) = self
             .functions
             .get(name)
@@ -409,10 +486,13 @@ fn fault_from_error(e: starlark::Error) -> CallFault {
         | ErrorKind::Freeze(inner) => inner.to_string(),
         _ => e.without_diagnostic().to_string(),
     };
-    if message.contains("ticks has been exceeded")
-        || message.contains("Starlark heap")
-        || message.contains("heap size")
-    {
+    if let Some(rest) = message.strip_prefix("Heap memory limit of ") {
+        let bytes = rest.split(' ').next().unwrap_or("?");
+        return CallFault::LimitExceeded(format!(
+            "script stopped: memory limit of {bytes} bytes exceeded"
+        ));
+    }
+    if message.contains("ticks has been exceeded") {
         let where_ = e
             .span()
             .map(|s| format!(" at {}", s.resolve_span()))
