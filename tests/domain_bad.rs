@@ -61,52 +61,6 @@ fn body_without_schema_is_named() {
 }
 
 #[test]
-fn infinite_loop_is_stopped_with_a_clear_error() {
-    let d = util::mock_with(
-        "tools/accounts.star",
-        "    accounts = data[\"accounts\"]\n    if account_id not in accounts:\n        return \"Error: account not found\"\n    return json.dumps(accounts[account_id])",
-        "    n = 0\n    for i in range(1000000):\n        for j in range(1000000):\n            n += j\n    return str(n)",
-    );
-    let started = std::time::Instant::now();
-    let (code, stdout, stderr) = util::run(
-        &["domain", "replay", d.path().to_str().unwrap()],
-        "{\"name\": \"get_account\", \"arguments\": {\"account_id\": \"acc_1001\"}}\n",
-    );
-    assert_eq!(code, 0, "{stderr}");
-    let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
-    let obs = first["observation"].as_str().unwrap();
-    assert!(
-        obs.starts_with("Error: script stopped") && obs.contains("1000000 ticks"),
-        "{obs}"
-    );
-    assert!(started.elapsed().as_secs() < 60);
-}
-
-#[test]
-fn scripts_cannot_reach_files() {
-    let d = util::mock_with(
-        "tools/accounts.star",
-        "    accounts = data[\"accounts\"]\n    if account_id not in accounts:",
-        "    secret = open(\"/etc/passwd\").read()\n    accounts = data[\"accounts\"]\n    if account_id not in accounts:",
-    );
-    let (code, err) = check(d.path());
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("accounts.star:6:") && err.contains("open"),
-        "{err}"
-    );
-
-    let d = util::mock_with(
-        "tools/transfers.star",
-        "load(\"_money.star\", \"cents\")",
-        "load(\"../../../etc/passwd\", \"cents\")",
-    );
-    let (code, err) = check(d.path());
-    assert_eq!(code, 1);
-    assert!(err.contains("only files inside the script folder"), "{err}");
-}
-
-#[test]
 fn bad_manifest_and_missing_tables_are_named() {
     let d = util::mock_with(
         "domain.toml",

@@ -7,6 +7,7 @@ mod blueprint_sampler;
 mod dataset_export;
 mod domain_bad;
 mod domain_conformance;
+mod domain_hostile;
 mod domain_mock;
 mod domain_policy;
 mod domain_shipped;

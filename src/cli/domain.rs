@@ -229,7 +229,7 @@ fn run_generate(args: GenerateArgs) -> Result<ExitCode> {
         args.seed,
         &size,
         &manifest.db.tables,
-        gen_section.limits,
+        gen_section.limits(),
     )
     .map_err(anyhow::Error::msg)?;
     let out = args.out.unwrap_or_else(|| args.dir.join(&manifest.db.dir));

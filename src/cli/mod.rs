@@ -102,6 +102,9 @@ pub struct ScriptHostArgs {
     /// Folder of policy rules to compile.
     #[arg(long)]
     pub rules: Option<std::path::PathBuf>,
+    /// Memory bound for compiling the folders.
+    #[arg(long, default_value_t = crate::domain::script::Limits::default().max_heap_bytes)]
+    pub max_heap_bytes: usize,
 }
 
 /// Parse the command line, run it, and turn errors into a message and an exit code.
@@ -112,10 +115,12 @@ pub fn main() -> ExitCode {
         crate::domain::script::host::enable(program);
     }
     let result = match cli.command {
-        Command::ScriptHost(args) => {
-            crate::domain::script::host::serve(args.scripts.as_deref(), args.rules.as_deref())
-                .map(|()| ExitCode::SUCCESS)
-        }
+        Command::ScriptHost(args) => crate::domain::script::host::serve(
+            args.scripts.as_deref(),
+            args.rules.as_deref(),
+            args.max_heap_bytes,
+        )
+        .map(|()| ExitCode::SUCCESS),
         Command::Domain(cmd) => domain::run(cmd),
         Command::Models(args) => crate::llm::cli::run_models(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => crate::llm::cli::run_bench(args).map(|()| ExitCode::SUCCESS),

@@ -157,11 +157,22 @@ pub fn generate(
     };
     let json = host::Client::generate(program, script, seed, size, tables, limits).map_err(
         |e| match e {
+            // Already said in full by `generate_here` inside the host.
             CallFault::Raised(m, _) => m,
-            other => format!("{}: generate(): {}", script.display(), other.message()),
+            other => failed(script, other),
         },
     )?;
     Db::from_json(json).map_err(|e| format!("{}: {e}", script.display()))
+}
+
+fn failed(script: &Path, fault: CallFault) -> String {
+    match fault {
+        CallFault::LimitExceeded(m) => format!(
+            "{}: generate(): {m} (the bounds are [generator.limits] in domain.toml)",
+            script.display()
+        ),
+        other => format!("{}: generate(): {}", script.display(), other.message()),
+    }
 }
 
 /// [`generate`] in this process.
@@ -194,7 +205,7 @@ pub fn generate_here(
     );
     let out = scripts
         .call("generate", &[size_json], limits)
-        .map_err(|e| format!("{}: generate(): {}", script.display(), e.message()))?;
+        .map_err(|e| failed(script, e))?;
     let Value::Object(mut map) = out else {
         return Err(format!(
             "{}: generate() must return a dict of tables",

@@ -129,17 +129,33 @@ pub struct GeneratorSection {
     /// Default record counts per table (or any size knobs the script reads).
     #[serde(default)]
     pub size: BTreeMap<String, i64>,
-    /// Resource bounds for the one `generate(size)` call (`[generator.limits]`).
-    #[serde(default = "generator_limits")]
-    pub limits: Limits,
+    /// Resource bounds for the one `generate(size)` call (`[generator.limits]`); a bound left
+    /// out keeps its generator default (see [`GeneratorSection::limits`]).
+    #[serde(default, rename = "limits")]
+    pub limits_set: LimitsSet,
 }
 
-/// A generator builds the whole database in one call: more work and memory than a tool body.
-pub fn generator_limits() -> Limits {
-    Limits {
-        max_ticks: 2_000_000_000,
-        max_heap_bytes: 4 << 30,
-        ..Limits::default()
+/// Bounds a manifest sets explicitly.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSet {
+    pub max_ticks: Option<u64>,
+    pub max_heap_bytes: Option<usize>,
+    pub max_call_depth: Option<usize>,
+}
+
+impl GeneratorSection {
+    /// A generator builds the whole database in one call, so by default it gets two and a half
+    /// times a tool call's ticks (the shipped generators need under half of that) and eight
+    /// times its memory.
+    pub fn limits(&self) -> Limits {
+        let base = Limits::default();
+        let set = self.limits_set;
+        Limits {
+            max_ticks: set.max_ticks.unwrap_or(base.max_ticks * 5 / 2),
+            max_heap_bytes: set.max_heap_bytes.unwrap_or(base.max_heap_bytes * 8),
+            max_call_depth: set.max_call_depth.unwrap_or(base.max_call_depth),
+        }
     }
 }
 

@@ -96,6 +96,38 @@ impl Domain {
         let policy_path = dir.join(&manifest.policy);
         let policy = read(&policy_path)?;
         let scripts_dir = dir.join(&manifest.scripts);
+        // With a script host, the scripts are compiled there first: compiling runs top-level
+        // code and folds constants, which must not take this process's memory either.
+        let host = match script::host::program() {
+            None => None,
+            Some(program) => {
+                let rules_dir = manifest.rules.as_ref().map(|r| dir.join(r));
+                let mut client = script::host::Client::new(
+                    program,
+                    Some(&scripts_dir),
+                    rules_dir.as_deref(),
+                    manifest.limits.max_heap_bytes,
+                );
+                match client.start() {
+                    Err(script::CallFault::LimitExceeded(m)) => {
+                        return Err(DomainError::Script(ScriptError::Compile(format!(
+                            "{}: compiling the scripts: {m} ([limits] max_heap_bytes)",
+                            scripts_dir.display()
+                        ))));
+                    }
+                    // Compile errors come from the compile below, with file and line.
+                    Err(script::CallFault::Raised(..)) | Ok(()) => {}
+                    Err(other) => {
+                        return Err(DomainError::Script(ScriptError::Compile(format!(
+                            "{}: {}",
+                            scripts_dir.display(),
+                            other.message()
+                        ))));
+                    }
+                }
+                Some(std::sync::Mutex::new(client))
+            }
+        };
         let scripts = Scripts::load_dir(&scripts_dir, None)?;
         let tools_path = dir.join(&manifest.tools);
         let tools = load_tools(&tools_path, &manifest, &scripts)?;
@@ -135,14 +167,7 @@ impl Domain {
             Some(r) => Some(Scripts::load_dir(&dir.join(r), None)?),
             None => None,
         };
-        let host = script::host::program().map(|program| {
-            let rules_dir = manifest.rules.as_ref().map(|r| dir.join(r));
-            std::sync::Mutex::new(script::host::Client::new(
-                program,
-                Some(&scripts_dir),
-                rules_dir.as_deref(),
-            ))
-        });
+
         let db_dir = db_dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| dir.join(&manifest.db.dir));

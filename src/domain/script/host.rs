@@ -106,16 +106,37 @@ struct Reply {
 
 /// Serve requests on stdin until it closes. `scripts` and `rules` are the folders the parent's
 /// domain compiled; both are optional (a generator host needs neither).
-pub fn serve(scripts: Option<&Path>, rules: Option<&Path>) -> anyhow::Result<()> {
-    let load = |dir: Option<&Path>| -> anyhow::Result<Option<Scripts>> {
-        dir.map(|d| Scripts::load_dir(d, None).map_err(anyhow::Error::msg))
+///
+/// Compiling runs top-level statements and folds constants (`"x" * 2000000000` is built at
+/// compile time), so it runs metered too, at `max_heap_bytes`. The host then writes one line,
+/// `{"ready": true}` or `{"ready": false, "error": ...}`, before it reads any request.
+pub fn serve(
+    scripts: Option<&Path>,
+    rules: Option<&Path>,
+    max_heap_bytes: usize,
+) -> anyhow::Result<()> {
+    let load = |dir: Option<&Path>| -> Result<Option<Scripts>, String> {
+        dir.map(|d| Scripts::load_dir(d, None).map_err(|e| e.to_string()))
             .transpose()
     };
-    let tools = load(scripts)?;
-    let rules = load(rules)?;
+    meter::arm(max_heap_bytes);
+    let loaded = crate::guard::catch(|| Ok::<_, String>((load(scripts)?, load(rules)?)));
+    meter::disarm();
+    let mut out = std::io::stdout().lock();
+    let (tools, rules) = match loaded {
+        Ok(Ok(sets)) => {
+            writeln!(out, "{}", serde_json::json!({"ready": true}))?;
+            out.flush()?;
+            sets
+        }
+        Ok(Err(e)) | Err(e) => {
+            writeln!(out, "{}", serde_json::json!({"ready": false, "error": e}))?;
+            out.flush()?;
+            return Ok(());
+        }
+    };
     let mut states: HashMap<u64, Db> = HashMap::new();
     let stdin = std::io::stdin().lock();
-    let mut out = std::io::stdout().lock();
     for line in stdin.lines() {
         let line = line?;
         let request: Request = serde_json::from_str(&line)
@@ -279,6 +300,7 @@ struct Process {
 pub struct Client {
     program: PathBuf,
     args: Vec<OsString>,
+    max_heap_bytes: usize,
     process: Option<Process>,
     /// Least recently used first.
     known: Vec<Known>,
@@ -298,9 +320,18 @@ fn key(db: &Db) -> (Vec<usize>, Vec<Arc<Table>>) {
 }
 
 impl Client {
-    /// A client for a host that compiles `scripts` and `rules`.
-    pub fn new(program: &Path, scripts: Option<&Path>, rules: Option<&Path>) -> Client {
-        let mut args: Vec<OsString> = vec![SUBCOMMAND.into()];
+    /// A client for a host that compiles `scripts` and `rules` under `max_heap_bytes`.
+    pub fn new(
+        program: &Path,
+        scripts: Option<&Path>,
+        rules: Option<&Path>,
+        max_heap_bytes: usize,
+    ) -> Client {
+        let mut args: Vec<OsString> = vec![
+            SUBCOMMAND.into(),
+            "--max-heap-bytes".into(),
+            max_heap_bytes.to_string().into(),
+        ];
         if let Some(s) = scripts {
             args.extend(["--scripts".into(), s.as_os_str().to_owned()]);
         }
@@ -310,6 +341,7 @@ impl Client {
         Client {
             program: program.to_path_buf(),
             args,
+            max_heap_bytes,
             process: None,
             known: Vec::new(),
             next_id: 0,
@@ -317,7 +349,10 @@ impl Client {
         }
     }
 
-    fn start(&mut self) -> Result<(), CallFault> {
+    /// Start the host (when it is not running) and wait until it has compiled the scripts.
+    /// A compile error is left to the caller's own compile to report, with its file and line;
+    /// compiling past the memory limit is [`CallFault::LimitExceeded`].
+    pub fn start(&mut self) -> Result<(), CallFault> {
         if self.process.is_some() {
             return Ok(());
         }
@@ -334,13 +369,29 @@ impl Client {
                 ))
             })?;
         let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut ready = String::new();
+        let read = stdout.read_line(&mut ready);
         self.process = Some(Process {
             child,
             stdin,
             stdout,
         });
-        Ok(())
+        let ready: Option<Json> = match read {
+            Ok(n) if n > 0 => serde_json::from_str(&ready).ok(),
+            _ => None,
+        };
+        match ready {
+            Some(r) if r["ready"] == true => Ok(()),
+            Some(r) => {
+                self.stop();
+                Err(CallFault::Raised(
+                    r["error"].as_str().unwrap_or("cannot compile").to_owned(),
+                    None,
+                ))
+            }
+            None => Err(self.died("compiling the scripts", self.max_heap_bytes)),
+        }
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -398,17 +449,16 @@ impl Client {
                     "the script host's reply to {what} is unreadable: {e}"
                 ))
             }),
-            _ => Err(self.died(what, limits)),
+            _ => Err(self.died(what, limits.max_heap_bytes)),
         }
     }
 
     /// The host is gone (or broken): say why, and forget every state it held.
-    fn died(&mut self, what: &str, limits: Limits) -> CallFault {
+    fn died(&mut self, what: &str, max_heap_bytes: usize) -> CallFault {
         let status = self.stop();
         match status.and_then(|s| s.code()) {
             Some(meter::MEMORY_EXIT_CODE) => CallFault::LimitExceeded(format!(
-                "script stopped: memory limit of {} bytes exceeded",
-                limits.max_heap_bytes
+                "script stopped: memory limit of {max_heap_bytes} bytes exceeded"
             )),
             _ => CallFault::Panicked(format!(
                 "script stopped: the script host exited during {what} ({})",
@@ -499,7 +549,7 @@ impl Client {
         tables: &[String],
         limits: Limits,
     ) -> Result<Json, CallFault> {
-        let mut client = Client::new(program, None, None);
+        let mut client = Client::new(program, None, None, limits.max_heap_bytes);
         let request = Request::Generate {
             script: script.to_path_buf(),
             seed,
