@@ -16,6 +16,8 @@
 //! - [`domain`]: executable domains: manifest, database, tool schemas, sandboxed Starlark tool
 //!   bodies, the tau-bench style environment (`reset`, `step`), tasks and the canonical hash.
 //!   It never touches models.
+//! - [`fuzz`]: fuzz targets for every reader of model output, user files and journals, and the
+//!   mutation loop that drives them.
 //! - [`guard`]: the last line of defence: a panic in one unit of work becomes that unit's error.
 //! - [`pyjson`]: Python's `json.dumps` and float `repr`, byte for byte, shared by tool results,
 //!   the database hash and chat templates' `tojson`.
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod dataset;
 pub mod domain;
 pub mod eval;
+pub mod fuzz;
 pub mod guard;
 pub mod llm;
 pub mod pyjson;

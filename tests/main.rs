@@ -11,5 +11,6 @@ mod domain_hostile;
 mod domain_mock;
 mod domain_policy;
 mod domain_shipped;
+mod fuzz;
 mod llm;
 mod rollouts;

@@ -32,8 +32,16 @@ impl Review {
         }
     }
 
-    /// Parse a reviewer's JSON answer.
+    /// Parse a reviewer's JSON answer. Never panics: a failure inside the reader makes the
+    /// review unreadable, with the reader's message.
     pub fn parse(reviewer: &str, raw: &str) -> Review {
+        crate::guard::catch(|| Review::parse_unguarded(reviewer, raw)).unwrap_or_else(|panic| {
+            Review::unreadable(reviewer, &format!("the review reader failed: {panic}"))
+        })
+    }
+
+    /// [`Review::parse`] without the guard (for fuzzing).
+    pub fn parse_unguarded(reviewer: &str, raw: &str) -> Review {
         match super::check::extract_object(raw).map(serde_json::from_value::<Review>) {
             Some(Ok(mut r)) => {
                 r.reviewer = reviewer.into();

@@ -771,10 +771,16 @@ impl<'d> Pipeline<'d> {
                 .join("\n"))
         };
         let started = Instant::now();
-        let parsed = match (&ctx.plan, ctx.fixed) {
+        let parsed = crate::guard::catch(|| match (&ctx.plan, ctx.fixed) {
             (Some(p), true) => check::parse_with_actions(raw, &ctx.data.user_id, &p.actions),
             _ => check::parse(raw, &ctx.data.user_id),
-        };
+        })
+        .unwrap_or_else(|panic| {
+            Err(crate::blueprint::Rejection::new(
+                "format.reader_failed",
+                format!("the blueprint reader failed on this answer: {panic}"),
+            ))
+        });
         let task = match parsed {
             Ok(mut t) => {
                 // A planned blueprint's customer says who they are as the domain spells it.

@@ -122,6 +122,11 @@ pub fn read_tasks(path: &Path) -> Result<Vec<Task>, TaskError> {
         path: path.into(),
         error,
     })?;
+    parse_tasks(path, &text)
+}
+
+/// [`read_tasks`] on text already read (`path` names it in errors).
+pub fn parse_tasks(path: &Path, text: &str) -> Result<Vec<Task>, TaskError> {
     let parse_err = |e: serde_json::Error, line_offset: usize| TaskError::Parse {
         path: path.into(),
         line: e.line() + line_offset,
@@ -129,7 +134,7 @@ pub fn read_tasks(path: &Path) -> Result<Vec<Task>, TaskError> {
         message: serde_message(&e),
     };
     if text.trim_start().starts_with('[') {
-        return serde_json::from_str(&text).map_err(|e| parse_err(e, 0));
+        return serde_json::from_str(text).map_err(|e| parse_err(e, 0));
     }
     let mut tasks = Vec::new();
     for (i, line) in text.lines().enumerate() {

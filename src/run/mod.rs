@@ -84,6 +84,39 @@ pub struct JsonlLog {
     file: File,
 }
 
+/// The whole records in `reader` (a journal named `path`, for errors) and the byte length they
+/// take; a trailing line without its newline (a write cut short) is not counted.
+pub fn read_records<T: DeserializeOwned>(
+    path: &Path,
+    mut reader: impl BufRead,
+) -> Result<(Vec<T>, u64), RunError> {
+    let mut records = Vec::new();
+    let mut good_len = 0u64;
+    let mut line = String::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        if !line.ends_with('\n') {
+            break; // cut short by a crash: the caller drops it
+        }
+        if !line.trim().is_empty() {
+            let record = serde_json::from_str(&line).map_err(|e| RunError::Record {
+                path: path.to_path_buf(),
+                line: number,
+                message: crate::domain::db::serde_message(&e),
+            })?;
+            records.push(record);
+        }
+        good_len += n as u64;
+    }
+    Ok((records, good_len))
+}
+
 impl JsonlLog {
     /// Open (creating if needed) and return the whole records already there. A trailing partial
     /// line — a write cut short — is removed from the file.
@@ -94,33 +127,7 @@ impl JsonlLog {
             .create(true)
             .open(path)
             .map_err(io(path))?;
-        let mut records = Vec::new();
-        let mut good_len = 0u64;
-        {
-            let mut reader = BufReader::new(&file);
-            let mut line = String::new();
-            let mut number = 0;
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).map_err(io(path))?;
-                if n == 0 {
-                    break;
-                }
-                number += 1;
-                if !line.ends_with('\n') {
-                    break; // cut short by a crash: dropped below
-                }
-                if !line.trim().is_empty() {
-                    let record = serde_json::from_str(&line).map_err(|e| RunError::Record {
-                        path: path.to_path_buf(),
-                        line: number,
-                        message: crate::domain::db::serde_message(&e),
-                    })?;
-                    records.push(record);
-                }
-                good_len += n as u64;
-            }
-        }
+        let (records, good_len) = read_records(path, BufReader::new(&file))?;
         if file.metadata().map_err(io(path))?.len() > good_len {
             file.set_len(good_len).map_err(io(path))?;
             file.seek(SeekFrom::End(0)).map_err(io(path))?;

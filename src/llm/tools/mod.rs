@@ -48,13 +48,18 @@ impl ToolFormat {
         }
     }
 
-    /// Interpret a model's raw output.
+    /// Interpret a model's raw output. Never panics: a failure inside a parser is reported as
+    /// `Malformed`, with the parser's message.
     pub fn parse(self, text: &str) -> ModelOutput {
-        match self {
+        crate::guard::catch(|| match self {
             ToolFormat::Hermes => hermes::parse(text),
             ToolFormat::Xlam => xlam::parse(text),
             ToolFormat::Llama3Json => llama3::parse(text),
-        }
+        })
+        .unwrap_or_else(|panic| ModelOutput::Malformed {
+            reason: format!("the {self:?} parser failed: {panic}"),
+            raw: text.to_owned(),
+        })
     }
 }
 
