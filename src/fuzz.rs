@@ -53,9 +53,10 @@ fn text(input: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(input)
 }
 
-/// The reply's kind, how many calls (up to three) and the malformed reason's first words: coarse
-/// enough that the corpus keeps inputs that reach new code, not new lengths.
-fn output_sig(o: &ModelOutput) -> u64 {
+/// The reply's kind, how many calls (up to three) and the malformed reason's own words: coarse
+/// enough that the corpus keeps inputs that reach new code, not new names. What follows `: ` and
+/// words that occur in the input are the values and names a reason quotes, and are left out.
+fn output_sig(o: &ModelOutput, input: &str) -> u64 {
     match o {
         ModelOutput::Text { content } => sig((0, content.is_empty())),
         ModelOutput::ToolCalls { calls, content } => {
@@ -63,14 +64,12 @@ fn output_sig(o: &ModelOutput) -> u64 {
         }
         ModelOutput::Malformed { reason, .. } => sig((
             2,
-            // The reason's own words, not the names and values it quotes.
             reason
-                .split(':')
+                .split(": ")
                 .next()
                 .unwrap_or_default()
-                .split_whitespace()
-                .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
-                .take(5)
+                .split(|c: char| !c.is_ascii_alphabetic())
+                .filter(|w| w.len() > 1 && !input.contains(w))
                 .collect::<Vec<_>>(),
         )),
     }
@@ -110,17 +109,27 @@ pub fn targets(domains: &Path) -> anyhow::Result<Vec<Target>> {
         Target {
             name: "hermes",
             about: "Qwen/Hermes tool-call replies",
-            run: Box::new(|i| output_sig(&hermes::parse(&text(i)))),
+            run: Box::new(|i| {
+                let t = text(i);
+                output_sig(&hermes::parse(&t), &t)
+            }),
         },
         Target {
             name: "xlam",
             about: "xLAM-2 tool-call replies",
-            run: Box::new(|i| output_sig(&xlam::parse(&text(i)))),
+            run: Box::new(|i| {
+                let t = text(i);
+                output_sig(&xlam::parse(&t), &t)
+            }),
         },
         Target {
             name: "llama3",
             about: "Llama 3.1 JSON tool-call replies",
-            run: Box::new(|i| output_sig(&llama3::parse(&text(i)))),
+            run: Box::new(|i| {
+                let t = text(i);
+                // The parser drops the tag before it reads; so do the names it quotes.
+                output_sig(&llama3::parse(&t), &t.replace(llama3::PYTHON_TAG, ""))
+            }),
         },
         Target {
             name: "lenient",
@@ -211,9 +220,17 @@ pub fn targets(domains: &Path) -> anyhow::Result<Vec<Target>> {
                 let mut env = mock.env();
                 let mut parts = std::collections::BTreeSet::new();
                 for line in text(i).lines().take(16) {
-                    let Ok(v) = serde_json::from_str::<Value>(line) else {
-                        parts.insert(0u8);
-                        continue;
+                    // What `domain replay` reads, and, so that mutated lines still reach the
+                    // tools, the first JSON value inside a line that is not JSON as a whole.
+                    let v = match serde_json::from_str::<Value>(line) {
+                        Ok(v) => v,
+                        Err(_) => match lenient::json_values(line).into_iter().next() {
+                            Some((_, _, v)) => v,
+                            None => {
+                                parts.insert(0u8);
+                                continue;
+                            }
+                        },
                     };
                     match Action::from_json(&v) {
                         Ok(a) => {

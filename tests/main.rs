@@ -14,3 +14,4 @@ mod domain_shipped;
 mod fuzz;
 mod llm;
 mod rollouts;
+mod script_host;
