@@ -28,12 +28,15 @@ use std::time::{Duration, Instant};
 /// The longest input the loop builds.
 pub const MAX_INPUT: usize = 8 << 10;
 
+/// Feeds one input to a reader and returns the signature of what it did.
+type Reader = Box<dyn Fn(&[u8]) -> u64 + Send + Sync>;
+
 /// One reader under test.
 pub struct Target {
     pub name: &'static str,
     /// What the reader reads, in a few words.
     pub about: &'static str,
-    run: Box<dyn Fn(&[u8]) -> u64 + Send + Sync>,
+    run: Reader,
 }
 
 impl Target {
@@ -416,7 +419,7 @@ pub fn fuzz(target: &Target, seeds: &[Vec<u8>], budget: Budget, seed: u64) -> Re
     }
     let done = |execs: u64| match budget {
         Budget::Execs(n) => execs >= n,
-        Budget::Time(d) => execs % 256 == 0 && started.elapsed() >= d,
+        Budget::Time(d) => execs.is_multiple_of(256) && started.elapsed() >= d,
     };
     let mut input = Vec::new();
     while !done(execs) {
@@ -430,10 +433,11 @@ pub fn fuzz(target: &Target, seeds: &[Vec<u8>], budget: Budget, seed: u64) -> Re
         input.clear();
         input.extend_from_slice(base);
         mutate(&mut rng, &mut input, &corpus);
-        if let Some(sg) = one(&input, &mut execs, &mut findings) {
-            if seen.insert(sg) && corpus.len() < 4096 {
-                corpus.push(input.clone());
-            }
+        if let Some(sg) = one(&input, &mut execs, &mut findings)
+            && seen.insert(sg)
+            && corpus.len() < 4096
+        {
+            corpus.push(input.clone());
         }
     }
     Report {

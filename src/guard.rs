@@ -31,12 +31,25 @@ fn install_hook() {
                 .or_else(|| info.payload().downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic".to_owned());
             let message = match info.location() {
-                Some(l) => format!("{message} (at {}:{})", l.file(), l.line()),
+                Some(l) => format!("{message} (at {}:{})", short_path(l.file()), l.line()),
                 None => message,
             };
             LAST.with(|l| *l.borrow_mut() = Some(message));
         }));
     });
+}
+
+/// A dependency's source path from its crate folder on (`starlark-0.14.2/src/...`), without the
+/// registry's location on this machine.
+fn short_path(file: &str) -> &str {
+    match file.find("/registry/src/") {
+        Some(i) => {
+            let rest = &file[i + "/registry/src/".len()..];
+            rest.split_once('/')
+                .map_or(rest, |(_, crate_path)| crate_path)
+        }
+        None => file,
+    }
 }
 
 /// Run `f`; a panic inside it comes back as `Err(message with location)`.
@@ -62,5 +75,16 @@ mod tests {
         assert_eq!(catch(|| 5), Ok(5));
         let nested = catch(|| catch(|| -> () { panic!("inner") }).unwrap_err());
         assert!(nested.unwrap().starts_with("inner"));
+    }
+
+    #[test]
+    fn a_dependency_is_named_from_its_crate_folder() {
+        assert_eq!(
+            short_path(
+                "/home/u/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/starlark-0.14.2/src/values/x.rs"
+            ),
+            "starlark-0.14.2/src/values/x.rs"
+        );
+        assert_eq!(short_path("src/guard.rs"), "src/guard.rs");
     }
 }

@@ -107,8 +107,28 @@ pub struct ScriptHostArgs {
     pub max_heap_bytes: usize,
 }
 
+/// `apigen-mt ... | head` closes stdout early: end quietly with the shell's broken-pipe status,
+/// as other tools do, instead of a panic from `println!`. SIGPIPE itself stays ignored, so that
+/// writing to a script host that has died is an error the caller handles, not a signal.
+fn end_quietly_on_broken_pipe() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        previous(info);
+    }));
+}
+
 /// Parse the command line, run it, and turn errors into a message and an exit code.
 pub fn main() -> ExitCode {
+    end_quietly_on_broken_pipe();
     let cli = Cli::parse();
     #[cfg(unix)]
     if let Ok(program) = std::env::current_exe() {

@@ -1,9 +1,9 @@
 //! The script host: a child process that runs a domain's script calls, so that a script which
 //! allocates past its heap limit ends the child, not the run.
 //!
-//! The parent (`apigen-mt` itself, through [`Client`]) starts `apigen-mt __script-host` on the
-//! first call and talks to it in JSON Lines over its stdin and stdout, one request and one reply
-//! at a time. The host compiles the same script folders, runs each call with [`super::meter`]
+//! The parent (`apigen-mt` itself, through [`Client`]) starts `apigen-mt __script-host` when it
+//! loads a domain (so that compiling, too, runs bounded) and talks to it in JSON Lines over its
+//! stdin and stdout, one request and one reply at a time. The host compiles the same script folders, runs each call with [`super::meter`]
 //! armed at the call's `max_heap_bytes`, and replies with the result and the call's changes,
 //! which the parent applies to its own copy of the database. A request that would take a call
 //! past its limit ends the host before the memory is taken; the parent reports `script stopped:
@@ -186,7 +186,7 @@ pub fn serve(
                             let result = r.call_rule(&name, &trace, limits);
                             meter::disarm();
                             Reply {
-                                result: result.map(|m| Json::from(m)),
+                                result: result.map(Json::from),
                                 changes: vec![],
                             }
                         }
