@@ -7,7 +7,8 @@ command on the unmodified mock domain (the process's usual footprint).
 For each case: the error it gave, wall time, and the peak resident memory of apigen-mt and its
 script host (the larger of the two, as the kernel reports for waited-for children). A case fails
 when its peak exceeds the heap limit it runs under plus the baseline's peak, or when it takes more
-than two seconds. Exits 1 if any case fails. Needs Python 3.11 (tomllib); builds nothing.
+than two seconds. Exits 1 if any case fails. Needs Python 3.11 (tomllib) and GNU time; builds
+nothing.
 """
 
 import argparse
@@ -22,6 +23,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TIME = shutil.which("time", path="/usr/bin:/bin") or sys.exit("needs GNU time (/usr/bin/time; Debian: apt install time)")
 REPLAY = (
     '{"name": "get_account", "arguments": {"account_id": "acc_1002"}}\n'
     '{"name": "find_accounts_by_owner", "arguments": {"owner": "Barbara Allen"}}\n'
@@ -38,45 +40,26 @@ def build(case, into):
 
 
 def run(binary, command, domain, out):
+    """Run one command; returns (exit code, stdout, stderr, seconds, peak KiB). The peak is GNU
+    time's %M: the larger of apigen-mt's and its reaped children's (the script host's). (Forking
+    from Python would count Python's own pages: a child's peak includes what it had before exec.)"""
     args = {
         "replay": ["domain", "replay", str(domain)],
         "check": ["domain", "check", str(domain)],
         "generate": ["domain", "generate", str(domain), "--out", str(out)],
     }[command]
-    started = time.monotonic()
-    p = subprocess.Popen(
-        [binary, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    stdout, stderr = p.communicate(REPLAY if command == "replay" else "")
-    # communicate() has reaped the child; its rusage came with the wait. Read it per child.
-    seconds = time.monotonic() - started
-    return p.returncode, stdout, stderr, seconds
-
-
-def peak_kib(binary, command, domain, out):
-    """Run once more under wait4 to get this run's own peak RSS (self and reaped children)."""
-    args = {
-        "replay": ["domain", "replay", str(domain)],
-        "check": ["domain", "check", str(domain)],
-        "generate": ["domain", "generate", str(domain), "--out", str(out)],
-    }[command]
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(r, 0)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        os.execv(binary, [binary, *args])
-    os.close(r)
-    os.write(w, (REPLAY if command == "replay" else "").encode())
-    os.close(w)
-    _, _, usage = os.wait4(pid, 0)
-    return usage.ru_maxrss
+    with tempfile.NamedTemporaryFile("r") as peak:
+        started = time.monotonic()
+        p = subprocess.run(
+            [TIME, "-o", peak.name, "-f", "%M", binary, *args],
+            input=REPLAY if command == "replay" else "",
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.monotonic() - started
+        kib = int(peak.read().strip().splitlines()[-1])
+    stderr = "\n".join(l for l in p.stderr.splitlines() if not l.startswith("Command exited"))
+    return p.returncode, p.stdout, stderr, seconds, kib
 
 
 def limit_of(domain, command):
@@ -99,14 +82,13 @@ def main():
         for command in ("replay", "check", "generate"):
             d = tmp / f"baseline-{command}"
             build({}, d)
-            baseline[command] = peak_kib(a.bin, command, d, tmp / f"out-{command}")
+            baseline[command] = run(a.bin, command, d, tmp / f"out-{command}")[4]
         for path in sorted((ROOT / "tests/hostile").glob("*.toml")):
             case = tomllib.loads(path.read_text())
             d = tmp / path.stem
             build(case, d)
             command = case["command"]
-            code, stdout, stderr, seconds = run(a.bin, command, d, tmp / f"out-{path.stem}")
-            peak = peak_kib(a.bin, command, d, tmp / f"out2-{path.stem}")
+            code, stdout, stderr, seconds, peak = run(a.bin, command, d, tmp / f"out-{path.stem}")
             if command == "replay":
                 said = json.loads(stdout.splitlines()[0])["observation"] if stdout else ""
             else:

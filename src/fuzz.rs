@@ -85,6 +85,22 @@ fn rejection_sig<T>(r: &Result<T, crate::blueprint::Rejection>) -> u64 {
     }
 }
 
+/// A tool-call format's parser as a target.
+fn format_target(
+    name: &'static str,
+    about: &'static str,
+    parse: fn(&str) -> ModelOutput,
+) -> Target {
+    Target {
+        name,
+        about,
+        run: Box::new(move |i| {
+            let t = text(i);
+            output_sig(&parse(&t), &t)
+        }),
+    }
+}
+
 /// Every target. `domains` is the folder holding the shipped domains (`mock`, `retail`), which
 /// the argument-check and replay targets load.
 pub fn targets(domains: &Path) -> anyhow::Result<Vec<Target>> {
@@ -109,22 +125,8 @@ pub fn targets(domains: &Path) -> anyhow::Result<Vec<Target>> {
     let tools: Vec<String> = retail.tools().iter().map(|t| t.name.clone()).collect();
     let retail_args = Arc::clone(&retail);
     let mut out = vec![
-        Target {
-            name: "hermes",
-            about: "Qwen/Hermes tool-call replies",
-            run: Box::new(|i| {
-                let t = text(i);
-                output_sig(&hermes::parse(&t), &t)
-            }),
-        },
-        Target {
-            name: "xlam",
-            about: "xLAM-2 tool-call replies",
-            run: Box::new(|i| {
-                let t = text(i);
-                output_sig(&xlam::parse(&t), &t)
-            }),
-        },
+        format_target("hermes", "Qwen/Hermes tool-call replies", hermes::parse),
+        format_target("xlam", "xLAM-2 tool-call replies", xlam::parse),
         Target {
             name: "llama3",
             about: "Llama 3.1 JSON tool-call replies",

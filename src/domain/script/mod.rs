@@ -246,6 +246,13 @@ impl Scripts {
             .map(|(n, (p, _))| (n.as_str(), p.as_path()))
     }
 
+    fn function(&self, name: &str) -> Result<&OwnedFrozenValue, CallFault> {
+        self.functions
+            .get(name)
+            .map(|(_, f)| f)
+            .ok_or_else(|| CallFault::Missing(name.into()))
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.functions.contains_key(name)
     }
@@ -281,10 +288,7 @@ impl Scripts {
     ) -> (Result<Json, CallFault>, Changes) {
         let mut changes = Changes::new();
         let result = guarded(name, || {
-            let (_, func) = self
-                .functions
-                .get(name)
-                .ok_or_else(|| CallFault::Missing(name.into()))?;
+            let func = self.function(name)?;
             Module::with_temp_heap(|module| {
                 let heap = module.heap();
                 let data_value = db_view(heap, db);
@@ -347,10 +351,7 @@ impl Scripts {
         trace: &RuleTrace,
         limits: Limits,
     ) -> Result<Vec<String>, CallFault> {
-        let (_, func) = self
-            .functions
-            .get(name)
-            .ok_or_else(|| CallFault::Missing(name.into()))?;
+        let func = self.function(name)?;
         Module::with_temp_heap(|module| {
             let heap = module.heap();
             let steps: Vec<Value> = trace
@@ -406,10 +407,7 @@ impl Scripts {
     }
 
     fn call_unguarded(&self, name: &str, args: &[Json], limits: Limits) -> Result<Json, CallFault> {
-        let (_, func) = self
-            .functions
-            .get(name)
-            .ok_or_else(|| CallFault::Missing(name.into()))?;
+        let func = self.function(name)?;
         Module::with_temp_heap(|module| {
             let heap = module.heap();
             let pos: Vec<Value> = args.iter().map(|a| convert::to_starlark(heap, a)).collect();
