@@ -246,8 +246,82 @@ impl Engine {
         let (mut logits, cached) = self.prefill(cache, prompt)?;
         let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
         let decode_start = Instant::now();
-        let mut sampler = Sampler::new(req.sampling);
-        let stops: Vec<&str> = if req.ignore_eos {
+        let mut d = self.decoding(req);
+        while let Some(tok) = self.advance(&mut d, &mut logits, processor.as_deref_mut())? {
+            logits = self.step(cache, tok)?;
+        }
+        let decode_ms = decode_start.elapsed().as_secs_f64() * 1e3;
+        Ok(self.generation(d, prompt.len(), cached, prefill_ms, decode_ms))
+    }
+
+    /// [`Engine::generate`] for several sequences at once: each prompt is prefilled on its
+    /// own, then every decode step runs all unfinished sequences in one forward pass
+    /// ([`Transformer::forward_decode`]). Each result is bit-identical to what `generate`
+    /// returns for the same job alone (greedy or seeded); only the timings differ, and
+    /// `decode_ms` is the time until that sequence finished.
+    pub fn generate_batch(&self, jobs: &mut [BatchJob<'_>]) -> Result<Vec<Generation>> {
+        let mut states = Vec::with_capacity(jobs.len());
+        for job in jobs.iter_mut() {
+            let start = Instant::now();
+            let (logits, cached) = self.prefill(job.cache, job.prompt)?;
+            states.push((logits, cached, start.elapsed().as_secs_f64() * 1e3));
+        }
+        let decode_start = Instant::now();
+        let mut decodings: Vec<Decoding<'_>> = jobs.iter().map(|j| self.decoding(j.req)).collect();
+        let mut next: Vec<Option<u32>> = Vec::with_capacity(jobs.len());
+        let mut decode_ms = vec![0f64; jobs.len()];
+        for (i, job) in jobs.iter_mut().enumerate() {
+            let tok = self.advance(
+                &mut decodings[i],
+                &mut states[i].0,
+                job.processor.as_deref_mut(),
+            )?;
+            if tok.is_none() {
+                decode_ms[i] = decode_start.elapsed().as_secs_f64() * 1e3;
+            }
+            next.push(tok);
+        }
+        while next.iter().any(Option::is_some) {
+            let tokens: Vec<u32> = next.iter().flatten().copied().collect();
+            let rows = {
+                let mut caches: Vec<&mut KvCache> = jobs
+                    .iter_mut()
+                    .zip(&next)
+                    .filter(|(_, t)| t.is_some())
+                    .map(|(j, _)| &mut *j.cache)
+                    .collect();
+                let logits = self.model.forward_decode(&tokens, &mut caches)?;
+                logits
+                    .to_device(&candle_core::Device::Cpu)?
+                    .to_vec2::<f32>()?
+            };
+            let mut rows = rows.into_iter();
+            for (i, job) in jobs.iter_mut().enumerate() {
+                if next[i].is_none() {
+                    continue;
+                }
+                let mut logits = rows.next().expect("one row per running sequence");
+                logits.truncate(self.tokenizer.vocab_size());
+                next[i] =
+                    self.advance(&mut decodings[i], &mut logits, job.processor.as_deref_mut())?;
+                if next[i].is_none() {
+                    decode_ms[i] = decode_start.elapsed().as_secs_f64() * 1e3;
+                }
+            }
+        }
+        Ok(decodings
+            .into_iter()
+            .zip(jobs.iter())
+            .zip(states)
+            .zip(decode_ms)
+            .map(|(((d, job), (_, cached, prefill_ms)), decode_ms)| {
+                self.generation(d, job.prompt.len(), cached, prefill_ms, decode_ms)
+            })
+            .collect())
+    }
+
+    fn decoding<'a>(&'a self, req: &'a GenerateRequest) -> Decoding<'a> {
+        let stops = if req.ignore_eos {
             vec![]
         } else {
             self.stop_strings
@@ -257,56 +331,107 @@ impl Engine {
                 .filter(|s| !s.is_empty())
                 .collect()
         };
-        let mut ids = Vec::new();
-        let mut text_end: Option<usize> = None;
-        let finish = loop {
-            if ids.len() >= req.max_tokens {
-                break Finish::Length;
-            }
-            if let Some(p) = processor.as_deref_mut() {
-                p.process(&mut logits)?;
-            }
-            let Some(tok) = sampler.sample(&logits) else {
-                break Finish::NoAllowedToken;
-            };
-            ids.push(tok);
-            if !req.ignore_eos && self.stop_tokens.contains(&tok) {
-                text_end = Some(ids.len() - 1);
-                break Finish::StopToken { id: tok };
-            }
-            if let Some(p) = processor.as_deref_mut()
-                && p.accept(tok)?
-            {
-                break Finish::ConstraintDone;
-            }
-            if !stops.is_empty() {
-                let text = self.tokenizer.decode(&ids, false);
-                if let Some(stop) = stops.iter().find(|s| text.contains(**s)) {
-                    break Finish::StopString {
-                        stop: stop.to_string(),
-                    };
-                }
-            }
-            if ids.len() >= req.max_tokens {
-                break Finish::Length;
-            }
-            logits = self.step(cache, tok)?;
+        Decoding {
+            sampler: Sampler::new(req.sampling),
+            stops,
+            req,
+            ids: Vec::new(),
+            text_end: None,
+            finish: None,
+        }
+    }
+
+    /// Take the next position's logits: choose a token, or end. Returns the token to run next,
+    /// or `None` once the sequence has finished (`d.finish` says why).
+    fn advance<'b, 'c: 'b>(
+        &self,
+        d: &mut Decoding<'_>,
+        logits: &mut [f32],
+        processor: Option<&'b mut (dyn LogitsProcessor + 'c)>,
+    ) -> Result<Option<u32>> {
+        let req = d.req;
+        if d.ids.len() >= req.max_tokens {
+            d.finish = Some(Finish::Length);
+            return Ok(None);
+        }
+        let mut processor = processor;
+        if let Some(p) = processor.as_deref_mut() {
+            p.process(logits)?;
+        }
+        let Some(tok) = d.sampler.sample(logits) else {
+            d.finish = Some(Finish::NoAllowedToken);
+            return Ok(None);
         };
-        let shown = &ids[..text_end.unwrap_or(ids.len())];
+        d.ids.push(tok);
+        if !req.ignore_eos && self.stop_tokens.contains(&tok) {
+            d.text_end = Some(d.ids.len() - 1);
+            d.finish = Some(Finish::StopToken { id: tok });
+            return Ok(None);
+        }
+        if let Some(p) = processor.as_deref_mut()
+            && p.accept(tok)?
+        {
+            d.finish = Some(Finish::ConstraintDone);
+            return Ok(None);
+        }
+        if !d.stops.is_empty() {
+            let text = self.tokenizer.decode(&d.ids, false);
+            if let Some(stop) = d.stops.iter().find(|s| text.contains(**s)) {
+                d.finish = Some(Finish::StopString {
+                    stop: stop.to_string(),
+                });
+                return Ok(None);
+            }
+        }
+        if d.ids.len() >= req.max_tokens {
+            d.finish = Some(Finish::Length);
+            return Ok(None);
+        }
+        Ok(Some(tok))
+    }
+
+    fn generation(
+        &self,
+        d: Decoding<'_>,
+        prompt_tokens: usize,
+        cached_tokens: usize,
+        prefill_ms: f64,
+        decode_ms: f64,
+    ) -> Generation {
+        let finish = d.finish.unwrap_or(Finish::Length);
+        let shown = &d.ids[..d.text_end.unwrap_or(d.ids.len())];
         let mut text = self.tokenizer.decode(shown, false);
         if let Finish::StopString { stop } = &finish
             && let Some(pos) = text.find(stop.as_str())
         {
             text.truncate(pos);
         }
-        Ok(Generation {
-            ids,
+        Generation {
+            ids: d.ids,
             text,
             finish,
-            prompt_tokens: prompt.len(),
-            cached_tokens: cached,
+            prompt_tokens,
+            cached_tokens,
             prefill_ms,
-            decode_ms: decode_start.elapsed().as_secs_f64() * 1e3,
-        })
+            decode_ms,
+        }
     }
+}
+
+/// One sequence of [`Engine::generate_batch`]: what [`Engine::generate`] takes.
+pub struct BatchJob<'a> {
+    pub cache: &'a mut KvCache,
+    pub prompt: &'a [u32],
+    pub req: &'a GenerateRequest,
+    pub processor: Option<&'a mut dyn LogitsProcessor>,
+}
+
+/// One sequence's decoding state between forward passes.
+struct Decoding<'a> {
+    sampler: Sampler,
+    stops: Vec<&'a str>,
+    req: &'a GenerateRequest,
+    ids: Vec<u32>,
+    text_end: Option<usize>,
+    finish: Option<Finish>,
 }

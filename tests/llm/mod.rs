@@ -1,6 +1,7 @@
 //! Tests of `apigen_mt::llm`.
 
 mod agreement;
+mod batch;
 mod chat;
 mod constrained;
 mod scripted;

@@ -29,6 +29,28 @@ impl Linear {
             Linear::Candle(q) => Ok(q.forward(x)?),
         }
     }
+
+    /// `forward` for rows that belong to different sequences, each row's result exactly what it
+    /// would be alone. Our block kernels compute every row the same way whatever the others
+    /// are, so they take all the rows at once. Candle's K-quant product takes a different path
+    /// for one row than for several (its results differ in the last bits), so there each row
+    /// runs on its own: exact, but without the batching gain until those formats have kernels
+    /// of ours.
+    pub(crate) fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Blocks(b) => b.forward(x),
+            Linear::Candle(q) => {
+                let rows = x.dim(0)?;
+                if rows == 1 {
+                    return Ok(q.forward(x)?);
+                }
+                let outs = (0..rows)
+                    .map(|r| q.forward(&x.narrow(0, r, 1)?))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&outs, 0)?)
+            }
+        }
+    }
 }
 
 /// Token embedding table.
@@ -211,12 +233,47 @@ impl Transformer {
         mask: Option<&Tensor>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
+        let (q, k, v) = self.project(layer, x)?;
+        let out = self.attend(layer, index, &q, &k, &v, cos, sin, mask, cache)?;
+        layer.wo.forward(&out)
+    }
+
+    /// The Q, K and V projections of `x` (`(t, hidden)`), biases added: one row per token.
+    fn project(&self, layer: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((
+            add_bias(layer.wq.forward(x)?, &layer.bq)?,
+            add_bias(layer.wk.forward(x)?, &layer.bk)?,
+            add_bias(layer.wv.forward(x)?, &layer.bv)?,
+        ))
+    }
+
+    /// [`Transformer::project`] with each row exact ([`Linear::forward_rows`]).
+    fn project_rows(&self, layer: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((
+            add_bias(layer.wq.forward_rows(x)?, &layer.bq)?,
+            add_bias(layer.wk.forward_rows(x)?, &layer.bk)?,
+            add_bias(layer.wv.forward_rows(x)?, &layer.bv)?,
+        ))
+    }
+
+    /// Attention of one sequence's `t` projected rows against its cache; returns `(t, n_head *
+    /// head_dim)`, before the output projection.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        layer: &Layer,
+        index: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let (t, _) = x.dims2()?;
+        let (t, _) = q.dims2()?;
         let hd = cfg.head_dim;
-        let q = add_bias(layer.wq.forward(x)?, &layer.bq)?;
-        let k = add_bias(layer.wk.forward(x)?, &layer.bk)?;
-        let v = add_bias(layer.wv.forward(x)?, &layer.bv)?;
         let q = q.reshape((1, t, cfg.n_head, hd))?;
         let k = k.reshape((1, t, cfg.n_kv_head, hd))?;
         let q = match &layer.q_norm {
@@ -264,11 +321,85 @@ impl Transformer {
             probs
         };
         let out = probs.matmul(&v)?; // (1, n_kv, n_rep * t, hd)
-        let out = out
+        Ok(out
             .reshape((1, cfg.n_head, t, hd))?
             .transpose(1, 2)?
-            .reshape((t, cfg.n_head * hd))?;
-        layer.wo.forward(&out)
+            .reshape((t, cfg.n_head * hd))?)
+    }
+
+    /// One decode step for several sequences at once: `tokens[i]` follows what `caches[i]`
+    /// holds. Every matrix product runs once over all the rows, which is where a decode step
+    /// spends its time; attention runs per sequence, each against its own cache. Returns the
+    /// next-token logits, `(n, vocab)`, row `i` bit-identical to `forward(&[tokens[i]],
+    /// caches[i])`: each row of a product is computed the same way whatever the other rows are.
+    pub fn forward_decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let n = tokens.len();
+        if n == 0 || n != caches.len() {
+            return Err(LlmError::InvalidRequest(format!(
+                "a batched decode needs one token per cache ({n} tokens, {} caches)",
+                caches.len()
+            )));
+        }
+        for (&id, cache) in tokens.iter().zip(caches.iter()) {
+            if id as usize >= self.cfg.vocab_size {
+                return Err(LlmError::InvalidRequest(format!(
+                    "token id {id} outside the vocabulary"
+                )));
+            }
+            if cache.len() + 1 > self.cfg.max_seq_len {
+                return Err(LlmError::InvalidRequest(format!(
+                    "context overflow: {} cached + 1 new token > {} positions",
+                    cache.len(),
+                    self.cfg.max_seq_len
+                )));
+            }
+        }
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.forward(&ids)?;
+        let tables: Vec<(Tensor, Tensor)> = caches
+            .iter()
+            .map(|c| {
+                Ok((
+                    self.cos.narrow(0, c.len(), 1)?,
+                    self.sin.narrow(0, c.len(), 1)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;
+            let (q, k, v) = self.project_rows(layer, &h)?;
+            let mut outs = Vec::with_capacity(n);
+            for (s, cache) in caches.iter_mut().enumerate() {
+                let (cos, sin) = &tables[s];
+                outs.push(self.attend(
+                    layer,
+                    i,
+                    &q.narrow(0, s, 1)?,
+                    &k.narrow(0, s, 1)?,
+                    &v.narrow(0, s, 1)?,
+                    cos,
+                    sin,
+                    None,
+                    cache,
+                )?);
+            }
+            let a = layer.wo.forward_rows(&Tensor::cat(&outs, 0)?)?;
+            x = (x + a)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps)?;
+            let g = layer.gate.forward_rows(&h)?;
+            let u = layer.up.forward_rows(&h)?;
+            let m = layer.down.forward_rows(&(candle_nn::ops::silu(&g)? * u)?)?;
+            x = (x + m)?;
+        }
+        for (cache, &id) in caches.iter_mut().zip(tokens) {
+            cache.commit(1);
+            cache.record(&[id]);
+        }
+        let h = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_eps)?;
+        self.lm_head
+            .forward_rows(&h)?
+            .to_dtype(DType::F32)
+            .map_err(Into::into)
     }
 }
 
