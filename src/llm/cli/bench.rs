@@ -6,7 +6,7 @@ use serde_json::json;
 use super::LoadArgs;
 use crate::llm::KvCache;
 use crate::llm::constrain::Constrainer;
-use crate::llm::engine::{Engine, GenerateRequest};
+use crate::llm::engine::{BatchJob, Engine, GenerateRequest};
 
 /// The prompt llama.cpp's benchmark script uses, so figures compare like for like.
 pub const BENCH_PROMPT: &str =
@@ -26,6 +26,10 @@ pub struct BenchArgs {
     /// Runs per measurement; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Also decode this many sequences at once, for each size in the list (e.g. `1,2,4,8,16`):
+    /// adds a `batched` array with aggregate and per-sequence decode speed and prefill speed.
+    #[arg(long, value_delimiter = ',', value_name = "SIZES")]
+    pub batch: Vec<usize>,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -93,6 +97,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         text = g.text;
     }
     let constrained = constrained_decode(&engine, &prompt)?;
+    let mut batched = Vec::new();
+    for &size in &args.batch {
+        batched.push(batched_decode(
+            &engine,
+            &prompt,
+            size.max(1),
+            args.gen_tokens,
+            runs,
+        )?);
+    }
     let report = json!({
         "model": args.name,
         "file": engine.path().file_name().map(|f| f.to_string_lossy().into_owned()),
@@ -104,10 +118,54 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "decode": {"prompt_tokens": prompt.len(), "gen_tokens": args.gen_tokens, "prompt_ms": (median(first_ms) * 10.0).round() / 10.0,
                    "tok_per_s": (median(decode) * 100.0).round() / 100.0},
         "constrained": constrained,
+        "batched": batched,
         "text": text.chars().take(200).collect::<String>(),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// Decode `size` sequences together (each its own copy of the prompt and its own cache, greedy,
+/// end-of-turn ignored). Aggregate tok/s counts every sequence's tokens; per-sequence tok/s is
+/// what each one sees; prefill is the prompts' tokens over their (one by one) prefill time.
+fn batched_decode(
+    engine: &Engine,
+    prompt: &[u32],
+    size: usize,
+    gen_tokens: usize,
+    runs: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let req = GenerateRequest {
+        max_tokens: gen_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let (mut aggregate, mut per_sequence, mut prefill) = (vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let mut caches: Vec<KvCache> = (0..size).map(|_| KvCache::new()).collect();
+        let mut jobs: Vec<BatchJob> = caches
+            .iter_mut()
+            .map(|cache| BatchJob {
+                cache,
+                prompt,
+                req: &req,
+                processor: None,
+            })
+            .collect();
+        let gens = engine.generate_batch(&mut jobs)?;
+        let decode_s = gens.iter().map(|g| g.decode_ms).fold(0f64, f64::max) / 1e3;
+        let tokens: usize = gens.iter().map(|g| g.ids.len().saturating_sub(1)).sum();
+        aggregate.push(tokens as f64 / decode_s);
+        per_sequence.push(tokens as f64 / size as f64 / decode_s);
+        let prefill_s: f64 = gens.iter().map(|g| g.prefill_ms).sum::<f64>() / 1e3;
+        prefill.push((prompt.len() * size) as f64 / prefill_s);
+    }
+    Ok(json!({
+        "batch": size,
+        "decode_tok_per_s": (median(aggregate) * 100.0).round() / 100.0,
+        "per_sequence_tok_per_s": (median(per_sequence) * 100.0).round() / 100.0,
+        "prefill_tok_per_s": (median(prefill) * 10.0).round() / 10.0,
+    }))
 }
 
 /// A blueprint-shaped JSON schema (instruction + actions with enumerated names), the kind of

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{LoadArgs, SamplingArgs};
-use crate::llm::engine::{GenerateRequest, resolve};
+use crate::llm::engine::{BatchJob, Engine, GenerateRequest, resolve};
 use crate::llm::profile::{Format, Profile};
 use crate::llm::{KvCache, Tokenizer};
 
@@ -32,7 +32,9 @@ pub enum ModelsCommand {
     /// Tokenize: stdin is a JSON array of strings; stdout a JSON array of id arrays (special
     /// tokens parsed, no BOS added).
     Tokenize { name: String },
-    /// Complete a raw, already templated prompt read from stdin; prints {"ids", "text"}.
+    /// Complete a raw, already templated prompt read from stdin; prints {"ids", "text"}. With
+    /// `--batch`, stdin is a JSON array of prompts, decoded together in one batch, and the output
+    /// a JSON array of {"ids", "text", "finish"} (each equal to what the prompt gives alone).
     Complete(CompleteArgs),
 }
 
@@ -48,6 +50,9 @@ pub struct CompleteArgs {
     /// Extra stop strings.
     #[arg(long = "stop")]
     pub stop: Vec<String>,
+    /// Read a JSON array of prompts and decode them all in one batch.
+    #[arg(long)]
+    pub batch: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
@@ -203,19 +208,31 @@ fn tokenize(name: &str) -> anyhow::Result<()> {
 }
 
 fn complete(a: CompleteArgs) -> anyhow::Result<()> {
-    let engine = a.load.load(&a.name)?;
     let mut prompt = String::new();
     std::io::stdin().read_to_string(&mut prompt)?;
-    let ids = engine.tokenizer().encode(&prompt, true)?;
-    if ids.is_empty() {
-        bail!("empty prompt on stdin");
-    }
+    // Read the input before loading the model, so that a bad one fails at once.
+    let batch: Option<Vec<String>> = if a.batch {
+        Some(
+            serde_json::from_str(&prompt)
+                .context("with --batch, stdin must be a JSON array of prompt strings")?,
+        )
+    } else {
+        None
+    };
+    let engine = a.load.load(&a.name)?;
     let req = GenerateRequest {
         max_tokens: a.max_tokens,
         sampling: a.sampling.params(),
         stop: a.stop,
         ignore_eos: a.ignore_eos,
     };
+    if let Some(prompts) = batch {
+        return complete_batch(&engine, &prompts, &req);
+    }
+    let ids = engine.tokenizer().encode(&prompt, true)?;
+    if ids.is_empty() {
+        bail!("empty prompt on stdin");
+    }
     let g = engine.generate(&mut KvCache::new(), &ids, &req, None)?;
     eprintln!(
         "prompt {} tokens in {:.0} ms; {} tokens in {:.0} ms ({:.1} tok/s); finish {:?}",
@@ -230,5 +247,45 @@ fn complete(a: CompleteArgs) -> anyhow::Result<()> {
         "{}",
         serde_json::to_string(&json!({"ids": g.ids, "text": g.text, "finish": g.finish}))?
     );
+    Ok(())
+}
+
+fn complete_batch(
+    engine: &Engine,
+    prompts: &[String],
+    req: &GenerateRequest,
+) -> anyhow::Result<()> {
+    let ids = prompts
+        .iter()
+        .map(|p| engine.tokenizer().encode(p, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(i) = ids.iter().position(Vec::is_empty) {
+        bail!("prompt {i} of the array is empty");
+    }
+    let mut caches: Vec<KvCache> = ids.iter().map(|_| KvCache::new()).collect();
+    let mut jobs: Vec<BatchJob> = caches
+        .iter_mut()
+        .zip(&ids)
+        .map(|(cache, prompt)| BatchJob {
+            cache,
+            prompt,
+            req,
+            processor: None,
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let gens = engine.generate_batch(&mut jobs)?;
+    let tokens: usize = gens.iter().map(|g| g.ids.len()).sum();
+    eprintln!(
+        "{} prompts, {} tokens generated in {:.0} ms",
+        gens.len(),
+        tokens,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let out: Vec<serde_json::Value> = gens
+        .iter()
+        .map(|g| json!({"ids": g.ids, "text": g.text, "finish": g.finish}))
+        .collect();
+    println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }
