@@ -32,16 +32,17 @@ impl Linear {
 
     /// `forward` for rows that belong to different sequences, each row's result exactly what it
     /// would be alone. Our block kernels compute every row the same way whatever the others
-    /// are, so they take all the rows at once. Candle's K-quant product takes a different path
-    /// for one row than for several (its results differ in the last bits), so there each row
-    /// runs on its own: exact, but without the batching gain until those formats have kernels
-    /// of ours.
+    /// are, so they take all the rows at once. So does candle's Q4_K product on x86 (it runs
+    /// its repacked tiles for any number of rows; below 32 rows, where no AMX path is taken).
+    /// Its other products take a different kernel for one row than for several (Q6_K's results
+    /// differ in the last bits), so there each row runs on its own: exact, but without the
+    /// batching gain until those formats have kernels of ours. `llm::batch` pins this.
     pub(crate) fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Blocks(b) => b.forward(x),
             Linear::Candle(q) => {
                 let rows = x.dim(0)?;
-                if rows == 1 {
+                if rows == 1 || (rows < 32 && q4k_rows_are_independent(q)) {
                     return Ok(q.forward(x)?);
                 }
                 let outs = (0..rows)
@@ -51,6 +52,13 @@ impl Linear {
             }
         }
     }
+}
+
+/// Whether candle's product for `q` computes each row the same way whatever the other rows are
+/// (checked for Q4_K on x86, where one and several rows take the same repacked kernel).
+fn q4k_rows_are_independent(q: &QMatMul) -> bool {
+    cfg!(target_arch = "x86_64")
+        && matches!(q, QMatMul::QTensor(t) if t.dtype() == candle_core::quantized::GgmlDType::Q4K)
 }
 
 /// Token embedding table.
