@@ -355,7 +355,7 @@ impl Engine {
             return Ok(None);
         }
         let mut processor = processor;
-        if let Some(p) = processor.as_deref_mut() {
+        if let Some(p) = &mut processor {
             p.process(logits)?;
         }
         let Some(tok) = d.sampler.sample(logits) else {
@@ -368,7 +368,7 @@ impl Engine {
             d.finish = Some(Finish::StopToken { id: tok });
             return Ok(None);
         }
-        if let Some(p) = processor.as_deref_mut()
+        if let Some(p) = &mut processor
             && p.accept(tok)?
         {
             d.finish = Some(Finish::ConstraintDone);
