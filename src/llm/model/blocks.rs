@@ -112,6 +112,23 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
+/// The worker pool of the block kernels: `threads` workers, built on first use.
+fn pool(threads: usize) -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("blocks-{i}"))
+            .build()
+            .unwrap_or_else(|_| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .expect("a one-thread pool")
+            })
+    })
+}
+
 impl BlockLinear {
     /// Take a 2-D quantized tensor of a supported format; `None` for other formats.
     pub(crate) fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
@@ -176,25 +193,23 @@ impl BlockLinear {
         let mut out = vec![0f32; rows * self.n];
         let threads = crate::llm::device::matmul_threads();
         if threads > 1 && self.n >= 64 {
+            // Fixed column ranges, one per thread, on a pool that lives as long as the process
+            // (spawning threads per product cost a few percent of a decode step): the result
+            // does not depend on which worker runs which range.
+            use rayon::prelude::*;
             let chunk = self.n.div_ceil(threads);
-            let mut parts: Vec<Vec<f32>> = Vec::new();
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
+            let qrows = &qrows;
+            let parts: Vec<Vec<f32>> = pool(threads).install(|| {
+                (0..threads)
+                    .into_par_iter()
                     .map(|t| {
-                        let qrows = &qrows;
-                        s.spawn(move || {
-                            let lo = (t * chunk).min(self.n);
-                            let hi = ((t + 1) * chunk).min(self.n);
-                            let mut part = vec![0f32; rows * (hi - lo)];
-                            self.rows_into(qrows, lo, hi, &mut part);
-                            part
-                        })
+                        let lo = (t * chunk).min(self.n);
+                        let hi = ((t + 1) * chunk).min(self.n);
+                        let mut part = vec![0f32; rows * (hi - lo)];
+                        self.rows_into(qrows, lo, hi, &mut part);
+                        part
                     })
-                    .collect();
-                parts = handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_default())
-                    .collect();
+                    .collect()
             });
             for (t, part) in parts.iter().enumerate() {
                 let lo = (t * chunk).min(self.n);
