@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::json!({
                 "target": report.target,
+                "about": target.about,
                 "execs": report.execs,
                 "seconds": (report.seconds * 100.0).round() / 100.0,
                 "execs_per_s": (report.execs as f64 / report.seconds.max(1e-9)).round(),

@@ -106,22 +106,12 @@ fn format_target(
 pub fn targets(domains: &Path) -> anyhow::Result<Vec<Target>> {
     let retail = Arc::new(Domain::load(&domains.join("retail"), None)?);
     let mock = Arc::new(Domain::load(&domains.join("mock"), None)?);
-    let plan = vec![
-        Action::new(
-            "get_account",
-            serde_json::json!({"account_id": "acc_1002"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        ),
-        Action::new(
-            "freeze_account",
-            serde_json::json!({"account_id": "acc_1002"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        ),
-    ];
+    let account = |name: &str| {
+        let mut args = serde_json::Map::new();
+        args.insert("account_id".into(), Value::from("acc_1002"));
+        Action::new(name, args)
+    };
+    let plan = vec![account("get_account"), account("freeze_account")];
     let tools: Vec<String> = retail.tools().iter().map(|t| t.name.clone()).collect();
     let retail_args = Arc::clone(&retail);
     let mut out = vec![

@@ -96,38 +96,7 @@ impl Domain {
         let policy_path = dir.join(&manifest.policy);
         let policy = read(&policy_path)?;
         let scripts_dir = dir.join(&manifest.scripts);
-        // With a script host, the scripts are compiled there first: compiling runs top-level
-        // code and folds constants, which must not take this process's memory either.
-        let host = match script::host::program() {
-            None => None,
-            Some(program) => {
-                let rules_dir = manifest.rules.as_ref().map(|r| dir.join(r));
-                let mut client = script::host::Client::new(
-                    program,
-                    Some(&scripts_dir),
-                    rules_dir.as_deref(),
-                    manifest.limits.max_heap_bytes,
-                );
-                match client.start() {
-                    Err(script::CallFault::LimitExceeded(m)) => {
-                        return Err(DomainError::Script(ScriptError::Compile(format!(
-                            "{}: compiling the scripts: {m} ([limits] max_heap_bytes)",
-                            scripts_dir.display()
-                        ))));
-                    }
-                    // Compile errors come from the compile below, with file and line.
-                    Err(script::CallFault::Raised(..)) | Ok(()) => {}
-                    Err(other) => {
-                        return Err(DomainError::Script(ScriptError::Compile(format!(
-                            "{}: {}",
-                            scripts_dir.display(),
-                            other.message()
-                        ))));
-                    }
-                }
-                Some(std::sync::Mutex::new(client))
-            }
-        };
+        let host = start_host(dir, &manifest, &scripts_dir)?;
         let scripts = Scripts::load_dir(&scripts_dir, None)?;
         let tools_path = dir.join(&manifest.tools);
         let tools = load_tools(&tools_path, &manifest, &scripts)?;
@@ -167,7 +136,6 @@ impl Domain {
             Some(r) => Some(Scripts::load_dir(&dir.join(r), None)?),
             None => None,
         };
-
         let db_dir = db_dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| dir.join(&manifest.db.dir));
@@ -265,6 +233,35 @@ impl Domain {
             .iter()
             .map(|(k, v)| (k.clone(), self.root.join(v)))
             .collect()
+    }
+}
+
+/// With a script host, start it for this domain: it compiles the scripts first, because
+/// compiling runs top-level code and folds constants, which must not take this process's memory
+/// either. A compile error is left to this process's own compile, which names file and line.
+fn start_host(
+    dir: &Path,
+    manifest: &Manifest,
+    scripts_dir: &Path,
+) -> Result<Option<std::sync::Mutex<script::host::Client>>, DomainError> {
+    let Some(program) = script::host::program() else {
+        return Ok(None);
+    };
+    let rules_dir = manifest.rules.as_ref().map(|r| dir.join(r));
+    let mut client = script::host::Client::new(
+        program,
+        Some(scripts_dir),
+        rules_dir.as_deref(),
+        manifest.limits.max_heap_bytes,
+    );
+    let refused = |m: String| Err(DomainError::Script(ScriptError::Compile(m)));
+    match client.start() {
+        Ok(()) | Err(script::CallFault::Raised(..)) => Ok(Some(std::sync::Mutex::new(client))),
+        Err(script::CallFault::LimitExceeded(m)) => refused(format!(
+            "{}: compiling the scripts: {m} ([limits] max_heap_bytes)",
+            scripts_dir.display()
+        )),
+        Err(other) => refused(format!("{}: {}", scripts_dir.display(), other.message())),
     }
 }
 

@@ -54,6 +54,10 @@ impl Linear {
     }
 }
 
+/// How a layer's matrix products run: [`Linear::forward`] for one sequence's rows,
+/// [`Linear::forward_rows`] for rows of different sequences.
+type Product = fn(&Linear, &Tensor) -> Result<Tensor>;
+
 /// Whether candle's product for `q` computes each row the same way whatever the other rows are
 /// (checked for Q4_K on x86, where one and several rows take the same repacked kernel).
 fn q4k_rows_are_independent(q: &QMatMul) -> bool {
@@ -149,21 +153,29 @@ impl Transformer {
         let h = self.hidden(tokens, cache)?;
         let t = tokens.len();
         let last = h.narrow(0, t - 1, 1)?.contiguous()?;
-        self.logits(&last)?.squeeze(0).map_err(Into::into)
+        self.logits(&last, Linear::forward)?
+            .squeeze(0)
+            .map_err(Into::into)
     }
 
     /// Like [`forward`](Self::forward) but returns every position's logits (`(t, vocab)`).
     pub fn forward_all(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let h = self.hidden(tokens, cache)?;
-        self.logits(&h)
+        self.logits(&h, Linear::forward)
     }
 
-    fn logits(&self, h: &Tensor) -> Result<Tensor> {
+    fn logits(&self, h: &Tensor, product: Product) -> Result<Tensor> {
         let h = candle_nn::ops::rms_norm(h, &self.norm, self.cfg.rms_eps)?;
-        self.lm_head
-            .forward(&h)?
+        product(&self.lm_head, &h)?
             .to_dtype(DType::F32)
             .map_err(Into::into)
+    }
+
+    /// The SwiGLU MLP of `layer` on its normalized input `h`.
+    fn mlp(&self, layer: &Layer, h: &Tensor, product: Product) -> Result<Tensor> {
+        let g = product(&layer.gate, h)?;
+        let u = product(&layer.up, h)?;
+        product(&layer.down, &(candle_nn::ops::silu(&g)? * u)?)
     }
 
     /// Final hidden states `(t, hidden)` before the output norm.
@@ -201,10 +213,7 @@ impl Transformer {
             let a = self.attention(layer, i, &h, &cos, &sin, mask.as_ref(), cache)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps)?;
-            let g = layer.gate.forward(&h)?;
-            let u = layer.up.forward(&h)?;
-            let m = layer.down.forward(&(candle_nn::ops::silu(&g)? * u)?)?;
-            x = (x + m)?;
+            x = (x + self.mlp(layer, &h, Linear::forward)?)?;
         }
         cache.commit(t);
         cache.record(tokens);
@@ -241,26 +250,22 @@ impl Transformer {
         mask: Option<&Tensor>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let (q, k, v) = self.project(layer, x)?;
+        let (q, k, v) = self.project(layer, x, Linear::forward)?;
         let out = self.attend(layer, index, &q, &k, &v, cos, sin, mask, cache)?;
         layer.wo.forward(&out)
     }
 
     /// The Q, K and V projections of `x` (`(t, hidden)`), biases added: one row per token.
-    fn project(&self, layer: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn project(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        product: Product,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         Ok((
-            add_bias(layer.wq.forward(x)?, &layer.bq)?,
-            add_bias(layer.wk.forward(x)?, &layer.bk)?,
-            add_bias(layer.wv.forward(x)?, &layer.bv)?,
-        ))
-    }
-
-    /// [`Transformer::project`] with each row exact ([`Linear::forward_rows`]).
-    fn project_rows(&self, layer: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        Ok((
-            add_bias(layer.wq.forward_rows(x)?, &layer.bq)?,
-            add_bias(layer.wk.forward_rows(x)?, &layer.bk)?,
-            add_bias(layer.wv.forward_rows(x)?, &layer.bv)?,
+            add_bias(product(&layer.wq, x)?, &layer.bq)?,
+            add_bias(product(&layer.wk, x)?, &layer.bk)?,
+            add_bias(product(&layer.wv, x)?, &layer.bv)?,
         ))
     }
 
@@ -375,7 +380,7 @@ impl Transformer {
             .collect::<Result<_>>()?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;
-            let (q, k, v) = self.project_rows(layer, &h)?;
+            let (q, k, v) = self.project(layer, &h, Linear::forward_rows)?;
             let mut outs = Vec::with_capacity(n);
             for (s, cache) in caches.iter_mut().enumerate() {
                 let (cos, sin) = &tables[s];
@@ -394,20 +399,13 @@ impl Transformer {
             let a = layer.wo.forward_rows(&Tensor::cat(&outs, 0)?)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps)?;
-            let g = layer.gate.forward_rows(&h)?;
-            let u = layer.up.forward_rows(&h)?;
-            let m = layer.down.forward_rows(&(candle_nn::ops::silu(&g)? * u)?)?;
-            x = (x + m)?;
+            x = (x + self.mlp(layer, &h, Linear::forward_rows)?)?;
         }
         for (cache, &id) in caches.iter_mut().zip(tokens) {
             cache.commit(1);
             cache.record(&[id]);
         }
-        let h = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_eps)?;
-        self.lm_head
-            .forward_rows(&h)?
-            .to_dtype(DType::F32)
-            .map_err(Into::into)
+        self.logits(&x, Linear::forward_rows)
     }
 }
 
