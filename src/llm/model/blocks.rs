@@ -78,7 +78,7 @@ pub(crate) fn supported() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn isa() -> Option<x86::Isa> {
+pub(super) fn isa() -> Option<x86::Isa> {
     static ISA: std::sync::OnceLock<Option<x86::Isa>> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| match std::env::var("APIGEN_MT_KERNEL").as_deref() {
         // Force the AVX2 path (for comparing the two on one machine).
@@ -170,68 +170,12 @@ impl BlockLinear {
 
     /// `x (.., k) -> (.., n)`; CPU tensors only.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let Some((&k, lead)) = dims.split_last() else {
-            return Err(LlmError::InvalidRequest(
-                "scalar input to a linear layer".into(),
-            ));
-        };
-        if k != self.k {
-            return Err(LlmError::InvalidRequest(format!(
-                "linear layer expects {} inputs, got {k}",
-                self.k
-            )));
-        }
-        let rows: usize = lead.iter().product();
-        let xs = x
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?;
-        let qrows: Vec<QRow> = (0..rows)
-            .map(|r| quantize_row(&xs[r * k..(r + 1) * k]))
-            .collect();
-        let mut out = vec![0f32; rows * self.n];
-        let threads = crate::llm::device::matmul_threads();
-        if threads > 1 && self.n >= 64 {
-            // Fixed column ranges, one per thread, on a pool that lives as long as the process
-            // (spawning threads per product cost a few percent of a decode step): the result
-            // does not depend on which worker runs which range.
-            use rayon::prelude::*;
-            let chunk = self.n.div_ceil(threads);
-            let qrows = &qrows;
-            let parts: Vec<Vec<f32>> = pool(threads).install(|| {
-                (0..threads)
-                    .into_par_iter()
-                    .map(|t| {
-                        let lo = (t * chunk).min(self.n);
-                        let hi = ((t + 1) * chunk).min(self.n);
-                        let mut part = vec![0f32; rows * (hi - lo)];
-                        self.rows_into(qrows, lo, hi, &mut part);
-                        part
-                    })
-                    .collect()
-            });
-            for (t, part) in parts.iter().enumerate() {
-                let lo = (t * chunk).min(self.n);
-                let hi = ((t + 1) * chunk).min(self.n);
-                let w = hi - lo;
-                if part.len() != rows * w {
-                    return Err(LlmError::Unsupported("matmul worker failed".into()));
-                }
-                for r in 0..rows {
-                    out[r * self.n + lo..r * self.n + hi]
-                        .copy_from_slice(&part[r * w..(r + 1) * w]);
-                }
-            }
-        } else {
-            let n = self.n;
-            let mut tmp = vec![0f32; rows * n];
-            self.rows_into(&qrows, 0, n, &mut tmp);
-            out = tmp;
-        }
-        let mut shape = lead.to_vec();
-        shape.push(self.n);
-        Ok(Tensor::from_vec(out, shape, &Device::Cpu)?)
+        let (xs, lead) = input_rows(x, self.k)?;
+        let qrows: Vec<QRow> = xs.chunks_exact(self.k).map(quantize_row).collect();
+        let out = by_columns(self.n, qrows.len(), |lo, hi, part| {
+            self.rows_into(&qrows, lo, hi, part)
+        })?;
+        output(out, lead, self.n)
     }
 
     /// Output columns `lo..hi` for every activation row into `out` (`rows x (hi - lo)`).
@@ -266,6 +210,77 @@ impl BlockLinear {
             }
         }
     }
+}
+
+/// The rows of a linear layer's input `x (.., k)` as f32, and its leading dimensions.
+pub(crate) fn input_rows(x: &Tensor, k: usize) -> Result<(Vec<f32>, Vec<usize>)> {
+    let dims = x.dims().to_vec();
+    let Some((&got, lead)) = dims.split_last() else {
+        return Err(LlmError::InvalidRequest(
+            "scalar input to a linear layer".into(),
+        ));
+    };
+    if got != k {
+        return Err(LlmError::InvalidRequest(format!(
+            "linear layer expects {k} inputs, got {got}"
+        )));
+    }
+    let xs = x
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?;
+    Ok((xs, lead.to_vec()))
+}
+
+/// `rows x n` outputs as a tensor of shape `(lead.., n)`.
+pub(crate) fn output(out: Vec<f32>, lead: Vec<usize>, n: usize) -> Result<Tensor> {
+    let mut shape = lead;
+    shape.push(n);
+    Ok(Tensor::from_vec(out, shape, &Device::Cpu)?)
+}
+
+/// A `rows x n` product computed by `fill(lo, hi, part)`, which writes output columns `lo..hi`
+/// of every row into `part` (`rows x (hi - lo)`). With several threads the columns are split
+/// into fixed ranges, one per worker of a pool that lives as long as the process (spawning
+/// threads per product cost a few percent of a decode step); the result does not depend on
+/// which worker runs which range.
+pub(crate) fn by_columns(
+    n: usize,
+    rows: usize,
+    fill: impl Fn(usize, usize, &mut [f32]) + Sync,
+) -> Result<Vec<f32>> {
+    let threads = crate::llm::device::matmul_threads();
+    if threads <= 1 || n < 64 {
+        let mut out = vec![0f32; rows * n];
+        fill(0, n, &mut out);
+        return Ok(out);
+    }
+    use rayon::prelude::*;
+    let chunk = n.div_ceil(threads);
+    let range = |t: usize| ((t * chunk).min(n), ((t + 1) * chunk).min(n));
+    let parts: Vec<Vec<f32>> = pool(threads).install(|| {
+        (0..threads)
+            .into_par_iter()
+            .map(|t| {
+                let (lo, hi) = range(t);
+                let mut part = vec![0f32; rows * (hi - lo)];
+                fill(lo, hi, &mut part);
+                part
+            })
+            .collect()
+    });
+    let mut out = vec![0f32; rows * n];
+    for (t, part) in parts.iter().enumerate() {
+        let (lo, hi) = range(t);
+        let w = hi - lo;
+        if part.len() != rows * w {
+            return Err(LlmError::Unsupported("matmul worker failed".into()));
+        }
+        for r in 0..rows {
+            out[r * n + lo..r * n + hi].copy_from_slice(&part[r * w..(r + 1) * w]);
+        }
+    }
+    Ok(out)
 }
 
 /// llama.cpp's `quantize_row_q8_0` (scale rounded through f16 as stored there) plus the
@@ -345,7 +360,7 @@ fn dot_row_scalar(kind: BlockKind, row: &[u8], d: &[f32], c: &[f32], qx: &QRow) 
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     //! Two instantiations of the same kernels: AVX-512 VNNI (`vpdpbusd`) and plain AVX2
     //! (`vpmaddubsw` with the sign trick). Both form the same exact i32 lanes, so their results
     //! are bit-identical.
@@ -366,19 +381,23 @@ mod x86 {
 
     /// Instruction sets the kernels are built for.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(super) enum Isa {
+    pub(in crate::llm::model) enum Isa {
         Vnni,
         Avx2,
     }
 
-    pub(super) fn detect() -> Option<Isa> {
+    pub(in crate::llm::model) fn detect() -> Option<Isa> {
         if is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("f16c")
         {
             Some(Isa::Vnni)
-        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        } else if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             Some(Isa::Avx2)
         } else {
             None
@@ -473,9 +492,10 @@ mod x86 {
         _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
     }
 
+    /// Horizontal sum of 8 lanes in llama.cpp's order (`hsum_float_8`).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
+    pub(in crate::llm::model) fn hsum(v: __m256) -> f32 {
         let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))

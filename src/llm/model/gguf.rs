@@ -12,6 +12,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::blocks::{self, BlockLinear};
+use super::kquants::KLinear;
 use super::transformer::{Embedding, Layer, Linear, Transformer, rope_tables};
 use super::{Architecture, Config, LoadOptions, Loaded, inv_freqs};
 use crate::llm::Tokenizer;
@@ -44,13 +45,19 @@ impl Reader<'_> {
         self.opts.native_blocks && self.opts.device.is_cpu() && blocks::supported()
     }
 
-    /// A weight matrix as our block kernel's input when it can take it.
-    fn blocks(&mut self, t: &QTensor) -> Result<Option<BlockLinear>> {
-        if self.native_blocks() {
-            BlockLinear::from_qtensor(t)
-        } else {
-            Ok(None)
+    /// A weight matrix on our own kernels when one takes its format.
+    fn blocks(&mut self, t: &Arc<QTensor>) -> Result<Option<Linear>> {
+        if !self.native_blocks() {
+            return Ok(None);
         }
+        if let Some(b) = BlockLinear::from_qtensor(t)? {
+            return Ok(Some(Linear::Blocks(Arc::new(b))));
+        }
+        // `APIGEN_MT_KQUANT=candle` keeps K-quants on candle's kernels (for comparing the two).
+        if std::env::var("APIGEN_MT_KQUANT").as_deref() == Ok("candle") {
+            return Ok(None);
+        }
+        Ok(KLinear::from_arc(t)?.map(|k| Linear::KQuant(Arc::new(k))))
     }
 
     fn prepare(&mut self, t: QTensor, name: &str) -> Result<QTensor> {
@@ -73,10 +80,11 @@ impl Reader<'_> {
     }
 
     fn linear(&mut self, name: &str) -> Result<Linear> {
-        let t = self.raw(name)?;
+        let t = Arc::new(self.raw(name)?);
         if let Some(b) = self.blocks(&t)? {
-            return Ok(Linear::Blocks(Arc::new(b)));
+            return Ok(b);
         }
+        let t = unshared(t)?;
         Ok(Linear::Candle(QMatMul::from_qtensor(
             self.prepare(t, name)?,
         )?))
@@ -177,7 +185,7 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     };
     cfg.validate()?;
 
-    let raw_embd = r.raw("token_embd.weight")?;
+    let raw_embd = Arc::new(r.raw("token_embd.weight")?);
     // Tied output layer on the stored blocks when the kernel takes them.
     let tied_blocks = if has_output {
         None
@@ -185,11 +193,11 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         r.blocks(&raw_embd)?
     };
     // Row lookups are fast in any format; only a tied output layer needs a fast matmul type.
-    let embd = Arc::new(if tied_blocks.is_some() || has_output {
+    let embd = if tied_blocks.is_some() || has_output {
         raw_embd
     } else {
-        r.prepare(raw_embd, "token_embd.weight")?
-    });
+        Arc::new(r.prepare(unshared(raw_embd)?, "token_embd.weight")?)
+    };
     let embed = match embd.dtype() {
         GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
             Embedding::Dense(embd.dequantize(&opts.device)?)
@@ -198,7 +206,7 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     };
     let lm_head = match (has_output, tied_blocks) {
         (true, _) => r.linear("output.weight")?,
-        (false, Some(b)) => Linear::Blocks(Arc::new(b)),
+        (false, Some(b)) => b,
         (false, None) => Linear::Candle(QMatMul::from_arc(embd)?),
     };
     let norm = r.dense("output_norm.weight")?;
@@ -256,4 +264,9 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         eos_token,
         requantize_ms,
     })
+}
+
+/// A tensor no kernel kept a handle to.
+fn unshared(t: Arc<QTensor>) -> Result<QTensor> {
+    Arc::try_unwrap(t).map_err(|_| LlmError::Unsupported("a weight held by two layers".into()))
 }

@@ -7,6 +7,7 @@
 mod blocks;
 mod cache;
 mod gguf;
+mod kquants;
 mod safetensors;
 mod transformer;
 
@@ -117,8 +118,8 @@ pub struct LoadOptions {
     pub requantize_to: GgmlDType,
     /// Quantize dense (safetensors) linear weights; otherwise they stay f32.
     pub quantize_dense: bool,
-    /// Run 4/5/8-bit legacy block formats with this crate's CPU kernel (when the CPU has
-    /// AVX-512 VNNI) instead of re-quantizing them for candle.
+    /// Run the 4/5/8-bit legacy block formats and the Q4_K/Q6_K super-block formats with this
+    /// crate's CPU kernels (when the CPU has AVX-512 VNNI or AVX2) instead of candle's.
     pub native_blocks: bool,
     /// Round attention operands to f16 precision like llama.cpp (see [`Config::f16_attention`]).
     pub f16_attention: bool,

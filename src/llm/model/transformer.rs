@@ -13,12 +13,14 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::Config;
 use super::blocks::BlockLinear;
 use super::cache::KvCache;
+use super::kquants::KLinear;
 use crate::llm::error::{LlmError, Result};
 
-/// A linear layer without bias: stored GGML blocks run by our own kernel, or anything candle
-/// multiplies (K-quants, Q8_0 on other CPUs and GPUs, dense tensors).
+/// A linear layer without bias: stored GGML blocks or K-quant super-blocks run by our own
+/// kernels, or anything candle multiplies (other formats, other CPUs, GPUs, dense tensors).
 pub(crate) enum Linear {
     Blocks(Arc<BlockLinear>),
+    KQuant(Arc<KLinear>),
     Candle(QMatMul),
 }
 
@@ -26,20 +28,22 @@ impl Linear {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Blocks(b) => b.forward(x),
+            Linear::KQuant(b) => b.forward(x),
             Linear::Candle(q) => Ok(q.forward(x)?),
         }
     }
 
     /// `forward` for rows that belong to different sequences, each row's result exactly what it
-    /// would be alone. Our block kernels compute every row the same way whatever the others
-    /// are, so they take all the rows at once. So does candle's Q4_K product on x86 (it runs
-    /// its repacked tiles for any number of rows; below 32 rows, where no AMX path is taken).
-    /// Its other products take a different kernel for one row than for several (Q6_K's results
+    /// would be alone. Our kernels compute every row the same way whatever the others are, so
+    /// they take all the rows at once. So does candle's Q4_K product on x86 (it runs its
+    /// repacked tiles for any number of rows; below 32 rows, where no AMX path is taken). Its
+    /// other products take a different kernel for one row than for several (Q6_K's results
     /// differ in the last bits), so there each row runs on its own: exact, but without the
-    /// batching gain until those formats have kernels of ours. `llm::batch` pins this.
+    /// batching gain. `llm::batch` pins this.
     pub(crate) fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Blocks(b) => b.forward(x),
+            Linear::KQuant(b) => b.forward_rows(x),
             Linear::Candle(q) => {
                 let rows = x.dim(0)?;
                 if rows == 1 || (rows < 32 && q4k_rows_are_independent(q)) {
