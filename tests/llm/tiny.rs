@@ -252,7 +252,9 @@ fn incremental_decoding_matches_a_full_forward() {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(diff < 1e-3, "{arch}: position {pos} differs by {diff}");
+            // Keys and values are cached as f16: a key computed by a product over more rows
+            // (summed in another order) can round to the neighbouring f16 value.
+            assert!(diff < 5e-3, "{arch}: position {pos} differs by {diff}");
         }
         let any_bad = full
             .flatten_all()

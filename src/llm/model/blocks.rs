@@ -112,8 +112,8 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
-/// The worker pool of the block kernels: `threads` workers, built on first use.
-fn pool(threads: usize) -> &'static rayon::ThreadPool {
+/// The worker pool of the block kernels (and of attention): `threads` workers, built on first use.
+pub(super) fn pool(threads: usize) -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()

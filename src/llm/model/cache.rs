@@ -1,46 +1,68 @@
-//! Per-conversation key/value cache.
+//! Per-conversation key/value cache: f16 keys and values in shared pages.
 //!
 //! One `KvCache` belongs to one conversation and outlives its turns: it remembers the tokens it
 //! holds, so a new turn whose prompt extends (or shares a prefix with) what is cached only runs
-//! the new tokens. Buffers grow geometrically and are written in place, so a decode step copies
-//! only its own keys and values.
+//! the new tokens. Positions live in pages of [`PAGE`] positions (every layer's keys and values
+//! for those positions). Pages are reference-counted: cloning a cache — a conversation started
+//! from a primed prefix, such as the agent's policy and tools — shares every page, and a page
+//! is copied only when a cache that shares it writes into it (its partly filled last page, at
+//! most `PAGE - 1` positions). Many conversations cloned from one prefix therefore hold the
+//! prefix's keys and values once.
+//!
+//! Keys and values are stored as f16, as llama.cpp stores them; the attention that reads them
+//! (`model::attention`) works in f32.
 
-use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
 
-use crate::llm::error::Result;
+use half::f16;
 
-#[derive(Debug)]
-struct LayerKv {
-    k: Tensor,
-    v: Tensor,
+/// Positions per page.
+pub const PAGE: usize = 64;
+
+/// Shape of the cached tensors: set by the first write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
 }
 
-/// Buffers are written in place, so a clone must own its copy: two conversations that started
-/// from one cached prefix must not see each other's later tokens.
-impl Clone for LayerKv {
-    fn clone(&self) -> Self {
-        let copy = |t: &Tensor| t.copy().unwrap_or_else(|_| t.clone());
-        LayerKv {
-            k: copy(&self.k),
-            v: copy(&self.v),
-        }
+impl Geometry {
+    /// Elements of one layer and head within a page.
+    fn head_block(&self) -> usize {
+        PAGE * self.head_dim
     }
+
+    /// Elements of keys (or values) in one page.
+    fn page_elems(&self) -> usize {
+        self.layers * self.kv_heads * self.head_block()
+    }
+
+    fn offset(&self, layer: usize, head: usize) -> usize {
+        (layer * self.kv_heads + head) * self.head_block()
+    }
+}
+
+/// Keys and values of [`PAGE`] positions for every layer, laid out
+/// `[layer][kv head][position][head_dim]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Page {
+    k: Vec<f16>,
+    v: Vec<f16>,
 }
 
 /// Keys and values for every layer, plus the token ids they stand for.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<LayerKv>>,
+    pages: Vec<Arc<Page>>,
+    geometry: Option<Geometry>,
     tokens: Vec<u32>,
-    /// Positions filled in every layer's buffers.
+    /// Positions filled in every layer.
     len: usize,
 }
 
-/// Smallest buffer length allocated, in positions.
-const MIN_CAPACITY: usize = 256;
-
 impl KvCache {
-    /// An empty cache (layers are allocated on first use).
+    /// An empty cache (pages are allocated on first use).
     pub fn new() -> Self {
         Self::default()
     }
@@ -59,16 +81,17 @@ impl KvCache {
         &self.tokens
     }
 
-    /// Forget everything (buffers are kept for reuse).
+    /// Forget everything.
     pub fn clear(&mut self) {
         self.truncate(0);
     }
 
-    /// Keep only the first `len` positions.
+    /// Keep only the first `len` positions (pages past them are released).
     pub fn truncate(&mut self, len: usize) {
         let len = len.min(self.len);
         self.len = len;
         self.tokens.truncate(len);
+        self.pages.truncate(len.div_ceil(PAGE));
     }
 
     /// How many leading tokens of `prompt` are already cached, leaving at least one token of
@@ -87,52 +110,83 @@ impl KvCache {
         }
     }
 
+    /// Bytes of keys and values this cache's pages hold (shared pages counted in full).
+    pub fn kv_bytes(&self) -> usize {
+        self.pages.len() * self.page_bytes()
+    }
+
+    /// Bytes of keys and values held by `caches` together, each shared page counted once.
+    pub fn distinct_kv_bytes<'a>(caches: impl IntoIterator<Item = &'a KvCache>) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0;
+        for c in caches {
+            for p in &c.pages {
+                if seen.insert(Arc::as_ptr(p)) {
+                    bytes += c.page_bytes();
+                }
+            }
+        }
+        bytes
+    }
+
+    fn page_bytes(&self) -> usize {
+        self.geometry
+            .map_or(0, |g| 2 * g.page_elems() * std::mem::size_of::<f16>())
+    }
+
     pub(crate) fn record(&mut self, tokens: &[u32]) {
         debug_assert_eq!(self.tokens.len() + tokens.len(), self.len);
         self.tokens.extend_from_slice(tokens);
     }
 
-    /// Write `k`, `v` (shape `(1, n_kv_heads, t, head_dim)`) at the current end of `layer` and
-    /// return views of all cached keys and values (`(1, n_kv_heads, len + t, head_dim)`).
-    /// `commit` advances the length; call it once per forward, after the last layer.
-    pub(crate) fn append(
-        &mut self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-        max_len: usize,
-    ) -> Result<(Tensor, Tensor)> {
-        if self.layers.len() <= layer {
-            self.layers.resize(layer + 1, None);
+    /// Make room for `t` positions after the current end: pages are allocated, and every page
+    /// those positions fall in is made this cache's own (copied if another cache shares it).
+    pub(crate) fn reserve(&mut self, t: usize, geometry: Geometry) {
+        if self.geometry != Some(geometry) {
+            // First use, or a cache moved to another model: nothing cached can be kept.
+            self.pages.clear();
+            self.len = 0;
+            self.tokens.clear();
+            self.geometry = Some(geometry);
         }
-        let (_, n_kv, t, hd) = k.dims4()?;
-        let start = self.len;
-        let need = start + t;
-        let slot = &mut self.layers[layer];
-        let capacity = slot.as_ref().map_or(0, |s| s.k.dim(2).unwrap_or(0));
-        if need > capacity {
-            let new_cap = need
-                .max(capacity * 2)
-                .max(MIN_CAPACITY)
-                .min(max_len.max(need));
-            let alloc =
-                |dtype: DType, dev: &Device| Tensor::zeros((1, n_kv, new_cap, hd), dtype, dev);
-            let nk = alloc(k.dtype(), k.device())?;
-            let nv = alloc(v.dtype(), v.device())?;
-            if let Some(old) = slot.as_ref()
-                && start > 0
-            {
-                nk.slice_set(&old.k.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
-                nv.slice_set(&old.v.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
-            }
-            *slot = Some(LayerKv { k: nk, v: nv });
+        let need = (self.len + t).div_ceil(PAGE);
+        let elems = geometry.page_elems();
+        while self.pages.len() < need {
+            self.pages.push(Arc::new(Page {
+                k: vec![f16::ZERO; elems],
+                v: vec![f16::ZERO; elems],
+            }));
         }
-        let Some(s) = slot.as_ref() else {
-            unreachable!("allocated above")
+        for p in &mut self.pages[self.len / PAGE..need] {
+            Arc::make_mut(p);
+        }
+    }
+
+    /// Write the keys and values of absolute position `pos` for `layer` (`n_kv_heads *
+    /// head_dim` each, head after head). `reserve` must have covered `pos`.
+    pub(crate) fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let Some(g) = self.geometry else {
+            unreachable!("write before reserve")
         };
-        s.k.slice_set(&k.contiguous()?, 2, start)?;
-        s.v.slice_set(&v.contiguous()?, 2, start)?;
-        Ok((s.k.narrow(2, 0, need)?, s.v.narrow(2, 0, need)?))
+        let page = Arc::get_mut(&mut self.pages[pos / PAGE]).expect("reserve made the page own");
+        let (hd, local) = (g.head_dim, pos % PAGE);
+        for h in 0..g.kv_heads {
+            let at = g.offset(layer, h) + local * hd;
+            for (dst, &src) in page.k[at..at + hd].iter_mut().zip(&k[h * hd..(h + 1) * hd]) {
+                *dst = f16::from_f32(src);
+            }
+            for (dst, &src) in page.v[at..at + hd].iter_mut().zip(&v[h * hd..(h + 1) * hd]) {
+                *dst = f16::from_f32(src);
+            }
+        }
+    }
+
+    /// Keys and values of `layer`, KV head `head`, in page `page`: `PAGE * head_dim` each.
+    pub(crate) fn head(&self, layer: usize, head: usize, page: usize) -> (&[f16], &[f16]) {
+        let g = self.geometry.expect("read before reserve");
+        let at = g.offset(layer, head);
+        let p = &self.pages[page];
+        (&p.k[at..at + g.head_block()], &p.v[at..at + g.head_block()])
     }
 
     pub(crate) fn commit(&mut self, t: usize) {
@@ -144,53 +198,79 @@ impl KvCache {
 mod tests {
     use super::*;
 
+    const G: Geometry = Geometry {
+        layers: 2,
+        kv_heads: 2,
+        head_dim: 4,
+    };
+
+    fn filled(n: usize) -> KvCache {
+        let mut c = KvCache::new();
+        c.reserve(n, G);
+        for pos in 0..n {
+            for layer in 0..G.layers {
+                let k = [pos as f32; 8];
+                let v = [-(pos as f32); 8];
+                c.write(layer, pos, &k, &v);
+            }
+        }
+        c.commit(n);
+        c.record(&(0..n as u32).collect::<Vec<_>>());
+        c
+    }
+
     #[test]
     fn reusable_prefix_leaves_one_token() {
-        let mut c = KvCache::new();
-        c.len = 3;
-        c.tokens = vec![1, 2, 3];
-        assert_eq!(c.reusable_prefix(&[1, 2, 3, 4]), 3);
-        assert_eq!(c.reusable_prefix(&[1, 2, 3]), 2);
-        assert_eq!(c.reusable_prefix(&[1, 9]), 1);
+        let c = filled(3);
+        assert_eq!(c.reusable_prefix(&[0, 1, 2, 4]), 3);
+        assert_eq!(c.reusable_prefix(&[0, 1, 2]), 2);
+        assert_eq!(c.reusable_prefix(&[0, 9]), 1);
         assert_eq!(c.reusable_prefix(&[]), 0);
     }
 
     #[test]
-    fn append_grows_and_keeps_old_entries() {
-        let dev = Device::Cpu;
-        let mut c = KvCache::new();
-        let mut total = 0;
-        for step in 0..300usize {
-            let t = if step == 0 { 5 } else { 1 };
-            let k = Tensor::full(step as f32, (1, 2, t, 4), &dev).unwrap();
-            let (ks, vs) = c.append(0, &k, &k, 4096).unwrap();
-            total += t;
-            assert_eq!(ks.dims4().unwrap(), (1, 2, total, 4));
-            assert_eq!(vs.dims4().unwrap(), (1, 2, total, 4));
-            c.commit(t);
+    fn writes_land_in_their_page_and_head() {
+        let c = filled(PAGE + 5);
+        let (k, v) = c.head(1, 1, 1);
+        assert_eq!(k[4 * 4].to_f32(), (PAGE + 4) as f32);
+        assert_eq!(v[0].to_f32(), -(PAGE as f32));
+        assert_eq!(c.kv_bytes(), 2 * 2 * G.page_elems() * 2);
+    }
+
+    #[test]
+    fn clones_share_full_pages_and_copy_on_write() {
+        let base = filled(2 * PAGE + 10);
+        let mut a = base.clone();
+        let mut b = base.clone();
+        // Three caches, three pages each, all shared.
+        assert_eq!(KvCache::distinct_kv_bytes([&base, &a, &b]), base.kv_bytes());
+        for c in [&mut a, &mut b] {
+            let pos = c.len();
+            c.reserve(1, G);
+            for layer in 0..G.layers {
+                c.write(layer, pos, &[7.0; 8], &[7.0; 8]);
+            }
+            c.commit(1);
+            c.record(&[99]);
         }
-        let (ks, _) = c
-            .append(
-                0,
-                &Tensor::zeros((1, 2, 1, 4), DType::F32, &dev).unwrap(),
-                &Tensor::zeros((1, 2, 1, 4), DType::F32, &dev).unwrap(),
-                4096,
-            )
-            .unwrap();
-        let first: f32 = ks
-            .narrow(2, 0, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()[0];
-        let at_100: f32 = ks
-            .narrow(2, 104, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()[0];
-        assert_eq!((first, at_100), (0.0, 100.0));
+        // The partly filled last page was copied by each writer; the full ones stay shared.
+        assert_eq!(
+            KvCache::distinct_kv_bytes([&base, &a, &b]),
+            base.kv_bytes() + 2 * base.kv_bytes() / 3
+        );
+        // The original does not see the clones' writes.
+        let pos = 2 * PAGE + 10;
+        assert_eq!(base.head(0, 0, 2).0[(pos % PAGE) * 4].to_f32(), 0.0);
+        assert_eq!(a.head(0, 0, 2).0[(pos % PAGE) * 4].to_f32(), 7.0);
+    }
+
+    #[test]
+    fn truncate_releases_pages() {
+        let mut c = filled(3 * PAGE);
+        c.truncate(PAGE + 1);
+        assert_eq!(
+            (c.len(), c.tokens().len(), c.kv_bytes()),
+            (PAGE + 1, PAGE + 1, 2 * c.page_bytes())
+        );
     }
 }

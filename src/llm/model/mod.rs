@@ -4,6 +4,7 @@
 //! All architectures share one decoder ([`Transformer`]); [`Architecture`] names what differs.
 //! A loaded model is immutable and `Send + Sync`; conversations each own a [`KvCache`].
 
+mod attention;
 mod blocks;
 mod cache;
 mod gguf;

@@ -11,8 +11,9 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::Config;
+use super::attention::{self, Heads, Queries};
 use super::blocks::BlockLinear;
-use super::cache::KvCache;
+use super::cache::{Geometry, KvCache};
 use super::kquants::KLinear;
 use crate::llm::error::{LlmError, Result};
 
@@ -184,164 +185,10 @@ impl Transformer {
 
     /// Final hidden states `(t, hidden)` before the output norm.
     fn hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let t = tokens.len();
-        if t == 0 {
+        if tokens.is_empty() {
             return Err(LlmError::InvalidRequest("forward on zero tokens".into()));
         }
-        let pos = cache.len();
-        if pos + t > self.cfg.max_seq_len {
-            return Err(LlmError::InvalidRequest(format!(
-                "context overflow: {} cached + {t} new tokens > {} positions",
-                pos, self.cfg.max_seq_len
-            )));
-        }
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&id| id as usize >= self.cfg.vocab_size)
-        {
-            return Err(LlmError::InvalidRequest(format!(
-                "token id {bad} outside the vocabulary"
-            )));
-        }
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.forward(&ids)?;
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
-        let mask = if t > 1 {
-            Some(self.causal_mask(t, pos)?)
-        } else {
-            None
-        };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;
-            let a = self.attention(layer, i, &h, &cos, &sin, mask.as_ref(), cache)?;
-            x = (x + a)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps)?;
-            x = (x + self.mlp(layer, &h, Linear::forward)?)?;
-        }
-        cache.commit(t);
-        cache.record(tokens);
-        Ok(x)
-    }
-
-    /// Additive mask `(n_rep * t, pos + t)`: row `g * t + i` is query `i` of a head in a group.
-    fn causal_mask(&self, t: usize, pos: usize) -> Result<Tensor> {
-        let n_rep = self.cfg.n_head / self.cfg.n_kv_head;
-        let total = pos + t;
-        let mut m = Vec::with_capacity(n_rep * t * total);
-        for _ in 0..n_rep {
-            for i in 0..t {
-                for j in 0..total {
-                    m.push(if j <= pos + i {
-                        0f32
-                    } else {
-                        f32::NEG_INFINITY
-                    });
-                }
-            }
-        }
-        Ok(Tensor::from_vec(m, (n_rep * t, total), &self.device)?)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        layer: &Layer,
-        index: usize,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        let (q, k, v) = self.project(layer, x, Linear::forward)?;
-        let out = self.attend(layer, index, &q, &k, &v, cos, sin, mask, cache)?;
-        layer.wo.forward(&out)
-    }
-
-    /// The Q, K and V projections of `x` (`(t, hidden)`), biases added: one row per token.
-    fn project(
-        &self,
-        layer: &Layer,
-        x: &Tensor,
-        product: Product,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        Ok((
-            add_bias(product(&layer.wq, x)?, &layer.bq)?,
-            add_bias(product(&layer.wk, x)?, &layer.bk)?,
-            add_bias(product(&layer.wv, x)?, &layer.bv)?,
-        ))
-    }
-
-    /// Attention of one sequence's `t` projected rows against its cache; returns `(t, n_head *
-    /// head_dim)`, before the output projection.
-    #[allow(clippy::too_many_arguments)]
-    fn attend(
-        &self,
-        layer: &Layer,
-        index: usize,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let (t, _) = q.dims2()?;
-        let hd = cfg.head_dim;
-        let q = q.reshape((1, t, cfg.n_head, hd))?;
-        let k = k.reshape((1, t, cfg.n_kv_head, hd))?;
-        let q = match &layer.q_norm {
-            Some(w) => candle_nn::ops::rms_norm(&q, w, cfg.rms_eps)?,
-            None => q,
-        };
-        let k = match &layer.k_norm {
-            Some(w) => candle_nn::ops::rms_norm(&k, w, cfg.rms_eps)?,
-            None => k,
-        };
-        let q = q.transpose(1, 2)?.contiguous()?;
-        let k = k.transpose(1, 2)?.contiguous()?;
-        let v = v.reshape((1, t, cfg.n_kv_head, hd))?.transpose(1, 2)?;
-        let (q, k) = if cfg.rope_interleaved {
-            (
-                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
-            )
-        } else {
-            (
-                candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope(&k, cos, sin)?,
-            )
-        };
-        let (q, k, v) = if cfg.f16_attention {
-            (f16_round(&q)?, f16_round(&k)?, f16_round(&v)?)
-        } else {
-            (q, k, v)
-        };
-        let (k, v) = cache.append(index, &k, &v, cfg.max_seq_len)?;
-        // Grouped-query attention without copying K/V: the query heads sharing a KV head are
-        // stacked as rows, `(1, n_kv, n_rep * t, hd)`.
-        let n_rep = cfg.n_head / cfg.n_kv_head;
-        let q = q.reshape((1, cfg.n_kv_head, n_rep * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let probs = if cfg.f16_attention {
-            f16_round(&probs)?
-        } else {
-            probs
-        };
-        let out = probs.matmul(&v)?; // (1, n_kv, n_rep * t, hd)
-        Ok(out
-            .reshape((1, cfg.n_head, t, hd))?
-            .transpose(1, 2)?
-            .reshape((t, cfg.n_head * hd))?)
+        self.run(tokens, &mut [cache], &[tokens.len()], Linear::forward)
     }
 
     /// One decode step for several sequences at once: `tokens[i]` follows what `caches[i]`
@@ -357,65 +204,203 @@ impl Transformer {
                 caches.len()
             )));
         }
-        for (&id, cache) in tokens.iter().zip(caches.iter()) {
-            if id as usize >= self.cfg.vocab_size {
+        let x = self.run(tokens, caches, &vec![1; n], Linear::forward_rows)?;
+        self.logits(&x, Linear::forward_rows)
+    }
+
+    /// Run `rows[s]` new tokens of sequence `s` after what `caches[s]` holds, the tokens of all
+    /// sequences one after another in `tokens`; returns the final hidden states `(n, hidden)`.
+    /// The caches then hold their tokens too.
+    fn run(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+        rows: &[usize],
+        product: Product,
+    ) -> Result<Tensor> {
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&id| id as usize >= self.cfg.vocab_size)
+        {
+            return Err(LlmError::InvalidRequest(format!(
+                "token id {bad} outside the vocabulary"
+            )));
+        }
+        for (cache, &t) in caches.iter().zip(rows) {
+            if cache.len() + t > self.cfg.max_seq_len {
                 return Err(LlmError::InvalidRequest(format!(
-                    "token id {id} outside the vocabulary"
-                )));
-            }
-            if cache.len() + 1 > self.cfg.max_seq_len {
-                return Err(LlmError::InvalidRequest(format!(
-                    "context overflow: {} cached + 1 new token > {} positions",
+                    "context overflow: {} cached + {t} new tokens > {} positions",
                     cache.len(),
                     self.cfg.max_seq_len
                 )));
             }
         }
+        let geometry = Geometry {
+            layers: self.cfg.n_layer,
+            kv_heads: self.cfg.n_kv_head,
+            head_dim: self.cfg.head_dim,
+        };
+        let mut spans = Vec::with_capacity(caches.len());
+        let mut positions = Vec::with_capacity(tokens.len());
+        let mut row0 = 0;
+        for (cache, &t) in caches.iter_mut().zip(rows) {
+            cache.reserve(t, geometry);
+            let pos0 = cache.len();
+            spans.push(Span { row0, pos0, t });
+            positions.extend((pos0..pos0 + t).map(|p| p as u32));
+            row0 += t;
+        }
+        let at = Tensor::new(positions.as_slice(), &self.device)?;
+        let (cos, sin) = (
+            self.cos.index_select(&at, 0)?,
+            self.sin.index_select(&at, 0)?,
+        );
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.forward(&ids)?;
-        let tables: Vec<(Tensor, Tensor)> = caches
-            .iter()
-            .map(|c| {
-                Ok((
-                    self.cos.narrow(0, c.len(), 1)?,
-                    self.sin.narrow(0, c.len(), 1)?,
-                ))
-            })
-            .collect::<Result<_>>()?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;
-            let (q, k, v) = self.project(layer, &h, Linear::forward_rows)?;
-            let mut outs = Vec::with_capacity(n);
-            for (s, cache) in caches.iter_mut().enumerate() {
-                let (cos, sin) = &tables[s];
-                outs.push(self.attend(
-                    layer,
-                    i,
-                    &q.narrow(0, s, 1)?,
-                    &k.narrow(0, s, 1)?,
-                    &v.narrow(0, s, 1)?,
-                    cos,
-                    sin,
-                    None,
-                    cache,
-                )?);
-            }
-            let a = layer.wo.forward_rows(&Tensor::cat(&outs, 0)?)?;
+            let a = self.attention(layer, i, &h, (&cos, &sin), caches, &spans, product)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps)?;
-            x = (x + self.mlp(layer, &h, Linear::forward_rows)?)?;
+            x = (x + self.mlp(layer, &h, product)?)?;
         }
-        for (cache, &id) in caches.iter_mut().zip(tokens) {
-            cache.commit(1);
-            cache.record(&[id]);
+        let mut start = 0;
+        for (cache, span) in caches.iter_mut().zip(&spans) {
+            cache.commit(span.t);
+            cache.record(&tokens[start..start + span.t]);
+            start += span.t;
         }
-        self.logits(&x, Linear::forward_rows)
+        Ok(x)
+    }
+
+    /// Self-attention of one layer over the rows of every sequence, output projection included.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        index: usize,
+        x: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        caches: &mut [&mut KvCache],
+        spans: &[Span],
+        product: Product,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (n, _) = x.dims2()?;
+        let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
+        let (q, k, v) = self.project(layer, x, product)?;
+        let q = q.reshape((1, n, nh, hd))?;
+        let k = k.reshape((1, n, nkv, hd))?;
+        let q = match &layer.q_norm {
+            Some(w) => candle_nn::ops::rms_norm(&q, w, cfg.rms_eps)?,
+            None => q,
+        };
+        let k = match &layer.k_norm {
+            Some(w) => candle_nn::ops::rms_norm(&k, w, cfg.rms_eps)?,
+            None => k,
+        };
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let (q, k) = if cfg.rope_interleaved {
+            (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            )
+        } else {
+            (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            )
+        };
+        let q = if cfg.f16_attention { f16_round(&q)? } else { q };
+        let host = |t: Tensor| -> Result<Vec<f32>> {
+            Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        };
+        // q: (heads, n, hd); k: (kv heads, n, hd); v: (n, kv heads * hd).
+        let (q, k, v) = (host(q)?, host(k)?, host(v)?);
+        let mut krow = vec![0f32; nkv * hd];
+        for (cache, span) in caches.iter_mut().zip(spans) {
+            for i in 0..span.t {
+                let r = span.row0 + i;
+                for h in 0..nkv {
+                    krow[h * hd..(h + 1) * hd].copy_from_slice(&k[(h * n + r) * hd..][..hd]);
+                }
+                cache.write(
+                    index,
+                    span.pos0 + i,
+                    &krow,
+                    &v[r * nkv * hd..(r + 1) * nkv * hd],
+                );
+            }
+        }
+        let heads = Heads {
+            n_head: nh,
+            n_kv: nkv,
+            head_dim: hd,
+            scale: (1.0 / (hd as f64).sqrt()) as f32,
+            f16_weights: cfg.f16_attention,
+        };
+        let queries = Queries { q: &q, rows: n };
+        let tasks: Vec<(usize, usize)> = (0..spans.len())
+            .flat_map(|s| (0..nkv).map(move |g| (s, g)))
+            .collect();
+        let caches: &[&mut KvCache] = caches;
+        let run = |&(s, g): &(usize, usize)| {
+            let span = &spans[s];
+            attention::attend_group(
+                &heads, caches[s], index, g, span.pos0, span.t, queries, span.row0,
+            )
+        };
+        let threads = crate::llm::device::matmul_threads();
+        let parts: Vec<Vec<f32>> = if threads > 1 && tasks.len() > 1 {
+            use rayon::prelude::*;
+            super::blocks::pool(threads).install(|| tasks.par_iter().map(run).collect())
+        } else {
+            tasks.iter().map(run).collect()
+        };
+        let n_rep = nh / nkv;
+        let width = n_rep * hd;
+        let mut out = vec![0f32; n * nh * hd];
+        for (&(s, g), part) in tasks.iter().zip(&parts) {
+            let span = &spans[s];
+            for i in 0..span.t {
+                let r = span.row0 + i;
+                out[r * nh * hd + g * width..][..width]
+                    .copy_from_slice(&part[i * width..(i + 1) * width]);
+            }
+        }
+        let out = Tensor::from_vec(out, (n, nh * hd), &self.device)?;
+        product(&layer.wo, &out)
+    }
+
+    /// The Q, K and V projections of `x` (`(t, hidden)`), biases added: one row per token.
+    fn project(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        product: Product,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((
+            add_bias(product(&layer.wq, x)?, &layer.bq)?,
+            add_bias(product(&layer.wk, x)?, &layer.bk)?,
+            add_bias(product(&layer.wv, x)?, &layer.bv)?,
+        ))
     }
 }
 
-/// Round to f16 precision (values stay f32): llama.cpp keeps K and V in f16 and converts Q and
-/// the attention weights to f16 for its products; matching that keeps greedy decoding on the
-/// same path as the reference engine without paying for f16 arithmetic.
+/// The rows of one sequence within a pass.
+struct Span {
+    /// First row in the pass.
+    row0: usize,
+    /// Position of that row in its sequence.
+    pos0: usize,
+    /// Rows (new tokens).
+    t: usize,
+}
+
+/// Round to f16 precision (values stay f32): llama.cpp converts Q to f16 for its products (and
+/// keeps K and V in f16, as the cache does); matching that keeps greedy decoding on the same
+/// path as the reference engine without paying for f16 arithmetic.
 fn f16_round(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(DType::F16)?.to_dtype(DType::F32)?)
 }
