@@ -43,6 +43,7 @@ pub(crate) struct Queries<'a> {
 /// Output of KV head `g` for `t` new tokens starting at batch row `row0`, whose first
 /// position is `pos0` (the cache already holds their keys and values): `t × n_rep × head_dim`,
 /// token-major.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_group(
     heads: &Heads,
     cache: &KvCache,
@@ -239,7 +240,7 @@ mod tests {
         cache.commit(total);
         let rows = t + 2; // the sequence starts at batch row 2
         let q: Vec<f32> = (0..6 * rows * 12)
-            .map(|e| ((e * 13 % 29) as f32 / 14.0 - 1.0))
+            .map(|e| (e * 13 % 29) as f32 / 14.0 - 1.0)
             .collect();
         let queries = Queries { q: &q, rows };
         let r16 = |x: f32| f16::from_f32(x).to_f32();
