@@ -34,6 +34,11 @@ pub fn arm(limit: usize) {
     ARMED.store(true, Ordering::SeqCst);
 }
 
+/// Net bytes allocated since [`arm`] (while armed).
+pub fn used() -> isize {
+    USED.load(Ordering::SeqCst)
+}
+
 /// Stop counting.
 pub fn disarm() {
     ARMED.store(false, Ordering::SeqCst);

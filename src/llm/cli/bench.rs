@@ -30,6 +30,15 @@ pub struct BenchArgs {
     /// adds a `batched` array with aggregate and per-sequence decode speed and prefill speed.
     #[arg(long, value_delimiter = ',', value_name = "SIZES")]
     pub batch: Vec<usize>,
+    /// Instead of the speed figures, measure the key/value memory of `--episodes`
+    /// conversations that all start from this file's text (e.g. an agent's system prompt and
+    /// tools): the prefix is computed once and each conversation adds its own turn and
+    /// `--gen-tokens` decoded tokens, all decoded together.
+    #[arg(long, value_name = "FILE")]
+    pub shared_prefix: Option<std::path::PathBuf>,
+    /// Conversations for `--shared-prefix`.
+    #[arg(long, default_value_t = 16)]
+    pub episodes: usize,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -44,6 +53,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let engine = args.load.load(&args.name)?;
+    if let Some(path) = &args.shared_prefix {
+        let report = shared_prefix(&engine, path, args.episodes.max(1), args.gen_tokens)?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     let tok = engine.tokenizer();
     let prompt = tok.encode(BENCH_PROMPT, false)?;
     let mut long = Vec::new();
@@ -165,6 +179,83 @@ fn batched_decode(
         "decode_tok_per_s": (median(aggregate) * 100.0).round() / 100.0,
         "per_sequence_tok_per_s": (median(per_sequence) * 100.0).round() / 100.0,
         "prefill_tok_per_s": (median(prefill) * 10.0).round() / 10.0,
+    }))
+}
+
+/// Key/value memory of `episodes` conversations cloned from one computed prefix, each then
+/// given its own short turn and `gen_tokens` decoded tokens in one batch. Reports the pages the
+/// caches hold (each shared page once) and the heap the clones and their decoding added (the
+/// process allocator's count), both against the ideal: the prefix once plus every
+/// conversation's own positions.
+fn shared_prefix(
+    engine: &Engine,
+    path: &std::path::Path,
+    episodes: usize,
+    gen_tokens: usize,
+) -> anyhow::Result<serde_json::Value> {
+    use crate::domain::script::meter;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let tok = engine.tokenizer();
+    let prefix = tok.encode(&text, false)?;
+    if prefix.is_empty() {
+        anyhow::bail!("{}: no tokens", path.display());
+    }
+    let mut base = KvCache::new();
+    engine.prefill(&mut base, &prefix)?;
+    let per_position =
+        base.kv_bytes() / base.len().div_ceil(crate::llm::model::PAGE) / crate::llm::model::PAGE;
+    let prompts: Vec<Vec<u32>> = (0..episodes)
+        .map(|i| {
+            let mut p = prefix.clone();
+            p.extend(tok.encode(
+                &format!(
+                    "\nCustomer {i}: hello, I need help with order number {}.",
+                    1000 + 37 * i
+                ),
+                false,
+            )?);
+            Ok(p)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let req = GenerateRequest {
+        max_tokens: gen_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    meter::arm(usize::MAX);
+    let mut caches: Vec<KvCache> = (0..episodes).map(|_| base.clone()).collect();
+    let mut jobs: Vec<BatchJob> = caches
+        .iter_mut()
+        .zip(&prompts)
+        .map(|(cache, prompt)| BatchJob {
+            cache,
+            prompt,
+            req: &req,
+            processor: None,
+        })
+        .collect();
+    let gens = engine.generate_batch(&mut jobs);
+    drop(jobs);
+    let added = meter::used();
+    meter::disarm();
+    gens?;
+    let own: usize = caches.iter().map(|c| c.len() - prefix.len()).sum();
+    let ideal = (prefix.len() + own) * per_position;
+    let pages = KvCache::distinct_kv_bytes(caches.iter().chain([&base]));
+    let heap = base.kv_bytes() as f64 + added.max(0) as f64;
+    let copies = (prefix.len() * episodes + own) * per_position;
+    Ok(json!({
+        "prefix_tokens": prefix.len(),
+        "episodes": episodes,
+        "own_positions": own,
+        "kv_bytes_per_position": per_position,
+        "ideal_bytes": ideal,
+        "pages_bytes": pages,
+        "pages_over_ideal": ((pages as f64 / ideal as f64) * 1000.0).round() / 1000.0,
+        "heap_bytes": heap,
+        "heap_over_ideal": ((heap / ideal as f64) * 1000.0).round() / 1000.0,
+        "deep_copies_bytes": copies,
     }))
 }
 

@@ -17,7 +17,7 @@ use std::path::Path;
 use candle_core::Device;
 use candle_core::quantized::GgmlDType;
 
-pub use cache::KvCache;
+pub use cache::{KvCache, PAGE};
 pub use transformer::Transformer;
 
 use crate::llm::error::{LlmError, Result};
