@@ -223,6 +223,9 @@ fn shared_prefix(
         ignore_eos: true,
         ..Default::default()
     };
+    // One throwaway conversation first, so that buffers made once (candle's lazily packed
+    // weights) are not counted as the conversations' memory.
+    engine.generate(&mut base.clone(), &prompts[0], &req, None)?;
     meter::arm(usize::MAX);
     let mut caches: Vec<KvCache> = (0..episodes).map(|_| base.clone()).collect();
     let mut jobs: Vec<BatchJob> = caches

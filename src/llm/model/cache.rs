@@ -17,7 +17,7 @@ use std::sync::Arc;
 use half::f16;
 
 /// Positions per page.
-pub const PAGE: usize = 64;
+pub const PAGE: usize = 16;
 
 /// Shape of the cached tensors: set by the first write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
