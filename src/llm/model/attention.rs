@@ -116,11 +116,9 @@ fn attend_group_body<const FMA: bool>(
             let np = (visible - pg * PAGE).min(PAGE);
             keys[..np * hd].convert_to_f32_slice(&mut scratch[..np * hd]);
             for i in i0..i1 {
-                let last = pos0 + i;
-                if pg * PAGE > last {
+                let Some(here) = seen_in_page(pos0 + i, pg, np) else {
                     continue;
-                }
-                let here = (last + 1 - pg * PAGE).min(np);
+                };
                 for r in 0..n_rep {
                     let h = g * n_rep + r;
                     let at = (h * queries.rows + row0 + i) * hd;
@@ -147,11 +145,9 @@ fn attend_group_body<const FMA: bool>(
             let np = (visible - pg * PAGE).min(PAGE);
             values[..np * hd].convert_to_f32_slice(&mut scratch[..np * hd]);
             for i in i0..i1 {
-                let last = pos0 + i;
-                if pg * PAGE > last {
+                let Some(here) = seen_in_page(pos0 + i, pg, np) else {
                     continue;
-                }
-                let here = (last + 1 - pg * PAGE).min(np);
+                };
                 for r in 0..n_rep {
                     let weights = &scores[((i - i0) * n_rep + r) * end + pg * PAGE..][..here];
                     let o = &mut out[i * width + r * hd..][..hd];
@@ -164,6 +160,13 @@ fn attend_group_body<const FMA: bool>(
         i0 = i1;
     }
     out
+}
+
+/// How many of page `pg`'s first `np` positions a token at position `last` sees (causal), if
+/// any.
+#[inline(always)]
+fn seen_in_page(last: usize, pg: usize, np: usize) -> Option<usize> {
+    (pg * PAGE <= last).then(|| (last + 1 - pg * PAGE).min(np))
 }
 
 /// `sum(a * b)` with 8 fused accumulators, reduced in a fixed tree (llama.cpp's

@@ -611,36 +611,27 @@ mod x86 {
         use super::super::{KView, Q8KRow, QK_K};
         use super::{PREFETCH_AHEAD, hsum};
 
-        /// `vpermw` indices: i16 lane `2c` of the source in lanes 0-15, lane `2c + 1` in 16-31.
-        const PAIR_LANES: [[u16; 32]; 4] = {
+        /// `vpermw` indices: table `i` takes source i16 lane `per * i + l / width` into lane `l`.
+        const fn spread(per: usize, width: usize) -> [[u16; 32]; 4] {
             let mut t = [[0u16; 32]; 4];
-            let mut c = 0;
-            while c < 4 {
+            let mut i = 0;
+            while i < 4 {
                 let mut l = 0;
                 while l < 32 {
-                    t[c][l] = (2 * c + l / 16) as u16;
+                    t[i][l] = (per * i + l / width) as u16;
                     l += 1;
                 }
-                c += 1;
+                i += 1;
             }
             t
-        };
+        }
 
-        /// `vpermw` indices for Q6_K: 16-element sub-block scales, 8 lanes each, four
-        /// sub-blocks (`4q..4q + 4`) per 512-bit register.
-        const QUAD_LANES: [[u16; 32]; 4] = {
-            let mut t = [[0u16; 32]; 4];
-            let mut q = 0;
-            while q < 4 {
-                let mut l = 0;
-                while l < 32 {
-                    t[q][l] = (4 * q + l / 8) as u16;
-                    l += 1;
-                }
-                q += 1;
-            }
-            t
-        };
+        /// Q4_K: scale `2c` of the source in lanes 0-15, scale `2c + 1` in 16-31.
+        const PAIR_LANES: [[u16; 32]; 4] = spread(2, 16);
+
+        /// Q6_K: 16-element sub-block scales, 8 lanes each, four sub-blocks (`4q..4q + 4`)
+        /// per 512-bit register.
+        const QUAD_LANES: [[u16; 32]; 4] = spread(4, 8);
 
         /// Shift counts for the Q6_K high bits: two per register half.
         const HIGH_SHIFTS: [[u16; 32]; 2] = {
