@@ -3,9 +3,13 @@
 //! [`ScriptedBackend`](crate::llm::scripted::ScriptedBackend) (canned replies for tests).
 //!
 //! Callers keep one [`Conversation`] per dialogue and pass the whole message list each turn;
-//! a backend may keep state in it (the local one keeps the KV cache, so a new turn runs only
-//! its new tokens). Backends are `Send + Sync` and take `&self`: many conversations may be
-//! served at once.
+//! a backend may keep state in it, opaque to the caller (the local one keeps its key/value
+//! cache, so a new turn runs only its new tokens). Backends are `Send + Sync` and take
+//! `&self`: callers on many threads may wait on replies at once, and the local backend decodes
+//! them together in its batches.
+
+use std::any::Any;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -13,7 +17,6 @@ use serde_json::Value;
 use crate::llm::chat::Message;
 use crate::llm::engine::Finish;
 use crate::llm::error::Result;
-use crate::llm::model::KvCache;
 use crate::llm::sampler::SamplingParams;
 use crate::llm::tools::ModelOutput;
 
@@ -73,11 +76,22 @@ pub struct ChatReply {
     pub usage: Usage,
 }
 
-/// Per-dialogue state a backend may keep between turns.
-#[derive(Debug, Default, Clone)]
+/// Per-dialogue state a backend may keep between turns. Cloning it is cheap (the state is
+/// shared; a backend copies what it changes), so a primed conversation can start many.
+#[derive(Default, Clone)]
 pub struct Conversation {
-    pub(crate) cache: KvCache,
-    pub(crate) turns: usize,
+    state: Option<Arc<dyn Any + Send + Sync>>,
+    cached: usize,
+    turns: usize,
+}
+
+impl std::fmt::Debug for Conversation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conversation")
+            .field("cached", &self.cached)
+            .field("turns", &self.turns)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Conversation {
@@ -90,9 +104,28 @@ impl Conversation {
         self.turns
     }
 
-    /// Tokens held in this conversation's cache.
+    /// Tokens the backend holds computed for this conversation.
     pub fn cached_tokens(&self) -> usize {
-        self.cache.len()
+        self.cached
+    }
+
+    /// The backend's state, taken out to be changed: the value itself when this conversation
+    /// is its only holder, else a clone (`T`'s clone should share what it can). `None` when
+    /// the conversation holds no state of type `T`.
+    pub fn take_state<T: Any + Send + Sync + Clone>(&mut self) -> Option<T> {
+        let state = self.state.take()?.downcast::<T>().ok()?;
+        Some(Arc::try_unwrap(state).unwrap_or_else(|shared| (*shared).clone()))
+    }
+
+    /// Store the backend's state after a turn, with the number of tokens it holds computed.
+    pub fn put_state<T: Any + Send + Sync>(&mut self, state: T, cached_tokens: usize) {
+        self.state = Some(Arc::new(state));
+        self.cached = cached_tokens;
+    }
+
+    /// Count a reply.
+    pub fn count_turn(&mut self) {
+        self.turns += 1;
     }
 }
 

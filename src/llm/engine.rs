@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::Serialize;
 
@@ -15,6 +14,7 @@ use crate::llm::error::{LlmError, Result};
 use crate::llm::model::{self, KvCache, LoadOptions, Transformer};
 use crate::llm::profile::Profile;
 use crate::llm::sampler::{Sampler, SamplingParams};
+use crate::llm::scheduler::{Batch, Done};
 
 /// Prompt tokens per forward pass when prefilling (llama.cpp's default micro-batch is 512).
 const PREFILL_CHUNK: usize = 128;
@@ -80,6 +80,15 @@ pub trait LogitsProcessor {
     fn process(&mut self, logits: &mut [f32]) -> Result<()>;
     /// Record the chosen token; return true when the output is complete.
     fn accept(&mut self, token: u32) -> Result<bool>;
+}
+
+impl<P: LogitsProcessor + ?Sized> LogitsProcessor for &mut P {
+    fn process(&mut self, logits: &mut [f32]) -> Result<()> {
+        (**self).process(logits)
+    }
+    fn accept(&mut self, token: u32) -> Result<bool> {
+        (**self).accept(token)
+    }
 }
 
 /// A loaded model ready to serve conversations.
@@ -240,101 +249,87 @@ impl Engine {
         cache: &mut KvCache,
         prompt: &[u32],
         req: &GenerateRequest,
-        mut processor: Option<&mut dyn LogitsProcessor>,
+        processor: Option<&mut dyn LogitsProcessor>,
     ) -> Result<Generation> {
-        let start = Instant::now();
-        let (mut logits, cached) = self.prefill(cache, prompt)?;
-        let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
-        let decode_start = Instant::now();
-        let mut d = self.decoding(req);
-        while let Some(tok) = self.advance(&mut d, &mut logits, processor.as_deref_mut())? {
-            logits = self.step(cache, tok)?;
+        let mut batch = Batch::new(self);
+        let processor = processor.map(|p| Box::new(p) as Box<dyn LogitsProcessor + '_>);
+        let mut done = batch.admit(0, std::mem::take(cache), prompt.to_vec(), req, processor);
+        while done.is_none() {
+            done = batch.step(usize::MAX).pop();
         }
-        let decode_ms = decode_start.elapsed().as_secs_f64() * 1e3;
-        Ok(self.generation(d, prompt.len(), cached, prefill_ms, decode_ms))
+        let done = done.expect("the batch ran until its sequence finished");
+        *cache = done.cache;
+        done.result
     }
 
     /// [`Engine::generate`] for several sequences at once: each prompt is prefilled on its
     /// own, then every decode step runs all unfinished sequences in one forward pass
     /// ([`Transformer::forward_decode`]). Each result is bit-identical to what `generate`
     /// returns for the same job alone (greedy or seeded); only the timings differ, and
-    /// `decode_ms` is the time until that sequence finished.
+    /// `decode_ms` runs from a sequence's first decode pass until it finished. Every cache
+    /// is left holding its sequence, even when another sequence failed.
     pub fn generate_batch(&self, jobs: &mut [BatchJob<'_>]) -> Result<Vec<Generation>> {
-        let mut states = Vec::with_capacity(jobs.len());
-        for job in jobs.iter_mut() {
-            let start = Instant::now();
-            let (logits, cached) = self.prefill(job.cache, job.prompt)?;
-            states.push((logits, cached, start.elapsed().as_secs_f64() * 1e3));
-        }
-        let decode_start = Instant::now();
-        let mut decodings: Vec<Decoding<'_>> = jobs.iter().map(|j| self.decoding(j.req)).collect();
-        let mut next: Vec<Option<u32>> = Vec::with_capacity(jobs.len());
-        let mut decode_ms = vec![0f64; jobs.len()];
-        for (i, job) in jobs.iter_mut().enumerate() {
-            let tok = self.advance(
-                &mut decodings[i],
-                &mut states[i].0,
-                job.processor.as_deref_mut(),
-            )?;
-            if tok.is_none() {
-                decode_ms[i] = decode_start.elapsed().as_secs_f64() * 1e3;
+        let mut finished: Vec<Done> = Vec::with_capacity(jobs.len());
+        {
+            let mut batch = Batch::new(self);
+            for (key, job) in jobs.iter_mut().enumerate() {
+                let processor = job
+                    .processor
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn LogitsProcessor + '_>);
+                let cache = std::mem::take(&mut *job.cache);
+                finished.extend(batch.admit(key, cache, job.prompt.to_vec(), job.req, processor));
             }
-            next.push(tok);
-        }
-        while next.iter().any(Option::is_some) {
-            let tokens: Vec<u32> = next.iter().flatten().copied().collect();
-            let rows = {
-                let mut caches: Vec<&mut KvCache> = jobs
-                    .iter_mut()
-                    .zip(&next)
-                    .filter(|(_, t)| t.is_some())
-                    .map(|(j, _)| &mut *j.cache)
-                    .collect();
-                let logits = self.model.forward_decode(&tokens, &mut caches)?;
-                logits
-                    .to_device(&candle_core::Device::Cpu)?
-                    .to_vec2::<f32>()?
-            };
-            let mut rows = rows.into_iter();
-            for (i, job) in jobs.iter_mut().enumerate() {
-                if next[i].is_none() {
-                    continue;
-                }
-                let mut logits = rows.next().expect("one row per running sequence");
-                logits.truncate(self.tokenizer.vocab_size());
-                next[i] =
-                    self.advance(&mut decodings[i], &mut logits, job.processor.as_deref_mut())?;
-                if next[i].is_none() {
-                    decode_ms[i] = decode_start.elapsed().as_secs_f64() * 1e3;
-                }
+            // Every prompt first, then decoding: the batch decodes at full size from its
+            // first step (the scheduler instead interleaves prefill chunks with decode steps).
+            while !batch.is_empty() {
+                finished.extend(batch.step(usize::MAX));
             }
         }
-        Ok(decodings
+        let mut results: Vec<Option<Result<Generation>>> = jobs.iter().map(|_| None).collect();
+        for done in finished {
+            *jobs[done.key].cache = done.cache;
+            results[done.key] = Some(done.result);
+        }
+        results
             .into_iter()
-            .zip(jobs.iter())
-            .zip(states)
-            .zip(decode_ms)
-            .map(|(((d, job), (_, cached, prefill_ms)), decode_ms)| {
-                self.generation(d, job.prompt.len(), cached, prefill_ms, decode_ms)
-            })
-            .collect())
+            .map(|r| r.unwrap_or_else(|| Err(LlmError::InvalidRequest("sequence lost".into()))))
+            .collect()
     }
 
-    fn decoding<'a>(&'a self, req: &'a GenerateRequest) -> Decoding<'a> {
+    /// The next chunk of `prompt` to run after `cache.len()` positions, and whether it is
+    /// the last. Chunks start where the reused prefix ends, so a prompt is cut the same way
+    /// whatever else runs beside it.
+    pub(crate) fn prefill_chunk<'p>(&self, prompt: &'p [u32], done: usize) -> &'p [u32] {
+        &prompt[done..(done + PREFILL_CHUNK).min(prompt.len())]
+    }
+
+    /// Next-token logits from the last row of a pass, as a vector over the vocabulary.
+    pub(crate) fn logits_vec(&self, logits: &candle_core::Tensor) -> Result<Vec<f32>> {
+        self.to_vec(logits)
+    }
+
+    /// The model's context length.
+    pub fn max_positions(&self) -> usize {
+        self.model.config().max_seq_len
+    }
+
+    pub(crate) fn decoding(&self, req: &GenerateRequest) -> Decoding {
         let stops = if req.ignore_eos {
             vec![]
         } else {
             self.stop_strings
                 .iter()
                 .chain(&req.stop)
-                .map(String::as_str)
                 .filter(|s| !s.is_empty())
+                .cloned()
                 .collect()
         };
         Decoding {
             sampler: Sampler::new(req.sampling),
             stops,
-            req,
+            max_tokens: req.max_tokens,
+            ignore_eos: req.ignore_eos,
             ids: Vec::new(),
             text_end: None,
             finish: None,
@@ -343,14 +338,13 @@ impl Engine {
 
     /// Take the next position's logits: choose a token, or end. Returns the token to run next,
     /// or `None` once the sequence has finished (`d.finish` says why).
-    fn advance<'b, 'c: 'b>(
+    pub(crate) fn advance<'b, 'c: 'b>(
         &self,
-        d: &mut Decoding<'_>,
+        d: &mut Decoding,
         logits: &mut [f32],
         processor: Option<&'b mut (dyn LogitsProcessor + 'c)>,
     ) -> Result<Option<u32>> {
-        let req = d.req;
-        if d.ids.len() >= req.max_tokens {
+        if d.ids.len() >= d.max_tokens {
             d.finish = Some(Finish::Length);
             return Ok(None);
         }
@@ -363,7 +357,7 @@ impl Engine {
             return Ok(None);
         };
         d.ids.push(tok);
-        if !req.ignore_eos && self.stop_tokens.contains(&tok) {
+        if !d.ignore_eos && self.stop_tokens.contains(&tok) {
             d.text_end = Some(d.ids.len() - 1);
             d.finish = Some(Finish::StopToken { id: tok });
             return Ok(None);
@@ -376,23 +370,21 @@ impl Engine {
         }
         if !d.stops.is_empty() {
             let text = self.tokenizer.decode(&d.ids, false);
-            if let Some(stop) = d.stops.iter().find(|s| text.contains(**s)) {
-                d.finish = Some(Finish::StopString {
-                    stop: stop.to_string(),
-                });
+            if let Some(stop) = d.stops.iter().find(|s| text.contains(s.as_str())) {
+                d.finish = Some(Finish::StopString { stop: stop.clone() });
                 return Ok(None);
             }
         }
-        if d.ids.len() >= req.max_tokens {
+        if d.ids.len() >= d.max_tokens {
             d.finish = Some(Finish::Length);
             return Ok(None);
         }
         Ok(Some(tok))
     }
 
-    fn generation(
+    pub(crate) fn generation(
         &self,
-        d: Decoding<'_>,
+        d: Decoding,
         prompt_tokens: usize,
         cached_tokens: usize,
         prefill_ms: f64,
@@ -427,10 +419,11 @@ pub struct BatchJob<'a> {
 }
 
 /// One sequence's decoding state between forward passes.
-struct Decoding<'a> {
+pub(crate) struct Decoding {
     sampler: Sampler,
-    stops: Vec<&'a str>,
-    req: &'a GenerateRequest,
+    stops: Vec<String>,
+    max_tokens: usize,
+    ignore_eos: bool,
     ids: Vec<u32>,
     text_end: Option<usize>,
     finish: Option<Finish>,

@@ -1,12 +1,15 @@
-//! The real backend: a loaded [`Engine`] with its chat template and tool-call format.
+//! The real backend: a loaded [`Engine`] with its chat template and tool-call format, its
+//! replies decoded together on a continuous-batching [`Scheduler`].
 
 use std::sync::Arc;
 
 use crate::llm::backend::{Backend, ChatReply, ChatRequest, Constraint, Conversation, Usage};
 use crate::llm::chat::ChatTemplate;
 use crate::llm::constrain::Constrainer;
-use crate::llm::engine::{Engine, GenerateRequest};
+use crate::llm::engine::{Engine, GenerateRequest, Generation, LogitsProcessor};
 use crate::llm::error::{LlmError, Result};
+use crate::llm::model::KvCache;
+use crate::llm::scheduler::{BatchStats, Job, Limits, Scheduler};
 use crate::llm::tools::ToolFormat;
 
 /// A model serving conversations.
@@ -16,6 +19,8 @@ pub struct LocalBackend {
     format: ToolFormat,
     name: String,
     constrainer: std::sync::OnceLock<Constrainer>,
+    scheduler: std::sync::OnceLock<Scheduler>,
+    limits: Limits,
 }
 
 impl LocalBackend {
@@ -39,6 +44,8 @@ impl LocalBackend {
             format,
             name,
             constrainer: std::sync::OnceLock::new(),
+            scheduler: std::sync::OnceLock::new(),
+            limits: Limits::default(),
         })
     }
 
@@ -71,6 +78,60 @@ impl LocalBackend {
             .ok_or_else(|| LlmError::Constraint("the model has no end-of-turn token".into()))?;
         let c = Constrainer::new(self.engine.tokenizer().clone(), eos)?;
         Ok(self.constrainer.get_or_init(|| c))
+    }
+
+    /// Run one job through the scheduler on the conversation's cache; the conversation keeps
+    /// its previous cache if the job fails.
+    fn run(
+        &self,
+        conversation: &mut Conversation,
+        prompt: Vec<u32>,
+        req: GenerateRequest,
+        processor: Option<Box<dyn LogitsProcessor + Send>>,
+    ) -> Result<Generation> {
+        let cache: KvCache = conversation.take_state().unwrap_or_default();
+        let keep = cache.clone();
+        let (cache, result) = self.scheduler()?.generate(Job {
+            cache,
+            prompt,
+            req,
+            processor,
+        })?;
+        match result {
+            Ok(g) => {
+                let n = cache.len();
+                conversation.put_state(cache, n);
+                Ok(g)
+            }
+            Err(e) => {
+                let n = keep.len();
+                conversation.put_state(keep, n);
+                Err(e)
+            }
+        }
+    }
+
+    /// The continuous-batching scheduler serving this backend (started on first use).
+    fn scheduler(&self) -> Result<&Scheduler> {
+        if let Some(s) = self.scheduler.get() {
+            return Ok(s);
+        }
+        let s = Scheduler::new(self.engine.clone(), self.limits)?;
+        Ok(self.scheduler.get_or_init(|| s))
+    }
+
+    /// Decode passes made for this backend's replies so far, and their batch sizes.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.scheduler
+            .get()
+            .map(Scheduler::stats)
+            .unwrap_or_default()
+    }
+
+    /// Serve with other batch limits than [`Limits::default`].
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The prompt text for a request (what the model will see).
@@ -110,7 +171,7 @@ impl Backend for LocalBackend {
             stop: request.stop.clone(),
             ignore_eos: false,
         };
-        let mut grammar = match &request.constraint {
+        let grammar = match &request.constraint {
             None => None,
             Some(Constraint::JsonSchema(schema)) => Some(self.constrainer()?.json_schema(schema)?),
             Some(Constraint::ToolCall) => {
@@ -121,13 +182,13 @@ impl Backend for LocalBackend {
                     .text_or_tool_call(self.format, &request.tools)?,
             ),
         };
-        let g = self.engine.generate(
-            &mut conversation.cache,
-            &ids,
-            &settings,
-            grammar.as_mut().map(|g| g as _),
+        let g = self.run(
+            conversation,
+            ids,
+            settings,
+            grammar.map(|g| Box::new(g) as _),
         )?;
-        conversation.turns += 1;
+        conversation.count_turn();
         Ok(ChatReply {
             output: self.format.parse(&g.text),
             raw: g.text,
@@ -146,7 +207,11 @@ impl Backend for LocalBackend {
         let prompt = self.render(request, false)?;
         let ids = self.engine.tokenizer().encode(&prompt, true)?;
         if ids.len() > 1 {
-            self.engine.prefill(&mut conversation.cache, &ids)?;
+            let settings = GenerateRequest {
+                max_tokens: 0,
+                ..Default::default()
+            };
+            self.run(conversation, ids, settings, None)?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //!   [`scripted`] (canned replies for tests) implement it.
 //! - [`constrain`]: llguidance grammars (JSON schema, tool calls) as logits masks.
 //! - [`tools`]: tool-call wire formats (render, tolerant parse).
+//! - [`scheduler`]: continuous batching: many sequences per forward pass, on a worker thread.
 //! - [`engine`]: a loaded model serving many conversations; generation with stop rules.
 //! - [`chat`]: chat templates (the model's own Jinja, rendered with minijinja).
 //! - [`sampler`]: greedy and seeded sampling.
@@ -27,6 +28,7 @@ pub mod local;
 pub mod model;
 pub mod profile;
 pub mod sampler;
+pub mod scheduler;
 pub mod scripted;
 pub mod tokenizer;
 pub mod tools;

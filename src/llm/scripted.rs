@@ -54,7 +54,7 @@ impl Backend for ScriptedBackend {
             .ok_or_else(|| {
                 LlmError::InvalidRequest("scripted backend has no replies left".into())
             })?;
-        conversation.turns += 1;
+        conversation.count_turn();
         let completion_tokens = raw.split_whitespace().count();
         Ok(ChatReply {
             output: self.format.parse(&raw),
