@@ -79,12 +79,23 @@ impl Setup {
     }
 
     fn run(&self, out: &Path, tasks: &[(String, Task)]) -> RolloutSummary {
+        self.run_with(out, tasks, self.agent.clone(), self.user.clone(), 1)
+    }
+
+    fn run_with(
+        &self,
+        out: &Path,
+        tasks: &[(String, Task)],
+        agent: Arc<dyn Backend>,
+        user: Arc<dyn Backend>,
+        concurrency: usize,
+    ) -> RolloutSummary {
         let domain = domain();
         let r = Rollouts {
             domain: &domain,
             agent: AgentRole {
                 name: "agent".into(),
-                backend: self.agent.clone() as Arc<dyn Backend>,
+                backend: agent,
                 temperature: 0.0,
                 max_tokens: 100,
                 max_steps: self.max_steps,
@@ -95,7 +106,7 @@ impl Setup {
             },
             user: UserRole {
                 name: "user".into(),
-                backend: self.user.clone() as Arc<dyn Backend>,
+                backend: user,
                 temperature: 1.0,
                 max_tokens: 100,
                 strategy: self.strategy,
@@ -110,6 +121,7 @@ impl Setup {
                 keep: self.keep,
                 require_gold_tools: self.require_gold_tools,
             },
+            concurrency,
         };
         r.run(out, tasks, |_| {}).unwrap()
     }
@@ -742,4 +754,107 @@ fn each_fault_label_comes_from_its_signal() {
         (f.as_str(), e.as_str()),
         ("unclear", "failed with rollout.max_steps")
     );
+}
+
+/// Replies chosen by the conversation, not by call order (a scripted backend shared by
+/// episodes running at once would hand one episode's reply to another): the script of the
+/// first marker found in the request's messages, at the index of the reply (the assistant
+/// messages so far).
+struct Keyed {
+    scripts: Vec<(String, Vec<String>)>,
+}
+
+impl Backend for Keyed {
+    fn name(&self) -> String {
+        "keyed".into()
+    }
+
+    fn reply(
+        &self,
+        conversation: &mut apigen_mt::llm::Conversation,
+        request: &apigen_mt::llm::ChatRequest,
+    ) -> apigen_mt::llm::Result<apigen_mt::llm::ChatReply> {
+        let text: String = request
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect();
+        let turn = request
+            .messages
+            .iter()
+            .filter(|m| m.role == "assistant")
+            .count();
+        let reply = self
+            .scripts
+            .iter()
+            .find(|(marker, _)| text.contains(marker.as_str()))
+            .and_then(|(_, replies)| replies.get(turn))
+            .cloned()
+            .unwrap_or_else(|| "###STOP###".into());
+        ScriptedBackend::new(ToolFormat::Hermes, [reply]).reply(conversation, request)
+    }
+}
+
+/// Eight tasks, two trials each, at one attempt in flight and at eight: the same files, line for
+/// line (timings aside); every attempt is in the log once.
+#[test]
+fn concurrent_attempts_give_the_files_of_one_at_a_time() {
+    let base = tasks()[0].clone();
+    let tasks: Vec<(String, Task)> = (0..8)
+        .map(|k| {
+            let mut t = base.clone();
+            t.instruction = format!("{} Your customer number is K-{k}.", t.instruction);
+            (format!("bp-{k}"), t)
+        })
+        .collect();
+    // Task k's user opens with its marker, so the agent's requests carry it too; odd tasks
+    // send a wrong amount (not verified), even ones the right one.
+    let user = Arc::new(Keyed {
+        scripts: (0..8)
+            .map(|k| {
+                (
+                    format!("K-{k}."),
+                    vec![format!("I am K-{k}: {ASK}"), "###STOP###".into()],
+                )
+            })
+            .collect(),
+    });
+    let agent = Arc::new(Keyed {
+        scripts: (0..8)
+            .map(|k| {
+                let amount = if k % 2 == 0 { 250.5 } else { 3.0 };
+                (
+                    format!("I am K-{k}:"),
+                    vec![transfer(amount), format!("Done for K-{k}.")],
+                )
+            })
+            .collect(),
+    });
+    let mut s = Setup::new(&[], &[]);
+    s.trials = 2;
+    let read = |dir: &Path| -> (String, Vec<Value>) {
+        let dataset = std::fs::read_to_string(dir.join("dataset.jsonl")).unwrap();
+        let t = lines(&dir.join("trajectories.jsonl"))
+            .into_iter()
+            .map(|mut v| {
+                v["seconds"] = json!(null);
+                v
+            })
+            .collect();
+        (dataset, t)
+    };
+    let one = tempfile::tempdir().unwrap();
+    let a = s.run_with(one.path(), &tasks, agent.clone(), user.clone(), 1);
+    let eight = tempfile::tempdir().unwrap();
+    let b = s.run_with(eight.path(), &tasks, agent, user, 8);
+    assert_eq!((a.rollouts, a.verified), (16, 8));
+    assert_eq!(
+        (b.rollouts, b.verified, b.kept),
+        (a.rollouts, a.verified, a.kept)
+    );
+    let (d1, t1) = read(one.path());
+    let (d8, t8) = read(eight.path());
+    assert!(!d1.is_empty());
+    assert_eq!(d1, d8);
+    assert_eq!(t1, t8);
 }

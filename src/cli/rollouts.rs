@@ -51,6 +51,12 @@ pub struct RoleArgs {
     /// Attempts per task.
     #[arg(long, default_value_t = 3)]
     pub trials: usize,
+    /// Episodes (eval: trials) in flight at once. Their agent and user replies are decoded
+    /// together, up to 16 sequences in one forward pass, so the default keeps that batch about
+    /// full. The files written are the same for any value: attempts are committed in task and
+    /// trial order.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub concurrency: usize,
     /// Agent sampling temperature. Default: 0 for eval (tau-bench's); 0.7 for rollouts and
     /// generate, so that trials differ and a small model does not repeat one call forever.
     #[arg(long)]
@@ -304,6 +310,7 @@ pub fn roll_out(
             keep,
             require_gold_tools,
         },
+        concurrency: roles.concurrency,
     };
     let planned = tasks.len() * roles.trials;
     let started = std::time::Instant::now();

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 /// Settings of a rollout run (mirrored by the command-line flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +157,9 @@ pub struct Rollouts<'d> {
     pub agent: AgentRole,
     pub user: UserRole,
     pub settings: Settings,
+    /// Attempts in flight at once, each on its own thread; their model calls are decoded
+    /// together by the engine. The files written do not depend on it.
+    pub concurrency: usize,
 }
 
 /// The seed of one attempt, from the run seed, the task id and the trial.
@@ -234,7 +239,10 @@ impl Logs {
 
 impl Rollouts<'_> {
     /// Run (or resume) every task's trials into `out`, calling `progress` after each attempt.
-    /// `tasks` are `(id, task)` pairs; ids must be unique.
+    /// `tasks` are `(id, task)` pairs; ids must be unique. Up to `concurrency` attempts run at
+    /// once; each is committed once every attempt before it (task order, then trial) is, so a
+    /// crash loses at most the attempts in flight and the files are the same at any
+    /// concurrency.
     pub fn run(
         &self,
         out: &Path,
@@ -244,11 +252,11 @@ impl Rollouts<'_> {
         let mut logs = Logs::open(out)?;
         let mut summary = self.summarise(tasks.len(), &logs.done);
         progress(&summary);
-        let todo = tasks.iter().any(|(id, _)| {
+        let pending = tasks.iter().any(|(id, _)| {
             (0..self.settings.trials)
                 .any(|t| !logs.done.iter().any(|d| d.id == format!("{id}#{t}")))
         });
-        let prefix = if todo {
+        let prefix = if pending {
             // A long policy and many tool schemas take minutes to run through a model on a CPU:
             // say so rather than sit silent.
             eprintln!("caching the agent's prompt (the policy and the tool schemas)...");
@@ -267,98 +275,156 @@ impl Rollouts<'_> {
         } else {
             None
         };
-        for (task_id, task) in tasks {
-            for trial in 0..self.settings.trials {
-                let id = format!("{task_id}#{trial}");
-                if logs.done.iter().any(|d| d.id == id) {
-                    continue;
-                }
-                let seed = attempt_seed(self.settings.seed, task_id, trial);
-                let episode = run_episode(&EpisodeSpec {
-                    domain: self.domain,
-                    task,
-                    agent: &self.agent,
-                    user: &self.user,
-                    seed,
-                    agent_prefix: prefix.as_ref(),
-                });
-                let key = conversation_key(&episode.messages);
-                let duplicate_of = if episode.reward == 1.0 {
-                    logs.done
-                        .iter()
-                        .filter(|d| d.kept && d.blueprint_id == *task_id)
-                        .find(|d| conversation_key(&d.episode.messages) == key)
-                        .map(|d| d.id.clone())
-                } else {
-                    None
-                };
-                let is_write = |n: &str| {
-                    self.domain
-                        .tool(n)
-                        .is_some_and(|t| t.kind == crate::domain::tools::ToolKind::Write)
-                };
-                let problem = (self.settings.keep
-                    && self.settings.require_gold_tools
-                    && episode.reward == 1.0)
-                    .then(|| {
-                        keep::keep_problem(
+        // The attempts still to run, in the order they are committed.
+        let todo: Vec<(usize, usize)> = tasks
+            .iter()
+            .enumerate()
+            .flat_map(|(t, (task_id, _))| {
+                let done = &logs.done;
+                (0..self.settings.trials)
+                    .filter(move |trial| !done.iter().any(|d| d.id == format!("{task_id}#{trial}")))
+                    .map(move |trial| (t, trial))
+            })
+            .collect();
+        let workers = self.concurrency.clamp(1, todo.len().max(1));
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| -> Result<(), RunError> {
+            let (tx, rx) = mpsc::channel::<(usize, Episode)>();
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let (todo, next, stop, prefix) = (&todo, &next, &stop, prefix.as_ref());
+                scope.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(t, trial)) = todo.get(i) else {
+                            break;
+                        };
+                        let (task_id, task) = &tasks[t];
+                        let episode = run_episode(&EpisodeSpec {
+                            domain: self.domain,
                             task,
-                            &episode.messages,
-                            is_write,
-                            &self.domain.manifest.terminate_tools,
-                        )
-                    })
-                    .flatten();
-                let fault = (self.settings.keep && (episode.reward != 1.0 || problem.is_some()))
-                    .then(|| {
-                        keep::fault(
-                            task,
-                            &episode.messages,
-                            episode.code.as_deref(),
-                            problem.as_ref(),
-                            is_write,
-                        )
-                    });
-                let not_kept = problem.as_ref().map(|p| p.detail.clone());
-                let kept = self.settings.keep
-                    && episode.reward == 1.0
-                    && duplicate_of.is_none()
-                    && not_kept.is_none();
-                let dataset = kept.then(|| DatasetRecord {
-                    id: id.clone(),
-                    blueprint_id: task_id.clone(),
-                    trial,
-                    domain: self.domain.name().to_owned(),
-                    agent: self.agent.name.clone(),
-                    user: self.user.name.clone(),
-                    messages: episode.messages.clone(),
-                    tools: self.domain.tool_schemas(),
+                            agent: &self.agent,
+                            user: &self.user,
+                            seed: attempt_seed(self.settings.seed, task_id, trial),
+                            agent_prefix: prefix,
+                        });
+                        if tx.send((i, episode)).is_err() {
+                            break;
+                        }
+                    }
                 });
-                let record = TrajectoryRecord {
-                    id,
-                    blueprint_id: task_id.clone(),
-                    trial,
-                    seed,
-                    agent: self.agent.name.clone(),
-                    user: self.user.name.clone(),
-                    user_strategy: self.user.strategy,
-                    kept,
-                    duplicate_of,
-                    not_kept,
-                    not_kept_code: problem.map(|p| p.code),
-                    fault,
-                    episode,
-                };
-                logs.commit(record, dataset)?;
-                summary = self.summarise(tasks.len(), &logs.done);
-                merge_summary(out, &json!({ "rollouts": summary }))?;
-                progress(&summary);
             }
-        }
+            drop(tx);
+            // Attempts finish in any order; they are committed in `todo`'s, so the files are
+            // the same for any number of workers.
+            let mut finished = BTreeMap::new();
+            let mut committed = 0;
+            for (i, episode) in rx {
+                finished.insert(i, episode);
+                while let Some(episode) = finished.remove(&committed) {
+                    let (t, trial) = todo[committed];
+                    let (task_id, task) = &tasks[t];
+                    let result = self.commit(&mut logs, task_id, task, trial, episode);
+                    if let Err(e) = result {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    committed += 1;
+                    summary = self.summarise(tasks.len(), &logs.done);
+                    if let Err(e) = merge_summary(out, &json!({ "rollouts": summary })) {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    progress(&summary);
+                }
+            }
+            Ok(())
+        })?;
         summary.complete = true;
         merge_summary(out, &json!({ "rollouts": summary }))?;
         logs.sync()?;
         Ok(summary)
+    }
+
+    /// Judge a finished attempt (kept, duplicate, filtered, fault) and commit it.
+    fn commit(
+        &self,
+        logs: &mut Logs,
+        task_id: &str,
+        task: &Task,
+        trial: usize,
+        episode: Episode,
+    ) -> Result<(), RunError> {
+        let id = format!("{task_id}#{trial}");
+        let seed = attempt_seed(self.settings.seed, task_id, trial);
+        let key = conversation_key(&episode.messages);
+        let duplicate_of = if episode.reward == 1.0 {
+            logs.done
+                .iter()
+                .filter(|d| d.kept && d.blueprint_id == *task_id)
+                .find(|d| conversation_key(&d.episode.messages) == key)
+                .map(|d| d.id.clone())
+        } else {
+            None
+        };
+        let is_write = |n: &str| {
+            self.domain
+                .tool(n)
+                .is_some_and(|t| t.kind == crate::domain::tools::ToolKind::Write)
+        };
+        let problem =
+            (self.settings.keep && self.settings.require_gold_tools && episode.reward == 1.0)
+                .then(|| {
+                    keep::keep_problem(
+                        task,
+                        &episode.messages,
+                        is_write,
+                        &self.domain.manifest.terminate_tools,
+                    )
+                })
+                .flatten();
+        let fault =
+            (self.settings.keep && (episode.reward != 1.0 || problem.is_some())).then(|| {
+                keep::fault(
+                    task,
+                    &episode.messages,
+                    episode.code.as_deref(),
+                    problem.as_ref(),
+                    is_write,
+                )
+            });
+        let not_kept = problem.as_ref().map(|p| p.detail.clone());
+        let kept = self.settings.keep
+            && episode.reward == 1.0
+            && duplicate_of.is_none()
+            && not_kept.is_none();
+        let dataset = kept.then(|| DatasetRecord {
+            id: id.clone(),
+            blueprint_id: task_id.to_owned(),
+            trial,
+            domain: self.domain.name().to_owned(),
+            agent: self.agent.name.clone(),
+            user: self.user.name.clone(),
+            messages: episode.messages.clone(),
+            tools: self.domain.tool_schemas(),
+        });
+        let record = TrajectoryRecord {
+            id,
+            blueprint_id: task_id.to_owned(),
+            trial,
+            seed,
+            agent: self.agent.name.clone(),
+            user: self.user.name.clone(),
+            user_strategy: self.user.strategy,
+            kept,
+            duplicate_of,
+            not_kept,
+            not_kept_code: problem.map(|p| p.code),
+            fault,
+            episode,
+        };
+        logs.commit(record, dataset)
     }
 
     fn summarise(&self, tasks: usize, done: &[TrajectoryRecord]) -> RolloutSummary {

@@ -183,7 +183,11 @@ fn text_or_tool_call_gives_either_a_clean_answer_or_a_clean_call() {
     }
 }
 
+/// Each reply is a clean answer or a clean call. Sampled at temperature 0.8 a small model may
+/// ramble to the token limit, so an answer may end by length; but at least one answer must end
+/// on the end-of-turn token, which shows the grammar lets that token stop free text.
 fn answers_or_calls(backend: &LocalBackend) {
+    let mut stopped_answers = 0;
     let tools = vec![
         json!({"name": "get_order_details", "description": "Look up an order", "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}),
     ];
@@ -220,13 +224,18 @@ fn answers_or_calls(backend: &LocalBackend) {
                     !content.contains(['<', '{', '`']),
                     "an answer never half-opens a call: {content:?}"
                 );
-                assert!(
-                    matches!(reply.finish, apigen_mt::llm::Finish::StopToken { .. }),
-                    "a free answer ends with the end-of-turn token: {:?} {content:?}",
-                    reply.finish
-                );
+                match reply.finish {
+                    apigen_mt::llm::Finish::StopToken { .. } => stopped_answers += 1,
+                    apigen_mt::llm::Finish::Length => {}
+                    ref other => panic!("a free answer ended by {other:?}: {content:?}"),
+                }
             }
             other => panic!("{other:?} from {:?}", reply.raw),
         }
     }
+    assert!(
+        stopped_answers > 0,
+        "{}: no answer ended on the end-of-turn token",
+        backend.name()
+    );
 }
