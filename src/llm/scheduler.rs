@@ -446,15 +446,8 @@ fn work(engine: &Engine, shared: &Shared, limits: Limits) {
             }
         }
         let stepped = catch_unwind(AssertUnwindSafe(|| batch.step(limits.prefill_budget)));
-        let mut stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let before = *stats;
-        let now = batch.stats();
-        *stats = BatchStats {
-            passes: before.passes.max(now.passes),
-            rows: before.rows.max(now.rows),
-            peak: before.peak.max(now.peak),
-        };
-        drop(stats);
+        // The batch's counts carry across a panic (below), so they are the scheduler's.
+        *shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = batch.stats();
         match stepped {
             Ok(finished) => {
                 for done in finished {
