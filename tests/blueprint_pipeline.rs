@@ -68,11 +68,14 @@ fn run(out: &Path, replies: Vec<String>, count: usize, recombine: usize) -> Run 
             user_table: "accounts".into(),
             only_users: vec!["acc_1002".into()],
             plan: PlanMode::None,
+            // Every item sees the one before it: the script answers in call order.
+            view_lag: 0,
         },
         graph: ApiGraph::derive(&domain, &examples, &[]),
         personas: vec![],
         examples,
         grounder: Grounder::new(&domain),
+        concurrency: 4,
     };
     let summary = pipeline.run(out, |_| {}).unwrap();
     let read = |f: &str| -> Vec<Value> {
@@ -341,4 +344,135 @@ fn resume_after_an_interruption_gives_the_same_accepted_set() {
         "the torn item's records were dropped, not duplicated"
     );
     assert_eq!(resumed.summary.funnel, uninterrupted.summary.funnel);
+}
+
+/// Replies chosen by the request, not by call order, so that items running at once get their
+/// own: the proposer asks its customer (the prompt's `user id:`) to send 1.5, then 2.5, then 3.5
+/// to acc_1001 (one amount per revision); a reviewer passes every amount but 2.5; the summariser
+/// says what to fix.
+struct Pure;
+
+impl apigen_mt::llm::Backend for Pure {
+    fn name(&self) -> String {
+        "pure".into()
+    }
+
+    fn reply(
+        &self,
+        conversation: &mut apigen_mt::llm::Conversation,
+        request: &apigen_mt::llm::ChatRequest,
+    ) -> apigen_mt::llm::Result<apigen_mt::llm::ChatReply> {
+        let text: String = request
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect();
+        let reply = if let Some(at) = text.find("user id: ") {
+            let user = &text[at + 9..at + 17];
+            let name = match user {
+                "acc_1002" => "Barbara Allen",
+                "acc_1003" => "Ada Turing",
+                _ => "Grace Dijkstra",
+            };
+            let turn = request
+                .messages
+                .iter()
+                .filter(|m| m.role == "assistant")
+                .count();
+            let amount = [1.5, 2.5, 3.5][turn.min(2)];
+            json!({"thought": "t", "instruction": format!("{name} here ({user}): please send {amount} over to acc_1001."),
+                "actions": [{"name": "transfer_funds", "arguments": {"from_account_id": user, "to_account_id": "acc_1001", "amount": amount}}], "outputs": []}).to_string()
+        } else if request.constraint.is_some() {
+            if text.contains("send 2.5") { NO } else { YES }.to_string()
+        } else {
+            "Say which account.".to_string()
+        };
+        ScriptedBackend::new(ToolFormat::Hermes, [reply]).reply(conversation, request)
+    }
+}
+
+/// Run phase 1 with [`Pure`] on three customers: the files it writes, timings aside.
+fn run_pure(out: &Path, concurrency: usize, view_lag: usize) -> (Summary, [String; 3]) {
+    let domain = Domain::load(&util::root().join("domains/mock"), None).unwrap();
+    let examples = read_tasks(&util::root().join("domains/mock/tasks/train.json")).unwrap();
+    let backend: Arc<dyn apigen_mt::llm::Backend> = Arc::new(Pure);
+    let role = |name: &str| Role {
+        name: name.into(),
+        backend: backend.clone(),
+        temperature: 0.0,
+        max_tokens: 100,
+    };
+    let pipeline = Pipeline {
+        domain: &domain,
+        proposer: role("proposer"),
+        reviewers: vec![role("r0"), role("r1"), role("r2")],
+        summariser: role("summariser"),
+        settings: Settings {
+            count: 12,
+            seed: 3,
+            max_turns: 3,
+            threshold: Threshold::default(),
+            data_budget: 4000,
+            recombine: 0,
+            max_items: 12,
+            user_table: "accounts".into(),
+            only_users: vec!["acc_1002".into(), "acc_1003".into(), "acc_1004".into()],
+            plan: PlanMode::None,
+            view_lag,
+        },
+        graph: ApiGraph::derive(&domain, &examples, &[]),
+        personas: vec![],
+        examples,
+        grounder: Grounder::new(&domain),
+        concurrency,
+    };
+    let summary = pipeline.run(out, |_| {}).unwrap();
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    let items: String = read("items.jsonl")
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v["seconds"] = json!(null);
+            v.to_string() + "\n"
+        })
+        .collect();
+    (
+        summary,
+        [read("blueprints.jsonl"), read("rejected.jsonl"), items],
+    )
+}
+
+/// Twelve items at one in flight and at eight give the same files, byte for byte, with the
+/// default view lag (duplicates of blueprints accepted within the lag rejected at commit) and
+/// with none (every item sees all before it, so a duplicate is revised).
+#[test]
+fn concurrent_items_give_the_files_of_one_at_a_time() {
+    for lag in [16, 0] {
+        let one = tempfile::tempdir().unwrap();
+        let (s1, f1) = run_pure(one.path(), 1, lag);
+        let eight = tempfile::tempdir().unwrap();
+        let (s8, f8) = run_pure(eight.path(), 8, lag);
+        assert_eq!(s1.items, 12);
+        assert_eq!((s8.accepted, s8.funnel.clone()), (s1.accepted, s1.funnel.clone()));
+        for (a, b) in f1.iter().zip(&f8) {
+            assert_eq!(a, b, "lag {lag}");
+        }
+        let rejected = &f1[1];
+        let at_commit = rejected
+            .lines()
+            .filter(|l| l.contains("dedup.duplicate") && !l.contains("proposal"))
+            .count();
+        if lag == 16 {
+            // Three customers, one blueprint each (1.5 on the first try); the other nine
+            // items repeat one of them and are only found out when committed.
+            assert_eq!(s1.accepted, 3, "{rejected}");
+            assert_eq!(at_commit, 9, "{rejected}");
+        } else {
+            // Each customer's later items see the earlier blueprints and revise past them:
+            // 1.5 accepted, 2.5 rejected by the committee, 3.5 accepted.
+            assert_eq!(s1.accepted, 6, "{rejected}");
+            assert_eq!(at_commit, 0, "{rejected}");
+            assert!(rejected.contains("committee.rejected"), "{rejected}");
+        }
+    }
 }

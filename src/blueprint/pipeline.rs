@@ -18,6 +18,7 @@ use crate::domain::diff::Edit;
 use crate::domain::ground::Grounder;
 use crate::domain::task::{Action, Task};
 use crate::llm::{Backend, ChatRequest, Constraint, Conversation, Message, SamplingParams};
+use crate::run::order::{Cancel, Flow, Plan, run_in_order};
 use crate::run::{JsonlLog, RunError, write_atomic};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,18 @@ pub struct Settings {
     /// How the proposer uses a sampled executable plan.
     #[serde(default = "plan_none")]
     pub plan: PlanMode,
+    /// Item `i` sees the blueprints accepted by items before `i - view_lag` only (as examples
+    /// and for duplicate checks), so that up to `view_lag + 1` items can run at once and the
+    /// run is the same at any concurrency. 0: every item sees all before it, one at a time.
+    #[serde(default = "default_view_lag")]
+    pub view_lag: usize,
+}
+
+/// The default [`Settings::view_lag`]: as many items as the engine decodes together.
+pub const VIEW_LAG: usize = 16;
+
+fn default_view_lag() -> usize {
+    VIEW_LAG
 }
 
 /// Customers drawn for an item before giving up on a plan (the item then has none).
@@ -211,6 +224,26 @@ pub struct Pipeline<'d> {
     pub examples: Vec<Task>,
     /// The grounding checks, built once for the domain.
     pub grounder: Grounder<'d>,
+    /// Items in flight at once (at most `view_lag + 1` run together).
+    pub concurrency: usize,
+}
+
+/// A phase-1 item's id.
+fn item_id(index: usize) -> String {
+    format!("bp-{index:05}")
+}
+
+/// The index of an item's id (`None` for recombined blueprints).
+fn item_index(id: &str) -> Option<usize> {
+    id.strip_prefix("bp-")?.parse().ok()
+}
+
+/// What the commit side of a run holds: the open files, the duplicate check over everything
+/// committed, the summary.
+struct Journal {
+    files: Files,
+    dedup: Dedup,
+    summary: Summary,
 }
 
 struct ItemState {
@@ -326,29 +359,74 @@ impl<'d> Pipeline<'d> {
     /// Run (or resume) into `out`: attempt `max_items` items (stopping early once `count` are
     /// accepted), then make up to `recombine` recombined blueprints, calling `progress` after
     /// every item.
+    ///
+    /// Up to `concurrency` items run at once, committed in id order. Item `i` sees (as examples
+    /// and for duplicate checks) the blueprints accepted by items before `i - view_lag` only,
+    /// so it starts once those are committed and its view is the same at any concurrency; a
+    /// duplicate of a blueprint accepted by one of the `view_lag` items just before it is
+    /// rejected when it is committed.
     pub fn run(&self, out: &Path, mut progress: impl FnMut(&Summary)) -> Result<Summary, RunError> {
-        let mut files = Files::open(out)?;
+        let files = Files::open(out)?;
         let mut dedup = Dedup::default();
         for b in &files.accepted {
             let _ = dedup.insert(&b.task());
         }
-        let mut summary = self.summarise(&files);
+        let summary = self.summarise(&files);
         progress(&summary);
-        let mut index = files
-            .done
-            .iter()
-            .filter(|i| i.id.starts_with("bp-"))
-            .count();
-        while summary.accepted < self.settings.count && index < self.settings.max_items {
-            let id = format!("bp-{index:05}");
-            index += 1;
-            if files.done.iter().any(|i| i.id == id) {
-                continue;
-            }
-            let (state, blueprint) = self.item(&id, &files.accepted, &dedup);
-            summary = self.finish_item(out, &mut files, &mut dedup, state, blueprint)?;
-            progress(&summary);
+        let mut journal = Journal {
+            files,
+            dedup,
+            summary,
+        };
+        let todo: Vec<usize> = (0..self.settings.max_items)
+            .filter(|i| !journal.files.done.iter().any(|d| d.id == item_id(*i)))
+            .collect();
+        let lag = self.settings.view_lag;
+        if journal.summary.accepted < self.settings.count {
+            let name = |u: usize| item_id(todo[u]);
+            run_in_order(
+                Plan {
+                    units: todo.len(),
+                    workers: self.concurrency,
+                    window: Some(lag),
+                    name: &name,
+                },
+                &mut journal,
+                |j, u| {
+                    let i = todo[u];
+                    let view: Vec<BlueprintRecord> = j
+                        .files
+                        .accepted
+                        .iter()
+                        .filter(|b| item_index(&b.id).is_some_and(|k| k + lag < i))
+                        .cloned()
+                        .collect();
+                    view
+                },
+                |u, view, cancel| {
+                    let mut dedup = Dedup::default();
+                    for b in &view {
+                        let _ = dedup.insert(&b.task());
+                    }
+                    self.item(&item_id(todo[u]), &view, &dedup, cancel)
+                },
+                |j, _, (state, blueprint)| {
+                    j.summary =
+                        self.finish_item(out, &mut j.files, &mut j.dedup, state, blueprint)?;
+                    progress(&j.summary);
+                    Ok(if j.summary.accepted >= self.settings.count {
+                        Flow::Stop
+                    } else {
+                        Flow::Go
+                    })
+                },
+            )?;
         }
+        let Journal {
+            mut files,
+            mut dedup,
+            mut summary,
+        } = journal;
         let mut r = files
             .done
             .iter()
@@ -362,6 +440,7 @@ impl<'d> Pipeline<'d> {
             let Some((state, blueprint)) = self.recombine(&id, &files.accepted, &dedup) else {
                 break;
             };
+            let _held = crate::run::committing();
             summary = self.finish_item(out, &mut files, &mut dedup, state, blueprint)?;
             progress(&summary);
         }
@@ -373,15 +452,24 @@ impl<'d> Pipeline<'d> {
         Ok(summary)
     }
 
-    /// Commit an item's records and refresh the summary on disk.
+    /// Commit an item's records and refresh the summary on disk. A blueprint that repeats one
+    /// committed since the item's view was taken is rejected here.
     fn finish_item(
         &self,
         out: &Path,
         files: &mut Files,
         dedup: &mut Dedup,
-        state: ItemState,
-        blueprint: Option<BlueprintRecord>,
+        mut state: ItemState,
+        mut blueprint: Option<BlueprintRecord>,
     ) -> Result<Summary, RunError> {
+        if let Some(b) = &blueprint {
+            if let Err(r) = dedup.check(&b.task()) {
+                state.reject(b.attempts, &r);
+                state.record.accepted = false;
+                state.record.funnel.accepted = state.record.funnel.accepted.saturating_sub(1);
+                blueprint = None;
+            }
+        }
         if let Some(b) = &blueprint {
             let _ = dedup.insert(&b.task());
         }
@@ -659,6 +747,7 @@ impl<'d> Pipeline<'d> {
         id: &str,
         accepted: &[BlueprintRecord],
         dedup: &Dedup,
+        cancel: &Cancel,
     ) -> (ItemState, Option<BlueprintRecord>) {
         let mut state = ItemState::new(id);
         let mut rng = sampler::rng_for(self.settings.seed, id);
@@ -684,6 +773,9 @@ impl<'d> Pipeline<'d> {
         ];
         let mut conv = Conversation::new();
         for turn in 1..=self.settings.max_turns.max(1) {
+            if cancel.cancelled() {
+                break;
+            }
             let started = Instant::now();
             // Revisions sample hotter, so a small model does not copy the answer it is revising.
             let mut proposer = self.proposer.clone();

@@ -65,6 +65,8 @@ pub struct BlueprintsArgs {
     #[arg(long, value_name = "RUN")]
     pub out: PathBuf,
     #[command(flatten)]
+    pub concurrency: super::Concurrency,
+    #[command(flatten)]
     pub load: LoadArgs,
 }
 
@@ -147,6 +149,7 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
         user_table: section.user_table.clone(),
         only_users: args.users.clone(),
         plan: args.plan,
+        view_lag: crate::blueprint::pipeline::VIEW_LAG,
     };
     let mut examples = Vec::new();
     for (name, path) in domain.task_files() {
@@ -174,6 +177,7 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
     // How far to go (tasks to attempt, early stop) does not change any item, so a run can be
     // extended or cut short by re-running with another --count or --accept.
     let _lock = crate::run::lock(&args.out)?;
+    crate::run::resume_on_interrupt();
     crate::run::pin_config(
         &args.out,
         &config,
@@ -189,6 +193,7 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
         personas,
         examples,
         grounder: crate::domain::ground::Grounder::new(&domain),
+        concurrency: args.concurrency.concurrency,
     };
     let started = std::time::Instant::now();
     let tty = std::io::stderr().is_terminal();

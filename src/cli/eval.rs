@@ -36,6 +36,8 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub roles: RoleArgs,
     #[command(flatten)]
+    pub concurrency: super::Concurrency,
+    #[command(flatten)]
     pub load: LoadArgs,
 }
 
@@ -103,6 +105,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         &args.roles,
         &mut models,
         args.seed,
+        args.concurrency.concurrency,
         false,
         &args.out,
         "config.toml",

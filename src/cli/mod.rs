@@ -94,6 +94,17 @@ pub enum Command {
     ScriptHost(ScriptHostArgs),
 }
 
+/// `--concurrency`, for every command that runs many units (items, episodes, trials).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Concurrency {
+    /// Units in flight at once: phase-1 items, phase-2 episodes, eval trials. Their model
+    /// replies are decoded together, up to 16 sequences in one forward pass, so the default
+    /// keeps that batch about full. The files written are the same for any value: units are
+    /// committed in id order (phase 1 runs at most 17 items at once, see `docs/blueprints.md`).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub concurrency: usize,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ScriptHostArgs {
     /// Folder of tool bodies to compile.

@@ -51,12 +51,6 @@ pub struct RoleArgs {
     /// Attempts per task.
     #[arg(long, default_value_t = 3)]
     pub trials: usize,
-    /// Episodes (eval: trials) in flight at once. Their agent and user replies are decoded
-    /// together, up to 16 sequences in one forward pass, so the default keeps that batch about
-    /// full. The files written are the same for any value: attempts are committed in task and
-    /// trial order.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    pub concurrency: usize,
     /// Agent sampling temperature. Default: 0 for eval (tau-bench's); 0.7 for rollouts and
     /// generate, so that trials differ and a small model does not repeat one call forever.
     #[arg(long)]
@@ -190,6 +184,8 @@ pub struct RolloutsArgs {
     #[command(flatten)]
     pub roles: RoleArgs,
     #[command(flatten)]
+    pub concurrency: super::Concurrency,
+    #[command(flatten)]
     pub load: LoadArgs,
 }
 
@@ -276,6 +272,7 @@ pub fn roll_out(
     roles: &RoleArgs,
     models: &mut Models,
     seed: u64,
+    concurrency: usize,
     keep: bool,
     out: &Path,
     config_name: &str,
@@ -299,6 +296,7 @@ pub fn roll_out(
         config["require_gold_tools"] = json!(require_gold_tools);
     }
     let _lock = crate::run::lock(out)?;
+    crate::run::resume_on_interrupt();
     crate::run::pin_config_file(out, config_name, &config, &["version", "load"])?;
     let rollouts = Rollouts {
         domain,
@@ -310,7 +308,7 @@ pub fn roll_out(
             keep,
             require_gold_tools,
         },
-        concurrency: roles.concurrency,
+        concurrency,
     };
     let planned = tasks.len() * roles.trials;
     let started = std::time::Instant::now();
@@ -348,6 +346,7 @@ pub fn run(args: RolloutsArgs) -> Result<ExitCode> {
         &args.roles,
         &mut models,
         args.seed,
+        args.concurrency.concurrency,
         true,
         &args.out,
         "rollouts.toml",
@@ -382,6 +381,7 @@ pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
         &args.roles,
         &mut models,
         bp.seed,
+        bp.concurrency.concurrency,
         true,
         &bp.out,
         "rollouts.toml",

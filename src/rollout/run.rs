@@ -9,14 +9,13 @@ use super::keep::{self, Fault};
 use super::{AgentRole, Episode, EpisodeSpec, UserRole, UserStrategy, prime_agent, run_episode};
 use crate::domain::Domain;
 use crate::domain::task::Task;
+use crate::run::order::{Flow, Plan, run_in_order};
 use crate::run::{JsonlLog, RunError, merge_summary};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
 
 /// Settings of a rollout run (mirrored by the command-line flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -286,61 +285,43 @@ impl Rollouts<'_> {
                     .map(move |trial| (t, trial))
             })
             .collect();
-        let workers = self.concurrency.clamp(1, todo.len().max(1));
-        let next = AtomicUsize::new(0);
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|scope| -> Result<(), RunError> {
-            let (tx, rx) = mpsc::channel::<(usize, Episode)>();
-            for _ in 0..workers {
-                let tx = tx.clone();
-                let (todo, next, stop, prefix) = (&todo, &next, &stop, prefix.as_ref());
-                scope.spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(t, trial)) = todo.get(i) else {
-                            break;
-                        };
-                        let (task_id, task) = &tasks[t];
-                        let episode = run_episode(&EpisodeSpec {
-                            domain: self.domain,
-                            task,
-                            agent: &self.agent,
-                            user: &self.user,
-                            seed: attempt_seed(self.settings.seed, task_id, trial),
-                            agent_prefix: prefix,
-                        });
-                        if tx.send((i, episode)).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            drop(tx);
-            // Attempts finish in any order; they are committed in `todo`'s, so the files are
-            // the same for any number of workers.
-            let mut finished = BTreeMap::new();
-            let mut committed = 0;
-            for (i, episode) in rx {
-                finished.insert(i, episode);
-                while let Some(episode) = finished.remove(&committed) {
-                    let (t, trial) = todo[committed];
-                    let (task_id, task) = &tasks[t];
-                    let result = self.commit(&mut logs, task_id, task, trial, episode);
-                    if let Err(e) = result {
-                        stop.store(true, Ordering::Relaxed);
-                        return Err(e);
-                    }
-                    committed += 1;
-                    summary = self.summarise(tasks.len(), &logs.done);
-                    if let Err(e) = merge_summary(out, &json!({ "rollouts": summary })) {
-                        stop.store(true, Ordering::Relaxed);
-                        return Err(e);
-                    }
-                    progress(&summary);
-                }
-            }
-            Ok(())
-        })?;
+        // Attempts finish in any order; they are committed in `todo`'s, so the files are the
+        // same for any number of workers.
+        let name = |u: usize| {
+            let (t, trial) = todo[u];
+            format!("{}#{trial}", tasks[t].0)
+        };
+        run_in_order(
+            Plan {
+                units: todo.len(),
+                workers: self.concurrency,
+                window: None,
+                name: &name,
+            },
+            &mut (&mut logs, &mut summary),
+            |_, _| (),
+            |u, (), _| {
+                let (t, trial) = todo[u];
+                let (task_id, task) = &tasks[t];
+                run_episode(&EpisodeSpec {
+                    domain: self.domain,
+                    task,
+                    agent: &self.agent,
+                    user: &self.user,
+                    seed: attempt_seed(self.settings.seed, task_id, trial),
+                    agent_prefix: prefix.as_ref(),
+                })
+            },
+            |(logs, summary), u, episode| {
+                let (t, trial) = todo[u];
+                let (task_id, task) = &tasks[t];
+                self.commit(logs, task_id, task, trial, episode)?;
+                **summary = self.summarise(tasks.len(), &logs.done);
+                merge_summary(out, &json!({ "rollouts": summary }))?;
+                progress(summary);
+                Ok(Flow::Go)
+            },
+        )?;
         summary.complete = true;
         merge_summary(out, &json!({ "rollouts": summary }))?;
         logs.sync()?;

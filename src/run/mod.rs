@@ -9,6 +9,8 @@
 //!   output would make the data unreproducible.
 //! - Small files (summaries) are replaced atomically ([`write_atomic`]).
 
+pub mod order;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fs::{File, OpenOptions};
@@ -40,10 +42,38 @@ pub enum RunError {
     },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
+    /// A unit of work failed inside the program (a bug, not bad input).
+    #[error("{unit} failed: {message}")]
+    Unit { unit: String, message: String },
     #[error(
         "{path}: another apigen-mt process is writing to this run directory; wait for it to finish or stop it"
     )]
     Busy { path: PathBuf },
+}
+
+/// Held while a unit is committed; an interrupt takes it before the process ends, so that it
+/// never ends inside a commit.
+static COMMITTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Hold off an interrupt while a unit's records are written.
+pub fn committing() -> std::sync::MutexGuard<'static, ()> {
+    COMMITTING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// On Ctrl-C: wait for the commit under way (if any), say what is kept and how to resume, and
+/// exit with status 130. Units in flight are dropped; a re-run redoes them. A second call
+/// (`generate` runs two phases) changes nothing.
+pub fn resume_on_interrupt() {
+    let _ = ctrlc::set_handler(|| {
+        let _held = committing();
+        let command: Vec<String> = std::env::args().collect();
+        eprintln!(
+            "\ninterrupted: every committed unit is kept and the units in flight are dropped; \
+             to resume, run the same command again:\n  {}",
+            command.join(" ")
+        );
+        std::process::exit(130);
+    });
 }
 
 /// Exclusive use of a run directory while it is held: two processes appending to one run would
