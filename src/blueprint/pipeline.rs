@@ -19,7 +19,7 @@ use crate::domain::ground::Grounder;
 use crate::domain::task::{Action, Task};
 use crate::llm::{Backend, ChatRequest, Constraint, Conversation, Message, SamplingParams};
 use crate::run::order::{Cancel, Flow, Plan, run_in_order};
-use crate::run::{JsonlLog, RunError, write_atomic};
+use crate::run::{JsonlLog, RunError, files, open_side_log};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -297,27 +297,17 @@ struct Files {
 impl Files {
     /// Open the logs and drop records of items that never committed.
     fn open(out: &Path) -> Result<Files, RunError> {
-        let (items, done) = JsonlLog::open::<ItemRecord>(&out.join("items.jsonl"))?;
+        let (items, done) = JsonlLog::open::<ItemRecord>(&out.join(files::ITEMS))?;
         let committed: std::collections::HashSet<String> =
             done.iter().map(|i| i.id.clone()).collect();
-        let (blueprints, mut accepted) =
-            JsonlLog::open::<BlueprintRecord>(&out.join("blueprints.jsonl"))?;
-        let (rejected, mut rejections) =
-            JsonlLog::open::<RejectedRecord>(&out.join("rejected.jsonl"))?;
-        let (a0, r0) = (accepted.len(), rejections.len());
-        accepted.retain(|b| committed.contains(&b.id));
-        rejections.retain(|r| committed.contains(&r.id));
-        let (blueprints, rejected) = if accepted.len() != a0 || rejections.len() != r0 {
-            drop((blueprints, rejected));
-            rewrite(&out.join("blueprints.jsonl"), &accepted)?;
-            rewrite(&out.join("rejected.jsonl"), &rejections)?;
-            (
-                JsonlLog::open::<Value>(&out.join("blueprints.jsonl"))?.0,
-                JsonlLog::open::<Value>(&out.join("rejected.jsonl"))?.0,
-            )
-        } else {
-            (blueprints, rejected)
-        };
+        let (blueprints, accepted) =
+            open_side_log(&out.join(files::BLUEPRINTS), |b: &BlueprintRecord| {
+                committed.contains(&b.id)
+            })?;
+        let (rejected, rejections) =
+            open_side_log(&out.join(files::REJECTED), |r: &RejectedRecord| {
+                committed.contains(&r.id)
+            })?;
         Ok(Files {
             blueprints,
             rejected,
@@ -345,14 +335,6 @@ impl Files {
         self.done.push(state.record);
         Ok(())
     }
-}
-
-fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> Result<(), RunError> {
-    let text: String = records
-        .iter()
-        .map(|r| serde_json::to_string(r).unwrap_or_default() + "\n")
-        .collect();
-    write_atomic(path, text.as_bytes())
 }
 
 impl<'d> Pipeline<'d> {
@@ -668,7 +650,8 @@ impl<'d> Pipeline<'d> {
         // cache, so the prompt is processed once per committee.
         let mut first: Option<(*const (), Conversation)> = None;
         let mut reviews = Vec::with_capacity(self.reviewers.len());
-        for role in &self.reviewers {
+        for (k, role) in self.reviewers.iter().enumerate() {
+            crate::run::progress::doing(format!("committee {}/{}", k + 1, self.reviewers.len()));
             let key = Arc::as_ptr(&role.backend) as *const ();
             let mut conv = match &first {
                 Some((k, c)) if *k == key => c.clone(),
@@ -708,6 +691,7 @@ impl<'d> Pipeline<'d> {
         reviews: &[Review],
         rng: &mut impl Rng,
     ) -> String {
+        crate::run::progress::doing("feedback for a revision");
         let started = Instant::now();
         let reviews_json: Vec<Value> = reviews
             .iter()
@@ -776,6 +760,10 @@ impl<'d> Pipeline<'d> {
             if cancel.cancelled() {
                 break;
             }
+            crate::run::progress::doing(format!(
+                "proposal {turn}/{}",
+                self.settings.max_turns.max(1)
+            ));
             let started = Instant::now();
             // Revisions sample hotter, so a small model does not copy the answer it is revising.
             let mut proposer = self.proposer.clone();

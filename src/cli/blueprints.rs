@@ -11,7 +11,6 @@ use crate::llm::profile::ModelRole;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -196,18 +195,12 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
         concurrency: args.concurrency.concurrency,
     };
     let started = std::time::Instant::now();
-    let tty = std::io::stderr().is_terminal();
+    let bar = crate::run::progress::Bar::start("blueprints", pipeline.settings.max_items);
     let mut base = None;
     let summary = pipeline.run(&args.out, |s| {
         let base = *base.get_or_insert(s.accepted);
-        if tty {
-            eprint!("\r{}", progress_line(s, base, started));
-        } else {
-            eprintln!("{}", progress_line(s, base, started));
-        }
+        bar.update(s.items, progress_line(s, base, started));
     })?;
-    if tty {
-        eprintln!();
-    }
+    drop(bar);
     Ok(summary)
 }

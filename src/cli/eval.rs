@@ -81,7 +81,7 @@ pub fn select(tasks: Vec<(String, Task)>, spec: &str) -> Result<Vec<(String, Tas
 
 pub fn write_results(out: &Path, r: &Results) -> Result<()> {
     crate::run::write_atomic(
-        &out.join("results.json"),
+        &out.join(crate::run::files::RESULTS),
         (serde_json::to_string_pretty(r)? + "\n").as_bytes(),
     )?;
     Ok(())
@@ -108,7 +108,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         args.concurrency.concurrency,
         false,
         &args.out,
-        "config.toml",
+        crate::run::files::CONFIG,
         json!({"tasks": args.tasks, "task_ids": tasks.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>()}),
     )?;
     let logs = Logs::open(&args.out)?;

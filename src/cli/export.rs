@@ -22,7 +22,7 @@ pub struct ExportArgs {
 
 pub fn run(args: ExportArgs) -> Result<ExitCode> {
     let input = if args.run.is_dir() {
-        args.run.join("dataset.jsonl")
+        args.run.join(crate::run::files::DATASET)
     } else {
         args.run.clone()
     };

@@ -12,7 +12,6 @@ use crate::rollout::{AgentRole, UserRole, UserStrategy, UserView};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -221,7 +220,7 @@ fn domain_of_run(blueprints: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     let config = blueprints
         .parent()
         .unwrap_or(Path::new("."))
-        .join("config.toml");
+        .join(crate::run::files::CONFIG);
     let text = std::fs::read_to_string(&config).with_context(|| {
         format!(
             "no --domain given and cannot read {} to find the run's domain",
@@ -312,19 +311,13 @@ pub fn roll_out(
     };
     let planned = tasks.len() * roles.trials;
     let started = std::time::Instant::now();
-    let tty = std::io::stderr().is_terminal();
+    let bar = crate::run::progress::Bar::start("rollouts", planned);
     let mut base = None;
     let summary = rollouts.run(out, tasks, |s| {
         let base = *base.get_or_insert(s.verified);
-        if tty {
-            eprint!("\r{}", progress_line(s, base, planned, started));
-        } else {
-            eprintln!("{}", progress_line(s, base, planned, started));
-        }
+        bar.update(s.rollouts, progress_line(s, base, planned, started));
     })?;
-    if tty {
-        eprintln!();
-    }
+    drop(bar);
     Ok(summary)
 }
 
@@ -349,7 +342,7 @@ pub fn run(args: RolloutsArgs) -> Result<ExitCode> {
         args.concurrency.concurrency,
         true,
         &args.out,
-        "rollouts.toml",
+        crate::run::files::ROLLOUTS_CONFIG,
         json!({"blueprints": args.blueprints}),
     )?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -367,7 +360,7 @@ pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let bp = &args.blueprints;
     let domain = Domain::load(&bp.domain, bp.db.as_deref())
         .with_context(|| format!("cannot load domain {}", bp.domain.display()))?;
-    let path = bp.out.join("blueprints.jsonl");
+    let path = bp.out.join(crate::run::files::BLUEPRINTS);
     let tasks = read_identified_tasks(&path)?;
     if tasks.is_empty() {
         eprintln!(
@@ -384,7 +377,7 @@ pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
         bp.concurrency.concurrency,
         true,
         &bp.out,
-        "rollouts.toml",
+        crate::run::files::ROLLOUTS_CONFIG,
         json!({}),
     )?;
     println!(

@@ -618,6 +618,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
             break;
         }
         steps += 1;
+        crate::run::progress::doing(format!("step {steps}: agent"));
         let mut req = agent_request(&tools, messages.clone(), agent);
         if agent.constrained {
             req.constraint = Some(crate::llm::Constraint::TextOrToolCall);
@@ -689,6 +690,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
             ModelOutput::Text { content } => {
                 said.push(content.clone());
                 messages.push(Message::assistant(content.clone()));
+                crate::run::progress::doing(format!("step {steps}: user"));
                 match sim.reply(&content, &mut meter) {
                     Ok(line) => {
                         trace(agent.trace, "user", &line);

@@ -10,7 +10,7 @@ use super::{AgentRole, Episode, EpisodeSpec, UserRole, UserStrategy, prime_agent
 use crate::domain::Domain;
 use crate::domain::task::Task;
 use crate::run::order::{Flow, Plan, run_in_order};
-use crate::run::{JsonlLog, RunError, merge_summary};
+use crate::run::{JsonlLog, RunError, files, merge_summary, open_side_log};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -192,24 +192,15 @@ impl Logs {
             error,
         })?;
         let (trajectories, done) =
-            JsonlLog::open::<TrajectoryRecord>(&out.join("trajectories.jsonl"))?;
+            JsonlLog::open::<TrajectoryRecord>(&out.join(files::TRAJECTORIES))?;
         let committed: HashSet<&str> = done
             .iter()
             .filter(|t| t.kept)
             .map(|t| t.id.as_str())
             .collect();
-        let path = out.join("dataset.jsonl");
-        let (dataset, mut kept) = JsonlLog::open::<Value>(&path)?;
-        let before = kept.len();
-        kept.retain(|r| r["id"].as_str().is_some_and(|id| committed.contains(id)));
-        let dataset = if kept.len() != before {
-            drop(dataset);
-            let text: String = kept.iter().map(|r| r.to_string() + "\n").collect();
-            crate::run::write_atomic(&path, text.as_bytes())?;
-            JsonlLog::open::<Value>(&path)?.0
-        } else {
-            dataset
-        };
+        let (dataset, _) = open_side_log::<Value>(&out.join(files::DATASET), |r| {
+            r["id"].as_str().is_some_and(|id| committed.contains(id))
+        })?;
         Ok(Logs {
             trajectories,
             dataset,

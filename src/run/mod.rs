@@ -10,6 +10,31 @@
 //! - Small files (summaries) are replaced atomically ([`write_atomic`]).
 
 pub mod order;
+pub mod progress;
+
+/// The files of a run directory; nothing outside this module spells them.
+pub mod files {
+    /// The resolved settings of the run (phase 1, or an eval).
+    pub const CONFIG: &str = "config.toml";
+    /// Phase 2's settings, beside phase 1's in a `generate` run.
+    pub const ROLLOUTS_CONFIG: &str = "rollouts.toml";
+    /// Counts, replaced atomically after every unit.
+    pub const SUMMARY: &str = "summary.json";
+    /// The lock a writing process holds.
+    pub const LOCK: &str = ".lock";
+    /// Phase 1: one commit line per item.
+    pub const ITEMS: &str = "items.jsonl";
+    /// Phase 1: accepted blueprints.
+    pub const BLUEPRINTS: &str = "blueprints.jsonl";
+    /// Phase 1: rejected proposals.
+    pub const REJECTED: &str = "rejected.jsonl";
+    /// Phase 2 and eval: one commit line per attempt.
+    pub const TRAJECTORIES: &str = "trajectories.jsonl";
+    /// Phase 2: kept conversations, the training data.
+    pub const DATASET: &str = "dataset.jsonl";
+    /// Eval: pass^k per task.
+    pub const RESULTS: &str = "results.json";
+}
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -87,7 +112,7 @@ pub struct RunLock {
 /// Take `dir`'s lock (creating the directory), or fail at once with [`RunError::Busy`].
 pub fn lock(dir: &Path) -> Result<RunLock, RunError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let path = dir.join(".lock");
+    let path = dir.join(files::LOCK);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -145,6 +170,33 @@ pub fn read_records<T: DeserializeOwned>(
         good_len += n as u64;
     }
     Ok((records, good_len))
+}
+
+/// Open a side log (records written before their unit's commit line) keeping only the records
+/// `committed` accepts: the lines of units that never committed are dropped from the file.
+pub fn open_side_log<T: Serialize + DeserializeOwned>(
+    path: &Path,
+    committed: impl Fn(&T) -> bool,
+) -> Result<(JsonlLog, Vec<T>), RunError> {
+    let (log, mut records) = JsonlLog::open::<T>(path)?;
+    let before = records.len();
+    records.retain(|r| committed(r));
+    if records.len() == before {
+        return Ok((log, records));
+    }
+    drop(log);
+    let mut text = String::new();
+    for r in &records {
+        let line = serde_json::to_string(r).map_err(|e| RunError::Record {
+            path: path.to_path_buf(),
+            line: 0,
+            message: e.to_string(),
+        })?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())?;
+    Ok((JsonlLog::open::<serde_json::Value>(path)?.0, records))
 }
 
 impl JsonlLog {
@@ -209,7 +261,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), RunError> {
 /// Overlay the keys of `value` (a JSON object) on `summary.json` in `dir`, keeping the keys
 /// other stages wrote (phase 1 and phase 2 share one summary), and replace it atomically.
 pub fn merge_summary(dir: &Path, value: &serde_json::Value) -> Result<(), RunError> {
-    let path = dir.join("summary.json");
+    let path = dir.join(files::SUMMARY);
     let mut current = std::fs::read_to_string(&path)
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -228,7 +280,7 @@ pub fn merge_summary(dir: &Path, value: &serde_json::Value) -> Result<(), RunErr
 /// run must bring the same settings, compared key by key except those in `volatile` (e.g. the
 /// program version or a thread count, which do not change the output).
 pub fn pin_config<C: Serialize>(dir: &Path, config: &C, volatile: &[&str]) -> Result<(), RunError> {
-    pin_config_file(dir, "config.toml", config, volatile)
+    pin_config_file(dir, files::CONFIG, config, volatile)
 }
 
 /// [`pin_config`] with another file name (a second stage of a run pins its own settings).

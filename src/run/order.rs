@@ -75,7 +75,7 @@ where
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let done_tx = done_tx.clone();
-            let (inbox, limit, work) = (&inbox, &limit, &work);
+            let (inbox, limit, work, name) = (&inbox, &limit, &work, plan.name);
             scope.spawn(move || {
                 loop {
                     let job = match inbox.lock() {
@@ -84,7 +84,9 @@ where
                     };
                     let Ok((unit, input)) = job else { break };
                     let cancel = Cancel { unit, limit };
+                    super::progress::enter(name(unit));
                     let result = crate::guard::catch(|| work(unit, input, &cancel));
+                    super::progress::leave();
                     if done_tx.send((unit, result)).is_err() {
                         break;
                     }

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Crash safety: `generate` on the mock domain, killed with SIGKILL at KILLS random moments and
+# resumed each time, must end with the same files as a run never interrupted: nothing lost,
+# nothing written twice.
+#
+#   scripts/crash-resume.sh [KILLS] [MODEL] [COUNT] [CONCURRENCY] [SEED]
+#
+# Defaults: 20 kills, qwen2.5-coder-0.5b in every role, 8 blueprint tasks, concurrency 8,
+# seed 1 (the kill moments' seed). Needs a release build and the model
+# (scripts/fetch-model.sh MODEL). Prints the figures and exits non-zero on any difference.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kills=${1:-20}
+model=${2:-qwen2.5-coder-0.5b}
+count=${3:-8}
+concurrency=${4:-8}
+RANDOM=${5:-1}
+bin=target/release/apigen-mt
+[ -x "$bin" ] || { echo "no $bin: run cargo build --release first" >&2; exit 2; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+run() {
+    "$bin" generate --domain domains/mock --count "$count" --proposer "$model" \
+        --reviewers "$model,$model,$model" --agent "$model" --user "$model" --trials 2 \
+        --concurrency "$concurrency" --out "$1" >/dev/null 2>>"$1.log"
+}
+
+start=$(date +%s)
+run "$work/whole"
+whole=$(( $(date +%s) - start ))
+echo "uninterrupted: ${whole} s"
+
+# Kill moments spread so that the kills cover the whole run: each a random 1..(2*whole/KILLS+5)
+# seconds after its (re)start.
+span=$(( 2 * whole / kills + 5 ))
+landed=0
+start=$(date +%s)
+for k in $(seq 1 "$kills"); do
+    run "$work/cut" &
+    pid=$!
+    sleep $(( 1 + RANDOM % span ))
+    if kill -0 "$pid" 2>/dev/null; then
+        # SIGKILL the process group member that writes (the binary), not only the subshell.
+        pkill -KILL -P "$pid" 2>/dev/null || true
+        kill -KILL "$pid" 2>/dev/null || true
+        landed=$((landed + 1))
+    fi
+    wait "$pid" 2>/dev/null || true
+    items=$(wc -l <"$work/cut/items.jsonl" 2>/dev/null || echo 0)
+    attempts=$(wc -l <"$work/cut/trajectories.jsonl" 2>/dev/null || echo 0)
+    echo "kill $k: after $items items, $attempts attempts committed"
+done
+run "$work/cut"
+echo "killed $landed times while running; the interrupted series took $(( $(date +%s) - start )) s"
+
+strip() { python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    v = json.loads(line)
+    for k in ("seconds", "elapsed"):
+        v.pop(k, None)
+    print(json.dumps(v, sort_keys=True))
+' "$1"; }
+status=0
+for f in blueprints.jsonl rejected.jsonl items.jsonl trajectories.jsonl dataset.jsonl; do
+    a="$work/whole/$f"
+    b="$work/cut/$f"
+    if [ ! -f "$a" ] && [ ! -f "$b" ]; then
+        echo "$f: absent in both"
+        continue
+    fi
+    if cmp -s <(strip "$a") <(strip "$b"); then
+        echo "$f: identical ($(wc -l <"$a") lines)"
+    else
+        echo "$f: DIFFERS"
+        diff <(strip "$a") <(strip "$b") | head -5
+        status=1
+    fi
+done
+exit $status
