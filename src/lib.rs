@@ -31,5 +31,6 @@ pub mod fuzz;
 pub mod guard;
 pub mod llm;
 pub mod pyjson;
+pub mod role;
 pub mod rollout;
 pub mod run;

@@ -9,6 +9,7 @@ use apigen_mt::domain::task::{Task, read_tasks};
 use apigen_mt::llm::Backend;
 use apigen_mt::llm::scripted::ScriptedBackend;
 use apigen_mt::llm::tools::ToolFormat;
+use apigen_mt::role::Role;
 use apigen_mt::rollout::run::{Logs, RolloutSummary, Rollouts, Settings};
 use apigen_mt::rollout::{AgentRole, GREETING, UserRole, UserStrategy, UserView, code};
 use serde_json::{Value, json};
@@ -94,10 +95,12 @@ impl Setup {
         let r = Rollouts {
             domain: &domain,
             agent: AgentRole {
-                name: "agent".into(),
-                backend: agent,
-                temperature: 0.0,
-                max_tokens: 100,
+                model: Role {
+                    name: "agent".into(),
+                    backend: agent,
+                    temperature: 0.0,
+                    max_tokens: 100,
+                },
                 max_steps: self.max_steps,
                 parallel_calls: false,
                 constrained: false,
@@ -105,14 +108,21 @@ impl Setup {
                 stall_after: self.stall_after,
             },
             user: UserRole {
-                name: "user".into(),
-                backend: user,
-                temperature: 1.0,
-                max_tokens: 100,
+                model: Role {
+                    name: "user".into(),
+                    backend: user,
+                    temperature: 1.0,
+                    max_tokens: 100,
+                },
                 strategy: self.strategy,
                 view: self.view,
                 n: 4,
-                judge: self.judge.clone() as Arc<dyn Backend>,
+                judge: Role {
+                    name: "judge".into(),
+                    backend: self.judge.clone() as Arc<dyn Backend>,
+                    temperature: 0.0,
+                    max_tokens: 24,
+                },
                 resample: self.resample,
             },
             settings: Settings {

@@ -17,7 +17,8 @@ use crate::domain::Domain;
 use crate::domain::diff::Edit;
 use crate::domain::ground::Grounder;
 use crate::domain::task::{Action, Task};
-use crate::llm::{Backend, ChatRequest, Constraint, Conversation, Message, SamplingParams};
+use crate::llm::{Constraint, Conversation, Message};
+use crate::role::Meter;
 use crate::run::order::{Cancel, Flow, Plan, run_in_order};
 use crate::run::{JsonlLog, RunError, files, open_side_log};
 use rand::Rng;
@@ -28,38 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// A model in a role: the backend and how to sample from it.
-#[derive(Clone)]
-pub struct Role {
-    pub name: String,
-    pub backend: Arc<dyn Backend>,
-    pub temperature: f32,
-    pub max_tokens: usize,
-}
-
-impl Role {
-    fn ask(
-        &self,
-        conv: &mut Conversation,
-        messages: Vec<Message>,
-        schema: Option<Value>,
-        seed: u64,
-    ) -> Result<(String, usize), String> {
-        let mut req = ChatRequest::new(messages);
-        req.max_tokens = self.max_tokens;
-        req.sampling = SamplingParams {
-            temperature: self.temperature,
-            seed,
-            ..SamplingParams::greedy()
-        };
-        req.constraint = schema.map(Constraint::JsonSchema);
-        let reply = self.backend.reply(conv, &req).map_err(|e| e.to_string())?;
-        Ok((
-            reply.raw,
-            reply.usage.completion_tokens + reply.usage.prompt_tokens - reply.usage.cached_tokens,
-        ))
-    }
-}
+pub use crate::role::Role;
 
 /// Settings of a blueprint run (mirrored by the command-line flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +127,7 @@ pub struct ItemRecord {
     pub id: String,
     pub accepted: bool,
     pub funnel: Funnel,
+    /// Tokens per stage (see [`Meter`]).
     pub tokens: BTreeMap<String, usize>,
     pub seconds: BTreeMap<String, f64>,
 }
@@ -249,6 +220,8 @@ struct Journal {
 struct ItemState {
     record: ItemRecord,
     rejected: Vec<RejectedRecord>,
+    /// The item's model calls and checks; its record's tokens and seconds when it commits.
+    meter: Meter,
 }
 
 impl ItemState {
@@ -259,6 +232,7 @@ impl ItemState {
                 ..Default::default()
             },
             rejected: vec![],
+            meter: Meter::default(),
         }
     }
     fn reject(&mut self, attempt: usize, r: &Rejection) {
@@ -276,11 +250,23 @@ impl ItemState {
         let cut: String = raw.chars().take(4000).collect();
         self.rejected.last_mut().expect("just pushed").proposal = Some(cut);
     }
-    fn time(&mut self, stage: &str, since: Instant) {
-        *self.record.seconds.entry(stage.into()).or_default() += since.elapsed().as_secs_f64();
+    /// Ask `role` on behalf of `stage` (its tokens and seconds counted on this item), under
+    /// `schema` if any; the raw reply.
+    fn ask(
+        &mut self,
+        role: &Role,
+        stage: &str,
+        conv: &mut Conversation,
+        messages: Vec<Message>,
+        schema: Option<Value>,
+        seed: u64,
+    ) -> Result<String, String> {
+        let mut req = role.request(messages, seed);
+        req.constraint = schema.map(Constraint::JsonSchema);
+        Ok(role.ask(&mut self.meter, stage, conv, &req)?.raw)
     }
-    fn tokens(&mut self, stage: &str, n: usize) {
-        *self.record.tokens.entry(stage.into()).or_default() += n;
+    fn time(&mut self, stage: &str, since: Instant) {
+        self.meter.time(stage, since);
     }
 }
 
@@ -329,10 +315,13 @@ impl Files {
         if let Some(b) = &blueprint {
             self.blueprints.append(b)?;
         }
-        self.items.append(&state.record)?;
+        let mut record = state.record;
+        record.tokens = state.meter.tokens;
+        record.seconds = state.meter.seconds;
+        self.items.append(&record)?;
         self.rejections.extend(state.rejected);
         self.accepted.extend(blueprint);
-        self.done.push(state.record);
+        self.done.push(record);
         Ok(())
     }
 }
@@ -645,7 +634,6 @@ impl<'d> Pipeline<'d> {
         rng: &mut impl Rng,
     ) -> Vec<Review> {
         let report = self.grounder.explain(task);
-        let started = Instant::now();
         // Reviewers on the same model read the same prompt: later ones start from the first one's
         // cache, so the prompt is processed once per committee.
         let mut first: Option<(*const (), Conversation)> = None;
@@ -662,16 +650,15 @@ impl<'d> Pipeline<'d> {
                 Message::user(prompt::reviewer_user(self.domain, task, diff, &report)),
             ];
             reviews.push(
-                match role.ask(
+                match state.ask(
+                    role,
+                    "reviewers",
                     &mut conv,
                     messages,
                     Some(prompt::review_schema()),
                     rng.random(),
                 ) {
-                    Ok((raw, tokens)) => {
-                        state.tokens("reviewers", tokens);
-                        Review::parse(&role.name, &raw)
-                    }
+                    Ok(raw) => Review::parse(&role.name, &raw),
                     Err(e) => Review::unreadable(&role.name, &e),
                 },
             );
@@ -679,7 +666,6 @@ impl<'d> Pipeline<'d> {
                 first = Some((key, conv));
             }
         }
-        state.time("reviewers", started);
         reviews
     }
 
@@ -692,7 +678,6 @@ impl<'d> Pipeline<'d> {
         rng: &mut impl Rng,
     ) -> String {
         crate::run::progress::doing("feedback for a revision");
-        let started = Instant::now();
         let reviews_json: Vec<Value> = reviews
             .iter()
             .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
@@ -702,17 +687,17 @@ impl<'d> Pipeline<'d> {
             diff,
             &reviews_json,
         ))];
-        let text = match self
-            .summariser
-            .ask(&mut Conversation::new(), messages, None, rng.random())
-        {
-            Ok((raw, tokens)) => {
-                state.tokens("summariser", tokens);
-                raw.trim().to_owned()
-            }
+        let text = match state.ask(
+            &self.summariser,
+            "summariser",
+            &mut Conversation::new(),
+            messages,
+            None,
+            rng.random(),
+        ) {
+            Ok(raw) => raw.trim().to_owned(),
             Err(_) => String::new(),
         };
-        state.time("summariser", started);
         if text.is_empty() {
             reviews
                 .iter()
@@ -764,23 +749,20 @@ impl<'d> Pipeline<'d> {
                 "proposal {turn}/{}",
                 self.settings.max_turns.max(1)
             ));
-            let started = Instant::now();
             // Revisions sample hotter, so a small model does not copy the answer it is revising.
             let mut proposer = self.proposer.clone();
             proposer.temperature = (proposer.temperature + 0.3 * (turn - 1) as f32).min(1.2);
-            let answer = proposer.ask(
+            let answer = state.ask(
+                &proposer,
+                "proposer",
                 &mut conv,
                 messages.clone(),
                 Some(schema.clone()),
                 rng.random(),
             );
-            state.time("proposer", started);
             state.record.funnel.proposed += 1;
             let raw = match answer {
-                Ok((raw, tokens)) => {
-                    state.tokens("proposer", tokens);
-                    raw
-                }
+                Ok(raw) => raw,
                 Err(e) => {
                     state.reject(turn, &Rejection::new("model.error", e));
                     break;
@@ -980,20 +962,19 @@ impl<'d> Pipeline<'d> {
             return Some((state, None));
         }
         state.record.funnel.policy_ok += 1;
-        let started = Instant::now();
         let messages = vec![
             Message::system(prompt::proposer_system(self.domain)),
             Message::user(prompt::recombine_user(&tasks)),
         ];
-        let answer = self.proposer.ask(
+        let answer = state.ask(
+            &self.proposer,
+            "proposer",
             &mut Conversation::new(),
             messages,
             Some(prompt::instruction_schema()),
             rng.random(),
         );
-        state.time("proposer", started);
-        let instruction = match answer.map(|(raw, tokens)| {
-            state.tokens("proposer", tokens);
+        let instruction = match answer.map(|raw| {
             check::extract_object(&raw).and_then(|v| v["instruction"].as_str().map(str::to_owned))
         }) {
             Ok(Some(i)) if !i.trim().is_empty() => i,

@@ -6,7 +6,7 @@ use crate::blueprint::plan::PlanMode;
 use crate::blueprint::sampler::{ApiGraph, read_personas};
 use crate::domain::Domain;
 use crate::domain::task::read_tasks;
-use crate::llm::cli::LoadArgs;
+use crate::cli::load::LoadArgs;
 use crate::llm::profile::ModelRole;
 use anyhow::{Context, Result};
 use clap::Args;

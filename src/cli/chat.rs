@@ -3,7 +3,7 @@
 
 use crate::domain::Domain;
 use crate::domain::task::Action;
-use crate::llm::cli::ChatArgs;
+use super::repl::ChatArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ pub struct ChatCommand {
 
 pub fn run(cmd: ChatCommand) -> Result<ExitCode> {
     let Some(dir) = &cmd.domain else {
-        crate::llm::cli::run_chat(cmd.chat)?;
+        super::repl::run(cmd.chat)?;
         return Ok(ExitCode::SUCCESS);
     };
     let domain = Domain::load(dir, cmd.db.as_deref())
@@ -42,7 +42,7 @@ pub fn run(cmd: ChatCommand) -> Result<ExitCode> {
         }
         step.observation
     };
-    crate::llm::cli::run_chat_with(args, tools, Some(&mut executor))?;
+    super::repl::run_with(args, tools, Some(&mut executor))?;
     eprintln!("final database hash {}", env.hash());
     Ok(ExitCode::SUCCESS)
 }

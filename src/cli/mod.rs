@@ -1,15 +1,19 @@
 //! Command-line interface: flags are parsed here, resolved into ready objects, and handed to
 //! the library. Data goes to stdout, logs and errors to stderr.
 
+pub mod bench;
 pub mod blueprints;
 pub mod chat;
 pub mod domain;
 pub mod eval;
 pub mod export;
+pub mod load;
+pub mod models;
+pub mod repl;
 pub mod rollouts;
 
 use crate::llm::Backend;
-use crate::llm::cli::LoadArgs;
+use crate::cli::load::LoadArgs;
 use crate::llm::local::LocalBackend;
 use crate::llm::profile::{ModelRole, Profile};
 use clap::{Parser, Subcommand};
@@ -86,9 +90,9 @@ pub enum Command {
     /// Talk to a model interactively, optionally as a domain's agent (`--domain DIR`).
     Chat(chat::ChatCommand),
     /// Model profiles: list, show, check, tokenize, complete.
-    Models(crate::llm::cli::ModelsArgs),
+    Models(models::ModelsArgs),
     /// Prefill and decode speed of a model (JSON).
-    Bench(crate::llm::cli::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Internal: the script host a run starts to isolate script calls (JSON Lines on stdin).
     #[command(name = "__script-host", hide = true)]
     ScriptHost(ScriptHostArgs),
@@ -153,8 +157,8 @@ pub fn main() -> ExitCode {
         )
         .map(|()| ExitCode::SUCCESS),
         Command::Domain(cmd) => domain::run(cmd),
-        Command::Models(args) => crate::llm::cli::run_models(args).map(|()| ExitCode::SUCCESS),
-        Command::Bench(args) => crate::llm::cli::run_bench(args).map(|()| ExitCode::SUCCESS),
+        Command::Models(args) => models::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Chat(args) => chat::run(args),
         Command::Export(args) => export::run(args),
         Command::Blueprints(args) => blueprints::run(args),

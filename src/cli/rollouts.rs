@@ -5,8 +5,9 @@ use super::Models;
 use super::blueprints::BlueprintsArgs;
 use crate::domain::Domain;
 use crate::domain::task::{Task, read_tasks};
-use crate::llm::cli::LoadArgs;
+use crate::cli::load::LoadArgs;
 use crate::llm::profile::ModelRole;
+use crate::role::Role;
 use crate::rollout::run::{RolloutSummary, Rollouts, Settings};
 use crate::rollout::{AgentRole, UserRole, UserStrategy, UserView};
 use anyhow::{Context, Result, bail};
@@ -105,28 +106,37 @@ impl RoleArgs {
             bail!("--trials must be at least 1");
         }
         let agent = AgentRole {
-            name: agent_name.clone(),
-            backend: models.get(&agent_name)?,
-            temperature: self
-                .agent_temperature
-                .unwrap_or(if data { 0.7 } else { 0.0 }),
-            max_tokens: self.agent_max_tokens,
+            model: Role {
+                name: agent_name.clone(),
+                backend: models.get(&agent_name)?,
+                temperature: self
+                    .agent_temperature
+                    .unwrap_or(if data { 0.7 } else { 0.0 }),
+                max_tokens: self.agent_max_tokens,
+            },
             max_steps: self.max_steps,
             parallel_calls: self.parallel_calls,
             constrained: self.constrain_agent.unwrap_or(data),
             trace: self.trace,
             stall_after: self.stall_after.unwrap_or(if data { 3 } else { 0 }),
         };
-        let judge = if self.user_strategy == UserStrategy::BestOfN {
-            models.get(&judge_name)?
-        } else {
-            models.get(&user_name)?
+        let judge = Role {
+            name: judge_name.clone(),
+            backend: if self.user_strategy == UserStrategy::BestOfN {
+                models.get(&judge_name)?
+            } else {
+                models.get(&user_name)?
+            },
+            temperature: 0.0,
+            max_tokens: 24,
         };
         let user = UserRole {
-            name: user_name.clone(),
-            backend: models.get(&user_name)?,
-            temperature: self.user_temperature,
-            max_tokens: 128,
+            model: Role {
+                name: user_name.clone(),
+                backend: models.get(&user_name)?,
+                temperature: self.user_temperature,
+                max_tokens: 128,
+            },
             strategy: self.user_strategy,
             view: self.user_view,
             n: self.user_n,
@@ -139,13 +149,13 @@ impl RoleArgs {
     /// The settings as pinned in a run's configuration.
     pub fn config(&self, agent: &AgentRole, user: &UserRole) -> Value {
         let mut config = json!({
-            "agent": {"model": agent.name, "sha256": super::model_hashes(&agent.name),
-                      "temperature": agent.temperature, "max_steps": self.max_steps,
+            "agent": {"model": agent.model.name, "sha256": super::model_hashes(&agent.model.name),
+                      "temperature": agent.model.temperature, "max_steps": self.max_steps,
                       "parallel_calls": self.parallel_calls, "max_tokens": self.agent_max_tokens,
                       "constrained": agent.constrained},
-            "user": {"model": user.name, "sha256": super::model_hashes(&user.name),
+            "user": {"model": user.model.name, "sha256": super::model_hashes(&user.model.name),
                      "temperature": self.user_temperature, "strategy": self.user_strategy,
-                     "n": self.user_n, "judge": self.judge.clone().unwrap_or_else(|| user.name.clone())},
+                     "n": self.user_n, "judge": self.judge.clone().unwrap_or_else(|| user.model.name.clone())},
             "trials": self.trials,
         });
         // Settings added later are recorded only when they change what earlier versions did,

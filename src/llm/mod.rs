@@ -19,7 +19,6 @@
 
 pub mod backend;
 pub mod chat;
-pub mod cli;
 pub mod constrain;
 pub mod device;
 pub mod engine;

@@ -26,14 +26,12 @@ pub mod run;
 use crate::domain::Domain;
 use crate::domain::reward::{self, Reward};
 use crate::domain::task::{Action, Task};
-use crate::llm::{
-    Backend, ChatRequest, Conversation, Message, ModelOutput, SamplingParams, ToolCall,
-};
+use crate::llm::{Conversation, Message, ModelOutput, ToolCall};
+use crate::role::{Meter, Role};
+use crate::run::Rejection;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
 
 /// The marker a simulated user writes when its goal is met (tau-bench's).
 pub const STOP: &str = "###STOP###";
@@ -184,10 +182,8 @@ pub enum UserView {
 /// The agent under test or generating data.
 #[derive(Clone)]
 pub struct AgentRole {
-    pub name: String,
-    pub backend: Arc<dyn Backend>,
-    pub temperature: f32,
-    pub max_tokens: usize,
+    /// The model, its temperature and reply length.
+    pub model: Role,
     /// Replies before the episode is cut off (tau-bench: 30).
     pub max_steps: usize,
     /// Run every call of a reply instead of only the first.
@@ -205,16 +201,14 @@ pub struct AgentRole {
 /// The simulated user (and, for best-of-N, its judge).
 #[derive(Clone)]
 pub struct UserRole {
-    pub name: String,
-    pub backend: Arc<dyn Backend>,
-    pub temperature: f32,
-    pub max_tokens: usize,
+    /// The model, its temperature and line length.
+    pub model: Role,
     pub strategy: UserStrategy,
     pub view: UserView,
     /// Candidates per turn for best-of-N.
     pub n: usize,
-    /// The judge for best-of-N (the user's model by default).
-    pub judge: Arc<dyn Backend>,
+    /// The judge for best-of-N (the user's model by default; greedy, a few tokens).
+    pub judge: Role,
     /// Samples drawn again, at most, for a line in the agent's voice or with an id the user
     /// cannot know ([`keep::user_line_problem`]); 0: every line is sent as sampled (eval).
     pub resample: usize,
@@ -261,37 +255,6 @@ pub struct Episode {
     pub user_resampled: BTreeMap<String, usize>,
 }
 
-/// Per-role accounting.
-#[derive(Default)]
-struct Meter {
-    tokens: BTreeMap<String, usize>,
-    seconds: BTreeMap<String, f64>,
-    /// User lines drawn again, by reason.
-    resampled: BTreeMap<String, usize>,
-}
-
-impl Meter {
-    fn ask(
-        &mut self,
-        role: &str,
-        backend: &dyn Backend,
-        conv: &mut Conversation,
-        req: &ChatRequest,
-    ) -> Result<crate::llm::ChatReply, String> {
-        let t = Instant::now();
-        let reply = backend
-            .reply(conv, req)
-            .map_err(|e| format!("{role}: {e}"))?;
-        *self.seconds.entry(role.into()).or_default() += t.elapsed().as_secs_f64();
-        *self.tokens.entry(role.into()).or_default() += reply.usage.completion_tokens
-            + reply
-                .usage
-                .prompt_tokens
-                .saturating_sub(reply.usage.cached_tokens);
-        Ok(reply)
-    }
-}
-
 /// The user side of an episode.
 struct SimUser<'a> {
     role: &'a UserRole,
@@ -301,6 +264,8 @@ struct SimUser<'a> {
     judge_conv: Conversation,
     seed: u64,
     turn: u64,
+    /// Lines drawn again, by reason.
+    resampled: BTreeMap<String, usize>,
 }
 
 impl<'a> SimUser<'a> {
@@ -313,6 +278,7 @@ impl<'a> SimUser<'a> {
             judge_conv: Conversation::new(),
             seed,
             turn: 0,
+            resampled: BTreeMap::new(),
         }
     }
 
@@ -359,18 +325,13 @@ impl<'a> SimUser<'a> {
             // best-of-N judges only lines that pass.
             let mut line = String::new();
             for again in 0..=self.role.resample {
-                let mut req = ChatRequest::new(prompt.clone());
-                req.max_tokens = self.role.max_tokens;
-                req.sampling = SamplingParams {
-                    temperature: self.role.temperature,
-                    seed: self
-                        .seed
-                        .wrapping_add(self.turn.wrapping_mul(1_000_003))
-                        .wrapping_add(draw),
-                    ..SamplingParams::greedy()
-                };
+                let seed = self
+                    .seed
+                    .wrapping_add(self.turn.wrapping_mul(1_000_003))
+                    .wrapping_add(draw);
+                let req = self.role.model.request(prompt.clone(), seed);
                 draw += 1;
-                let reply = meter.ask("user", &*self.role.backend, &mut self.conv, &req)?;
+                let reply = self.role.model.ask(meter, "user", &mut self.conv, &req)?;
                 line = user_line(&reply.raw);
                 if self.role.resample == 0 || is_stop(&line) {
                     break;
@@ -378,7 +339,7 @@ impl<'a> SimUser<'a> {
                 match keep::user_line_problem(&line, &self.instruction, &agent_lines) {
                     Some(why) if again < self.role.resample => {
                         let reason = why.split(':').next().unwrap_or_default().to_owned();
-                        *meter.resampled.entry(reason).or_default() += 1;
+                        *self.resampled.entry(reason).or_default() += 1;
                     }
                     _ => break,
                 }
@@ -387,14 +348,15 @@ impl<'a> SimUser<'a> {
                 best = Some((0, line));
                 break;
             }
-            let mut jreq = ChatRequest::new(vec![Message::user(judge_prompt(
-                &self.instruction,
-                agent_said,
-                &line,
-            ))]);
-            jreq.max_tokens = 24;
+            let mut jreq = self.role.judge.request(
+                vec![Message::user(judge_prompt(&self.instruction, agent_said, &line))],
+                0,
+            );
             jreq.stop = vec!["</score>".into()];
-            let judged = meter.ask("judge", &*self.role.judge, &mut self.judge_conv, &jreq)?;
+            let judged = self
+                .role
+                .judge
+                .ask(meter, "judge", &mut self.judge_conv, &jreq)?;
             let score = parse_score(&judged.raw).map_or(-1, i64::from);
             if best.as_ref().is_none_or(|(s, _)| score > *s) {
                 best = Some((score, line));
@@ -470,10 +432,14 @@ pub struct EpisodeSpec<'a> {
 }
 
 /// The agent's opening request: the policy as system prompt and the domain's tools.
-fn agent_request(tools: &[Value], messages: Vec<Message>, agent: &AgentRole) -> ChatRequest {
-    let mut req = ChatRequest::new(messages);
+fn agent_request(
+    tools: &[Value],
+    messages: Vec<Message>,
+    agent: &AgentRole,
+    seed: u64,
+) -> crate::llm::ChatRequest {
+    let mut req = agent.model.request(messages, seed);
     req.tools = tools.to_vec();
-    req.max_tokens = agent.max_tokens;
     req
 }
 
@@ -485,8 +451,10 @@ pub fn prime_agent(domain: &Domain, agent: &AgentRole) -> Result<Conversation, S
         &domain.tool_schemas(),
         vec![Message::system(domain.policy.clone())],
         agent,
+        0,
     );
     agent
+        .model
         .backend
         .prime(&mut conv, &req)
         .map_err(|e| format!("agent: {e}"))?;
@@ -512,7 +480,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     let mut conv = spec.agent_prefix.cloned().unwrap_or_default();
     let (mut steps, mut user_turns, mut tool_calls) = (0usize, 0usize, 0usize);
     // How the loop ended: None = done normally (stop or terminate tool), Some(code, detail).
-    let mut cut: Option<(&str, String)> = None;
+    let mut cut: Option<Rejection> = None;
 
     let mut stop_line: Option<String> = None;
     // One entry per agent reply: the reply and what answered it, for stall detection.
@@ -521,13 +489,13 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                   stop_line: Option<String>,
                   said: &[String],
                   env: &crate::domain::env::Env,
-                  cut: Option<(&str, String)>,
-                  meter: Meter,
+                  cut: Option<Rejection>,
+                  (meter, resampled): (Meter, BTreeMap<String, usize>),
                   counts: (usize, usize, usize)| {
         let refs: Vec<&str> = said.iter().map(String::as_str).collect();
         let r: Reward = reward::score(domain, task, &env.hash(), &refs);
         let (reward, code, detail) = match cut {
-            Some((c, d)) => (0.0, Some(c.to_owned()), d),
+            Some(r) => (0.0, Some(r.code), r.detail),
             None if r.reward == 1.0 => (1.0, None, String::new()),
             None if !r.db_match => (
                 0.0,
@@ -566,7 +534,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
             tool_calls: counts.2,
             tokens: meter.tokens,
             seconds: meter.seconds,
-            user_resampled: meter.resampled,
+            user_resampled: resampled,
         }
     };
 
@@ -578,8 +546,8 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 None,
                 &said,
                 &env,
-                Some((code::MODEL_ERROR, e)),
-                meter,
+                Some(Rejection::new(code::MODEL_ERROR, e)),
+                (meter, sim.resampled.clone()),
                 (0, 0, 0),
             );
         }
@@ -587,11 +555,12 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     user_turns += 1;
     trace(agent.trace, "user", &first);
     if is_stop(&first) {
-        let cut = Some((
+        let cut = Some(Rejection::new(
             code::USER_STOPPED_EARLY,
             format!("the user's opening line was {STOP} in all {OPENING_TRIES} samples"),
         ));
-        return finish(&messages, Some(first), &said, &env, cut, meter, (0, 1, 0));
+        let tally = (meter, sim.resampled.clone());
+        return finish(&messages, Some(first), &said, &env, cut, tally, (0, 1, 0));
     }
     messages.push(Message::user(first));
 
@@ -604,14 +573,14 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 .windows(2)
                 .all(|w| w[0] == w[1])
         {
-            cut = Some((
+            cut = Some(Rejection::new(
                 code::STALLED,
                 format!("the last {n} agent replies, and the answers to them, were identical"),
             ));
             break;
         }
         if steps >= agent.max_steps {
-            cut = Some((
+            cut = Some(Rejection::new(
                 code::MAX_STEPS,
                 format!("no end after {} agent replies", agent.max_steps),
             ));
@@ -619,19 +588,19 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
         }
         steps += 1;
         crate::run::progress::doing(format!("step {steps}: agent"));
-        let mut req = agent_request(&tools, messages.clone(), agent);
+        let mut req = agent_request(
+            &tools,
+            messages.clone(),
+            agent,
+            seed ^ 0x9e37_79b9_7f4a_7c15 ^ steps as u64,
+        );
         if agent.constrained {
             req.constraint = Some(crate::llm::Constraint::TextOrToolCall);
         }
-        req.sampling = SamplingParams {
-            temperature: agent.temperature,
-            seed: seed ^ 0x9e37_79b9_7f4a_7c15 ^ steps as u64,
-            ..SamplingParams::greedy()
-        };
-        let reply = match meter.ask("agent", &*agent.backend, &mut conv, &req) {
+        let reply = match agent.model.ask(&mut meter, "agent", &mut conv, &req) {
             Ok(r) => r,
             Err(e) => {
-                cut = Some((code::MODEL_ERROR, e));
+                cut = Some(Rejection::new(code::MODEL_ERROR, e));
                 break;
             }
         };
@@ -647,7 +616,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
         match reply.output {
             ModelOutput::Malformed { reason, raw } => {
                 messages.push(Message::assistant(raw));
-                cut = Some((code::AGENT_MALFORMED, reason));
+                cut = Some(Rejection::new(code::AGENT_MALFORMED, reason));
                 break;
             }
             ModelOutput::ToolCalls { calls, content } => {
@@ -704,7 +673,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                         }
                     }
                     Err(e) => {
-                        cut = Some((code::MODEL_ERROR, e));
+                        cut = Some(Rejection::new(code::MODEL_ERROR, e));
                         break;
                     }
                 }
@@ -717,7 +686,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
         &said,
         &env,
         cut,
-        meter,
+        (meter, sim.resampled),
         (steps, user_turns, tool_calls),
     )
 }

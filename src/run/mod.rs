@@ -76,6 +76,31 @@ pub enum RunError {
     Busy { path: PathBuf },
 }
 
+/// Why a unit was turned down or failed, in both phases. `code` is stable (phase 1:
+/// `format.not_json`, `exec.tool_error`, `policy.<rule>`, `dedup.duplicate`, ...; phase 2:
+/// `rollout.db_mismatch`, `rollout.max_steps`, ...); `detail` says why in words (phase 1's is the
+/// feedback a proposer revises from).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Rejection {
+    pub code: String,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(code: impl Into<String>, detail: impl Into<String>) -> Rejection {
+        Rejection {
+            code: code.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
 /// Held while a unit is committed; an interrupt takes it before the process ends, so that it
 /// never ends inside a commit.
 static COMMITTING: std::sync::Mutex<()> = std::sync::Mutex::new(());

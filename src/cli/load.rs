@@ -1,11 +1,4 @@
-//! Command-line front ends of the inference layer: `models …`, `bench` and `chat`.
-//!
-//! Each subcommand exposes clap `Args` and a `run` function returning `anyhow::Result`; the
-//! binary's argument tree embeds them. Data goes to stdout (JSON), logs to stderr.
-
-pub mod bench;
-pub mod chat;
-pub mod models;
+//! How every command loads models (`--device`, `--threads`, ...) and samples from them.
 
 use clap::Args;
 
@@ -13,9 +6,6 @@ use crate::llm::device;
 use crate::llm::engine::Engine;
 use crate::llm::model::LoadOptions;
 
-pub use bench::{BenchArgs, run as run_bench};
-pub use chat::{ChatArgs, Executor, run as run_chat, run_with as run_chat_with};
-pub use models::{ModelsArgs, ModelsCommand, run as run_models};
 
 /// Options for loading a model, shared by every subcommand that runs one.
 #[derive(Debug, Clone, Args)]

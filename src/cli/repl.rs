@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 
-use super::{LoadArgs, SamplingArgs};
+use super::load::{LoadArgs, SamplingArgs};
 use crate::llm::backend::{Backend, ChatRequest, Conversation};
 use crate::llm::chat::{Message, ToolCall};
 use crate::llm::local::LocalBackend;

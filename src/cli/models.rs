@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{LoadArgs, SamplingArgs};
+use super::load::{LoadArgs, SamplingArgs};
 use crate::llm::engine::{BatchJob, Engine, GenerateRequest, resolve};
 use crate::llm::profile::{Format, Profile};
 use crate::llm::{KvCache, Tokenizer};

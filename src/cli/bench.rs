@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::LoadArgs;
+use super::load::LoadArgs;
 use crate::llm::KvCache;
 use crate::llm::constrain::Constrainer;
 use crate::llm::engine::{BatchJob, Engine, GenerateRequest};

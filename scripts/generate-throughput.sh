@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The main job at several concurrencies, one after another: wall time of each phase, phase-2
+# attempts and kept conversations per hour, and whether the files agree.
+#
+#   scripts/generate-throughput.sh OUT [DOMAIN] [COUNT] [CONCURRENCY...]
+#
+# Defaults: domains/retail, 10 tasks, concurrency 1 then 16, default models. Run directories
+# are kept under OUT (OUT/c1, OUT/c16, ...) so their data can be read afterwards. Needs a
+# release build and the default models (see the README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: scripts/generate-throughput.sh OUT [DOMAIN] [COUNT] [CONCURRENCY...]}
+domain=${2:-domains/retail}
+count=${3:-10}
+shift $(( $# < 3 ? $# : 3 ))
+levels=("$@")
+[ ${#levels[@]} -gt 0 ] || levels=(1 16)
+bin=target/release/apigen-mt
+[ -x "$bin" ] || { echo "no $bin: run cargo build --release first" >&2; exit 2; }
+mkdir -p "$out"
+
+for n in "${levels[@]}"; do
+    dir="$out/c$n"
+    start=$(date +%s)
+    "$bin" generate --domain "$domain" --count "$count" --concurrency "$n" --out "$dir" \
+        >"$dir.json" 2>"$dir.log"
+    end=$(date +%s)
+    python3 - "$dir" "$start" "$end" "$n" <<'EOF'
+import json, os, sys
+d, start, end, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+# Phase 2 starts when it pins its settings.
+mid = int(os.path.getmtime(os.path.join(d, "rollouts.toml")))
+s = json.load(open(os.path.join(d, "summary.json")))
+r = s.get("rollouts", {})
+p1, p2 = mid - start, end - mid
+attempts, kept = r.get("rollouts", 0), r.get("kept", 0)
+print(f"concurrency {n}: wall {end - start} s; phase 1 {p1} s, {s.get('items', 0)} items, "
+      f"{s.get('accepted', 0)} accepted, {s['funnel']['proposed']} proposals "
+      f"({3600 * s['funnel']['proposed'] / max(p1, 1):.1f} proposals/h); "
+      f"phase 2 {p2} s, {attempts} attempts ({3600 * attempts / max(p2, 1):.1f}/h), "
+      f"{r.get('verified', 0)} verified, {kept} kept ({3600 * kept / max(end - start, 1):.2f} kept/h overall)")
+EOF
+done
+
+# The files must not depend on the concurrency (timings aside).
+strip() { python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    v = json.loads(line)
+    v.pop("seconds", None)
+    print(json.dumps(v, sort_keys=True))
+' "$1"; }
+first="$out/c${levels[0]}"
+for n in "${levels[@]:1}"; do
+    for f in blueprints.jsonl rejected.jsonl items.jsonl trajectories.jsonl dataset.jsonl; do
+        [ -f "$first/$f" ] || continue
+        if cmp -s <(strip "$first/$f") <(strip "$out/c$n/$f"); then
+            echo "c$n $f: identical to c${levels[0]} ($(wc -l <"$first/$f") lines)"
+        else
+            echo "c$n $f: DIFFERS from c${levels[0]}"
+        fi
+    done
+done
