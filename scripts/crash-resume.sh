@@ -51,8 +51,28 @@ for k in $(seq 1 "$kills"); do
     attempts=$(wc -l <"$work/cut/trajectories.jsonl" 2>/dev/null || echo 0)
     echo "kill $k: after $items items, $attempts attempts committed"
 done
-run "$work/cut"
 echo "killed $landed times while running; the interrupted series took $(( $(date +%s) - start )) s"
+
+# Ctrl-C: the process says how to resume and exits 130, and the run resumes like the others.
+run "$work/cut" &
+pid=$!
+sleep $(( 1 + RANDOM % span ))
+interrupted=no
+if kill -0 "$pid" 2>/dev/null; then
+    pkill -INT -P "$pid" 2>/dev/null || true
+    interrupted=yes
+fi
+wait "$pid" 2>/dev/null && code=0 || code=$?
+if [ "$interrupted" = yes ]; then
+    if grep -q "to resume, run the same command again" "$work/cut.log"; then
+        echo "Ctrl-C: exit status $code, resume command printed"
+    else
+        echo "Ctrl-C: no resume message (exit status $code)"
+        status_int=1
+    fi
+fi
+run "$work/cut"
+echo "the series took $(( $(date +%s) - start )) s in all"
 
 strip() { python3 -c '
 import json, sys
@@ -62,7 +82,7 @@ for line in open(sys.argv[1]):
         v.pop(k, None)
     print(json.dumps(v, sort_keys=True))
 ' "$1"; }
-status=0
+status=${status_int:-0}
 for f in blueprints.jsonl rejected.jsonl items.jsonl trajectories.jsonl dataset.jsonl; do
     a="$work/whole/$f"
     b="$work/cut/$f"

@@ -10,8 +10,8 @@ use crate::cli::load::LoadArgs;
 use crate::llm::profile::ModelRole;
 use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::json;
-use std::path::PathBuf;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
@@ -67,6 +67,41 @@ pub struct BlueprintsArgs {
     pub concurrency: super::Concurrency,
     #[command(flatten)]
     pub load: LoadArgs,
+}
+
+/// Phase 1's pinned settings (`config.toml`).
+#[derive(Serialize)]
+struct BlueprintsPin<'a> {
+    version: &'static str,
+    domain: DomainPin<'a>,
+    settings: &'a Settings,
+    proposer: ModelPin<'a>,
+    reviewers: Vec<ModelPin<'a>>,
+    data_budget: usize,
+    load: LoadPin<'a>,
+}
+
+#[derive(Serialize)]
+struct DomainPin<'a> {
+    name: &'a str,
+    dir: &'a Path,
+    db: &'a Path,
+    db_hash: String,
+}
+
+#[derive(Serialize)]
+struct ModelPin<'a> {
+    model: &'a str,
+    sha256: Vec<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+}
+
+#[derive(Serialize)]
+struct LoadPin<'a> {
+    device: &'a str,
+    threads: Option<usize>,
+    requantize: bool,
 }
 
 /// `base`: accepted when this process started (a resumed run's rate counts only new work).
@@ -164,15 +199,35 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
     };
     let graph = ApiGraph::derive(&domain, &examples, &[]);
     let hashes = super::model_hashes;
-    let config = json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "domain": {"name": domain.name(), "dir": args.domain, "db": domain.db_dir, "db_hash": domain.pristine().hash()},
-        "settings": settings,
-        "proposer": {"model": proposer_name, "sha256": hashes(&proposer_name), "temperature": args.temperature},
-        "reviewers": reviewer_names.iter().map(|n| json!({"model": n, "sha256": hashes(n)})).collect::<Vec<_>>(),
-        "data_budget": args.data_budget,
-        "load": {"device": args.load.device, "threads": args.load.threads, "requantize": !args.load.no_requantize},
-    });
+    let config = BlueprintsPin {
+        version: env!("CARGO_PKG_VERSION"),
+        domain: DomainPin {
+            name: domain.name(),
+            dir: &args.domain,
+            db: &domain.db_dir,
+            db_hash: domain.pristine().hash(),
+        },
+        settings: &settings,
+        proposer: ModelPin {
+            model: &proposer_name,
+            sha256: hashes(&proposer_name),
+            temperature: Some(args.temperature),
+        },
+        reviewers: reviewer_names
+            .iter()
+            .map(|n| ModelPin {
+                model: n,
+                sha256: hashes(n),
+                temperature: None,
+            })
+            .collect(),
+        data_budget: args.data_budget,
+        load: LoadPin {
+            device: &args.load.device,
+            threads: args.load.threads,
+            requantize: !args.load.no_requantize,
+        },
+    };
     // How far to go (tasks to attempt, early stop) does not change any item, so a run can be
     // extended or cut short by re-running with another --count or --accept.
     let _lock = crate::run::lock(&args.out)?;

@@ -12,6 +12,7 @@ use crate::rollout::run::{RolloutSummary, Rollouts, Settings};
 use crate::rollout::{AgentRole, UserRole, UserStrategy, UserView};
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -145,32 +146,6 @@ impl RoleArgs {
         };
         Ok((agent, user))
     }
-
-    /// The settings as pinned in a run's configuration.
-    pub fn config(&self, agent: &AgentRole, user: &UserRole) -> Value {
-        let mut config = json!({
-            "agent": {"model": agent.model.name, "sha256": super::model_hashes(&agent.model.name),
-                      "temperature": agent.model.temperature, "max_steps": self.max_steps,
-                      "parallel_calls": self.parallel_calls, "max_tokens": self.agent_max_tokens,
-                      "constrained": agent.constrained},
-            "user": {"model": user.model.name, "sha256": super::model_hashes(&user.model.name),
-                     "temperature": self.user_temperature, "strategy": self.user_strategy,
-                     "n": self.user_n, "judge": self.judge.clone().unwrap_or_else(|| user.model.name.clone())},
-            "trials": self.trials,
-        });
-        // Settings added later are recorded only when they change what earlier versions did,
-        // so that runs those versions started can still be resumed.
-        if agent.stall_after > 1 {
-            config["agent"]["stall_after"] = json!(agent.stall_after);
-        }
-        if user.resample > 0 {
-            config["user"]["resample"] = json!(user.resample);
-        }
-        if user.view != UserView::TauBench {
-            config["user"]["view"] = json!(user.view);
-        }
-        config
-    }
 }
 
 #[derive(Debug, Args)]
@@ -252,6 +227,76 @@ fn domain_of_run(blueprints: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     Ok((PathBuf::from(dir), db))
 }
 
+/// Phase 2's pinned settings (`rollouts.toml`; an eval's `config.toml`). Settings added after
+/// the first version are written only when they change what that version did, so that runs it
+/// started still resume.
+#[derive(Serialize)]
+struct RolloutsPin<'a> {
+    version: &'static str,
+    agent: AgentPin<'a>,
+    user: UserPin<'a>,
+    trials: usize,
+    seed: u64,
+    domain: DomainPin<'a>,
+    load: LoadPin<'a>,
+    /// What the tasks are: `blueprints` (rollouts) or `tasks` and `task_ids` (eval).
+    #[serde(flatten)]
+    tasks: serde_json::Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    require_gold_tools: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct AgentPin<'a> {
+    model: &'a str,
+    sha256: Vec<Option<String>>,
+    temperature: f32,
+    max_steps: usize,
+    parallel_calls: bool,
+    max_tokens: usize,
+    constrained: bool,
+    #[serde(skip_serializing_if = "never_stalls")]
+    stall_after: usize,
+}
+
+#[derive(Serialize)]
+struct UserPin<'a> {
+    model: &'a str,
+    sha256: Vec<Option<String>>,
+    temperature: f32,
+    strategy: UserStrategy,
+    n: usize,
+    judge: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    resample: usize,
+    #[serde(skip_serializing_if = "is_tau_bench")]
+    view: UserView,
+}
+
+#[derive(Serialize)]
+struct DomainPin<'a> {
+    name: &'a str,
+    db_hash: String,
+}
+
+#[derive(Serialize)]
+struct LoadPin<'a> {
+    device: &'a str,
+    threads: Option<usize>,
+}
+
+fn never_stalls(n: &usize) -> bool {
+    *n <= 1
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_tau_bench(v: &UserView) -> bool {
+    *v == UserView::TauBench
+}
+
 /// `base`: verified when this process started (a resumed run's rate counts only new work).
 fn progress_line(
     s: &RolloutSummary,
@@ -290,20 +335,45 @@ pub fn roll_out(
     // Data generation constrains the agent; evaluation (which keeps nothing) does not.
     let (agent, user) = roles.roles(models, keep)?;
     let load = models.load_args();
-    let mut config = roles.config(&agent, &user);
-    config["version"] = json!(env!("CARGO_PKG_VERSION"));
-    config["seed"] = json!(seed);
-    config["domain"] = json!({"name": domain.name(), "db_hash": domain.pristine().hash()});
-    config["load"] = json!({"device": load.device, "threads": load.threads});
-    if let (Some(c), Some(e)) = (config.as_object_mut(), extra_config.as_object()) {
-        for (k, v) in e {
-            c.insert(k.clone(), v.clone());
-        }
-    }
     let require_gold_tools = keep && roles.require_gold_tools.unwrap_or(true);
-    if keep {
-        config["require_gold_tools"] = json!(require_gold_tools);
-    }
+    let config = RolloutsPin {
+        version: env!("CARGO_PKG_VERSION"),
+        agent: AgentPin {
+            model: &agent.model.name,
+            sha256: super::model_hashes(&agent.model.name),
+            temperature: agent.model.temperature,
+            max_steps: agent.max_steps,
+            parallel_calls: agent.parallel_calls,
+            max_tokens: agent.model.max_tokens,
+            constrained: agent.constrained,
+            stall_after: agent.stall_after,
+        },
+        user: UserPin {
+            model: &user.model.name,
+            sha256: super::model_hashes(&user.model.name),
+            temperature: user.model.temperature,
+            strategy: user.strategy,
+            n: user.n,
+            judge: &user.judge.name,
+            resample: user.resample,
+            view: user.view,
+        },
+        trials: roles.trials,
+        seed,
+        domain: DomainPin {
+            name: domain.name(),
+            db_hash: domain.pristine().hash(),
+        },
+        load: LoadPin {
+            device: &load.device,
+            threads: load.threads,
+        },
+        tasks: match extra_config {
+            Value::Object(m) => m,
+            _ => Default::default(),
+        },
+        require_gold_tools: keep.then_some(require_gold_tools),
+    };
     let _lock = crate::run::lock(out)?;
     crate::run::resume_on_interrupt();
     crate::run::pin_config_file(out, config_name, &config, &["version", "load"])?;
