@@ -6,7 +6,7 @@
 #
 # Defaults: domains/retail, 10 tasks, concurrency 1 then 16, default models. Run directories
 # are kept under OUT (OUT/c1, OUT/c16, ...) so their data can be read afterwards. Needs a
-# release build and the default models (see the README).
+# release build and the default models (see the README). GENERATE_ARGS adds flags to every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/generate-throughput.sh OUT [DOMAIN] [COUNT] [CONCURRENCY...]}
@@ -22,7 +22,8 @@ mkdir -p "$out"
 for n in "${levels[@]}"; do
     dir="$out/c$n"
     start=$(date +%s)
-    "$bin" generate --domain "$domain" --count "$count" --concurrency "$n" --out "$dir" \
+    # shellcheck disable=SC2086 # GENERATE_ARGS: extra flags, e.g. "--threads 2"
+    "$bin" generate --domain "$domain" --count "$count" --concurrency "$n" --out "$dir" ${GENERATE_ARGS:-} \
         >"$dir.json" 2>"$dir.log"
     end=$(date +%s)
     python3 - "$dir" "$start" "$end" "$n" <<'EOF'

@@ -209,6 +209,30 @@ fn item_index(id: &str) -> Option<usize> {
     id.strip_prefix("bp-")?.parse().ok()
 }
 
+/// Conversations whose cache holds the reviewers' system prompt (the domain's policy), one per
+/// reviewer model, made once per run: every committee starts from a clone, so the policy is
+/// processed once and not once per item.
+#[derive(Default)]
+struct Primed {
+    reviewers: Vec<(usize, Conversation)>,
+}
+
+impl Primed {
+    /// A conversation to start a committee on `backend` from.
+    fn reviewer(&self, backend: usize) -> Conversation {
+        self.reviewers
+            .iter()
+            .find(|(k, _)| *k == backend)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Which model a role runs on (roles on one model share caches).
+fn backend_key(role: &Role) -> usize {
+    std::sync::Arc::as_ptr(&role.backend) as *const () as usize
+}
+
 /// What the commit side of a run holds: the open files, the duplicate check over everything
 /// committed, the summary.
 struct Journal {
@@ -353,6 +377,13 @@ impl<'d> Pipeline<'d> {
             .filter(|i| !journal.files.done.iter().any(|d| d.id == item_id(*i)))
             .collect();
         let lag = self.settings.view_lag;
+        let primed = if journal.summary.accepted < self.settings.count && !todo.is_empty()
+            || self.settings.recombine > journal.summary.recombined
+        {
+            self.prime_reviewers()
+        } else {
+            Primed::default()
+        };
         if journal.summary.accepted < self.settings.count {
             let name = |u: usize| item_id(todo[u]);
             run_in_order(
@@ -379,7 +410,7 @@ impl<'d> Pipeline<'d> {
                     for b in &view {
                         let _ = dedup.insert(&b.task());
                     }
-                    self.item(&item_id(todo[u]), &view, &dedup, cancel)
+                    self.item(&item_id(todo[u]), &view, &dedup, &primed, cancel)
                 },
                 |j, _, (state, blueprint)| {
                     j.summary =
@@ -408,7 +439,8 @@ impl<'d> Pipeline<'d> {
             let id = format!("rc-{r:05}");
             r += 1;
             tries += 1;
-            let Some((state, blueprint)) = self.recombine(&id, &files.accepted, &dedup) else {
+            let Some((state, blueprint)) = self.recombine(&id, &files.accepted, &dedup, &primed)
+            else {
                 break;
             };
             let _held = crate::run::committing();
@@ -626,24 +658,44 @@ impl<'d> Pipeline<'d> {
         ))
     }
 
+    /// Cache the reviewers' system prompt, once per reviewer model (a model that cannot is
+    /// left to process it per committee).
+    fn prime_reviewers(&self) -> Primed {
+        let mut primed = Primed::default();
+        let system = prompt::reviewer_system(self.domain);
+        for role in &self.reviewers {
+            let key = backend_key(role);
+            if primed.reviewers.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            let mut conv = Conversation::new();
+            let req = role.request(vec![Message::system(system.clone())], 0);
+            if role.backend.prime(&mut conv, &req).is_ok() {
+                primed.reviewers.push((key, conv));
+            }
+        }
+        primed
+    }
+
     fn review(
         &self,
         state: &mut ItemState,
         task: &Task,
         diff: &[Edit],
+        primed: &Primed,
         rng: &mut impl Rng,
     ) -> Vec<Review> {
         let report = self.grounder.explain(task);
         // Reviewers on the same model read the same prompt: later ones start from the first one's
         // cache, so the prompt is processed once per committee.
-        let mut first: Option<(*const (), Conversation)> = None;
+        let mut first: Option<(usize, Conversation)> = None;
         let mut reviews = Vec::with_capacity(self.reviewers.len());
         for (k, role) in self.reviewers.iter().enumerate() {
             crate::run::progress::doing(format!("committee {}/{}", k + 1, self.reviewers.len()));
-            let key = Arc::as_ptr(&role.backend) as *const ();
+            let key = backend_key(role);
             let mut conv = match &first {
                 Some((k, c)) if *k == key => c.clone(),
-                _ => Conversation::new(),
+                _ => primed.reviewer(key),
             };
             let messages = vec![
                 Message::system(prompt::reviewer_system(self.domain)),
@@ -716,6 +768,7 @@ impl<'d> Pipeline<'d> {
         id: &str,
         accepted: &[BlueprintRecord],
         dedup: &Dedup,
+        primed: &Primed,
         cancel: &Cancel,
     ) -> (ItemState, Option<BlueprintRecord>) {
         let mut state = ItemState::new(id);
@@ -774,6 +827,7 @@ impl<'d> Pipeline<'d> {
                 &raw,
                 &ctx,
                 dedup,
+                primed,
                 &feedback_given,
                 &mut rng,
             );
@@ -811,7 +865,7 @@ impl<'d> Pipeline<'d> {
     }
 
     /// Stage 1 then the committee; `Err` is the feedback for a revision.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn check(
         &self,
         state: &mut ItemState,
@@ -819,6 +873,7 @@ impl<'d> Pipeline<'d> {
         raw: &str,
         ctx: &Context,
         dedup: &Dedup,
+        primed: &Primed,
         feedback_given: &[String],
         rng: &mut impl Rng,
     ) -> Result<(Task, Executed, Vec<Review>, Verdict), String> {
@@ -889,7 +944,7 @@ impl<'d> Pipeline<'d> {
             return fail(state, rs);
         }
         state.record.funnel.grounded += 1;
-        let reviews = self.review(state, &task, &executed.diff, rng);
+        let reviews = self.review(state, &task, &executed.diff, primed, rng);
         let verdict = committee::verdict(&reviews, &self.settings.threshold);
         if !verdict.accepted {
             let feedback = self.feedback(state, &task, &executed.diff, &reviews, rng);
@@ -917,6 +972,7 @@ impl<'d> Pipeline<'d> {
         id: &str,
         accepted: &[BlueprintRecord],
         dedup: &Dedup,
+        primed: &Primed,
     ) -> Option<(ItemState, Option<BlueprintRecord>)> {
         let mut by_user: BTreeMap<&str, Vec<&BlueprintRecord>> = BTreeMap::new();
         for b in accepted.iter().filter(|b| b.recombined_from.is_empty()) {
@@ -1002,7 +1058,7 @@ impl<'d> Pipeline<'d> {
             return Some((state, None));
         }
         state.record.funnel.grounded += 1;
-        let reviews = self.review(&mut state, &combined, &executed.diff, &mut rng);
+        let reviews = self.review(&mut state, &combined, &executed.diff, primed, &mut rng);
         let verdict = committee::verdict(&reviews, &self.settings.threshold);
         if !verdict.accepted {
             let votes: Vec<String> = reviews

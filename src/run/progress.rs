@@ -1,7 +1,7 @@
 //! Progress a person can read: one live bar per phase (units done of planned, what is accepted
 //! or kept, rate and ETA) with what the slowest unit in flight is doing ("bp-00007: committee
 //! 2/3"), redrawn as model replies arrive; on a stderr that is not a terminal, a plain line per
-//! committed unit and one a minute while units run.
+//! committed unit and one a minute while units run (from a ticker thread).
 //!
 //! Units say what they do with [`doing`], from any depth of the code that runs them: the worker
 //! thread that runs a unit (see [`super::order`]) knows which unit that is, and the phase's
@@ -20,6 +20,8 @@ const PLAIN_EVERY: Duration = Duration::from_secs(60);
 struct Inner {
     bar: Option<ProgressBar>,
     state: Mutex<State>,
+    /// Set when the bar is dropped: the plain-line ticker stops.
+    done: std::sync::atomic::AtomicBool,
 }
 
 struct State {
@@ -67,9 +69,30 @@ impl Bar {
                 running: BTreeMap::new(),
                 last_plain: Instant::now(),
             }),
+            done: std::sync::atomic::AtomicBool::new(false),
         });
         if let Ok(mut c) = CURRENT.lock() {
             *c = Some(inner.clone());
+        }
+        if inner.bar.is_none() {
+            // Off a terminal, a line a minute while units run, even when none reports a step.
+            let ticker = Arc::downgrade(&inner);
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let Some(inner) = ticker.upgrade() else { break };
+                    if inner.done.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Ok(mut s) = inner.state.lock()
+                        && !s.running.is_empty()
+                        && s.last_plain.elapsed() >= PLAIN_EVERY
+                    {
+                        s.last_plain = Instant::now();
+                        eprintln!("{}", message(&s));
+                    }
+                }
+            });
         }
         Bar { inner }
     }
@@ -96,6 +119,9 @@ impl Bar {
 
 impl Drop for Bar {
     fn drop(&mut self) {
+        self.inner
+            .done
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(bar) = &self.inner.bar {
             bar.finish();
         }
@@ -161,13 +187,8 @@ pub fn doing(what: impl Into<String>) {
     if let Some(entry) = s.running.get_mut(&unit) {
         entry.1 = what.into();
     }
-    match &inner.bar {
-        Some(bar) => bar.set_message(message(&s)),
-        None if s.last_plain.elapsed() >= PLAIN_EVERY => {
-            s.last_plain = Instant::now();
-            eprintln!("{}", message(&s));
-        }
-        None => {}
+    if let Some(bar) = &inner.bar {
+        bar.set_message(message(&s));
     }
 }
 
