@@ -30,28 +30,5 @@ for n in "$low" "$high"; do
 done
 
 # Timings are the only lines allowed to differ.
-strip() { python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    v = json.loads(line)
-    for k in ("seconds", "elapsed"):
-        v.pop(k, None)
-    print(json.dumps(v, sort_keys=True))
-' "$1"; }
-status=0
-for f in blueprints.jsonl rejected.jsonl items.jsonl rollouts/trajectories.jsonl rollouts/dataset.jsonl; do
-    a="$work/c$low/$f"
-    b="$work/c$high/$f"
-    if [ ! -f "$a" ] && [ ! -f "$b" ]; then
-        echo "$f: absent in both"
-        continue
-    fi
-    if cmp -s <(strip "$a") <(strip "$b"); then
-        echo "$f: identical ($(wc -l <"$a") lines)"
-    else
-        echo "$f: DIFFERS"
-        diff <(strip "$a") <(strip "$b") | head -5
-        status=1
-    fi
-done
-exit $status
+scripts/compare-runs.sh "$work/c$low" "$work/c$high" blueprints.jsonl rejected.jsonl items.jsonl \
+    rollouts/trajectories.jsonl rollouts/dataset.jsonl

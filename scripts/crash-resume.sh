@@ -74,28 +74,6 @@ fi
 run "$work/cut"
 echo "the series took $(( $(date +%s) - start )) s in all"
 
-strip() { python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    v = json.loads(line)
-    for k in ("seconds", "elapsed"):
-        v.pop(k, None)
-    print(json.dumps(v, sort_keys=True))
-' "$1"; }
 status=${status_int:-0}
-for f in blueprints.jsonl rejected.jsonl items.jsonl trajectories.jsonl dataset.jsonl; do
-    a="$work/whole/$f"
-    b="$work/cut/$f"
-    if [ ! -f "$a" ] && [ ! -f "$b" ]; then
-        echo "$f: absent in both"
-        continue
-    fi
-    if cmp -s <(strip "$a") <(strip "$b"); then
-        echo "$f: identical ($(wc -l <"$a") lines)"
-    else
-        echo "$f: DIFFERS"
-        diff <(strip "$a") <(strip "$b") | head -5
-        status=1
-    fi
-done
+scripts/compare-runs.sh "$work/whole" "$work/cut" || status=1
 exit $status

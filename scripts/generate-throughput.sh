@@ -44,21 +44,8 @@ EOF
 done
 
 # The files must not depend on the concurrency (timings aside).
-strip() { python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    v = json.loads(line)
-    v.pop("seconds", None)
-    print(json.dumps(v, sort_keys=True))
-' "$1"; }
 first="$out/c${levels[0]}"
 for n in "${levels[@]:1}"; do
-    for f in blueprints.jsonl rejected.jsonl items.jsonl trajectories.jsonl dataset.jsonl; do
-        [ -f "$first/$f" ] || continue
-        if cmp -s <(strip "$first/$f") <(strip "$out/c$n/$f"); then
-            echo "c$n $f: identical to c${levels[0]} ($(wc -l <"$first/$f") lines)"
-        else
-            echo "c$n $f: DIFFERS from c${levels[0]}"
-        fi
-    done
+    echo "c$n against c${levels[0]}:"
+    scripts/compare-runs.sh "$first" "$out/c$n" || true
 done

@@ -42,13 +42,18 @@ struct Run {
     left: usize,
 }
 
-fn run(out: &Path, replies: Vec<String>, count: usize, recombine: usize) -> Run {
+/// Phase 1 on the mock domain into `out`, every role played by `backend`.
+fn run_phase1(
+    out: &Path,
+    backend: Arc<dyn apigen_mt::llm::Backend>,
+    settings: Settings,
+    concurrency: usize,
+) -> Summary {
     let domain = Domain::load(&util::root().join("domains/mock"), None).unwrap();
     let examples = read_tasks(&util::root().join("domains/mock/tasks/train.json")).unwrap();
-    let script = Arc::new(ScriptedBackend::new(ToolFormat::Hermes, replies));
     let role = |name: &str| Role {
         name: name.into(),
-        backend: script.clone(),
+        backend: backend.clone(),
         temperature: 0.0,
         max_tokens: 100,
     };
@@ -57,27 +62,37 @@ fn run(out: &Path, replies: Vec<String>, count: usize, recombine: usize) -> Run 
         proposer: role("proposer"),
         reviewers: vec![role("r0"), role("r1"), role("r2")],
         summariser: role("summariser"),
-        settings: Settings {
-            count,
-            seed: 7,
-            max_turns: 3,
-            threshold: Threshold::default(),
-            data_budget: 4000,
-            recombine,
-            max_items: 5,
-            user_table: "accounts".into(),
-            only_users: vec!["acc_1002".into()],
-            plan: PlanMode::None,
-            // Every item sees the one before it: the script answers in call order.
-            view_lag: 0,
-        },
+        settings,
         graph: ApiGraph::derive(&domain, &examples, &[]),
         personas: vec![],
         examples,
         grounder: Grounder::new(&domain),
-        concurrency: 4,
+        concurrency,
     };
-    let summary = pipeline.run(out, |_| {}).unwrap();
+    pipeline.run(out, |_| {}).unwrap()
+}
+
+/// Settings of the mock runs: `count` to accept of `max_items`, for `users`.
+fn settings(count: usize, max_items: usize, recombine: usize, users: &[&str]) -> Settings {
+    Settings {
+        count,
+        seed: 7,
+        max_turns: 3,
+        threshold: Threshold::default(),
+        data_budget: 4000,
+        recombine,
+        max_items,
+        user_table: "accounts".into(),
+        only_users: users.iter().map(|u| u.to_string()).collect(),
+        plan: PlanMode::None,
+        view_lag: 0,
+    }
+}
+
+fn run(out: &Path, replies: Vec<String>, count: usize, recombine: usize) -> Run {
+    let script = Arc::new(ScriptedBackend::new(ToolFormat::Hermes, replies));
+    // Every item sees the one before it (view lag 0): the script answers in call order.
+    let summary = run_phase1(out, script.clone(), settings(count, 5, recombine, &["acc_1002"]), 4);
     let read = |f: &str| -> Vec<Value> {
         std::fs::read_to_string(out.join(f))
             .unwrap()
@@ -350,83 +365,31 @@ fn resume_after_an_interruption_gives_the_same_accepted_set() {
 /// own: the proposer asks its customer (the prompt's `user id:`) to send 1.5, then 2.5, then 3.5
 /// to acc_1001 (one amount per revision); a reviewer passes every amount but 2.5; the summariser
 /// says what to fix.
-struct Pure;
-
-impl apigen_mt::llm::Backend for Pure {
-    fn name(&self) -> String {
-        "pure".into()
-    }
-
-    fn reply(
-        &self,
-        conversation: &mut apigen_mt::llm::Conversation,
-        request: &apigen_mt::llm::ChatRequest,
-    ) -> apigen_mt::llm::Result<apigen_mt::llm::ChatReply> {
-        let text: String = request
-            .messages
-            .iter()
-            .map(|m| m.content.as_str())
-            .collect();
-        let reply = if let Some(at) = text.find("user id: ") {
-            let user = &text[at + 9..at + 17];
-            let name = match user {
-                "acc_1002" => "Barbara Allen",
-                "acc_1003" => "Ada Turing",
-                _ => "Grace Dijkstra",
-            };
-            let turn = request
-                .messages
-                .iter()
-                .filter(|m| m.role == "assistant")
-                .count();
-            let amount = [1.5, 2.5, 3.5][turn.min(2)];
-            json!({"thought": "t", "instruction": format!("{name} here ({user}): please send {amount} over to acc_1001."),
-                "actions": [{"name": "transfer_funds", "arguments": {"from_account_id": user, "to_account_id": "acc_1001", "amount": amount}}], "outputs": []}).to_string()
-        } else if request.constraint.is_some() {
-            if text.contains("send 2.5") { NO } else { YES }.to_string()
-        } else {
-            "Say which account.".to_string()
+fn pure_reply(request: &apigen_mt::llm::ChatRequest) -> String {
+    let text = util::request_text(request);
+    if let Some(at) = text.find("user id: ") {
+        let user = &text[at + 9..at + 17];
+        let name = match user {
+            "acc_1002" => "Barbara Allen",
+            "acc_1003" => "Ada Turing",
+            _ => "Grace Dijkstra",
         };
-        ScriptedBackend::new(ToolFormat::Hermes, [reply]).reply(conversation, request)
+        let amount = [1.5, 2.5, 3.5][util::assistant_turns(request).min(2)];
+        json!({"thought": "t", "instruction": format!("{name} here ({user}): please send {amount} over to acc_1001."),
+            "actions": [{"name": "transfer_funds", "arguments": {"from_account_id": user, "to_account_id": "acc_1001", "amount": amount}}], "outputs": []}).to_string()
+    } else if request.constraint.is_some() {
+        if text.contains("send 2.5") { NO } else { YES }.to_string()
+    } else {
+        "Say which account.".to_string()
     }
 }
 
-/// Run phase 1 with [`Pure`] on three customers: the files it writes, timings aside.
+/// Run phase 1 with [`pure_reply`] on three customers: the files it writes, timings aside.
 fn run_pure(out: &Path, concurrency: usize, view_lag: usize) -> (Summary, [String; 3]) {
-    let domain = Domain::load(&util::root().join("domains/mock"), None).unwrap();
-    let examples = read_tasks(&util::root().join("domains/mock/tasks/train.json")).unwrap();
-    let backend: Arc<dyn apigen_mt::llm::Backend> = Arc::new(Pure);
-    let role = |name: &str| Role {
-        name: name.into(),
-        backend: backend.clone(),
-        temperature: 0.0,
-        max_tokens: 100,
-    };
-    let pipeline = Pipeline {
-        domain: &domain,
-        proposer: role("proposer"),
-        reviewers: vec![role("r0"), role("r1"), role("r2")],
-        summariser: role("summariser"),
-        settings: Settings {
-            count: 12,
-            seed: 3,
-            max_turns: 3,
-            threshold: Threshold::default(),
-            data_budget: 4000,
-            recombine: 0,
-            max_items: 12,
-            user_table: "accounts".into(),
-            only_users: vec!["acc_1002".into(), "acc_1003".into(), "acc_1004".into()],
-            plan: PlanMode::None,
-            view_lag,
-        },
-        graph: ApiGraph::derive(&domain, &examples, &[]),
-        personas: vec![],
-        examples,
-        grounder: Grounder::new(&domain),
-        concurrency,
-    };
-    let summary = pipeline.run(out, |_| {}).unwrap();
+    let mut s = settings(12, 12, 0, &["acc_1002", "acc_1003", "acc_1004"]);
+    s.seed = 3;
+    s.view_lag = view_lag;
+    let summary = run_phase1(out, Arc::new(util::Pure(pure_reply)), s, concurrency);
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
     let items: String = read("items.jsonl")
         .lines()

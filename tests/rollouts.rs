@@ -766,43 +766,18 @@ fn each_fault_label_comes_from_its_signal() {
     );
 }
 
-/// Replies chosen by the conversation, not by call order (a scripted backend shared by
-/// episodes running at once would hand one episode's reply to another): the script of the
-/// first marker found in the request's messages, at the index of the reply (the assistant
-/// messages so far).
-struct Keyed {
-    scripts: Vec<(String, Vec<String>)>,
-}
-
-impl Backend for Keyed {
-    fn name(&self) -> String {
-        "keyed".into()
-    }
-
-    fn reply(
-        &self,
-        conversation: &mut apigen_mt::llm::Conversation,
-        request: &apigen_mt::llm::ChatRequest,
-    ) -> apigen_mt::llm::Result<apigen_mt::llm::ChatReply> {
-        let text: String = request
-            .messages
-            .iter()
-            .map(|m| m.content.as_str())
-            .collect();
-        let turn = request
-            .messages
-            .iter()
-            .filter(|m| m.role == "assistant")
-            .count();
-        let reply = self
-            .scripts
+/// Replies chosen by the conversation, not by call order: the script of the first marker found
+/// in the request's messages, at the index of the reply (the assistant messages so far).
+fn keyed(scripts: Vec<(String, Vec<String>)>) -> Arc<dyn Backend> {
+    Arc::new(util::Pure(move |request: &apigen_mt::llm::ChatRequest| {
+        let text = util::request_text(request);
+        scripts
             .iter()
             .find(|(marker, _)| text.contains(marker.as_str()))
-            .and_then(|(_, replies)| replies.get(turn))
+            .and_then(|(_, replies)| replies.get(util::assistant_turns(request)))
             .cloned()
-            .unwrap_or_else(|| "###STOP###".into());
-        ScriptedBackend::new(ToolFormat::Hermes, [reply]).reply(conversation, request)
-    }
+            .unwrap_or_else(|| "###STOP###".into())
+    }))
 }
 
 /// Eight tasks, two trials each, at one attempt in flight and at eight: the same files, line for
@@ -819,8 +794,8 @@ fn concurrent_attempts_give_the_files_of_one_at_a_time() {
         .collect();
     // Task k's user opens with its marker, so the agent's requests carry it too; odd tasks
     // send a wrong amount (not verified), even ones the right one.
-    let user = Arc::new(Keyed {
-        scripts: (0..8)
+    let user = keyed(
+        (0..8)
             .map(|k| {
                 (
                     format!("K-{k}."),
@@ -828,9 +803,9 @@ fn concurrent_attempts_give_the_files_of_one_at_a_time() {
                 )
             })
             .collect(),
-    });
-    let agent = Arc::new(Keyed {
-        scripts: (0..8)
+    );
+    let agent = keyed(
+        (0..8)
             .map(|k| {
                 let amount = if k % 2 == 0 { 250.5 } else { 3.0 };
                 (
@@ -839,7 +814,7 @@ fn concurrent_attempts_give_the_files_of_one_at_a_time() {
                 )
             })
             .collect(),
-    });
+    );
     let mut s = Setup::new(&[], &[]);
     s.trials = 2;
     let read = |dir: &Path| -> (String, Vec<Value>) {

@@ -86,3 +86,49 @@ pub fn mock_with(file: &str, from: &str, to: &str) -> tempfile::TempDir {
     std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
     dir
 }
+
+/// A model whose reply is a function of the request alone, never of the order of calls, so that
+/// units running at once each get their own (a scripted backend shared by them would hand one
+/// unit's reply to another). The reply text goes through the scripted backend, which parses it
+/// as the model's output would be.
+pub struct Pure<F>(pub F);
+
+impl<F> apigen_mt::llm::Backend for Pure<F>
+where
+    F: Fn(&apigen_mt::llm::ChatRequest) -> String + Send + Sync,
+{
+    fn name(&self) -> String {
+        "pure".into()
+    }
+
+    fn reply(
+        &self,
+        conversation: &mut apigen_mt::llm::Conversation,
+        request: &apigen_mt::llm::ChatRequest,
+    ) -> apigen_mt::llm::Result<apigen_mt::llm::ChatReply> {
+        let reply = (self.0)(request);
+        apigen_mt::llm::scripted::ScriptedBackend::new(
+            apigen_mt::llm::tools::ToolFormat::Hermes,
+            [reply],
+        )
+        .reply(conversation, request)
+    }
+}
+
+/// A request's messages, concatenated (for replies keyed by what they contain).
+pub fn request_text(request: &apigen_mt::llm::ChatRequest) -> String {
+    request
+        .messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect()
+}
+
+/// The assistant messages a request holds (the turn a reply is for).
+pub fn assistant_turns(request: &apigen_mt::llm::ChatRequest) -> usize {
+    request
+        .messages
+        .iter()
+        .filter(|m| m.role == "assistant")
+        .count()
+}
