@@ -465,13 +465,13 @@ impl<'d> Pipeline<'d> {
         mut state: ItemState,
         mut blueprint: Option<BlueprintRecord>,
     ) -> Result<Summary, RunError> {
-        if let Some(b) = &blueprint {
-            if let Err(r) = dedup.check(&b.task()) {
-                state.reject(b.attempts, &r);
-                state.record.accepted = false;
-                state.record.funnel.accepted = state.record.funnel.accepted.saturating_sub(1);
-                blueprint = None;
-            }
+        if let Some(b) = &blueprint
+            && let Err(r) = dedup.check(&b.task())
+        {
+            state.reject(b.attempts, &r);
+            state.record.accepted = false;
+            state.record.funnel.accepted = state.record.funnel.accepted.saturating_sub(1);
+            blueprint = None;
         }
         if let Some(b) = &blueprint {
             let _ = dedup.insert(&b.task());

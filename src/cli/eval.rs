@@ -104,12 +104,14 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         &tasks,
         &args.roles,
         &mut models,
-        args.seed,
-        args.concurrency.concurrency,
-        false,
-        &args.out,
-        crate::run::files::CONFIG,
-        json!({"tasks": args.tasks, "task_ids": tasks.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>()}),
+        super::rollouts::Phase2 {
+            seed: args.seed,
+            concurrency: args.concurrency.concurrency,
+            keep: false,
+            out: &args.out,
+            config_name: crate::run::files::CONFIG,
+            tasks_config: json!({"tasks": args.tasks, "task_ids": tasks.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>()}),
+        },
     )?;
     let logs = Logs::open(&args.out)?;
     let r = results(&tasks, args.roles.trials, &logs.done);

@@ -319,19 +319,35 @@ fn progress_line(
     )
 }
 
+/// Where and how a phase-2 run goes.
+pub struct Phase2<'a> {
+    pub seed: u64,
+    pub concurrency: usize,
+    /// Keep verified conversations as data (rollouts, generate), or only score (eval).
+    pub keep: bool,
+    pub out: &'a Path,
+    /// The file its settings are pinned in.
+    pub config_name: &'a str,
+    /// What the tasks are, pinned beside the settings.
+    pub tasks_config: Value,
+}
+
 /// Roll out `tasks` into `out` with progress on stderr.
 pub fn roll_out(
     domain: &Domain,
     tasks: &[(String, Task)],
     roles: &RoleArgs,
     models: &mut Models,
-    seed: u64,
-    concurrency: usize,
-    keep: bool,
-    out: &Path,
-    config_name: &str,
-    extra_config: Value,
+    run: Phase2<'_>,
 ) -> Result<RolloutSummary> {
+    let Phase2 {
+        seed,
+        concurrency,
+        keep,
+        out,
+        config_name,
+        tasks_config: extra_config,
+    } = run;
     // Data generation constrains the agent; evaluation (which keeps nothing) does not.
     let (agent, user) = roles.roles(models, keep)?;
     let load = models.load_args();
@@ -418,12 +434,14 @@ pub fn run(args: RolloutsArgs) -> Result<ExitCode> {
         &tasks,
         &args.roles,
         &mut models,
-        args.seed,
-        args.concurrency.concurrency,
-        true,
-        &args.out,
-        crate::run::files::ROLLOUTS_CONFIG,
-        json!({"blueprints": args.blueprints}),
+        Phase2 {
+            seed: args.seed,
+            concurrency: args.concurrency.concurrency,
+            keep: true,
+            out: &args.out,
+            config_name: crate::run::files::ROLLOUTS_CONFIG,
+            tasks_config: json!({"blueprints": args.blueprints}),
+        },
     )?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(ExitCode::SUCCESS)
@@ -453,12 +471,14 @@ pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
         &tasks,
         &args.roles,
         &mut models,
-        bp.seed,
-        bp.concurrency.concurrency,
-        true,
-        &bp.out,
-        crate::run::files::ROLLOUTS_CONFIG,
-        json!({}),
+        Phase2 {
+            seed: bp.seed,
+            concurrency: bp.concurrency.concurrency,
+            keep: true,
+            out: &bp.out,
+            config_name: crate::run::files::ROLLOUTS_CONFIG,
+            tasks_config: json!({}),
+        },
     )?;
     println!(
         "{}",
