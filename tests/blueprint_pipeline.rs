@@ -92,7 +92,12 @@ fn settings(count: usize, max_items: usize, recombine: usize, users: &[&str]) ->
 fn run(out: &Path, replies: Vec<String>, count: usize, recombine: usize) -> Run {
     let script = Arc::new(ScriptedBackend::new(ToolFormat::Hermes, replies));
     // Every item sees the one before it (view lag 0): the script answers in call order.
-    let summary = run_phase1(out, script.clone(), settings(count, 5, recombine, &["acc_1002"]), 4);
+    let summary = run_phase1(
+        out,
+        script.clone(),
+        settings(count, 5, recombine, &["acc_1002"]),
+        4,
+    );
     let read = |f: &str| -> Vec<Value> {
         std::fs::read_to_string(out.join(f))
             .unwrap()
@@ -416,7 +421,10 @@ fn concurrent_items_give_the_files_of_one_at_a_time() {
         let eight = tempfile::tempdir().unwrap();
         let (s8, f8) = run_pure(eight.path(), 8, lag);
         assert_eq!(s1.items, 12);
-        assert_eq!((s8.accepted, s8.funnel.clone()), (s1.accepted, s1.funnel.clone()));
+        assert_eq!(
+            (s8.accepted, s8.funnel.clone()),
+            (s1.accepted, s1.funnel.clone())
+        );
         for (a, b) in f1.iter().zip(&f8) {
             assert_eq!(a, b, "lag {lag}");
         }

@@ -1,9 +1,9 @@
 //! `apigen-mt chat`: talk to a model by hand, optionally as the agent of a domain (its policy as
 //! the system prompt, its tools offered, and every tool call run in the domain's environment).
 
+use super::repl::ChatArgs;
 use crate::domain::Domain;
 use crate::domain::task::Action;
-use super::repl::ChatArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;

@@ -2,10 +2,10 @@
 
 use super::Models;
 use super::rollouts::{RoleArgs, read_identified_tasks, roll_out};
+use crate::cli::load::LoadArgs;
 use crate::domain::Domain;
 use crate::domain::task::Task;
 use crate::eval::{Results, results, table};
-use crate::cli::load::LoadArgs;
 use crate::rollout::run::Logs;
 use anyhow::{Context, Result, bail};
 use clap::Args;

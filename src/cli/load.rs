@@ -6,7 +6,6 @@ use crate::llm::device;
 use crate::llm::engine::Engine;
 use crate::llm::model::LoadOptions;
 
-
 /// Options for loading a model, shared by every subcommand that runs one.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {

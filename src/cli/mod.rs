@@ -12,8 +12,8 @@ pub mod models;
 pub mod repl;
 pub mod rollouts;
 
-use crate::llm::Backend;
 use crate::cli::load::LoadArgs;
+use crate::llm::Backend;
 use crate::llm::local::LocalBackend;
 use crate::llm::profile::{ModelRole, Profile};
 use clap::{Parser, Subcommand};

@@ -3,9 +3,9 @@
 
 use super::Models;
 use super::blueprints::BlueprintsArgs;
+use crate::cli::load::LoadArgs;
 use crate::domain::Domain;
 use crate::domain::task::{Task, read_tasks};
-use crate::cli::load::LoadArgs;
 use crate::llm::profile::ModelRole;
 use crate::role::Role;
 use crate::rollout::run::{RolloutSummary, Rollouts, Settings};

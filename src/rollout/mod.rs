@@ -349,7 +349,11 @@ impl<'a> SimUser<'a> {
                 break;
             }
             let mut jreq = self.role.judge.request(
-                vec![Message::user(judge_prompt(&self.instruction, agent_said, &line))],
+                vec![Message::user(judge_prompt(
+                    &self.instruction,
+                    agent_said,
+                    &line,
+                ))],
                 0,
             );
             jreq.stop = vec!["</score>".into()];

@@ -50,7 +50,8 @@ impl Bar {
     /// A bar for `total` units of `label` (a live bar on a terminal, plain lines otherwise).
     pub fn start(label: &str, total: usize) -> Bar {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+            let bar =
+                ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
                     "{prefix} [{bar:24}] {pos}/{len} {wide_msg} {elapsed}<{eta}",
@@ -153,7 +154,8 @@ pub(crate) fn enter(unit: String) {
     if let Some(inner) = current()
         && let Ok(mut s) = inner.state.lock()
     {
-        s.running.insert(unit.clone(), (Instant::now(), String::new()));
+        s.running
+            .insert(unit.clone(), (Instant::now(), String::new()));
     }
     UNIT.with(|u| *u.borrow_mut() = Some(unit));
 }
@@ -211,10 +213,16 @@ mod tests {
         .join()
         .unwrap();
         let m = message(&bar.inner.state.lock().unwrap());
-        assert!(m.starts_with("1/3 done | 2 in flight; bp-00001 (0s): committee 2/3"), "{m}");
+        assert!(
+            m.starts_with("1/3 done | 2 in flight; bp-00001 (0s): committee 2/3"),
+            "{m}"
+        );
         leave();
         let m = message(&bar.inner.state.lock().unwrap());
-        assert!(m.contains("1 in flight; bp-00002 (0s): proposal 1/3"), "{m}");
+        assert!(
+            m.contains("1 in flight; bp-00002 (0s): proposal 1/3"),
+            "{m}"
+        );
         drop(bar);
         assert!(current().is_none());
         // Without a bar, reporting is a no-op.
