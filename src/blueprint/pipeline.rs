@@ -373,9 +373,12 @@ impl<'d> Pipeline<'d> {
             dedup,
             summary,
         };
+        let done: std::collections::HashSet<&str> =
+            journal.files.done.iter().map(|d| d.id.as_str()).collect();
         let todo: Vec<usize> = (0..self.settings.max_items)
-            .filter(|i| !journal.files.done.iter().any(|d| d.id == item_id(*i)))
+            .filter(|i| !done.contains(item_id(*i).as_str()))
             .collect();
+        drop(done);
         let lag = self.settings.view_lag;
         let primed = if journal.summary.accepted < self.settings.count && !todo.is_empty()
             || self.settings.recombine > journal.summary.recombined
