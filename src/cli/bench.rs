@@ -141,7 +141,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Decode `size` sequences together (each its own copy of the prompt and its own cache, greedy,
 /// end-of-turn ignored). Aggregate tok/s counts every sequence's tokens; per-sequence tok/s is
-/// what each one sees; prefill is the prompts' tokens over their (one by one) prefill time.
+/// what each one sees; prefill is the prompts' tokens over the time until the last prompt is
+/// read (prompts run one after another).
 fn batched_decode(
     engine: &Engine,
     prompt: &[u32],
@@ -171,7 +172,9 @@ fn batched_decode(
         let tokens: usize = gens.iter().map(|g| g.ids.len().saturating_sub(1)).sum();
         aggregate.push(tokens as f64 / decode_s);
         per_sequence.push(tokens as f64 / size as f64 / decode_s);
-        let prefill_s: f64 = gens.iter().map(|g| g.prefill_ms).sum::<f64>() / 1e3;
+        // Every sequence is admitted at once and its `prefill_ms` runs from then to the end
+        // of its own prompt: the last of them is the batch's prefill time.
+        let prefill_s = gens.iter().map(|g| g.prefill_ms).fold(0f64, f64::max) / 1e3;
         prefill.push((prompt.len() * size) as f64 / prefill_s);
     }
     Ok(json!({

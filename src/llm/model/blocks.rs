@@ -12,9 +12,10 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+use super::btiles::{self, BTiles, XRef};
 use crate::llm::error::{LlmError, Result};
 
-const QK: usize = 32;
+pub(super) const QK: usize = 32;
 
 /// The block formats handled here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +40,7 @@ impl BlockKind {
     }
 
     /// Bytes per block as stored.
-    fn block_bytes(self) -> usize {
+    pub(super) fn block_bytes(self) -> usize {
         match self {
             BlockKind::Q4_0 => 18,
             BlockKind::Q4_1 => 20,
@@ -51,7 +52,7 @@ impl BlockKind {
 
     /// Constant subtracted from the unsigned quant (`w = d * (u - offset)`); the `_1`
     /// formats use a per-block minimum instead.
-    fn offset(self) -> f32 {
+    pub(super) fn offset(self) -> f32 {
         match self {
             BlockKind::Q4_0 => 8.0,
             BlockKind::Q5_0 => 16.0,
@@ -92,12 +93,20 @@ pub(crate) struct BlockLinear {
     kind: BlockKind,
     n: usize,
     k: usize,
-    /// Raw blocks, row-major.
+    /// Raw blocks, row-major (empty when `tiles` holds them).
     data: Vec<u8>,
     /// Per-block scale `d` and minimum `c` (`m` of the `_1` formats, 0 otherwise), as f32.
     /// The offset formats subtract their constant in the integer domain instead.
     d: Vec<f32>,
     c: Vec<f32>,
+    /// The same blocks as 16-row tiles, on CPUs with AVX-512 VNNI.
+    tiles: Option<BTiles>,
+}
+
+/// Whether to re-lay blocks as tiles: on AVX-512 VNNI unless `APIGEN_MT_BLOCKS=rows` asks for
+/// the row-major kernels (for comparing the two; the results are the same bits).
+fn use_tiles() -> bool {
+    BTiles::supported() && std::env::var("APIGEN_MT_BLOCKS").as_deref() != Ok("rows")
 }
 
 /// One activation row quantized to 8 bits per 32-block.
@@ -106,6 +115,17 @@ struct QRow {
     d: Vec<f32>,
     /// `d * sum(q)` per block.
     s: Vec<f32>,
+}
+
+impl QRow {
+    fn as_ref<'a>(&'a self, offsets: &'a [i32]) -> XRef<'a> {
+        XRef {
+            q: &self.q,
+            d: &self.d,
+            s: &self.s,
+            offsets,
+        }
+    }
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -132,6 +152,11 @@ pub(super) fn pool(threads: usize) -> &'static rayon::ThreadPool {
 impl BlockLinear {
     /// Take a 2-D quantized tensor of a supported format; `None` for other formats.
     pub(crate) fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
+        Self::from_qtensor_as(t, use_tiles())
+    }
+
+    /// As [`Self::from_qtensor`], as tiles or row-major as asked (tiles need AVX-512 VNNI).
+    fn from_qtensor_as(t: &QTensor, tiles: bool) -> Result<Option<Self>> {
         let Some(kind) = BlockKind::from_ggml(t.dtype()) else {
             return Ok(None);
         };
@@ -146,6 +171,17 @@ impl BlockLinear {
                 "{kind:?} tensor of {} bytes for shape ({n}, {k})",
                 data.len()
             )));
+        }
+        if tiles && BTiles::supported() {
+            return Ok(Some(BlockLinear {
+                kind,
+                n,
+                k,
+                tiles: Some(BTiles::pack(kind, n, k, &data)),
+                data: Vec::new(),
+                d: Vec::new(),
+                c: Vec::new(),
+            }));
         }
         let bb = kind.block_bytes();
         let d: Vec<f32> = (0..nb).map(|i| f16_at(&data, i * bb)).collect();
@@ -165,6 +201,7 @@ impl BlockLinear {
             data,
             d,
             c,
+            tiles: None,
         }))
     }
 
@@ -172,7 +209,25 @@ impl BlockLinear {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (xs, lead) = input_rows(x, self.k)?;
         let qrows: Vec<QRow> = xs.chunks_exact(self.k).map(quantize_row).collect();
-        let out = by_columns(self.n, qrows.len(), |lo, hi, part| {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(tiles) = &self.tiles {
+            let offsets: Vec<Vec<i32>> = qrows
+                .iter()
+                .map(|r| btiles::lane_offsets(self.kind, &r.q))
+                .collect();
+            let xr: Vec<XRef> = qrows
+                .iter()
+                .zip(&offsets)
+                .map(|(r, o)| r.as_ref(o))
+                .collect();
+            let out = by_columns(self.n, xr.len(), btiles::ROWS, |lo, hi, part| {
+                if lo < hi {
+                    tiles.rows_into(&xr, lo / btiles::ROWS, hi.div_ceil(btiles::ROWS), part)
+                }
+            })?;
+            return output(out, lead, self.n);
+        }
+        let out = by_columns(self.n, qrows.len(), 1, |lo, hi, part| {
             self.rows_into(&qrows, lo, hi, part)
         })?;
         output(out, lead, self.n)
@@ -243,10 +298,12 @@ pub(crate) fn output(out: Vec<f32>, lead: Vec<usize>, n: usize) -> Result<Tensor
 /// of every row into `part` (`rows x (hi - lo)`). With several threads the columns are split
 /// into fixed ranges, one per worker of a pool that lives as long as the process (spawning
 /// threads per product cost a few percent of a decode step); the result does not depend on
-/// which worker runs which range.
+/// which worker runs which range. Each range but the last starts and ends at a multiple of
+/// `align`.
 pub(crate) fn by_columns(
     n: usize,
     rows: usize,
+    align: usize,
     fill: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) -> Result<Vec<f32>> {
     let threads = crate::llm::device::matmul_threads();
@@ -256,7 +313,7 @@ pub(crate) fn by_columns(
         return Ok(out);
     }
     use rayon::prelude::*;
-    let chunk = n.div_ceil(threads);
+    let chunk = n.div_ceil(threads).div_ceil(align) * align;
     let range = |t: usize| ((t * chunk).min(n), ((t + 1) * chunk).min(n));
     let parts: Vec<Vec<f32>> = pool(threads).install(|| {
         (0..threads)
@@ -297,7 +354,7 @@ fn quantize_row(x: &[f32]) -> QRow {
         let id = if db != 0.0 { 1.0 / db } else { 0.0 };
         let mut sum = 0i32;
         for (i, &v) in xs.iter().enumerate() {
-            let qi = (v * id).round() as i32;
+            let qi = round_half_away(v * id) as i32;
             q[b * QK + i] = qi as i8;
             sum += qi;
         }
@@ -307,8 +364,21 @@ fn quantize_row(x: &[f32]) -> QRow {
     QRow { q, d, s }
 }
 
+/// `x.round()` (half away from zero) for `|x| < 2^22`, without a call into libm (`roundf`
+/// is not inlined on baseline x86-64): adding and taking away `1.5 * 2^23` rounds to nearest,
+/// ties to even, and exact halves are then moved away from zero.
+fn round_half_away(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let r = (x + MAGIC) - MAGIC;
+    if (x - r).abs() == 0.5 {
+        x + 0.5f32.copysign(x)
+    } else {
+        r
+    }
+}
+
 /// The unsigned quants of block `b` of `row` (`w = d * (u - offset) + m`).
-fn unpack(kind: BlockKind, blk: &[u8]) -> [u8; QK] {
+pub(super) fn unpack(kind: BlockKind, blk: &[u8]) -> [u8; QK] {
     let mut u = [0u8; QK];
     match kind {
         BlockKind::Q8_0 => {
@@ -369,11 +439,11 @@ pub(super) mod x86 {
 
     use super::{BlockKind, BlockLinear, QK, QRow};
 
-    pub(super) const Q4_0: u8 = 0;
-    pub(super) const Q4_1: u8 = 1;
-    pub(super) const Q5_0: u8 = 2;
-    pub(super) const Q5_1: u8 = 3;
-    pub(super) const Q8_0: u8 = 4;
+    pub(in crate::llm::model) const Q4_0: u8 = 0;
+    pub(in crate::llm::model) const Q4_1: u8 = 1;
+    pub(in crate::llm::model) const Q5_0: u8 = 2;
+    pub(in crate::llm::model) const Q5_1: u8 = 3;
+    pub(in crate::llm::model) const Q8_0: u8 = 4;
     /// Bytes ahead of the current block to prefetch when streaming one row.
     const PREFETCH_AHEAD: usize = 1024;
     /// Activation rows sharing each unpacked weight block during prefill.
@@ -415,7 +485,7 @@ pub(super) mod x86 {
     }
 
     /// The constant the offset formats subtract from their unsigned quants.
-    pub(super) const fn offset<const K: u8>() -> i32 {
+    pub(in crate::llm::model) const fn offset<const K: u8>() -> i32 {
         match K {
             Q4_0 => 8,
             Q5_0 => 16,
@@ -753,7 +823,7 @@ mod tests {
         ] {
             let q = QTensor::quantize(&w, t).unwrap();
             let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
-            let lin = BlockLinear::from_qtensor(&q).unwrap().unwrap();
+            let lin = BlockLinear::from_qtensor_as(&q, false).unwrap().unwrap();
             let got = lin.forward(&x).unwrap();
             let err = (got - &want)
                 .unwrap()
@@ -825,7 +895,7 @@ mod tests {
             GgmlDType::Q5_1,
             GgmlDType::Q8_0,
         ] {
-            let lin = BlockLinear::from_qtensor(&QTensor::quantize(&w, t).unwrap())
+            let lin = BlockLinear::from_qtensor_as(&QTensor::quantize(&w, t).unwrap(), false)
                 .unwrap()
                 .unwrap();
             for rows in [1, 3, 9] {
@@ -857,6 +927,78 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The tile kernels give the row kernels' bits, whatever the batch and wherever a row
+    /// falls in a tile (n not a multiple of 16, an odd number of blocks per row).
+    #[test]
+    fn tiles_give_the_row_kernels_bits() {
+        if !BTiles::supported() {
+            eprintln!("SKIPPED: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (n, k) = (37, 160);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * 0.4)
+            .collect();
+        let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
+        let x: Vec<f32> = (0..9 * k)
+            .map(|i| ((i * 104_729 % 997) as f32 / 498.0 - 1.0) * (1 + i % 5) as f32)
+            .collect();
+        let x = Tensor::from_vec(x, (9, k), &dev).unwrap();
+        for t in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
+            let q = QTensor::quantize(&w, t).unwrap();
+            let rows = BlockLinear::from_qtensor_as(&q, false).unwrap().unwrap();
+            let tiles = BlockLinear::from_qtensor_as(&q, true).unwrap().unwrap();
+            assert!(tiles.tiles.is_some() && rows.tiles.is_none());
+            for m in [1, 2, 3, 4, 7, 9] {
+                let xm = x.narrow(0, 0, m).unwrap();
+                let a = rows.forward(&xm).unwrap().to_vec2::<f32>().unwrap();
+                let b = tiles.forward(&xm).unwrap().to_vec2::<f32>().unwrap();
+                for (i, (ra, rb)) in a.iter().zip(&b).enumerate() {
+                    let (ra, rb): (Vec<u32>, Vec<u32>) = (
+                        ra.iter().map(|v| v.to_bits()).collect(),
+                        rb.iter().map(|v| v.to_bits()).collect(),
+                    );
+                    assert_eq!(ra, rb, "{t:?}, {m} rows, row {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounds_half_away_from_zero_like_roundf() {
+        for x in [
+            0.0f32,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            0.49999997,
+            -0.49999997,
+            126.5,
+            -127.0,
+            63.500004,
+            1e-30,
+            3.4999998,
+        ] {
+            assert_eq!(round_half_away(x), x.round(), "{x}");
+        }
+        let mut x = -130.0f32;
+        while x < 130.0 {
+            assert_eq!(round_half_away(x), x.round(), "{x}");
+            x += 0.0078125 * 1.37;
         }
     }
 

@@ -18,6 +18,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 
 use super::blocks::{by_columns, input_rows, output};
+use super::ktiles::{self, Tiles, XRow};
 use crate::llm::error::{LlmError, Result};
 
 /// Elements per super-block.
@@ -42,7 +43,7 @@ impl KKind {
     }
 
     /// Bytes per super-block as stored.
-    fn block_bytes(self) -> usize {
+    pub(super) fn block_bytes(self) -> usize {
         match self {
             KKind::Q4K => 144,
             KKind::Q6K => 210,
@@ -58,8 +59,25 @@ pub(crate) struct KLinear {
     kind: KKind,
     n: usize,
     k: usize,
-    tensor: Arc<QTensor>,
-    candle: QMatMul,
+    imp: Imp,
+}
+
+/// How a [`KLinear`] holds its weights: as tiles (the stored tensor is let go), or as stored,
+/// for the row-major kernels and candle's.
+enum Imp {
+    Tiles(Tiles),
+    Rows {
+        tensor: Arc<QTensor>,
+        candle: QMatMul,
+    },
+}
+
+/// Which kernels run the K-quant products.
+fn use_tiles() -> bool {
+    // `APIGEN_MT_KQUANT=rows` keeps the row-major kernels (and candle's past eight rows), for
+    // comparing the two.
+    static TILES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TILES.get_or_init(|| std::env::var("APIGEN_MT_KQUANT").as_deref() != Ok("rows"))
 }
 
 /// The stored super-blocks of a [`KLinear`], row-major, as the kernels read them.
@@ -72,11 +90,11 @@ pub(crate) struct KView<'a> {
 
 /// One activation row as GGML's Q8_K.
 pub(crate) struct Q8KRow {
-    q: Vec<i8>,
+    pub(super) q: Vec<i8>,
     /// Scale per super-block.
-    d: Vec<f32>,
+    pub(super) d: Vec<f32>,
     /// Sum of each 16 consecutive quants.
-    bsums: Vec<i16>,
+    pub(super) bsums: Vec<i16>,
     /// `32 * (q[2i] + q[2i + 1])`: the Q6_K offset's share of each i16 lane, as llama.cpp's
     /// `maddubs(32, q8)` forms it per weight row, formed here once per activation row.
     pairs32: Vec<i16>,
@@ -90,6 +108,11 @@ impl KLinear {
     /// Take a 2-D quantized CPU tensor of a supported format; `None` for other formats or
     /// shapes.
     pub(crate) fn from_arc(t: &Arc<QTensor>) -> Result<Option<Self>> {
+        Self::from_arc_as(t, use_tiles())
+    }
+
+    /// As [`Self::from_arc`], as tiles or as stored, as asked.
+    fn from_arc_as(t: &Arc<QTensor>, tiles: bool) -> Result<Option<Self>> {
         let Some(kind) = KKind::from_ggml(t.dtype()) else {
             return Ok(None);
         };
@@ -103,13 +126,15 @@ impl KLinear {
                 "{kind:?} tensor of {len} bytes for shape ({n}, {k})"
             )));
         }
-        Ok(Some(KLinear {
-            kind,
-            n,
-            k,
-            candle: QMatMul::from_arc(t.clone())?,
-            tensor: t.clone(),
-        }))
+        let imp = if tiles {
+            Imp::Tiles(Tiles::pack(kind, n, k, &t.data()?))
+        } else {
+            Imp::Rows {
+                candle: QMatMul::from_arc(t.clone())?,
+                tensor: t.clone(),
+            }
+        };
+        Ok(Some(KLinear { kind, n, k, imp }))
     }
 
     fn view<'a>(&self, data: &'a [u8]) -> KView<'a> {
@@ -124,10 +149,10 @@ impl KLinear {
     /// `x (.., k) -> (.., n)` for one sequence's rows.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / self.k.max(1);
-        if rows > TILE {
-            return Ok(self.candle.forward(x)?);
+        match &self.imp {
+            Imp::Rows { candle, .. } if rows > TILE => Ok(candle.forward(x)?),
+            _ => self.forward_rows(x),
         }
-        self.forward_rows(x)
     }
 
     /// `x (.., k) -> (.., n)` on our kernels: every row's result is the same whatever the other
@@ -135,12 +160,33 @@ impl KLinear {
     pub(crate) fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
         let (xs, lead) = input_rows(x, self.k)?;
         let rows: Vec<Q8KRow> = xs.chunks_exact(self.k).map(quantize_row_q8k).collect();
-        let data = self.tensor.data()?;
-        let view = self.view(&data);
-        let out = by_columns(self.n, rows.len(), |lo, hi, part| {
-            view.rows_into(&rows, lo, hi, part)
-        })?;
+        let out = match &self.imp {
+            Imp::Tiles(tiles) => {
+                let xr: Vec<XRow> = rows.iter().map(|r| XRow::new(self.kind, r)).collect();
+                by_columns(self.n, xr.len(), ktiles::ROWS, |lo, hi, part| {
+                    if lo < hi {
+                        tiles.rows_into(&xr, lo / ktiles::ROWS, hi.div_ceil(ktiles::ROWS), part)
+                    }
+                })?
+            }
+            Imp::Rows { tensor, .. } => {
+                let data = tensor.data()?;
+                let view = self.view(&data);
+                by_columns(self.n, rows.len(), 1, |lo, hi, part| {
+                    view.rows_into(&rows, lo, hi, part)
+                })?
+            }
+        };
         output(out, lead, self.n)
+    }
+
+    /// The stored tensor, when kept.
+    #[cfg(test)]
+    fn stored(&self) -> &QTensor {
+        match &self.imp {
+            Imp::Rows { tensor, .. } => tensor,
+            Imp::Tiles(_) => panic!("a tiled KLinear keeps no stored tensor"),
+        }
     }
 }
 
@@ -211,7 +257,7 @@ impl KView<'_> {
 }
 
 /// The 8 six-bit scales and 8 six-bit minimums of a Q4_K super-block (`get_scale_min_k4`).
-fn q4k_scales(blk: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(super) fn q4k_scales(blk: &[u8]) -> ([u8; 8], [u8; 8]) {
     let q = &blk[4..16];
     let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {
@@ -227,7 +273,7 @@ fn q4k_scales(blk: &[u8]) -> ([u8; 8], [u8; 8]) {
 }
 
 /// The 256 unsigned quants of a super-block in element order (Q4_K: 0..15, Q6_K: 0..63).
-fn unpack(kind: KKind, blk: &[u8]) -> [u8; QK_K] {
+pub(super) fn unpack(kind: KKind, blk: &[u8]) -> [u8; QK_K] {
     let mut u = [0u8; QK_K];
     match kind {
         KKind::Q4K => {
@@ -258,7 +304,7 @@ fn unpack(kind: KKind, blk: &[u8]) -> [u8; QK_K] {
 
 /// GGML's `quantize_row_q8_K`: per 256-block the value of largest magnitude maps to -127,
 /// rounding to nearest, ties to even.
-fn quantize_row_q8k(x: &[f32]) -> Q8KRow {
+pub(super) fn quantize_row_q8k(x: &[f32]) -> Q8KRow {
     let nb = x.len() / QK_K;
     let mut q = vec![0i8; x.len()];
     let mut d = vec![0f32; nb];
@@ -278,7 +324,10 @@ fn quantize_row_q8k(x: &[f32]) -> Q8KRow {
         let iscale = -127.0 / max;
         let qb = &mut q[b * QK_K..(b + 1) * QK_K];
         for (o, &v) in qb.iter_mut().zip(xs) {
-            *o = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+            // Round to nearest, ties to even (`round_ties_even`, which calls `rintf` without
+            // SSE4.1): adding and taking away 1.5 * 2^23 does it exactly below 2^22.
+            const MAGIC: f32 = 12_582_912.0;
+            *o = (((iscale * v) + MAGIC - MAGIC) as i32).min(127) as i8;
         }
         for (s, chunk) in qb.chunks_exact(16).enumerate() {
             bsums[b * 16 + s] = chunk.iter().map(|&v| v as i16).sum();
@@ -928,10 +977,13 @@ mod tests {
         let dev = Device::Cpu;
         let (n, k) = (37, 768);
         let x = activations(11, k);
-        for t in [GgmlDType::Q4K, GgmlDType::Q6K] {
-            let q = QTensor::quantize(&weights(n, k, 1), t).unwrap();
+        for (t, tiled) in [GgmlDType::Q4K, GgmlDType::Q6K]
+            .into_iter()
+            .flat_map(|t| [(t, false), (t, true)])
+        {
+            let q = Arc::new(QTensor::quantize(&weights(n, k, 1), t).unwrap());
             let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
-            let lin = KLinear::from_arc(&Arc::new(q)).unwrap().unwrap();
+            let lin = KLinear::from_arc_as(&q, tiled).unwrap().unwrap();
             let got = lin.forward_rows(&x).unwrap();
             let err = max_abs(&(&got - &want).unwrap());
             assert!(err < 0.02 * max_abs(&want), "{t:?}: max error {err}");
@@ -950,13 +1002,13 @@ mod tests {
                 .map(|r| quantize_row_q8k(r))
                 .collect();
             let mut scalar = vec![0f32; rows.len() * n];
-            let data = lin.tensor.data().unwrap();
+            let data = q.data().unwrap();
             lin.view(&data).rows_scalar(&rows, 0, n, &mut scalar);
             let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for (a, b) in got.iter().zip(&scalar) {
                 assert!(
                     (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                    "{t:?}: {a} vs {b}"
+                    "{t:?} (tiles: {tiled}): {a} vs {b}"
                 );
             }
         }
@@ -967,7 +1019,10 @@ mod tests {
     fn agrees_with_candle() {
         let (n, k) = (48, 512);
         let x = activations(1, k);
-        for t in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        for (t, tiled) in [GgmlDType::Q4K, GgmlDType::Q6K]
+            .into_iter()
+            .flat_map(|t| [(t, false), (t, true)])
+        {
             let q = QTensor::quantize(&weights(n, k, 2), t).unwrap();
             let theirs = candle_core::quantized::QMatMul::from_qtensor(
                 QTensor::quantize(&weights(n, k, 2), t).unwrap(),
@@ -975,13 +1030,16 @@ mod tests {
             .unwrap();
             use candle_core::Module;
             let want = theirs.forward(&x).unwrap();
-            let got = KLinear::from_arc(&Arc::new(q))
+            let got = KLinear::from_arc_as(&Arc::new(q), tiled)
                 .unwrap()
                 .unwrap()
                 .forward(&x)
                 .unwrap();
             let err = max_abs(&(&got - &want).unwrap());
-            assert!(err <= 1e-3 * max_abs(&want), "{t:?}: {err}");
+            assert!(
+                err <= 1e-3 * max_abs(&want),
+                "{t:?} (tiles: {tiled}): {err}"
+            );
         }
     }
 
@@ -1002,11 +1060,13 @@ mod tests {
         let x = activations(9, k).to_vec2::<f32>().unwrap();
         let rows: Vec<Q8KRow> = x.iter().map(|r| quantize_row_q8k(r)).collect();
         for t in [GgmlDType::Q4K, GgmlDType::Q6K] {
-            let lin =
-                KLinear::from_arc(&Arc::new(QTensor::quantize(&weights(n, k, 3), t).unwrap()))
-                    .unwrap()
-                    .unwrap();
-            let data = lin.tensor.data().unwrap();
+            let lin = KLinear::from_arc_as(
+                &Arc::new(QTensor::quantize(&weights(n, k, 3), t).unwrap()),
+                false,
+            )
+            .unwrap()
+            .unwrap();
+            let data = lin.stored().data().unwrap();
             let view = lin.view(&data);
             let run = |which| {
                 let mut out = vec![0f32; rows.len() * n];

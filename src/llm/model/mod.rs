@@ -6,9 +6,12 @@
 
 mod attention;
 mod blocks;
+mod btiles;
 mod cache;
 mod gguf;
 mod kquants;
+mod ktiles;
+mod pages;
 mod safetensors;
 mod transformer;
 
