@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Side-by-side decode speed: apigen-mt (candle) and llama.cpp on the same GGUF file, one thread,
+# Side-by-side decode speed: apigen-mt and llama.cpp on the same GGUF file, one thread (or more),
 # runs interleaved so both see the same machine load. Prints each run and a JSON summary.
 #
 #   scripts/bench-llamacpp.sh [PROFILE] [RUNS] [GEN_TOKENS]     (default: qwen2.5-coder-0.5b 5 128)
+#   APIGEN_MT_BENCH_THREADS=2 runs both on two threads (default one).
 #
 # llama.cpp comes from the npm package node-llama-cpp (its prebuilt CPU binary), installed once
 # into $APIGEN_MT_BENCH_DIR (default: ~/.cache/apigen-mt/llamacpp). Builds apigen-mt in release.
@@ -12,7 +13,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 profile="${1:-qwen2.5-coder-0.5b}"
 runs="${2:-5}"
 gen="${3:-128}"
-threads=1
+threads="${APIGEN_MT_BENCH_THREADS:-1}"
 bench_dir="${APIGEN_MT_BENCH_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/apigen-mt/llamacpp}"
 version="3.22.1"
 

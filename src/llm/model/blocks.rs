@@ -12,7 +12,10 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+use std::sync::Mutex;
+
 use super::btiles::{self, BTiles, XRef};
+use super::team::Team;
 use crate::llm::error::{LlmError, Result};
 
 pub(super) const QK: usize = 32;
@@ -130,23 +133,6 @@ impl QRow {
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
-}
-
-/// The worker pool of the block kernels (and of attention): `threads` workers, built on first use.
-pub(super) fn pool(threads: usize) -> &'static rayon::ThreadPool {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("blocks-{i}"))
-            .build()
-            .unwrap_or_else(|_| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .build()
-                    .expect("a one-thread pool")
-            })
-    })
 }
 
 impl BlockLinear {
@@ -296,9 +282,9 @@ pub(crate) fn output(out: Vec<f32>, lead: Vec<usize>, n: usize) -> Result<Tensor
 
 /// A `rows x n` product computed by `fill(lo, hi, part)`, which writes output columns `lo..hi`
 /// of every row into `part` (`rows x (hi - lo)`). With several threads the columns are split
-/// into fixed ranges, one per worker of a pool that lives as long as the process (spawning
-/// threads per product cost a few percent of a decode step); the result does not depend on
-/// which worker runs which range. Each range but the last starts and ends at a multiple of
+/// into fixed ranges, one per thread of the kernels' [`Team`] (spawning threads per product
+/// cost a few percent of a decode step); the result does not depend on which thread runs
+/// which range. Each range but the last starts and ends at a multiple of
 /// `align`.
 pub(crate) fn by_columns(
     n: usize,
@@ -312,20 +298,21 @@ pub(crate) fn by_columns(
         fill(0, n, &mut out);
         return Ok(out);
     }
-    use rayon::prelude::*;
+    let team = Team::get(threads);
+    let threads = team.threads();
     let chunk = n.div_ceil(threads).div_ceil(align) * align;
     let range = |t: usize| ((t * chunk).min(n), ((t + 1) * chunk).min(n));
-    let parts: Vec<Vec<f32>> = pool(threads).install(|| {
-        (0..threads)
-            .into_par_iter()
-            .map(|t| {
-                let (lo, hi) = range(t);
-                let mut part = vec![0f32; rows * (hi - lo)];
-                fill(lo, hi, &mut part);
-                part
-            })
-            .collect()
+    let slots: Vec<Mutex<Vec<f32>>> = (0..threads).map(|_| Mutex::new(Vec::new())).collect();
+    team.run(threads, |t| {
+        let (lo, hi) = range(t);
+        let mut part = vec![0f32; rows * (hi - lo)];
+        fill(lo, hi, &mut part);
+        *slots[t].lock().unwrap_or_else(|e| e.into_inner()) = part;
     });
+    let parts: Vec<Vec<f32>> = slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect();
     let mut out = vec![0f32; rows * n];
     for (t, part) in parts.iter().enumerate() {
         let (lo, hi) = range(t);

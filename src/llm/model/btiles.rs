@@ -114,22 +114,21 @@ impl BTiles {
     /// Re-lay `n` rows of `k` values stored as GGML blocks (`data`, row-major), tiles in
     /// parallel on the kernels' pool.
     pub(crate) fn pack(kind: BlockKind, n: usize, k: usize, data: &[u8]) -> BTiles {
-        use rayon::prelude::*;
         let lay = Layout::of(kind);
         let nb = k / QK;
         let tile_bytes = nb.div_ceil(2) * lay.pair;
         let mut lines = Pages::zeroed(n.div_ceil(ROWS) * tile_bytes);
-        let pool = super::blocks::pool(crate::llm::device::matmul_threads());
-        pool.install(|| {
-            lines
-                .as_mut_slice()
-                .par_chunks_mut(tile_bytes.max(1))
-                .enumerate()
-                .for_each(|(t, bytes)| {
-                    for r in 0..ROWS.min(n - t * ROWS) {
-                        pack_row(kind, nb, data, t * ROWS + r, r, bytes);
-                    }
-                })
+        let chunks: Vec<std::sync::Mutex<&mut [u8]>> = lines
+            .as_mut_slice()
+            .chunks_mut(tile_bytes.max(1))
+            .map(std::sync::Mutex::new)
+            .collect();
+        let team = super::team::Team::get(crate::llm::device::matmul_threads());
+        team.run(chunks.len(), |t| {
+            let mut bytes = chunks[t].lock().unwrap_or_else(|e| e.into_inner());
+            for r in 0..ROWS.min(n - t * ROWS) {
+                pack_row(kind, nb, data, t * ROWS + r, r, &mut bytes);
+            }
         });
         BTiles { kind, n, k, lines }
     }

@@ -116,22 +116,21 @@ impl Tiles {
     /// Re-lay `n` rows of `k` values stored as GGML super-blocks (`data`, row-major), tiles in
     /// parallel on the kernels' pool.
     pub(crate) fn pack(kind: KKind, n: usize, k: usize, data: &[u8]) -> Tiles {
-        use rayon::prelude::*;
         let nb = k / QK_K;
         let bb = Self::block_bytes(kind);
         let tiles = n.div_ceil(ROWS);
         let mut lines = Pages::zeroed(tiles * nb * bb);
-        let pool = super::blocks::pool(crate::llm::device::matmul_threads());
-        pool.install(|| {
-            lines
-                .as_mut_slice()
-                .par_chunks_mut((nb * bb).max(1))
-                .enumerate()
-                .for_each(|(t, bytes)| {
-                    for r in 0..ROWS.min(n - t * ROWS) {
-                        pack_row(kind, nb, data, t * ROWS + r, r, bytes);
-                    }
-                })
+        let chunks: Vec<std::sync::Mutex<&mut [u8]>> = lines
+            .as_mut_slice()
+            .chunks_mut((nb * bb).max(1))
+            .map(std::sync::Mutex::new)
+            .collect();
+        let team = super::team::Team::get(crate::llm::device::matmul_threads());
+        team.run(chunks.len(), |t| {
+            let mut bytes = chunks[t].lock().unwrap_or_else(|e| e.into_inner());
+            for r in 0..ROWS.min(n - t * ROWS) {
+                pack_row(kind, nb, data, t * ROWS + r, r, &mut bytes);
+            }
         });
         Tiles { kind, n, k, lines }
     }

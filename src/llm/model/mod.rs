@@ -13,6 +13,7 @@ mod kquants;
 mod ktiles;
 mod pages;
 mod safetensors;
+mod team;
 mod transformer;
 
 use std::path::Path;

@@ -353,8 +353,15 @@ impl Transformer {
         };
         let threads = crate::llm::device::matmul_threads();
         let parts: Vec<Vec<f32>> = if threads > 1 && tasks.len() > 1 {
-            use rayon::prelude::*;
-            super::blocks::pool(threads).install(|| tasks.par_iter().map(run).collect())
+            let slots: Vec<std::sync::Mutex<Vec<f32>>> =
+                tasks.iter().map(|_| Default::default()).collect();
+            super::team::Team::get(threads).run(tasks.len(), |i| {
+                *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = run(&tasks[i]);
+            });
+            slots
+                .into_iter()
+                .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+                .collect()
         } else {
             tasks.iter().map(run).collect()
         };
