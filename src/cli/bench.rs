@@ -33,7 +33,8 @@ pub struct BenchArgs {
     /// Instead of the speed figures, measure the key/value memory of `--episodes`
     /// conversations that all start from this file's text (e.g. an agent's system prompt and
     /// tools): the prefix is computed once and each conversation adds its own turn and
-    /// `--gen-tokens` decoded tokens, all decoded together.
+    /// `--gen-tokens` decoded tokens, all decoded together. Also reports how fast the prefix
+    /// was prefilled.
     #[arg(long, value_name = "FILE")]
     pub shared_prefix: Option<std::path::PathBuf>,
     /// Conversations for `--shared-prefix`.
@@ -205,7 +206,9 @@ fn shared_prefix(
         anyhow::bail!("{}: no tokens", path.display());
     }
     let mut base = KvCache::new();
+    let started = std::time::Instant::now();
     engine.prefill(&mut base, &prefix)?;
+    let prefill_s = started.elapsed().as_secs_f64();
     let per_position =
         base.kv_bytes() / base.len().div_ceil(crate::llm::model::PAGE) / crate::llm::model::PAGE;
     let prompts: Vec<Vec<u32>> = (0..episodes)
@@ -253,6 +256,7 @@ fn shared_prefix(
     let copies = (prefix.len() * episodes + own) * per_position;
     Ok(json!({
         "prefix_tokens": prefix.len(),
+        "prefix_prefill_tok_per_s": (prefix.len() as f64 / prefill_s * 10.0).round() / 10.0,
         "episodes": episodes,
         "own_positions": own,
         "kv_bytes_per_position": per_position,

@@ -65,11 +65,15 @@ pub(crate) fn attend_group(
 #[cfg(target_arch = "x86_64")]
 fn fma_available() -> bool {
     static FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FMA.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    *FMA.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_group_fma(
     heads: &Heads,
@@ -114,7 +118,7 @@ fn attend_group_body<const FMA: bool>(
         for pg in 0..pages {
             let (keys, _) = cache.head(layer, g, pg);
             let np = (visible - pg * PAGE).min(PAGE);
-            keys[..np * hd].convert_to_f32_slice(&mut scratch[..np * hd]);
+            to_f32::<FMA>(&keys[..np * hd], &mut scratch[..np * hd]);
             for i in i0..i1 {
                 let Some(here) = seen_in_page(pos0 + i, pg, np) else {
                     continue;
@@ -124,26 +128,25 @@ fn attend_group_body<const FMA: bool>(
                     let at = (h * queries.rows + row0 + i) * hd;
                     let q = &queries.q[at..at + hd];
                     let row = &mut scores[((i - i0) * n_rep + r) * end..][..end];
-                    for p in 0..here {
-                        row[pg * PAGE + p] =
-                            dot::<FMA>(q, &scratch[p * hd..(p + 1) * hd]) * heads.scale;
-                    }
+                    let row = &mut row[pg * PAGE..pg * PAGE + here];
+                    dots::<FMA>(q, &scratch[..here * hd], heads.scale, row);
                 }
             }
         }
         for i in i0..i1 {
-            for r in 0..n_rep {
-                let row = &mut scores[((i - i0) * n_rep + r) * end..][..pos0 + i + 1];
-                softmax(
-                    row,
-                    heads.f16_weights.then_some(&mut halves[..pos0 + i + 1]),
-                );
+            let len = pos0 + i + 1;
+            let rows = &mut scores[(i - i0) * n_rep * end..][..n_rep * end];
+            softmax_rows(rows, end, len);
+            if heads.f16_weights {
+                for row in rows.chunks_exact_mut(end) {
+                    round_f16::<FMA>(&mut row[..len], &mut halves[..len]);
+                }
             }
         }
         for pg in 0..pages {
             let (_, values) = cache.head(layer, g, pg);
             let np = (visible - pg * PAGE).min(PAGE);
-            values[..np * hd].convert_to_f32_slice(&mut scratch[..np * hd]);
+            to_f32::<FMA>(&values[..np * hd], &mut scratch[..np * hd]);
             for i in i0..i1 {
                 let Some(here) = seen_in_page(pos0 + i, pg, np) else {
                     continue;
@@ -165,6 +168,88 @@ fn attend_group_body<const FMA: bool>(
 #[inline(always)]
 fn seen_in_page(last: usize, pg: usize, np: usize) -> Option<usize> {
     (pg * PAGE <= last).then(|| (last + 1 - pg * PAGE).min(np))
+}
+
+/// f16 to f32 (exact); `FMA` builds convert 8 at a time with F16C, inline (`half`'s slice
+/// conversion dispatches at run time, a call per 8 values, a fifth of long-context attention).
+#[inline(always)]
+fn to_f32<const FMA: bool>(src: &[f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        use std::arch::x86_64::*;
+        let n = src.len().min(dst.len());
+        let whole = n / 8 * 8;
+        // SAFETY: `FMA` is only set inside a function built with AVX2, FMA and F16C, called
+        // only where the CPU has them; accesses stay within the first `whole` elements.
+        unsafe {
+            for i in (0..whole).step_by(8) {
+                let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            }
+        }
+        for i in whole..n {
+            dst[i] = src[i].to_f32();
+        }
+        return;
+    }
+    src.convert_to_f32_slice(&mut dst[..src.len()]);
+}
+
+/// `out[p] = dot(q, keys[p]) * scale` for consecutive rows of `q.len()` keys, each dot exactly
+/// as [`dot`] computes it; `FMA` builds run four rows at a time, so that their accumulation
+/// chains overlap (one chain at a time waited on each multiply-add's latency).
+#[inline(always)]
+fn dots<const FMA: bool>(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    #[cfg(target_arch = "x86_64")]
+    if FMA && hd % 8 == 0 && keys.len() >= out.len() * hd {
+        // SAFETY: as for `dot`; lengths checked above.
+        unsafe { dots_fma(q, keys, scale, out) };
+        return;
+    }
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = dot::<FMA>(q, &keys[p * hd..(p + 1) * hd]) * scale;
+    }
+}
+
+/// # Safety
+/// AVX2 and FMA are available, `q.len()` is a multiple of 8 and `keys` holds `out.len()` rows
+/// of `q.len()`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_fma(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const R: usize = 4;
+    let hd = q.len();
+    let hsum = |acc: __m256| {
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
+    };
+    let n = out.len();
+    let mut p = 0;
+    // SAFETY: loads stay within `q` and the first `n` rows of `keys`.
+    unsafe {
+        while p + R <= n {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for i in (0..hd).step_by(8) {
+                let qv = _mm256_loadu_ps(q.as_ptr().add(i));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let k = _mm256_loadu_ps(keys.as_ptr().add((p + r) * hd + i));
+                    *a = _mm256_fmadd_ps(qv, k, *a);
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                out[p + r] = hsum(*a) * scale;
+            }
+            p += R;
+        }
+        while p < n {
+            out[p] = dot_fma(q, &keys[p * hd..(p + 1) * hd]) * scale;
+            p += 1;
+        }
+    }
 }
 
 /// `sum(a * b)` with 8 fused accumulators, reduced in a fixed tree (llama.cpp's
@@ -243,7 +328,10 @@ fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 1.666_666_5e-1);
     p = p.mul_add(r, 5.000_000_1e-1);
     let y = p.mul_add(r * r, r) + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // SAFETY: `n` is a whole number in [-126, 0] (x was clamped); without the saturating
+    // cast's checks the loop over a row vectorizes.
+    let n: i32 = unsafe { n.to_int_unchecked() };
+    y * f32::from_bits(((n + 127) << 23) as u32)
 }
 
 /// `o += Σ_p weights[p] · values[p]` (rows of `o.len()` values), one fused multiply-add per
@@ -295,25 +383,60 @@ unsafe fn weighted_sum_fma(weights: &[f32], values: &[f32], o: &mut [f32]) {
     }
 }
 
-/// Softmax in place, positions summed in order; rounded to f16 precision through `halves`
-/// when given.
+/// `row` rounded to f16 precision (to nearest, ties to even), in place; `FMA` builds convert
+/// 8 at a time with F16C, inline (through `half`'s slices, `halves` the f16 buffer, this was a
+/// fifth of long-context attention).
 #[inline(always)]
-fn softmax(row: &mut [f32], halves: Option<&mut [f16]>) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    // Exponentials first (a loop the compiler vectorizes), then the sum in position order.
-    for v in row.iter_mut() {
-        *v = exp(*v - max);
+fn round_f16<const FMA: bool>(row: &mut [f32], halves: &mut [f16]) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        use std::arch::x86_64::*;
+        let whole = row.len() / 8 * 8;
+        // SAFETY: `FMA` is only set inside a function built with AVX2, FMA and F16C, called
+        // only where the CPU has them; accesses stay within the first `whole` elements.
+        unsafe {
+            for i in (0..whole).step_by(8) {
+                let p = row.as_mut_ptr().add(i);
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p));
+                _mm256_storeu_ps(p, _mm256_cvtph_ps(h));
+            }
+        }
+        for v in &mut row[whole..] {
+            *v = f16::from_f32(*v).to_f32();
+        }
+        return;
     }
-    let mut sum = 0f32;
-    for v in row.iter() {
-        sum += *v;
-    }
-    for v in row.iter_mut() {
-        *v /= sum;
-    }
-    if let Some(h) = halves {
-        h.convert_from_f32_slice(row);
-        h.convert_to_f32_slice(row);
+    halves.convert_from_f32_slice(row);
+    halves.convert_to_f32_slice(row);
+}
+
+/// Softmax in place of the first `len` values of each row of `rows` (rows `stride` apart),
+/// each row's positions summed in order. The rows' sums run side by side, up to eight at a
+/// time, so that the chains of additions overlap (one at a time waited on each addition).
+#[inline(always)]
+fn softmax_rows(rows: &mut [f32], stride: usize, len: usize) {
+    const MAX: usize = 8;
+    for group in rows.chunks_mut(stride * MAX) {
+        let count = group.len().div_ceil(stride);
+        let mut sums = [0f32; MAX];
+        for row in group.chunks_mut(stride) {
+            let row = &mut row[..len];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            // A loop the compiler vectorizes.
+            for v in row.iter_mut() {
+                *v = exp(*v - max);
+            }
+        }
+        for p in 0..len {
+            for (r, sum) in sums.iter_mut().enumerate().take(count) {
+                *sum += group[r * stride + p];
+            }
+        }
+        for (row, sum) in group.chunks_mut(stride).zip(sums) {
+            for v in row[..len].iter_mut() {
+                *v /= sum;
+            }
+        }
     }
 }
 

@@ -234,6 +234,7 @@ fn pack_row(kind: BlockKind, nb: usize, data: &[u8], j: usize, r: usize, tile: &
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // lanes and rows index several arrays in step
 mod x86 {
     use std::arch::x86_64::*;
 

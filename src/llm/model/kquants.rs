@@ -11,6 +11,11 @@
 //! lanes per super-block, one fused multiply-add per super-block, llama.cpp's horizontal sum.
 //! The VNNI build fuses the i16 multiply-add into `vpdpwssd`; its integer lanes are the same, so
 //! the two instruction sets agree bit for bit.
+//!
+//! By default the weights are re-laid at load as 16-row tiles ([`super::ktiles`]), faster for
+//! one row and for many, whose per-output order is that of llama.cpp's repacked kernels; the
+//! row-major kernels here serve `APIGEN_MT_KQUANT=rows` (and candle's kernels past eight rows
+//! there), kept for comparing the two.
 
 use std::sync::Arc;
 

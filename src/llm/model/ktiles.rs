@@ -819,7 +819,7 @@ mod tests {
                     .map(|i| {
                         let i = r * k + i;
                         ((i * 104729 % 997) as f32 / 498.0 - 1.0)
-                            * if i % 11 == 0 { 4.0 } else { 1.0 }
+                            * if i.is_multiple_of(11) { 4.0 } else { 1.0 }
                     })
                     .collect()
             })

@@ -119,13 +119,8 @@ impl Drop for Drain {
     fn drop(&mut self) {
         let s = self.0;
         // Items nobody will take (the caller panicked) are claimed here and counted done.
-        loop {
-            match claim(s, self.1) {
-                Some(_) => {
-                    s.done.fetch_add(1, SeqCst);
-                }
-                None => break,
-            }
+        while claim(s, self.1).is_some() {
+            s.done.fetch_add(1, SeqCst);
         }
         while s.done.load(SeqCst) < s.count.load(SeqCst) {
             std::hint::spin_loop();
@@ -174,7 +169,7 @@ fn work(s: &'static Shared) {
                 break g;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 && started.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && started.elapsed() > SPIN {
                 let mut g = s.park.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_add(1, SeqCst);
                 while s.claim.load(SeqCst) >> 32 == seen {
