@@ -118,16 +118,9 @@ impl BTiles {
         let nb = k / QK;
         let tile_bytes = nb.div_ceil(2) * lay.pair;
         let mut lines = Pages::zeroed(n.div_ceil(ROWS) * tile_bytes);
-        let chunks: Vec<std::sync::Mutex<&mut [u8]>> = lines
-            .as_mut_slice()
-            .chunks_mut(tile_bytes.max(1))
-            .map(std::sync::Mutex::new)
-            .collect();
-        let team = super::team::Team::get(crate::llm::device::matmul_threads());
-        team.run(chunks.len(), |t| {
-            let mut bytes = chunks[t].lock().unwrap_or_else(|e| e.into_inner());
+        lines.fill_chunks(tile_bytes, |t, bytes| {
             for r in 0..ROWS.min(n - t * ROWS) {
-                pack_row(kind, nb, data, t * ROWS + r, r, &mut bytes);
+                pack_row(kind, nb, data, t * ROWS + r, r, bytes);
             }
         });
         BTiles { kind, n, k, lines }

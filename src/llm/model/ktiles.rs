@@ -120,16 +120,9 @@ impl Tiles {
         let bb = Self::block_bytes(kind);
         let tiles = n.div_ceil(ROWS);
         let mut lines = Pages::zeroed(tiles * nb * bb);
-        let chunks: Vec<std::sync::Mutex<&mut [u8]>> = lines
-            .as_mut_slice()
-            .chunks_mut((nb * bb).max(1))
-            .map(std::sync::Mutex::new)
-            .collect();
-        let team = super::team::Team::get(crate::llm::device::matmul_threads());
-        team.run(chunks.len(), |t| {
-            let mut bytes = chunks[t].lock().unwrap_or_else(|e| e.into_inner());
+        lines.fill_chunks(nb * bb, |t, bytes| {
             for r in 0..ROWS.min(n - t * ROWS) {
-                pack_row(kind, nb, data, t * ROWS + r, r, &mut bytes);
+                pack_row(kind, nb, data, t * ROWS + r, r, bytes);
             }
         });
         Tiles { kind, n, k, lines }

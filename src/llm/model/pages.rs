@@ -71,7 +71,21 @@ impl Pages {
         self.ptr
     }
 
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+    /// `fill(i, chunk)` for each `chunk`-byte stretch `i` of the bytes (the last may be
+    /// shorter), on the kernels' threads.
+    pub(crate) fn fill_chunks(&mut self, chunk: usize, fill: impl Fn(usize, &mut [u8]) + Sync) {
+        let chunks: Vec<std::sync::Mutex<&mut [u8]>> = self
+            .as_mut_slice()
+            .chunks_mut(chunk.max(1))
+            .map(std::sync::Mutex::new)
+            .collect();
+        let team = super::team::Team::get(crate::llm::device::matmul_threads());
+        team.run(chunks.len(), |i| {
+            fill(i, &mut chunks[i].lock().unwrap_or_else(|e| e.into_inner()))
+        });
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `len` bytes owned by `self`.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
