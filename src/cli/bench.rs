@@ -126,7 +126,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "model": args.name,
         "file": engine.path().file_name().map(|f| f.to_string_lossy().into_owned()),
         "device": args.load.device,
-        "threads": std::env::var("CANDLE_NUM_THREADS").ok().and_then(|s| s.parse::<usize>().ok()),
+        "threads": crate::llm::device::matmul_threads(),
         "runs": runs,
         "prefill": {"prompt_tokens": long.len(), "tok_per_s": (median(prefill) * 10.0).round() / 10.0,
                     "then_decode_tok_per_s": (median(long_decode) * 100.0).round() / 100.0},

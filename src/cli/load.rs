@@ -57,7 +57,7 @@ impl LoadArgs {
             loaded,
             engine.requantize_ms(),
             started.elapsed().as_secs_f64() - loaded,
-            std::env::var("CANDLE_NUM_THREADS").unwrap_or_else(|_| "?".into())
+            crate::llm::device::matmul_threads()
         );
         Ok(engine)
     }

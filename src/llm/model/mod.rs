@@ -22,6 +22,11 @@ use candle_core::Device;
 use candle_core::quantized::GgmlDType;
 
 pub use cache::{KvCache, PAGE};
+
+/// Whether this crate's CPU kernels run the quantized products here (AVX2 or AVX-512 VNNI).
+pub(crate) fn native_kernels() -> bool {
+    blocks::supported()
+}
 pub use transformer::Transformer;
 
 use crate::llm::error::{LlmError, Result};
