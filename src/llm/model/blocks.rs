@@ -206,10 +206,8 @@ impl BlockLinear {
                 .zip(&offsets)
                 .map(|(r, o)| r.as_ref(o))
                 .collect();
-            let out = by_columns(self.n, xr.len(), btiles::ROWS, |lo, hi, part| {
-                if lo < hi {
-                    tiles.rows_into(&xr, lo / btiles::ROWS, hi.div_ceil(btiles::ROWS), part)
-                }
+            let out = by_tiles(self.n, xr.len(), btiles::ROWS, |t_lo, t_hi, part| {
+                tiles.rows_into(&xr, t_lo, t_hi, part)
             })?;
             return output(out, lead, self.n);
         }
@@ -325,6 +323,21 @@ pub(crate) fn by_columns(
         }
     }
     Ok(out)
+}
+
+/// [`by_columns`] for a matrix stored as tiles of `tile` columns: `fill(t_lo, t_hi, part)`
+/// writes the columns of tiles `t_lo..t_hi` (the last tile may be partly past `n`).
+pub(crate) fn by_tiles(
+    n: usize,
+    rows: usize,
+    tile: usize,
+    fill: impl Fn(usize, usize, &mut [f32]) + Sync,
+) -> Result<Vec<f32>> {
+    by_columns(n, rows, tile, |lo, hi, part| {
+        if lo < hi {
+            fill(lo / tile, hi.div_ceil(tile), part)
+        }
+    })
 }
 
 /// llama.cpp's `quantize_row_q8_0` (scale rounded through f16 as stored there) plus the
@@ -780,6 +793,14 @@ pub(super) mod x86 {
 mod tests {
     use super::*;
 
+    const FORMATS: [GgmlDType; 5] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+    ];
+
     /// Every format against dequantize-then-f32 matmul.
     #[test]
     fn matches_dequantized_matmul() {
@@ -801,13 +822,7 @@ mod tests {
             .map(|i| (i * 7 % 13) as f32 / 6.0 - 1.0)
             .collect();
         let x11 = Tensor::from_vec(x11, (11, k), &dev).unwrap();
-        for t in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q5_1,
-            GgmlDType::Q8_0,
-        ] {
+        for t in FORMATS {
             let q = QTensor::quantize(&w, t).unwrap();
             let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
             let lin = BlockLinear::from_qtensor_as(&q, false).unwrap().unwrap();
@@ -875,13 +890,7 @@ mod tests {
             .map(|i| ((i * 31 % 101) as f32 / 50.0 - 1.0) * 0.7)
             .collect();
         let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
-        for t in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q5_1,
-            GgmlDType::Q8_0,
-        ] {
+        for t in FORMATS {
             let lin = BlockLinear::from_qtensor_as(&QTensor::quantize(&w, t).unwrap(), false)
                 .unwrap()
                 .unwrap();
@@ -935,13 +944,7 @@ mod tests {
             .map(|i| ((i * 104_729 % 997) as f32 / 498.0 - 1.0) * (1 + i % 5) as f32)
             .collect();
         let x = Tensor::from_vec(x, (9, k), &dev).unwrap();
-        for t in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q5_1,
-            GgmlDType::Q8_0,
-        ] {
+        for t in FORMATS {
             let q = QTensor::quantize(&w, t).unwrap();
             let rows = BlockLinear::from_qtensor_as(&q, false).unwrap().unwrap();
             let tiles = BlockLinear::from_qtensor_as(&q, true).unwrap().unwrap();

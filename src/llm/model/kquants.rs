@@ -22,7 +22,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 
-use super::blocks::{by_columns, input_rows, output};
+use super::blocks::{by_columns, by_tiles, input_rows, output};
 use super::ktiles::{self, Tiles, XRow};
 use crate::llm::error::{LlmError, Result};
 
@@ -168,10 +168,8 @@ impl KLinear {
         let out = match &self.imp {
             Imp::Tiles(tiles) => {
                 let xr: Vec<XRow> = rows.iter().map(|r| XRow::new(self.kind, r)).collect();
-                by_columns(self.n, xr.len(), ktiles::ROWS, |lo, hi, part| {
-                    if lo < hi {
-                        tiles.rows_into(&xr, lo / ktiles::ROWS, hi.div_ceil(ktiles::ROWS), part)
-                    }
+                by_tiles(self.n, xr.len(), ktiles::ROWS, |t_lo, t_hi, part| {
+                    tiles.rows_into(&xr, t_lo, t_hi, part)
                 })?
             }
             Imp::Rows { tensor, .. } => {
