@@ -19,6 +19,8 @@
 //! - [`fuzz`]: fuzz targets for every reader of model output, user files and journals, and the
 //!   mutation loop that drives them.
 //! - [`guard`]: the last line of defence: a panic in one unit of work becomes that unit's error.
+//! - [`report`]: a run directory as one self-contained HTML page (funnels, codes, cost,
+//!   diversity, pass^k, and a viewer of every blueprint and conversation).
 //! - [`pyjson`]: Python's `json.dumps` and float `repr`, byte for byte, shared by tool results,
 //!   the database hash and chat templates' `tojson`.
 
@@ -31,6 +33,7 @@ pub mod fuzz;
 pub mod guard;
 pub mod llm;
 pub mod pyjson;
+pub mod report;
 pub mod role;
 pub mod rollout;
 pub mod run;

@@ -843,3 +843,82 @@ fn concurrent_attempts_give_the_files_of_one_at_a_time() {
     assert_eq!(d1, d8);
     assert_eq!(t1, t8);
 }
+
+/// The report of a scripted run, opened in headless Chromium: the funnel and the conversations
+/// it shows are the run's, and a conversation opens with its tool calls and its database
+/// changes against the gold ones.
+#[test]
+fn the_report_shows_the_runs_funnel_and_opens_a_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = util::root().join("domains/mock/tasks/train.json");
+    let task = apigen_mt::cli::rollouts::read_identified_tasks(&train).unwrap()[..1].to_vec();
+    // Trial 0 moves the right amount (kept); trial 1 moves 3.00 (the database differs).
+    let mut s = Setup::new(
+        &[&transfer(250.5), "Done.", &transfer(3.0), "Done."],
+        &[ASK, "###STOP###", ASK, "###STOP###"],
+    );
+    s.trials = 2;
+    let summary = s.run(dir.path(), &task);
+    assert_eq!((summary.rollouts, summary.kept), (2, 1));
+    // What `eval` pins beside its records: the task file, so the report can replay the gold.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!("tasks = {:?}\n\n[domain]\nname = \"mock\"\n", train.display().to_string()),
+    )
+    .unwrap();
+    let page = dir.path().join("report.html");
+    let root = util::root();
+    let (code, _, err) = util::run(
+        &["report", dir.path().to_str().unwrap(), "--domain", root.join("domains/mock").to_str().unwrap()],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("2 conversations (2 replayed"), "{err}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    for fetch in ["<script src", "<link", "<img", "@import", "url("] {
+        assert!(!html.contains(fetch), "the page loads nothing ({fetch})");
+    }
+
+    let Some(browser) = util::chromium() else {
+        return;
+    };
+    let dom = util::dump_dom(&browser, &page, "conversations=0%231");
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    let r = &s["rollouts"];
+    for stage in ["rollouts", "verified", "kept"] {
+        assert!(
+            dom.contains(&format!("data-stage=\"{stage}\" data-count=\"{}\"", r[stage])),
+            "funnel stage {stage} shows {}",
+            r[stage]
+        );
+    }
+    let attempts = lines(&dir.path().join("trajectories.jsonl")).len();
+    assert!(dom.contains(&format!("data-kind=\"conversations\" data-total=\"{attempts}\"")));
+    assert_eq!(dom.matches("class=\"row\" data-id=").count() + dom.matches("class=\"row sel\" data-id=").count(), attempts);
+    // The failed trial is open: its call, and the balance it moved that the gold does not.
+    assert!(dom.contains("data-open=\"conversations:0#1\""), "the conversation opened");
+    assert!(dom.contains("class=\"tool-call\" data-tool=\"transfer_funds\""));
+    assert!(dom.contains("rollout.db_mismatch"));
+    assert!(dom.contains("data-side=\"agent only\"") && dom.contains("data-side=\"gold only\""));
+
+    let png = dir.path().join("report.png");
+    util::screenshot(&browser, &page, "conversations=0%231", &png, (1280, 3000));
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000, "a screenshot with something drawn");
+    if let Some(keep) = std::env::var_os("APIGEN_MT_KEEP_SCREENSHOTS") {
+        std::fs::copy(&png, Path::new(&keep).join("report-rollouts.png")).unwrap();
+    }
+}
+
+/// `generate` with a domain that does not exist stops before any model loads.
+#[test]
+fn generate_reports_a_missing_domain_before_loading_a_model() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, err) = util::run(
+        &["generate", "--domain", "no/such/domain", "--count", "1", "--out", out.path().join("run").to_str().unwrap()],
+        "",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot load domain no/such/domain"), "{err}");
+    assert!(!err.contains("loaded "), "no model was loaded: {err}");
+}

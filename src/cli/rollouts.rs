@@ -448,16 +448,17 @@ pub fn run(args: RolloutsArgs) -> Result<ExitCode> {
 }
 
 pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
+    let bp = &args.blueprints;
+    // The domain first: a wrong path is reported before any model takes its time to load.
+    let domain = Domain::load(&bp.domain, bp.db.as_deref())
+        .with_context(|| format!("cannot load domain {}", bp.domain.display()))?;
     let mut models = Models::new(args.blueprints.load.clone());
-    // Phase 2's models are loaded first, so that a missing one is reported now and not after
+    // Phase 2's models are loaded next, so that a missing one is reported now and not after
     // phase 1's hour of work.
     args.roles
         .roles(&mut models, true)
         .context("cannot load phase 2's models")?;
     let phase1 = super::blueprints::run_with(&args.blueprints, &mut models)?;
-    let bp = &args.blueprints;
-    let domain = Domain::load(&bp.domain, bp.db.as_deref())
-        .with_context(|| format!("cannot load domain {}", bp.domain.display()))?;
     let path = bp.out.join(crate::run::files::BLUEPRINTS);
     let tasks = read_identified_tasks(&path)?;
     if tasks.is_empty() {

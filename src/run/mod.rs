@@ -34,6 +34,8 @@ pub mod files {
     pub const DATASET: &str = "dataset.jsonl";
     /// Eval: pass^k per task.
     pub const RESULTS: &str = "results.json";
+    /// `apigen-mt report`'s page.
+    pub const REPORT: &str = "report.html";
 }
 
 use serde::Serialize;

@@ -132,3 +132,83 @@ pub fn assistant_turns(request: &apigen_mt::llm::ChatRequest) -> usize {
         .filter(|m| m.role == "assistant")
         .count()
 }
+
+/// A headless Chromium for the report tests: `APIGEN_MT_CHROMIUM`, else `chromium`,
+/// `chromium-browser` or `google-chrome` on the PATH. Tests that need one print SKIPPED and
+/// return when there is none (`.ci/run` installs Debian's `chromium`).
+pub fn chromium() -> Option<PathBuf> {
+    let named = std::env::var_os("APIGEN_MT_CHROMIUM").map(PathBuf::from);
+    let found = named.into_iter().chain(
+        ["chromium", "chromium-browser", "google-chrome"]
+            .iter()
+            .filter_map(|name| {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|d| d.join(name))
+                        .find(|p| p.is_file())
+                })
+            }),
+    );
+    let browser = found.into_iter().next();
+    if browser.is_none() {
+        eprintln!("SKIPPED: no Chromium found (install Debian's chromium or set APIGEN_MT_CHROMIUM)");
+    }
+    browser
+}
+
+/// Chromium's flags for a page opened from disk, headless, with the network off.
+fn headless(browser: &Path, profile: &Path) -> Command {
+    let mut c = Command::new(browser);
+    c.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--proxy-server=127.0.0.1:9",
+        "--proxy-bypass-list=<-loopback>",
+        "--virtual-time-budget=10000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
+/// The DOM of `page` (opened as a file URL with `fragment` after `#`, if any) once its scripts
+/// have run.
+pub fn dump_dom(browser: &Path, page: &Path, fragment: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = headless(browser, profile.path())
+        .arg("--dump-dom")
+        .arg(file_url(page, fragment))
+        .stderr(Stdio::null())
+        .output()
+        .expect("run chromium");
+    assert!(out.status.success(), "chromium failed: {:?}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A PNG screenshot of `page` at `width` × `height` into `png`.
+pub fn screenshot(browser: &Path, page: &Path, fragment: &str, png: &Path, (width, height): (u32, u32)) {
+    let profile = tempfile::tempdir().unwrap();
+    let status = headless(browser, profile.path())
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("--window-size={width},{height}"))
+        .arg(file_url(page, fragment))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run chromium");
+    assert!(status.success(), "chromium screenshot failed: {status:?}");
+}
+
+fn file_url(page: &Path, fragment: &str) -> String {
+    let path = page.canonicalize().unwrap();
+    let mut url = format!("file://{}", path.display());
+    if !fragment.is_empty() {
+        url.push('#');
+        url.push_str(fragment);
+    }
+    url
+}
