@@ -254,3 +254,61 @@ fn exports_of_a_run_named_in_the_environment_pass_the_validators() {
         Err(e) => panic!("{dir}: {e}"),
     }
 }
+
+/// `export --out` writes a Hugging Face dataset card beside the data: the domain's licence, the
+/// models, the funnel, the format and how to load it; a README.md of someone else's is kept.
+#[test]
+fn export_writes_a_dataset_card_beside_the_data() {
+    let run = tempfile::tempdir().unwrap();
+    std::fs::write(
+        run.path().join("dataset.jsonl"),
+        format!("{}\n{}\n", record("a"), record("b")),
+    )
+    .unwrap();
+    let mock = util::root().join("domains/mock");
+    std::fs::write(
+        run.path().join("config.toml"),
+        format!(
+            "[domain]\nname = \"mock\"\ndir = {:?}\n\n[proposer]\nmodel = \"qwen2.5-coder-0.5b\"\n\n[settings]\nseed = 7\ncount = 2\nplan = \"fixed\"\n",
+            mock.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        run.path().join("rollouts.toml"),
+        "trials = 3\n\n[agent]\nmodel = \"qwen2.5-coder-1.5b\"\ntemperature = 0.7\n\n[user]\nmodel = \"qwen2.5-coder-1.5b\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        run.path().join("summary.json"),
+        json!({"funnel": {"proposed": 5, "format_ok": 5, "executed": 4, "policy_ok": 4, "grounded": 3, "committee_ok": 2, "accepted": 2},
+               "rollouts": {"rollouts": 6, "verified": 3, "kept": 2, "filtered": 1}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let data = out.path().join("train.jsonl");
+    let dir = run.path().to_str().unwrap();
+    let (code, _, stderr) = util::run(&["export", dir, "--format", "openai", "--out", data.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{stderr}");
+    let card = std::fs::read_to_string(out.path().join("README.md")).unwrap();
+    let front = card.split("---").nth(1).expect("YAML front matter");
+    assert!(front.contains("license: apache-2.0"), "{card}");
+    assert!(front.contains("data_files: train.jsonl"), "{card}");
+    assert!(front.contains("- n<1K"), "{card}");
+    assert!(card.contains("2 multi-turn tool-use conversations"), "{card}");
+    assert!(card.contains("5 proposals → 5 well-formed → 4 executed → 4 within policy → 3 grounded → 2 passed"), "{card}");
+    assert!(card.contains("6 attempts → 3 verified → 2 kept (1 verified but filtered"), "{card}");
+    assert!(card.contains("proposer: `qwen2.5-coder-0.5b` (Apache-2.0)"), "{card}");
+    assert!(card.contains("agent: `qwen2.5-coder-1.5b`"), "{card}");
+    assert!(card.contains("load_dataset(\"json\", data_files=\"train.jsonl\""), "{card}");
+
+    // A re-export replaces its own card; someone else's README.md stays as it was.
+    let (code, _, _) = util::run(&["export", dir, "--format", "openai", "--out", data.to_str().unwrap()], "");
+    assert_eq!(code, 0);
+    std::fs::write(out.path().join("README.md"), "# mine\n").unwrap();
+    let (code, _, stderr) = util::run(&["export", dir, "--format", "openai", "--out", data.to_str().unwrap()], "");
+    assert_eq!(code, 0);
+    assert!(stderr.contains("was not written by export"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(out.path().join("README.md")).unwrap(), "# mine\n");
+}

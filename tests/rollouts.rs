@@ -329,6 +329,16 @@ fn a_loop_of_identical_exchanges_is_cut_as_stalled() {
     assert_eq!(t["steps"].as_u64(), Some(3), "{t}");
     assert_eq!(s.agent.remaining(), 7);
 
+    // Two replies in turn, answered in turn, are a loop too: cut after three rounds.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(&["x", "y", "x", "y", "x", "y", "x", "y", "x", "y"], &[ASK, "u", "v", "u", "v", "u", "v", "u", "v"]);
+    s.stall_after = 3;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(summary.failures[code::STALLED], 1);
+    let t = &lines(&dir.path().join("trajectories.jsonl"))[0];
+    assert_eq!(t["steps"].as_u64(), Some(6), "{t}");
+    assert!(t["detail"].as_str().unwrap().contains("one cycle of 2 repeated 3 times"), "{t}");
+
     // A varied user is not a loop: the same agent reply answered differently runs on.
     let dir = tempfile::tempdir().unwrap();
     let mut s = Setup::new(&["32"; 4], &[ASK, "a", "b", "c", "###STOP###"]);

@@ -187,3 +187,42 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::{CommandFactory, Parser};
+
+    /// Every example in a `--help` parses as the command line it shows.
+    #[test]
+    fn every_help_example_parses() {
+        fn walk(cmd: &clap::Command, seen: &mut usize) {
+            if let Some(help) = cmd.get_after_help() {
+                for line in help.to_string().lines() {
+                    let Some(start) = line.find("apigen-mt ") else {
+                        continue;
+                    };
+                    // The command itself: up to a pipe, a redirect or a comment.
+                    let text = line[start..].split(['|', '>', '#']).next().unwrap_or_default();
+                    let args: Vec<&str> = text.split_whitespace().collect();
+                    if let Err(e) = Cli::try_parse_from(&args) {
+                        panic!("the example `{}` does not parse: {e}", text.trim());
+                    }
+                    *seen += 1;
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, seen);
+            }
+        }
+        let mut seen = 0;
+        let cmd = Cli::command();
+        walk(&cmd, &mut seen);
+        let visible = cmd.get_subcommands().filter(|c| !c.is_hide_set()).count();
+        assert!(seen >= 2 * visible, "{seen} examples for {visible} commands");
+        for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+            let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.starts_with("Examples:"), "`{}` has no examples", sub.get_name());
+        }
+    }
+}

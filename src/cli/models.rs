@@ -36,6 +36,12 @@ pub enum ModelsCommand {
     /// `--batch`, stdin is a JSON array of prompts, decoded together in one batch, and the output
     /// a JSON array of {"ids", "text", "finish"} (each equal to what the prompt gives alone).
     Complete(CompleteArgs),
+    /// Download profiles' files from the Hugging Face Hub (`HF_ENDPOINT` for a mirror,
+    /// `HF_TOKEN` for gated repositories) into the standard hub cache, resuming cut downloads,
+    /// and check their sizes and sha256. Machines that reach no hub use
+    /// `scripts/fetch-model.sh` instead.
+    #[command(after_help = "Examples:\n  apigen-mt models fetch qwen2.5-coder-0.5b qwen2.5-coder-1.5b\n  HF_ENDPOINT=http://hub.internal:8080 apigen-mt models fetch xlam-2-1b")]
+    Fetch { names: Vec<String> },
 }
 
 #[derive(Debug, Args)]
@@ -66,7 +72,24 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
         ModelsCommand::Check { name, load } => check(&name, &load),
         ModelsCommand::Tokenize { name } => tokenize(&name),
         ModelsCommand::Complete(a) => complete(a),
+        ModelsCommand::Fetch { names } => fetch(&names),
     }
+}
+
+fn fetch(names: &[String]) -> anyhow::Result<()> {
+    let names: Vec<String> = if names.is_empty() {
+        anyhow::bail!("name at least one profile (`apigen-mt models list` shows them)");
+    } else {
+        names.to_vec()
+    };
+    for name in &names {
+        let p = Profile::find(name)?;
+        let paths = crate::llm::hub::fetch(&p, std::io::IsTerminal::is_terminal(&std::io::stderr()))?;
+        for path in paths {
+            eprintln!("{name}: {} (size and sha256 checked)", path.display());
+        }
+    }
+    Ok(())
 }
 
 fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
@@ -112,18 +135,7 @@ fn show(name: &str) -> anyhow::Result<()> {
 }
 
 fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    crate::llm::hub::sha256_file(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn check(name: &str, load: &LoadArgs) -> anyhow::Result<()> {

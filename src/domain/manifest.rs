@@ -16,6 +16,13 @@ pub struct Manifest {
     /// One paragraph on what the domain simulates.
     #[serde(default)]
     pub description: String,
+    /// The licence of the domain's material (an SPDX identifier, e.g. `MIT`): what data made in
+    /// the domain inherits, written into the dataset card `export` makes.
+    #[serde(default)]
+    pub license: Option<String>,
+    /// Where the domain's material comes from, in one line, for the dataset card.
+    #[serde(default)]
+    pub attribution: Option<String>,
     /// The agent policy (markdown).
     #[serde(default = "default_policy")]
     pub policy: String,

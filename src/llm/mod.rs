@@ -23,6 +23,7 @@ pub mod constrain;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod hub;
 pub mod local;
 pub mod model;
 pub mod profile;

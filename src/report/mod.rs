@@ -54,16 +54,21 @@ pub struct Counts {
 pub fn render(run: RunData, domain: Option<&Domain>, domain_note: &str) -> (String, Counts) {
     let mut strings = Interned::default();
     let mut replayed = 0;
+    // Trials of one task share its gold changes.
+    let mut golds: HashMap<String, Vec<Edit>> = HashMap::new();
     let trajectories: Vec<Value> = run
         .trajectories
         .iter()
         .map(|t| {
             let mut t = compact(t, &mut strings);
-            if let (Some(d), Some(task)) = (
-                domain,
-                t["blueprint_id"].as_str().and_then(|id| run.tasks.get(id)),
-            ) {
-                let (agent, gold) = replay(d, task, t["messages"].as_array().map(Vec::as_slice));
+            let id = t["blueprint_id"].as_str().unwrap_or_default().to_owned();
+            if let (Some(d), Some(task)) = (domain, run.tasks.get(&id)) {
+                let gold = golds
+                    .entry(id)
+                    .or_insert_with(|| changes(d, task.actions.iter()))
+                    .clone();
+                let messages = t["messages"].as_array().map(Vec::as_slice);
+                let agent = changes(d, agent_calls(messages.unwrap_or_default()).iter());
                 t["db_changes"] = json!({"agent": agent, "gold": gold});
                 replayed += 1;
             }
@@ -141,37 +146,33 @@ fn compact(t: &Value, strings: &mut Interned) -> Value {
     t
 }
 
-/// The database changes of the agent's tool calls in `messages` and of the task's gold actions,
-/// each from the pristine database.
-fn replay(domain: &Domain, task: &Task, messages: Option<&[Value]>) -> (Vec<Edit>, Vec<Edit>) {
+/// The database changes `actions` make from the pristine database (terminate tools skipped, as
+/// the reward does).
+fn changes<'a>(domain: &Domain, actions: impl Iterator<Item = &'a Action>) -> Vec<Edit> {
     let terminate = &domain.manifest.terminate_tools;
-    let mut gold = domain.env();
-    for a in task.actions.iter().filter(|a| !terminate.contains(&a.name)) {
-        gold.step(a);
+    let mut env = domain.env();
+    for a in actions.filter(|a| !terminate.contains(&a.name)) {
+        env.step(a);
     }
-    let mut agent = domain.env();
-    for call in messages
-        .unwrap_or_default()
+    diff(domain.pristine(), env.db())
+}
+
+/// The tool calls of the agent's messages, in order (calls whose arguments do not parse are left
+/// out: the episode ran them as errors, which change nothing).
+fn agent_calls(messages: &[Value]) -> Vec<Action> {
+    messages
         .iter()
         .filter(|m| m["role"] == "assistant")
         .filter_map(|m| m["tool_calls"].as_array())
         .flatten()
-    {
-        let f = &call["function"];
-        let mut obj = Map::new();
-        obj.insert("name".into(), f["name"].clone());
-        obj.insert("arguments".into(), f["arguments"].clone());
-        if let Ok(a) = Action::from_json(&Value::Object(obj)) {
-            if terminate.contains(&a.name) {
-                continue;
-            }
-            agent.step(&a);
-        }
-    }
-    (
-        diff(domain.pristine(), agent.db()),
-        diff(domain.pristine(), gold.db()),
-    )
+        .filter_map(|call| {
+            let f = &call["function"];
+            let mut obj = Map::new();
+            obj.insert("name".into(), f["name"].clone());
+            obj.insert("arguments".into(), f["arguments"].clone());
+            Action::from_json(&Value::Object(obj)).ok()
+        })
+        .collect()
 }
 
 #[cfg(test)]

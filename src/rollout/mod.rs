@@ -194,7 +194,8 @@ pub struct AgentRole {
     /// domain tool, so a small model never writes a half-formed call.
     pub constrained: bool,
     /// End the episode (`rollout.stalled`) once this many agent replies in a row, and what
-    /// answered each (the user's line or the tool's observation), are identical; 0 or 1: never.
+    /// answered each (the user's line or the tool's observation), are identical, or a cycle of
+    /// two or three such exchanges has come round this many times; 0 or 1: never.
     pub stall_after: usize,
 }
 
@@ -223,6 +224,24 @@ pub mod code {
     pub const USER_STOPPED_EARLY: &str = "rollout.user_stopped_early";
     pub const MODEL_ERROR: &str = "rollout.model_error";
     pub const STALLED: &str = "rollout.stalled";
+}
+
+/// Longest cycle of exchanges the stall check looks for: a model that alternates two replies
+/// (asking for an id, then promising to look once it has one) loops as surely as one that
+/// repeats itself.
+const MAX_CYCLE: usize = 3;
+
+/// The period of the cycle (1 to [`MAX_CYCLE`] exchanges) that the last exchanges repeat `n`
+/// times in a row, if any; `n` below 2 never stalls.
+fn stall_cycle(exchanges: &[String], n: usize) -> Option<usize> {
+    if n < 2 {
+        return None;
+    }
+    (1..=MAX_CYCLE).find(|&p| {
+        let k = n * p;
+        exchanges.len() >= k
+            && (exchanges.len() - k + p..exchanges.len()).all(|i| exchanges[i] == exchanges[i - p])
+    })
 }
 
 /// One finished episode.
@@ -571,16 +590,16 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     let mut done = false;
     while !done {
         let n = agent.stall_after;
-        if n > 1
-            && exchanges.len() >= n
-            && exchanges[exchanges.len() - n..]
-                .windows(2)
-                .all(|w| w[0] == w[1])
-        {
-            cut = Some(Rejection::new(
-                code::STALLED,
-                format!("the last {n} agent replies, and the answers to them, were identical"),
-            ));
+        if let Some(p) = stall_cycle(&exchanges, n) {
+            let detail = if p == 1 {
+                format!("the last {n} agent replies, and the answers to them, were identical")
+            } else {
+                format!(
+                    "the last {} agent replies, and the answers to them, were one cycle of {p} repeated {n} times",
+                    n * p
+                )
+            };
+            cut = Some(Rejection::new(code::STALLED, detail));
             break;
         }
         if steps >= agent.max_steps {

@@ -4,6 +4,7 @@ mod agreement;
 mod batch;
 mod chat;
 mod constrained;
+mod hub;
 mod scripted;
 mod support;
 mod tiny;
