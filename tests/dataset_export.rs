@@ -45,6 +45,14 @@ fn exports_every_format_from_a_run_directory() {
     let (code, stdout, _) = util::run(&["export", dir, "--format", "openai"], "");
     assert_eq!(code, 0);
     assert_eq!(stdout.lines().count(), 2);
+    // The default is the training form: arguments as objects.
+    let (code, stdout, _) = util::run(&["export", dir], "");
+    assert_eq!(code, 0);
+    let row: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        row["messages"][2]["tool_calls"][0]["function"]["arguments"],
+        json!({"account_id": "acc_1001"})
+    );
     let (code, stdout, _) = util::run(&["export", dir, "--format", "sharegpt"], "");
     assert_eq!(code, 0);
     let rows: Vec<Value> = serde_json::from_str(&stdout).unwrap();
@@ -181,15 +189,31 @@ pub fn validate_openai_row(row: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// One `messages` row (the Hugging Face form): every call's arguments an object, and the
+/// conversation an OpenAI one once they are encoded back as strings.
+pub fn validate_messages_row(row: &Value) -> Result<(), String> {
+    let mut o = row.clone();
+    for m in o["messages"].as_array_mut().ok_or("no messages")? {
+        for c in m["tool_calls"].as_array_mut().into_iter().flatten() {
+            let args = &mut c["function"]["arguments"];
+            if !args.is_object() {
+                return Err(format!("arguments {args} are not an object"));
+            }
+            *args = Value::String(args.to_string());
+        }
+    }
+    validate_openai_row(&o)
+}
+
 /// Export a run directory in every format through the CLI and validate every row.
 pub fn validate_run_exports(dir: &str) -> Result<usize, String> {
     let mut rows = 0;
-    for format in ["apigen-mt", "sharegpt", "openai"] {
+    for format in ["apigen-mt", "sharegpt", "openai", "messages"] {
         let (code, stdout, stderr) = util::run(&["export", dir, "--format", format], "");
         if code != 0 {
             return Err(format!("export --format {format}: {stderr}"));
         }
-        let parsed: Vec<Value> = if format == "openai" {
+        let parsed: Vec<Value> = if format == "openai" || format == "messages" {
             stdout
                 .lines()
                 .map(serde_json::from_str)
@@ -201,6 +225,7 @@ pub fn validate_run_exports(dir: &str) -> Result<usize, String> {
         for (i, row) in parsed.iter().enumerate() {
             match format {
                 "openai" => validate_openai_row(row),
+                "messages" => validate_messages_row(row),
                 f => validate_turns_row(row, f == "sharegpt"),
             }
             .map_err(|e| format!("{format} row {i}: {e}"))?;
@@ -218,7 +243,11 @@ fn the_validators_pass_good_rows_and_catch_bad_ones() {
         format!("{}\n", record("a")),
     )
     .unwrap();
-    assert_eq!(validate_run_exports(run.path().to_str().unwrap()), Ok(3));
+    assert_eq!(validate_run_exports(run.path().to_str().unwrap()), Ok(4));
+    let m = apigen_mt::dataset::export(&record("a"), apigen_mt::dataset::Format::Messages).unwrap();
+    validate_messages_row(&m).unwrap();
+    let o = apigen_mt::dataset::export(&record("a"), apigen_mt::dataset::Format::Openai).unwrap();
+    assert!(validate_messages_row(&o).unwrap_err().contains("not an object"), "string arguments are caught");
     // The exporter refuses such records itself; the validator must catch them too.
     let mut o =
         apigen_mt::dataset::export(&record("a"), apigen_mt::dataset::Format::Openai).unwrap();

@@ -11,9 +11,11 @@ use std::process::ExitCode;
 pub struct ExportArgs {
     /// A run directory (its `dataset.jsonl` is read) or a JSON Lines file of canonical records.
     pub run: PathBuf,
-    /// `apigen-mt` (APIGen-MT-5k rows, one JSON array), `openai` (JSON Lines of
-    /// `{"messages", "tools"}`) or `sharegpt` (ShareGPT tool-use rows, one JSON array).
-    #[arg(long, value_enum)]
+    /// `messages` (the default: JSON Lines in the Hugging Face messages form, tool-call
+    /// arguments as objects, for chat templates and TRL), `apigen-mt` (APIGen-MT-5k rows, one
+    /// JSON array), `openai` (JSON Lines of `{"messages", "tools"}`, arguments as strings, for
+    /// fine-tuning APIs) or `sharegpt` (ShareGPT tool-use rows, one JSON array).
+    #[arg(long, value_enum, default_value = "messages")]
     pub format: Format,
     /// Write here (atomically) instead of stdout. With a run directory as input, a dataset card
     /// (`README.md`, the Hugging Face form) is written beside it.
@@ -50,7 +52,7 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
         );
     }
     let body = match args.format {
-        Format::Openai => rows
+        Format::Openai | Format::Messages => rows
             .iter()
             .map(|r| r.to_string() + "\n")
             .collect::<String>(),
@@ -208,6 +210,7 @@ mod card {
         }
         writeln!(c, "## Format\n")?;
         let shape = match format {
+            Format::Messages => "JSON Lines; each row `{\"id\", \"messages\", \"tools\"}` in the Hugging Face messages form: `system` (the policy), `user`, `assistant` with `tool_calls` whose `function.arguments` is a JSON object, and `tool` answers; `tools` are the function schemas as chat templates take them. Render a row with `tokenizer.apply_chat_template(row[\"messages\"], tools=row[\"tools\"])`, as TRL's SFT trainer does.",
             Format::Openai => "JSON Lines; each row `{\"messages\", \"tools\"}`: OpenAI chat messages (`system` policy, `user`, `assistant` with `tool_calls` whose `function.arguments` is a JSON string, `tool` answers) and the OpenAI function schemas offered to the agent.",
             Format::ApigenMt => "one JSON array of APIGen-MT-5k rows: `conversations` (`from` human / gpt / function_call / observation, `value`), `system` (the policy) and `tools` (a JSON string of function definitions).",
             Format::Sharegpt => "one JSON array of ShareGPT tool-use rows (LLaMA-Factory's layout): `id`, `conversations`, `system`, `tools`.",
@@ -215,6 +218,10 @@ mod card {
         writeln!(c, "`{data_file}` (`{name}`): {shape}\n")?;
         writeln!(c, "## Loading\n")?;
         writeln!(c, "```python\nfrom datasets import load_dataset\n\nds = load_dataset(\"json\", data_files=\"{data_file}\", split=\"train\")\n```\n")?;
+        if format == Format::Messages {
+            writeln!(c, "Tool schemas and call arguments have different keys from tool to tool. Recent `datasets` versions read them as their `Json` feature and give rows back as written; older ones (3.x) store them as Arrow structs, so a row read back carries every key any row has, `None` where it had none. Drop those before rendering:\n")?;
+            writeln!(c, "```python\ndef strip(x):\n    if isinstance(x, dict):\n        return {{k: strip(v) for k, v in x.items() if v is not None}}\n    if isinstance(x, list):\n        return [strip(v) for v in x]\n    return x\n\nrow = strip(ds[0])\ntext = tokenizer.apply_chat_template(row[\"messages\"], tools=row[\"tools\"], tokenize=False)\n```\n")?;
+        }
         writeln!(c, "## Limitations\n")?;
         writeln!(c, "Synthetic: the customer is a language model following an instruction, and both sides were played by small local models. Verification checks the final database and the expected outputs, not the wording of every turn; read a sample before training on it (`apigen-mt report` shows every conversation beside the funnel).")?;
         Ok(c)

@@ -90,7 +90,7 @@ pub enum Command {
     /// One self-contained HTML page for a run: funnels, codes, cost, and every conversation.
     Report(report::ReportArgs),
     /// Export a run's kept conversations as training data (APIGen-MT, OpenAI or ShareGPT).
-    #[command(after_help = "Examples:\n  apigen-mt export runs/retail --format openai --out retail.jsonl\n  apigen-mt export runs/retail --format sharegpt > retail-sharegpt.json")]
+    #[command(after_help = "Examples:\n  apigen-mt export runs/retail --out retail/train.jsonl\n  apigen-mt export runs/retail --format sharegpt > retail-sharegpt.json")]
     Export(export::ExportArgs),
     /// Inspect, check, replay, generate and benchmark executable domains.
     #[command(subcommand)]

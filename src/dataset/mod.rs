@@ -7,7 +7,8 @@
 //!
 //! | format | shape |
 //! | --- | --- |
-//! | `openai` | `{"messages", "tools"}`, as fine-tuning APIs take it |
+//! | `messages` | the Hugging Face messages form, the training default: `{"id", "messages", "tools"}` with each call's `function.arguments` a JSON object, as chat templates (`apply_chat_template`, TRL's SFT trainer) render it |
+//! | `openai` | `{"messages", "tools"}`, as fine-tuning APIs take it (arguments as JSON strings) |
 //! | `apigen-mt` | the released APIGen-MT-5k row: exactly `conversations` (`from` human / gpt / function_call / observation, `value`), `system`, and `tools` as a JSON string of bare function definitions |
 //! | `sharegpt` | the ShareGPT tool-use layout of common fine-tuning tools (LLaMA-Factory): the same turns, `system`, `tools`, plus the record `id` |
 //!
@@ -22,6 +23,8 @@ use serde_json::{Map, Value, json};
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
+    /// The Hugging Face messages form (arguments as objects): what to train on.
+    Messages,
     ApigenMt,
     Openai,
     Sharegpt,
@@ -163,6 +166,22 @@ fn turns(messages: &[Value]) -> Result<Vec<Value>, Invalid> {
     Ok(out)
 }
 
+/// `messages` with every tool call's `function.arguments` parsed into its JSON object: a chat
+/// template renders an object as JSON and a string as a quoted string, which would put
+/// string-encoded arguments into the training text.
+fn object_arguments(messages: &[Value]) -> Result<Vec<Value>, Invalid> {
+    let mut out = messages.to_vec();
+    for (i, m) in out.iter_mut().enumerate() {
+        let parsed = calls(m, i)?;
+        if let Some(list) = m.get_mut("tool_calls").and_then(Value::as_array_mut) {
+            for (c, (_, _, args)) in list.iter_mut().zip(parsed) {
+                c["function"]["arguments"] = Value::Object(args);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Bare function definitions (`{"name", "description", "parameters"}`) as one JSON string.
 fn bare_tools(record: &Value) -> String {
     let tools: Vec<Value> = record["tools"]
@@ -180,6 +199,9 @@ pub fn export(record: &Value, format: Format) -> Result<Value, Invalid> {
     let messages = record["messages"].as_array().expect("validated");
     let system = messages[0]["content"].as_str().unwrap_or_default();
     Ok(match format {
+        Format::Messages => {
+            json!({"id": record["id"], "messages": object_arguments(messages)?, "tools": record["tools"]})
+        }
         Format::Openai => json!({"messages": messages, "tools": record["tools"]}),
         Format::ApigenMt => {
             json!({"conversations": turns(messages)?, "system": system, "tools": bare_tools(record)})
@@ -230,6 +252,18 @@ mod tests {
             tools[0].get("type").is_none(),
             "bare definitions, no wrapper"
         );
+    }
+
+    #[test]
+    fn the_messages_form_carries_arguments_as_objects() {
+        let m = export(&record(), Format::Messages).unwrap();
+        assert_eq!(
+            m["messages"][2]["tool_calls"][0]["function"]["arguments"],
+            json!({"account_id": "acc_1"})
+        );
+        assert_eq!(m["messages"][3]["tool_call_id"], "call_0");
+        assert_eq!(m["tools"][0]["function"]["name"], "get_account");
+        assert_eq!(m["id"], "rollout-1");
     }
 
     #[test]
