@@ -341,3 +341,22 @@ fn export_writes_a_dataset_card_beside_the_data() {
     assert!(stderr.contains("was not written by export"), "{stderr}");
     assert_eq!(std::fs::read_to_string(out.path().join("README.md")).unwrap(), "# mine\n");
 }
+
+/// A reader that stops early (`| head`) ends the export quietly with status 0: no panic.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let run = tempfile::tempdir().unwrap();
+    let rows: String = (0..3000).map(|i| format!("{}\n", record(&format!("r{i}")))).collect();
+    std::fs::write(run.path().join("dataset.jsonl"), rows).unwrap();
+    let mut child = util::bin()
+        .args(["export", run.path().to_str().unwrap(), "--format", "openai"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first line
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

@@ -134,9 +134,10 @@ pub struct ScriptHostArgs {
     pub max_heap_bytes: usize,
 }
 
-/// `apigen-mt ... | head` closes stdout early: end quietly with the shell's broken-pipe status,
-/// as other tools do, instead of a panic from `println!`. SIGPIPE itself stays ignored, so that
-/// writing to a script host that has died is an error the caller handles, not a signal.
+/// `apigen-mt ... | head` closes stdout early: the reader has all it wants, so end quietly with
+/// status 0 (a pipeline under `set -o pipefail` stays green) instead of a panic from
+/// `println!`. SIGPIPE itself stays ignored, so that writing to a script host that has died is
+/// an error the caller handles, not a signal.
 fn end_quietly_on_broken_pipe() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -147,7 +148,7 @@ fn end_quietly_on_broken_pipe() {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or_default();
         if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
-            std::process::exit(141);
+            std::process::exit(0);
         }
         previous(info);
     }));
