@@ -870,10 +870,11 @@ fn the_report_shows_the_runs_funnel_and_opens_a_conversation() {
     s.trials = 2;
     let summary = s.run(dir.path(), &task);
     assert_eq!((summary.rollouts, summary.kept), (2, 1));
-    // What `eval` pins beside its records: the task file, so the report can replay the gold.
+    // What `rollouts` pins beside its records: the task file it rolled out, so the report can
+    // replay the gold.
     std::fs::write(
         dir.path().join("config.toml"),
-        format!("tasks = {:?}\n\n[domain]\nname = \"mock\"\n", train.display().to_string()),
+        format!("blueprints = {:?}\n\n[domain]\nname = \"mock\"\n", train.display().to_string()),
     )
     .unwrap();
     let page = dir.path().join("report.html");
