@@ -933,3 +933,26 @@ fn generate_reports_a_missing_domain_before_loading_a_model() {
     assert!(err.contains("cannot load domain no/such/domain"), "{err}");
     assert!(!err.contains("loaded "), "no model was loaded: {err}");
 }
+
+/// A re-run of `generate` with other settings is refused, naming the setting, before any model
+/// loads (the run directory is pinned first).
+#[test]
+fn generate_refuses_other_settings_before_loading_a_model() {
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let run = run.to_str().unwrap();
+    let args = |seed: &str| {
+        util::run(
+            &["generate", "--domain", "domains/mock", "--count", "1", "--out", run, "--seed", seed,
+              "--proposer", "no-such-model", "--agent", "no-such-model", "--user", "no-such-model"],
+            "",
+        )
+    };
+    let (code, _, err) = args("1");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no-such-model"), "{err}");
+    let (code, _, err) = args("5");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("different settings") && err.contains("seed"), "{err}");
+    assert!(!err.contains("no-such-model") && !err.contains("loaded "), "refused before any model: {err}");
+}

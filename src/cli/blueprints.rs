@@ -124,7 +124,7 @@ fn progress_line(s: &Summary, base: usize, started: std::time::Instant) -> Strin
 
 pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
     let mut models = super::Models::new(args.load.clone());
-    let summary = run_with(&args, &mut models)?;
+    let summary = run_with(&args, &mut models, |_| Ok(()))?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(if summary.complete {
         ExitCode::SUCCESS
@@ -133,8 +133,14 @@ pub fn run(args: BlueprintsArgs) -> Result<ExitCode> {
     })
 }
 
-/// Phase 1 with models from `models` (shared with phase 2 by `generate`).
-pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Summary> {
+/// Phase 1 into `args.out`, with models from `models` (shared with phase 2 by `generate`). The run directory is locked and its settings pinned before any
+/// model loads, so a busy directory or a re-run with other settings is refused at once; then
+/// `before_models` runs (`generate` loads phase 2's models there), then phase 1's models load.
+pub fn run_with(
+    args: &BlueprintsArgs,
+    models: &mut super::Models,
+    before_models: impl FnOnce(&mut super::Models) -> Result<()>,
+) -> Result<Summary> {
     let domain = Domain::load(&args.domain, args.db.as_deref())
         .with_context(|| format!("cannot load domain {}", args.domain.display()))?;
     let proposer_name = match &args.proposer {
@@ -145,31 +151,6 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
         vec![super::default_model_for(ModelRole::Reviewer)?; 3]
     } else {
         args.reviewers.clone()
-    };
-    let mut backend = |name: &str| models.get(name);
-    let proposer = Role {
-        name: proposer_name.clone(),
-        backend: backend(&proposer_name)?,
-        temperature: args.temperature,
-        max_tokens: 1024,
-    };
-    let reviewers: Vec<Role> = reviewer_names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            Ok(Role {
-                name: format!("{n}#{i}"),
-                backend: backend(n)?,
-                temperature: if i == 0 { 0.0 } else { 0.7 },
-                max_tokens: 400,
-            })
-        })
-        .collect::<Result<_>>()?;
-    let summariser = Role {
-        name: proposer_name.clone(),
-        backend: backend(&proposer_name)?,
-        temperature: 0.0,
-        max_tokens: 200,
     };
     let section = &domain.manifest.blueprints;
     let settings = Settings {
@@ -237,6 +218,32 @@ pub fn run_with(args: &BlueprintsArgs, models: &mut super::Models) -> Result<Sum
         &config,
         &["version", "load", "settings.count", "settings.max_items"],
     )?;
+    before_models(models)?;
+    let mut backend = |name: &str| models.get(name);
+    let proposer = Role {
+        name: proposer_name.clone(),
+        backend: backend(&proposer_name)?,
+        temperature: args.temperature,
+        max_tokens: 1024,
+    };
+    let reviewers: Vec<Role> = reviewer_names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            Ok(Role {
+                name: format!("{n}#{i}"),
+                backend: backend(n)?,
+                temperature: if i == 0 { 0.0 } else { 0.7 },
+                max_tokens: 400,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let summariser = Role {
+        name: proposer_name.clone(),
+        backend: backend(&proposer_name)?,
+        temperature: 0.0,
+        max_tokens: 200,
+    };
     let pipeline = Pipeline {
         domain: &domain,
         proposer,

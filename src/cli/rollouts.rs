@@ -453,12 +453,14 @@ pub fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let domain = Domain::load(&bp.domain, bp.db.as_deref())
         .with_context(|| format!("cannot load domain {}", bp.domain.display()))?;
     let mut models = Models::new(args.blueprints.load.clone());
-    // Phase 2's models are loaded next, so that a missing one is reported now and not after
-    // phase 1's hour of work.
-    args.roles
-        .roles(&mut models, true)
-        .context("cannot load phase 2's models")?;
-    let phase1 = super::blueprints::run_with(&args.blueprints, &mut models)?;
+    // Phase 1 locks the run and pins its settings, then phase 2's models are loaded before
+    // phase 1's, so that a missing one is reported now and not after phase 1's hour of work.
+    let phase1 = super::blueprints::run_with(&args.blueprints, &mut models, |models| {
+        args.roles
+            .roles(models, true)
+            .map(|_| ())
+            .context("cannot load phase 2's models")
+    })?;
     let path = bp.out.join(crate::run::files::BLUEPRINTS);
     let tasks = read_identified_tasks(&path)?;
     if tasks.is_empty() {
