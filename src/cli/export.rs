@@ -28,6 +28,10 @@ pub struct ExportArgs {
     /// Write no dataset card.
     #[arg(long, conflicts_with = "card")]
     pub no_card: bool,
+    /// The run's domain, for the card's licence (default: the folder its `config.toml` names,
+    /// relative to where the run was started).
+    #[arg(long, value_name = "DIR")]
+    pub domain: Option<PathBuf>,
 }
 
 pub fn run(args: ExportArgs) -> Result<ExitCode> {
@@ -88,7 +92,14 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
                     .and_then(|o| o.file_name())
                     .map(|f| f.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "data.jsonl".into());
-                let text = card::card(&args.run, args.format, &name, &data_file, rows.len())?;
+                let text = card::card(
+                    &args.run,
+                    args.domain.as_deref(),
+                    args.format,
+                    &name,
+                    &data_file,
+                    rows.len(),
+                )?;
                 crate::run::write_atomic(&path, text.as_bytes())?;
                 eprintln!("wrote the dataset card {}", path.display());
             }
@@ -124,7 +135,14 @@ mod card {
         spdx.to_lowercase()
     }
 
-    pub fn card(run: &Path, format: Format, name: &str, data_file: &str, rows: usize) -> Result<String> {
+    pub fn card(
+        run: &Path,
+        domain_dir: Option<&Path>,
+        format: Format,
+        name: &str,
+        data_file: &str,
+        rows: usize,
+    ) -> Result<String> {
         let config = toml_at(&run.join(files::CONFIG));
         let phase2 = match toml_at(&run.join(files::ROLLOUTS_CONFIG)) {
             Value::Null => config.clone(),
@@ -138,10 +156,19 @@ mod card {
             .as_str()
             .or(phase2["domain"]["name"].as_str())
             .unwrap_or("unknown");
-        let manifest: Option<Manifest> = config["domain"]["dir"]
-            .as_str()
-            .and_then(|d| std::fs::read_to_string(Path::new(d).join(MANIFEST_FILE)).ok())
+        let dir = domain_dir
+            .map(Path::to_path_buf)
+            .or_else(|| config["domain"]["dir"].as_str().map(Into::into));
+        let manifest: Option<Manifest> = dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join(MANIFEST_FILE)).ok())
             .and_then(|t| toml::from_str(&t).ok());
+        if manifest.is_none() {
+            eprintln!(
+                "note: the domain's domain.toml was not found ({}), so the card states no licence; pass --domain DIR",
+                dir.map_or("the run names no folder".into(), |d| d.display().to_string())
+            );
+        }
         let license = manifest.as_ref().and_then(|m| m.license.clone());
         let mut models: Vec<(String, String)> = Vec::new();
         let mut add = |role: &str, v: &Value| {
@@ -183,7 +210,7 @@ mod card {
         match (&license, manifest.as_ref().and_then(|m| m.attribution.clone())) {
             (Some(l), Some(a)) => writeln!(c, "Domain material under {l}. {a}\n")?,
             (Some(l), None) => writeln!(c, "Domain material under {l}.\n")?,
-            (None, _) => writeln!(c, "The domain states no licence; check it before publishing.\n")?,
+            (None, _) => writeln!(c, "The domain's licence is not stated here; check it before publishing.\n")?,
         }
         if !models.is_empty() {
             writeln!(c, "Models (each under its own licence; check their terms for generated data):\n")?;
