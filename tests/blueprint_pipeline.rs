@@ -456,14 +456,26 @@ fn the_report_shows_the_phase_1_funnel_and_the_rejections() {
     let unknown = proposal(json!([{"name": "wire_money", "arguments": {}}]));
     let r = run(
         dir.path(),
-        vec!["I cannot".into(), unknown, look(), YES.into(), YES.into(), YES.into()],
+        vec![
+            "I cannot".into(),
+            unknown,
+            look(),
+            YES.into(),
+            YES.into(),
+            YES.into(),
+        ],
         1,
         0,
     );
     assert_eq!(r.accepted.len(), 1);
     let page = dir.path().join("out.html");
     let (code, _, err) = util::run(
-        &["report", dir.path().to_str().unwrap(), "--out", page.to_str().unwrap()],
+        &[
+            "report",
+            dir.path().to_str().unwrap(),
+            "--out",
+            page.to_str().unwrap(),
+        ],
         "",
     );
     assert_eq!(code, 0, "{err}");
@@ -475,7 +487,15 @@ fn the_report_shows_the_phase_1_funnel_and_the_rejections() {
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
             .unwrap();
-    for stage in ["proposed", "format_ok", "executed", "policy_ok", "grounded", "committee_ok", "accepted"] {
+    for stage in [
+        "proposed",
+        "format_ok",
+        "executed",
+        "policy_ok",
+        "grounded",
+        "committee_ok",
+        "accepted",
+    ] {
         let n = &summary["funnel"][stage];
         assert!(
             dom.contains(&format!("data-stage=\"{stage}\" data-count=\"{n}\"")),
@@ -483,11 +503,20 @@ fn the_report_shows_the_phase_1_funnel_and_the_rejections() {
         );
     }
     for (code, n) in summary["rejections"].as_object().unwrap() {
-        assert!(dom.contains(&format!("data-code=\"{code}\"")), "code {code} listed");
+        assert!(
+            dom.contains(&format!("data-code=\"{code}\"")),
+            "code {code} listed"
+        );
         assert!(n.as_u64().unwrap() > 0);
     }
-    assert!(dom.contains(&format!("data-kind=\"blueprints\" data-total=\"{}\"", r.accepted.len())));
-    assert!(dom.contains(&format!("data-kind=\"rejected\" data-total=\"{}\"", r.rejected.len())));
+    assert!(dom.contains(&format!(
+        "data-kind=\"blueprints\" data-total=\"{}\"",
+        r.accepted.len()
+    )));
+    assert!(dom.contains(&format!(
+        "data-kind=\"rejected\" data-total=\"{}\"",
+        r.rejected.len()
+    )));
     assert!(dom.contains(&format!("data-open=\"blueprints:{id}\"")));
     assert!(dom.contains("class=\"tool-call\" data-tool=\"get_account\""));
 }

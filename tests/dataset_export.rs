@@ -247,7 +247,12 @@ fn the_validators_pass_good_rows_and_catch_bad_ones() {
     let m = apigen_mt::dataset::export(&record("a"), apigen_mt::dataset::Format::Messages).unwrap();
     validate_messages_row(&m).unwrap();
     let o = apigen_mt::dataset::export(&record("a"), apigen_mt::dataset::Format::Openai).unwrap();
-    assert!(validate_messages_row(&o).unwrap_err().contains("not an object"), "string arguments are caught");
+    assert!(
+        validate_messages_row(&o)
+            .unwrap_err()
+            .contains("not an object"),
+        "string arguments are caught"
+    );
     // The exporter refuses such records itself; the validator must catch them too.
     let mut o =
         apigen_mt::dataset::export(&record("a"), apigen_mt::dataset::Format::Openai).unwrap();
@@ -318,35 +323,87 @@ fn export_writes_a_dataset_card_beside_the_data() {
     let out = tempfile::tempdir().unwrap();
     let data = out.path().join("train.jsonl");
     let dir = run.path().to_str().unwrap();
-    let (code, _, stderr) = util::run(&["export", dir, "--format", "openai", "--out", data.to_str().unwrap()], "");
+    let (code, _, stderr) = util::run(
+        &[
+            "export",
+            dir,
+            "--format",
+            "openai",
+            "--out",
+            data.to_str().unwrap(),
+        ],
+        "",
+    );
     assert_eq!(code, 0, "{stderr}");
     let card = std::fs::read_to_string(out.path().join("README.md")).unwrap();
     let front = card.split("---").nth(1).expect("YAML front matter");
     assert!(front.contains("license: apache-2.0"), "{card}");
     assert!(front.contains("data_files: train.jsonl"), "{card}");
     assert!(front.contains("- n<1K"), "{card}");
-    assert!(card.contains("2 multi-turn tool-use conversations"), "{card}");
-    assert!(card.contains("5 proposals → 5 well-formed → 4 executed → 4 within policy → 3 grounded → 2 passed"), "{card}");
-    assert!(card.contains("6 attempts → 3 verified → 2 kept (1 verified but filtered"), "{card}");
-    assert!(card.contains("proposer: `qwen2.5-coder-0.5b` (Apache-2.0)"), "{card}");
+    assert!(
+        card.contains("2 multi-turn tool-use conversations"),
+        "{card}"
+    );
+    assert!(
+        card.contains(
+            "5 proposals → 5 well-formed → 4 executed → 4 within policy → 3 grounded → 2 passed"
+        ),
+        "{card}"
+    );
+    assert!(
+        card.contains("6 attempts → 3 verified → 2 kept (1 verified but filtered"),
+        "{card}"
+    );
+    assert!(
+        card.contains("proposer: `qwen2.5-coder-0.5b` (Apache-2.0)"),
+        "{card}"
+    );
     assert!(card.contains("agent: `qwen2.5-coder-1.5b`"), "{card}");
-    assert!(card.contains("load_dataset(\"json\", data_files=\"train.jsonl\""), "{card}");
+    assert!(
+        card.contains("load_dataset(\"json\", data_files=\"train.jsonl\""),
+        "{card}"
+    );
 
     // A re-export replaces its own card; someone else's README.md stays as it was.
-    let (code, _, _) = util::run(&["export", dir, "--format", "openai", "--out", data.to_str().unwrap()], "");
+    let (code, _, _) = util::run(
+        &[
+            "export",
+            dir,
+            "--format",
+            "openai",
+            "--out",
+            data.to_str().unwrap(),
+        ],
+        "",
+    );
     assert_eq!(code, 0);
     std::fs::write(out.path().join("README.md"), "# mine\n").unwrap();
-    let (code, _, stderr) = util::run(&["export", dir, "--format", "openai", "--out", data.to_str().unwrap()], "");
+    let (code, _, stderr) = util::run(
+        &[
+            "export",
+            dir,
+            "--format",
+            "openai",
+            "--out",
+            data.to_str().unwrap(),
+        ],
+        "",
+    );
     assert_eq!(code, 0);
     assert!(stderr.contains("was not written by export"), "{stderr}");
-    assert_eq!(std::fs::read_to_string(out.path().join("README.md")).unwrap(), "# mine\n");
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("README.md")).unwrap(),
+        "# mine\n"
+    );
 }
 
 /// A reader that stops early (`| head`) ends the export quietly with status 0: no panic.
 #[test]
 fn a_closed_stdout_ends_quietly() {
     let run = tempfile::tempdir().unwrap();
-    let rows: String = (0..3000).map(|i| format!("{}\n", record(&format!("r{i}")))).collect();
+    let rows: String = (0..3000)
+        .map(|i| format!("{}\n", record(&format!("r{i}"))))
+        .collect();
     std::fs::write(run.path().join("dataset.jsonl"), rows).unwrap();
     let mut child = util::bin()
         .args(["export", run.path().to_str().unwrap(), "--format", "openai"])

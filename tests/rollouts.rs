@@ -331,13 +331,22 @@ fn a_loop_of_identical_exchanges_is_cut_as_stalled() {
 
     // Two replies in turn, answered in turn, are a loop too: cut after three rounds.
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Setup::new(&["x", "y", "x", "y", "x", "y", "x", "y", "x", "y"], &[ASK, "u", "v", "u", "v", "u", "v", "u", "v"]);
+    let mut s = Setup::new(
+        &["x", "y", "x", "y", "x", "y", "x", "y", "x", "y"],
+        &[ASK, "u", "v", "u", "v", "u", "v", "u", "v"],
+    );
     s.stall_after = 3;
     let summary = s.run(dir.path(), &one(0));
     assert_eq!(summary.failures[code::STALLED], 1);
     let t = &lines(&dir.path().join("trajectories.jsonl"))[0];
     assert_eq!(t["steps"].as_u64(), Some(6), "{t}");
-    assert!(t["detail"].as_str().unwrap().contains("one cycle of 2 repeated 3 times"), "{t}");
+    assert!(
+        t["detail"]
+            .as_str()
+            .unwrap()
+            .contains("one cycle of 2 repeated 3 times"),
+        "{t}"
+    );
 
     // A varied user is not a loop: the same agent reply answered differently runs on.
     let dir = tempfile::tempdir().unwrap();
@@ -874,13 +883,21 @@ fn the_report_shows_the_runs_funnel_and_opens_a_conversation() {
     // replay the gold.
     std::fs::write(
         dir.path().join("config.toml"),
-        format!("blueprints = {:?}\n\n[domain]\nname = \"mock\"\n", train.display().to_string()),
+        format!(
+            "blueprints = {:?}\n\n[domain]\nname = \"mock\"\n",
+            train.display().to_string()
+        ),
     )
     .unwrap();
     let page = dir.path().join("report.html");
     let root = util::root();
     let (code, _, err) = util::run(
-        &["report", dir.path().to_str().unwrap(), "--domain", root.join("domains/mock").to_str().unwrap()],
+        &[
+            "report",
+            dir.path().to_str().unwrap(),
+            "--domain",
+            root.join("domains/mock").to_str().unwrap(),
+        ],
         "",
     );
     assert_eq!(code, 0, "{err}");
@@ -894,20 +911,34 @@ fn the_report_shows_the_runs_funnel_and_opens_a_conversation() {
         return;
     };
     let dom = util::dump_dom(&browser, &page, "conversations=0%231");
-    let s: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
     let r = &s["rollouts"];
     for stage in ["rollouts", "verified", "kept"] {
         assert!(
-            dom.contains(&format!("data-stage=\"{stage}\" data-count=\"{}\"", r[stage])),
+            dom.contains(&format!(
+                "data-stage=\"{stage}\" data-count=\"{}\"",
+                r[stage]
+            )),
             "funnel stage {stage} shows {}",
             r[stage]
         );
     }
     let attempts = lines(&dir.path().join("trajectories.jsonl")).len();
-    assert!(dom.contains(&format!("data-kind=\"conversations\" data-total=\"{attempts}\"")));
-    assert_eq!(dom.matches("class=\"row\" data-id=").count() + dom.matches("class=\"row sel\" data-id=").count(), attempts);
+    assert!(dom.contains(&format!(
+        "data-kind=\"conversations\" data-total=\"{attempts}\""
+    )));
+    assert_eq!(
+        dom.matches("class=\"row\" data-id=").count()
+            + dom.matches("class=\"row sel\" data-id=").count(),
+        attempts
+    );
     // The failed trial is open: its call, and the balance it moved that the gold does not.
-    assert!(dom.contains("data-open=\"conversations:0#1\""), "the conversation opened");
+    assert!(
+        dom.contains("data-open=\"conversations:0#1\""),
+        "the conversation opened"
+    );
     assert!(dom.contains("class=\"tool-call\" data-tool=\"transfer_funds\""));
     assert!(dom.contains("rollout.db_mismatch"));
     assert!(dom.contains("data-side=\"agent only\"") && dom.contains("data-side=\"gold only\""));
@@ -915,7 +946,10 @@ fn the_report_shows_the_runs_funnel_and_opens_a_conversation() {
     let png = dir.path().join("report.png");
     util::screenshot(&browser, &page, "conversations=0%231", &png, (1280, 3000));
     let bytes = std::fs::read(&png).unwrap();
-    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000, "a screenshot with something drawn");
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000,
+        "a screenshot with something drawn"
+    );
     if let Some(keep) = std::env::var_os("APIGEN_MT_KEEP_SCREENSHOTS") {
         std::fs::copy(&png, Path::new(&keep).join("report-rollouts.png")).unwrap();
     }
@@ -926,7 +960,15 @@ fn the_report_shows_the_runs_funnel_and_opens_a_conversation() {
 fn generate_reports_a_missing_domain_before_loading_a_model() {
     let out = tempfile::tempdir().unwrap();
     let (code, _, err) = util::run(
-        &["generate", "--domain", "no/such/domain", "--count", "1", "--out", out.path().join("run").to_str().unwrap()],
+        &[
+            "generate",
+            "--domain",
+            "no/such/domain",
+            "--count",
+            "1",
+            "--out",
+            out.path().join("run").to_str().unwrap(),
+        ],
         "",
     );
     assert_eq!(code, 2, "{err}");
@@ -943,8 +985,23 @@ fn generate_refuses_other_settings_before_loading_a_model() {
     let run = run.to_str().unwrap();
     let args = |seed: &str| {
         util::run(
-            &["generate", "--domain", "domains/mock", "--count", "1", "--out", run, "--seed", seed,
-              "--proposer", "no-such-model", "--agent", "no-such-model", "--user", "no-such-model"],
+            &[
+                "generate",
+                "--domain",
+                "domains/mock",
+                "--count",
+                "1",
+                "--out",
+                run,
+                "--seed",
+                seed,
+                "--proposer",
+                "no-such-model",
+                "--agent",
+                "no-such-model",
+                "--user",
+                "no-such-model",
+            ],
             "",
         )
     };
@@ -953,6 +1010,12 @@ fn generate_refuses_other_settings_before_loading_a_model() {
     assert!(err.contains("no-such-model"), "{err}");
     let (code, _, err) = args("5");
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("different settings") && err.contains("seed"), "{err}");
-    assert!(!err.contains("no-such-model") && !err.contains("loaded "), "refused before any model: {err}");
+    assert!(
+        err.contains("different settings") && err.contains("seed"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("no-such-model") && !err.contains("loaded "),
+        "refused before any model: {err}"
+    );
 }

@@ -166,7 +166,9 @@ mod card {
         if manifest.is_none() {
             eprintln!(
                 "note: the domain's domain.toml was not found ({}), so the card states no licence; pass --domain DIR",
-                dir.map_or("the run names no folder".into(), |d| d.display().to_string())
+                dir.map_or("the run names no folder".into(), |d| d
+                    .display()
+                    .to_string())
             );
         }
         let license = manifest.as_ref().and_then(|m| m.license.clone());
@@ -195,25 +197,51 @@ mod card {
         };
         let mut c = String::new();
         writeln!(c, "---")?;
-        writeln!(c, "license: {}", license.as_deref().map(hub_license).unwrap_or_else(|| "other".into()))?;
+        writeln!(
+            c,
+            "license: {}",
+            license
+                .as_deref()
+                .map(hub_license)
+                .unwrap_or_else(|| "other".into())
+        )?;
         writeln!(c, "language:\n- en")?;
         writeln!(c, "task_categories:\n- text-generation")?;
-        writeln!(c, "tags:\n- tool-use\n- function-calling\n- multi-turn\n- synthetic\n- apigen-mt\n- {domain_name}")?;
+        writeln!(
+            c,
+            "tags:\n- tool-use\n- function-calling\n- multi-turn\n- synthetic\n- apigen-mt\n- {domain_name}"
+        )?;
         writeln!(c, "size_categories:\n- {size}")?;
         writeln!(c, "pretty_name: apigen-mt {domain_name} conversations")?;
-        writeln!(c, "configs:\n- config_name: default\n  data_files: {data_file}")?;
+        writeln!(
+            c,
+            "configs:\n- config_name: default\n  data_files: {data_file}"
+        )?;
         writeln!(c, "---")?;
         writeln!(c, "{MARK}\n")?;
         writeln!(c, "# apigen-mt {domain_name} conversations\n")?;
-        writeln!(c, "{rows} multi-turn tool-use conversations between a simulated customer and a tool-calling agent in the `{domain_name}` domain, generated with apigen-mt {} on local open-weight models. Each was kept only because the database its tool calls produced equals the state the task's ground-truth actions produce and the agent said every expected output (APIGen-MT's two-phase method: verified task blueprints, then simulated conversations).\n", env!("CARGO_PKG_VERSION"))?;
+        writeln!(
+            c,
+            "{rows} multi-turn tool-use conversations between a simulated customer and a tool-calling agent in the `{domain_name}` domain, generated with apigen-mt {} on local open-weight models. Each was kept only because the database its tool calls produced equals the state the task's ground-truth actions produce and the agent said every expected output (APIGen-MT's two-phase method: verified task blueprints, then simulated conversations).\n",
+            env!("CARGO_PKG_VERSION")
+        )?;
         writeln!(c, "## Source and licence\n")?;
-        match (&license, manifest.as_ref().and_then(|m| m.attribution.clone())) {
+        match (
+            &license,
+            manifest.as_ref().and_then(|m| m.attribution.clone()),
+        ) {
             (Some(l), Some(a)) => writeln!(c, "Domain material under {l}. {a}\n")?,
             (Some(l), None) => writeln!(c, "Domain material under {l}.\n")?,
-            (None, _) => writeln!(c, "The domain's licence is not stated here; check it before publishing.\n")?,
+            (None, _) => writeln!(
+                c,
+                "The domain's licence is not stated here; check it before publishing.\n"
+            )?,
         }
         if !models.is_empty() {
-            writeln!(c, "Models (each under its own licence; check their terms for generated data):\n")?;
+            writeln!(
+                c,
+                "Models (each under its own licence; check their terms for generated data):\n"
+            )?;
             for (m, l) in &models {
                 writeln!(c, "- {m} ({l})")?;
             }
@@ -222,35 +250,77 @@ mod card {
         writeln!(c, "## How it was made\n")?;
         let f = &summary["funnel"];
         if f.is_object() {
-            writeln!(c, "Phase 1 (blueprints): {} proposals → {} well-formed → {} executed → {} within policy → {} grounded → {} passed the review committee → {} accepted.\n",
-                f["proposed"], f["format_ok"], f["executed"], f["policy_ok"], f["grounded"], f["committee_ok"], f["accepted"])?;
+            writeln!(
+                c,
+                "Phase 1 (blueprints): {} proposals → {} well-formed → {} executed → {} within policy → {} grounded → {} passed the review committee → {} accepted.\n",
+                f["proposed"],
+                f["format_ok"],
+                f["executed"],
+                f["policy_ok"],
+                f["grounded"],
+                f["committee_ok"],
+                f["accepted"]
+            )?;
         }
         let r = &summary["rollouts"];
         if r.is_object() {
-            writeln!(c, "Phase 2 (conversations): {} attempts → {} verified → {} kept ({} verified but filtered by a keep rule).\n",
-                r["rollouts"], r["verified"], r["kept"], r["filtered"].as_u64().unwrap_or(0))?;
+            writeln!(
+                c,
+                "Phase 2 (conversations): {} attempts → {} verified → {} kept ({} verified but filtered by a keep rule).\n",
+                r["rollouts"],
+                r["verified"],
+                r["kept"],
+                r["filtered"].as_u64().unwrap_or(0)
+            )?;
         }
         let settings = &config["settings"];
         if settings.is_object() {
-            writeln!(c, "Settings: seed {}, {} tasks asked for, plan `{}`; phase 2 with {} trial(s) per task, agent temperature {}. Every setting is in the run's `config.toml` and `rollouts.toml`.\n",
-                settings["seed"], settings["count"], settings["plan"].as_str().unwrap_or("?"), phase2["trials"], phase2["agent"]["temperature"])?;
+            writeln!(
+                c,
+                "Settings: seed {}, {} tasks asked for, plan `{}`; phase 2 with {} trial(s) per task, agent temperature {}. Every setting is in the run's `config.toml` and `rollouts.toml`.\n",
+                settings["seed"],
+                settings["count"],
+                settings["plan"].as_str().unwrap_or("?"),
+                phase2["trials"],
+                phase2["agent"]["temperature"]
+            )?;
         }
         writeln!(c, "## Format\n")?;
         let shape = match format {
-            Format::Messages => "JSON Lines; each row `{\"id\", \"messages\", \"tools\"}` in the Hugging Face messages form: `system` (the policy), `user`, `assistant` with `tool_calls` whose `function.arguments` is a JSON object, and `tool` answers; `tools` are the function schemas as chat templates take them. Render a row with `tokenizer.apply_chat_template(row[\"messages\"], tools=row[\"tools\"])`, as TRL's SFT trainer does.",
-            Format::Openai => "JSON Lines; each row `{\"messages\", \"tools\"}`: OpenAI chat messages (`system` policy, `user`, `assistant` with `tool_calls` whose `function.arguments` is a JSON string, `tool` answers) and the OpenAI function schemas offered to the agent.",
-            Format::ApigenMt => "one JSON array of APIGen-MT-5k rows: `conversations` (`from` human / gpt / function_call / observation, `value`), `system` (the policy) and `tools` (a JSON string of function definitions).",
-            Format::Sharegpt => "one JSON array of ShareGPT tool-use rows (LLaMA-Factory's layout): `id`, `conversations`, `system`, `tools`.",
+            Format::Messages => {
+                "JSON Lines; each row `{\"id\", \"messages\", \"tools\"}` in the Hugging Face messages form: `system` (the policy), `user`, `assistant` with `tool_calls` whose `function.arguments` is a JSON object, and `tool` answers; `tools` are the function schemas as chat templates take them. Render a row with `tokenizer.apply_chat_template(row[\"messages\"], tools=row[\"tools\"])`, as TRL's SFT trainer does."
+            }
+            Format::Openai => {
+                "JSON Lines; each row `{\"messages\", \"tools\"}`: OpenAI chat messages (`system` policy, `user`, `assistant` with `tool_calls` whose `function.arguments` is a JSON string, `tool` answers) and the OpenAI function schemas offered to the agent."
+            }
+            Format::ApigenMt => {
+                "one JSON array of APIGen-MT-5k rows: `conversations` (`from` human / gpt / function_call / observation, `value`), `system` (the policy) and `tools` (a JSON string of function definitions)."
+            }
+            Format::Sharegpt => {
+                "one JSON array of ShareGPT tool-use rows (LLaMA-Factory's layout): `id`, `conversations`, `system`, `tools`."
+            }
         };
         writeln!(c, "`{data_file}` (`{name}`): {shape}\n")?;
         writeln!(c, "## Loading\n")?;
-        writeln!(c, "```python\nfrom datasets import load_dataset\n\nds = load_dataset(\"json\", data_files=\"{data_file}\", split=\"train\")\n```\n")?;
+        writeln!(
+            c,
+            "```python\nfrom datasets import load_dataset\n\nds = load_dataset(\"json\", data_files=\"{data_file}\", split=\"train\")\n```\n"
+        )?;
         if format == Format::Messages {
-            writeln!(c, "Tool schemas and call arguments have different keys from tool to tool. Recent `datasets` versions read them as their `Json` feature and give rows back as written; older ones (3.x) store them as Arrow structs, so a row read back carries every key any row has, `None` where it had none. Drop those before rendering:\n")?;
-            writeln!(c, "```python\ndef strip(x):\n    if isinstance(x, dict):\n        return {{k: strip(v) for k, v in x.items() if v is not None}}\n    if isinstance(x, list):\n        return [strip(v) for v in x]\n    return x\n\nrow = strip(ds[0])\ntext = tokenizer.apply_chat_template(row[\"messages\"], tools=row[\"tools\"], tokenize=False)\n```\n")?;
+            writeln!(
+                c,
+                "Tool schemas and call arguments have different keys from tool to tool. Recent `datasets` versions read them as their `Json` feature and give rows back as written; older ones (3.x) store them as Arrow structs, so a row read back carries every key any row has, `None` where it had none. Drop those before rendering:\n"
+            )?;
+            writeln!(
+                c,
+                "```python\ndef strip(x):\n    if isinstance(x, dict):\n        return {{k: strip(v) for k, v in x.items() if v is not None}}\n    if isinstance(x, list):\n        return [strip(v) for v in x]\n    return x\n\nrow = strip(ds[0])\ntext = tokenizer.apply_chat_template(row[\"messages\"], tools=row[\"tools\"], tokenize=False)\n```\n"
+            )?;
         }
         writeln!(c, "## Limitations\n")?;
-        writeln!(c, "Synthetic: the customer is a language model following an instruction, and both sides were played by small local models. Verification checks the final database and the expected outputs, not the wording of every turn; read a sample before training on it (`apigen-mt report` shows every conversation beside the funnel).")?;
+        writeln!(
+            c,
+            "Synthetic: the customer is a language model following an instruction, and both sides were played by small local models. Verification checks the final database and the expected outputs, not the wording of every turn; read a sample before training on it (`apigen-mt report` shows every conversation beside the funnel)."
+        )?;
         Ok(c)
     }
 }

@@ -76,34 +76,52 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Phase 1: generate verified task blueprints into a run directory (resumable).
-    #[command(after_help = "Examples:\n  apigen-mt blueprints --domain domains/retail --count 20 --out runs/bp\n  apigen-mt blueprints --domain domains/mock --count 6 --proposer qwen2.5-coder-0.5b --out runs/mock")]
+    #[command(
+        after_help = "Examples:\n  apigen-mt blueprints --domain domains/retail --count 20 --out runs/bp\n  apigen-mt blueprints --domain domains/mock --count 6 --proposer qwen2.5-coder-0.5b --out runs/mock"
+    )]
     Blueprints(blueprints::BlueprintsArgs),
     /// Phase 2: simulated user ⇄ agent conversations for a run's blueprints (resumable).
-    #[command(after_help = "Examples:\n  apigen-mt rollouts --blueprints runs/bp/blueprints.jsonl --out runs/bp\n  apigen-mt rollouts --blueprints runs/bp/blueprints.jsonl --trials 3 --out runs/bp")]
+    #[command(
+        after_help = "Examples:\n  apigen-mt rollouts --blueprints runs/bp/blueprints.jsonl --out runs/bp\n  apigen-mt rollouts --blueprints runs/bp/blueprints.jsonl --trials 3 --out runs/bp"
+    )]
     Rollouts(rollouts::RolloutsArgs),
     /// Phase 1 then phase 2 in one run directory: blueprints, then verified conversations.
-    #[command(after_help = "Examples:\n  apigen-mt generate --domain domains/retail --count 10 --out runs/retail\n  apigen-mt generate --domain domains/airline --count 50 --concurrency 32 --out runs/airline")]
+    #[command(
+        after_help = "Examples:\n  apigen-mt generate --domain domains/retail --count 10 --out runs/retail\n  apigen-mt generate --domain domains/airline --count 50 --concurrency 32 --out runs/airline"
+    )]
     Generate(rollouts::GenerateArgs),
     /// Score an agent model on tau-bench-style tasks with pass^k (resumable).
-    #[command(after_help = "Examples:\n  apigen-mt eval --domain domains/retail --tasks ../shared/taubench/retail/tasks_test.json --task-ids 0-4 --trials 2 --out runs/eval\n  apigen-mt eval --domain domains/mock --tasks runs/mock/blueprints.jsonl --agent qwen2.5-coder-0.5b --out runs/mock-eval")]
+    #[command(
+        after_help = "Examples:\n  apigen-mt eval --domain domains/retail --tasks ../shared/taubench/retail/tasks_test.json --task-ids 0-4 --trials 2 --out runs/eval\n  apigen-mt eval --domain domains/mock --tasks runs/mock/blueprints.jsonl --agent qwen2.5-coder-0.5b --out runs/mock-eval"
+    )]
     Eval(eval::EvalArgs),
     /// One self-contained HTML page for a run: funnels, codes, cost, and every conversation.
     Report(report::ReportArgs),
     /// Export a run's kept conversations as training data (APIGen-MT, OpenAI or ShareGPT).
-    #[command(after_help = "Examples:\n  apigen-mt export runs/retail --out retail/train.jsonl\n  apigen-mt export runs/retail --format sharegpt > retail-sharegpt.json")]
+    #[command(
+        after_help = "Examples:\n  apigen-mt export runs/retail --out retail/train.jsonl\n  apigen-mt export runs/retail --format sharegpt > retail-sharegpt.json"
+    )]
     Export(export::ExportArgs),
     /// Inspect, check, replay, generate and benchmark executable domains.
     #[command(subcommand)]
-    #[command(after_help = "Examples:\n  apigen-mt domain check domains/retail\n  apigen-mt domain tools domains/mock | head")]
+    #[command(
+        after_help = "Examples:\n  apigen-mt domain check domains/retail\n  apigen-mt domain tools domains/mock | head"
+    )]
     Domain(domain::DomainCommand),
     /// Talk to a model interactively, optionally as a domain's agent (`--domain DIR`).
-    #[command(after_help = "Examples:\n  apigen-mt chat --domain domains/mock\n  apigen-mt chat --model qwen2.5-coder-0.5b")]
+    #[command(
+        after_help = "Examples:\n  apigen-mt chat --domain domains/mock\n  apigen-mt chat --model qwen2.5-coder-0.5b"
+    )]
     Chat(chat::ChatCommand),
     /// Model profiles: list, show, check, tokenize, complete.
-    #[command(after_help = "Examples:\n  apigen-mt models list\n  apigen-mt models check qwen2.5-coder-1.5b")]
+    #[command(
+        after_help = "Examples:\n  apigen-mt models list\n  apigen-mt models check qwen2.5-coder-1.5b"
+    )]
     Models(models::ModelsArgs),
     /// Prefill and decode speed of a model (JSON).
-    #[command(after_help = "Examples:\n  apigen-mt bench qwen2.5-coder-0.5b --batch 1,2,4,8,16\n  apigen-mt bench qwen2.5-coder-1.5b --prefill-tokens 4096 --threads 2")]
+    #[command(
+        after_help = "Examples:\n  apigen-mt bench qwen2.5-coder-0.5b --batch 1,2,4,8,16\n  apigen-mt bench qwen2.5-coder-1.5b --prefill-tokens 4096 --threads 2"
+    )]
     Bench(bench::BenchArgs),
     /// Internal: the script host a run starts to isolate script calls (JSON Lines on stdin).
     #[command(name = "__script-host", hide = true)]
@@ -204,7 +222,10 @@ mod tests {
                         continue;
                     };
                     // The command itself: up to a pipe, a redirect or a comment.
-                    let text = line[start..].split(['|', '>', '#']).next().unwrap_or_default();
+                    let text = line[start..]
+                        .split(['|', '>', '#'])
+                        .next()
+                        .unwrap_or_default();
                     let args: Vec<&str> = text.split_whitespace().collect();
                     if let Err(e) = Cli::try_parse_from(&args) {
                         panic!("the example `{}` does not parse: {e}", text.trim());
@@ -220,10 +241,20 @@ mod tests {
         let cmd = Cli::command();
         walk(&cmd, &mut seen);
         let visible = cmd.get_subcommands().filter(|c| !c.is_hide_set()).count();
-        assert!(seen >= 2 * visible, "{seen} examples for {visible} commands");
+        assert!(
+            seen >= 2 * visible,
+            "{seen} examples for {visible} commands"
+        );
         for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
-            let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
-            assert!(help.starts_with("Examples:"), "`{}` has no examples", sub.get_name());
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.starts_with("Examples:"),
+                "`{}` has no examples",
+                sub.get_name()
+            );
         }
     }
 }

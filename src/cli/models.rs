@@ -40,7 +40,9 @@ pub enum ModelsCommand {
     /// `HF_TOKEN` for gated repositories) into the standard hub cache, resuming cut downloads,
     /// and check their sizes and sha256. Machines that reach no hub use
     /// `scripts/fetch-model.sh` instead.
-    #[command(after_help = "Examples:\n  apigen-mt models fetch qwen2.5-coder-0.5b qwen2.5-coder-1.5b\n  HF_ENDPOINT=http://hub.internal:8080 apigen-mt models fetch xlam-2-1b")]
+    #[command(
+        after_help = "Examples:\n  apigen-mt models fetch qwen2.5-coder-0.5b qwen2.5-coder-1.5b\n  HF_ENDPOINT=http://hub.internal:8080 apigen-mt models fetch xlam-2-1b"
+    )]
     Fetch { names: Vec<String> },
 }
 
@@ -84,7 +86,8 @@ fn fetch(names: &[String]) -> anyhow::Result<()> {
     };
     for name in &names {
         let p = Profile::find(name)?;
-        let paths = crate::llm::hub::fetch(&p, std::io::IsTerminal::is_terminal(&std::io::stderr()))?;
+        let paths =
+            crate::llm::hub::fetch(&p, std::io::IsTerminal::is_terminal(&std::io::stderr()))?;
         for path in paths {
             eprintln!("{name}: {} (size and sha256 checked)", path.display());
         }

@@ -92,10 +92,7 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     }
 
     let (domain, note) = domain_for(&args, &config);
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| dir.join(files::REPORT));
+    let out = args.out.clone().unwrap_or_else(|| dir.join(files::REPORT));
     let data = RunData {
         title: dir.display().to_string(),
         kind: kind.into(),

@@ -182,7 +182,10 @@ mod tests {
     #[test]
     fn a_closing_script_tag_in_a_record_stays_inside_the_data() {
         let html = page(&json!({"x": "</script><script>alert(1)</script>"}));
-        assert_eq!(html.matches("</script>").count(), PAGE.matches("</script>").count());
+        assert_eq!(
+            html.matches("</script>").count(),
+            PAGE.matches("</script>").count()
+        );
         assert!(html.contains("\\u003c/script>"));
     }
 

@@ -28,19 +28,28 @@ fn serve(body: Vec<u8>) -> (String, Arc<Mutex<Vec<String>>>) {
             if reader.read_line(&mut line).is_err() {
                 continue;
             }
-            let path = line.split_whitespace().nth(1).unwrap_or_default().to_owned();
+            let path = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
             let mut range = None;
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
                     break;
                 }
-                if let Some(v) = h.strip_prefix("range:").or_else(|| h.strip_prefix("Range:")) {
+                if let Some(v) = h
+                    .strip_prefix("range:")
+                    .or_else(|| h.strip_prefix("Range:"))
+                {
                     range = Some(v.trim().to_owned());
                 }
             }
             if path != "/org/tiny/resolve/main/tiny.gguf" {
-                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
                 continue;
             }
             let range = range.unwrap_or_else(|| "bytes=0-".into());
@@ -48,7 +57,11 @@ fn serve(body: Vec<u8>) -> (String, Arc<Mutex<Vec<String>>>) {
             let spec = range.trim_start_matches("bytes=");
             let (a, b) = spec.split_once('-').unwrap();
             let a: usize = a.parse().unwrap();
-            let b: usize = if b.is_empty() { body.len() - 1 } else { b.parse().unwrap() };
+            let b: usize = if b.is_empty() {
+                body.len() - 1
+            } else {
+                b.parse().unwrap()
+            };
             let part = &body[a..=b];
             let head = format!(
                 "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {a}-{b}/{}\r\nETag: \"tinyetag\"\r\nx-repo-commit: {COMMIT}\r\nConnection: close\r\n\r\n",
@@ -90,13 +103,21 @@ fn fetch(url: &str, home: &Path, profiles: &Path) -> (bool, String) {
         .env("APIGEN_MT_MODELS", home.join("apigen-models"))
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn models_fetch_downloads_into_the_hub_cache_resumes_and_checks_sha256() {
-    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let sha: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    let body: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let sha: String = Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let (url, ranges) = serve(body.clone());
     let home = tempfile::tempdir().unwrap();
     let profiles = tempfile::tempdir().unwrap();
@@ -104,12 +125,20 @@ fn models_fetch_downloads_into_the_hub_cache_resumes_and_checks_sha256() {
 
     let (ok, err) = fetch(&url, home.path(), profiles.path());
     assert!(ok, "{err}");
-    let file = home.path().join(format!("hub/models--org--tiny/snapshots/{COMMIT}/tiny.gguf"));
-    assert_eq!(std::fs::read(&file).unwrap(), body, "the standard hub cache layout");
+    let file = home.path().join(format!(
+        "hub/models--org--tiny/snapshots/{COMMIT}/tiny.gguf"
+    ));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        body,
+        "the standard hub cache layout"
+    );
     assert!(err.contains("size and sha256 checked"), "{err}");
     let asked = ranges.lock().unwrap().clone();
     assert!(
-        asked.iter().any(|r| r.starts_with("bytes=") && r != "bytes=0-0" && r != "bytes=0-"),
+        asked
+            .iter()
+            .any(|r| r.starts_with("bytes=") && r != "bytes=0-0" && r != "bytes=0-"),
         "the cut download resumed from where it stopped: {asked:?}"
     );
 
@@ -124,7 +153,9 @@ fn models_fetch_downloads_into_the_hub_cache_resumes_and_checks_sha256() {
         .unwrap();
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
-        Path::new(shown["resolved"]["files"][0]["path"].as_str().unwrap()).canonicalize().unwrap(),
+        Path::new(shown["resolved"]["files"][0]["path"].as_str().unwrap())
+            .canonicalize()
+            .unwrap(),
         file.canonicalize().unwrap()
     );
 
@@ -133,5 +164,8 @@ fn models_fetch_downloads_into_the_hub_cache_resumes_and_checks_sha256() {
     profile(profiles.path(), body.len(), &"0".repeat(64));
     let (ok, err) = fetch(&url, other.path(), profiles.path());
     assert!(!ok);
-    assert!(err.contains("sha256") && err.contains("the profile pins"), "{err}");
+    assert!(
+        err.contains("sha256") && err.contains("the profile pins"),
+        "{err}"
+    );
 }

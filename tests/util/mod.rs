@@ -151,7 +151,9 @@ pub fn chromium() -> Option<PathBuf> {
     );
     let browser = found.into_iter().next();
     if browser.is_none() {
-        eprintln!("SKIPPED: no Chromium found (install Debian's chromium or set APIGEN_MT_CHROMIUM)");
+        eprintln!(
+            "SKIPPED: no Chromium found (install Debian's chromium or set APIGEN_MT_CHROMIUM)"
+        );
     }
     browser
 }
@@ -190,7 +192,13 @@ pub fn dump_dom(browser: &Path, page: &Path, fragment: &str) -> String {
 }
 
 /// A PNG screenshot of `page` at `width` × `height` into `png`.
-pub fn screenshot(browser: &Path, page: &Path, fragment: &str, png: &Path, (width, height): (u32, u32)) {
+pub fn screenshot(
+    browser: &Path,
+    page: &Path,
+    fragment: &str,
+    png: &Path,
+    (width, height): (u32, u32),
+) {
     let profile = tempfile::tempdir().unwrap();
     let status = headless(browser, profile.path())
         .arg(format!("--screenshot={}", png.display()))
