@@ -115,6 +115,7 @@ mod card {
     use crate::domain::manifest::{MANIFEST_FILE, Manifest};
     use crate::run::files;
     use anyhow::Result;
+    use crate::cli::report::{read_json, read_toml};
     use serde_json::Value;
     use std::fmt::Write;
     use std::path::Path;
@@ -122,12 +123,9 @@ mod card {
     /// Marks a card `export` wrote, so that a re-export may replace it.
     pub const MARK: &str = "<!-- dataset card written by apigen-mt export -->";
 
-    fn toml_at(path: &Path) -> Value {
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| toml::from_str::<toml::Value>(&t).ok())
-            .and_then(|v| serde_json::to_value(v).ok())
-            .unwrap_or(Value::Null)
+    /// A run file as JSON; a missing or unreadable one leaves its part of the card out.
+    fn read_or_null(read: fn(&Path) -> Result<Value>, path: &Path) -> Value {
+        read(path).unwrap_or(Value::Null)
     }
 
     /// Hugging Face's licence ids are SPDX identifiers in lower case.
@@ -143,15 +141,12 @@ mod card {
         data_file: &str,
         rows: usize,
     ) -> Result<String> {
-        let config = toml_at(&run.join(files::CONFIG));
-        let phase2 = match toml_at(&run.join(files::ROLLOUTS_CONFIG)) {
+        let config = read_or_null(read_toml, &run.join(files::CONFIG));
+        let phase2 = match read_or_null(read_toml, &run.join(files::ROLLOUTS_CONFIG)) {
             Value::Null => config.clone(),
             v => v,
         };
-        let summary: Value = std::fs::read_to_string(run.join(files::SUMMARY))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(Value::Null);
+        let summary = read_or_null(read_json, &run.join(files::SUMMARY));
         let domain_name = config["domain"]["name"]
             .as_str()
             .or(phase2["domain"]["name"].as_str())

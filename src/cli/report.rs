@@ -169,7 +169,7 @@ fn domain_for(args: &ReportArgs, config: &Value) -> (Option<Domain>, String) {
 }
 
 /// A TOML file as JSON, or null when it does not exist.
-fn read_toml(path: &Path) -> Result<Value> {
+pub(crate) fn read_toml(path: &Path) -> Result<Value> {
     if !path.exists() {
         return Ok(Value::Null);
     }
@@ -181,7 +181,7 @@ fn read_toml(path: &Path) -> Result<Value> {
 }
 
 /// A JSON file, or null when it does not exist.
-fn read_json(path: &Path) -> Result<Value> {
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
     if !path.exists() {
         return Ok(Value::Null);
     }
