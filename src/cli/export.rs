@@ -111,11 +111,11 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
 /// The dataset card: the Hugging Face `README.md` form, from the run's pinned settings and
 /// summary.
 mod card {
+    use crate::cli::report::{read_json, read_toml};
     use crate::dataset::Format;
     use crate::domain::manifest::{MANIFEST_FILE, Manifest};
     use crate::run::files;
     use anyhow::Result;
-    use crate::cli::report::{read_json, read_toml};
     use serde_json::Value;
     use std::fmt::Write;
     use std::path::Path;
