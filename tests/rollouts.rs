@@ -60,6 +60,7 @@ struct Setup {
     trials: usize,
     keep: bool,
     resample: usize,
+    agent_resample: usize,
 }
 
 impl Setup {
@@ -76,6 +77,7 @@ impl Setup {
             trials: 1,
             keep: true,
             resample: 0,
+            agent_resample: 0,
         }
     }
 
@@ -98,7 +100,8 @@ impl Setup {
                 model: Role {
                     name: "agent".into(),
                     backend: agent,
-                    temperature: 0.0,
+                    // Replies are drawn again only where sampling could change them.
+                    temperature: if self.agent_resample > 0 { 0.7 } else { 0.0 },
                     max_tokens: 100,
                 },
                 max_steps: self.max_steps,
@@ -106,6 +109,8 @@ impl Setup {
                 constrained: false,
                 trace: false,
                 stall_after: self.stall_after,
+                seen_ids: false,
+                resample: self.agent_resample,
             },
             user: UserRole {
                 model: Role {
@@ -718,6 +723,53 @@ fn a_user_line_in_the_agents_voice_or_with_an_unknown_id_is_drawn_again() {
     assert_eq!(summary.user_resampled["agent_voice"], 1);
     assert_eq!(summary.kept, 0);
     assert_eq!(summary.faults["user"], 1, "{summary:?}");
+}
+
+#[test]
+fn an_agent_call_that_would_spoil_the_conversation_is_drawn_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let invented = call("get_account", json!({"account_id": "acc_1009"}));
+    let handover = call(
+        "transfer_to_human_agents",
+        json!({"summary": "wants money moved"}),
+    );
+    let mut s = Setup::new(
+        &[
+            &invented,
+            &get_1002(),
+            &transfer(25.0),
+            &handover,
+            &transfer(250.5),
+            "The transfer of 250.50 is done.",
+        ],
+        &[ASK, "Thanks! ###STOP###"],
+    );
+    s.agent_resample = 3;
+    s.require_gold_tools = true;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!((summary.verified, summary.kept), (1, 1), "{summary:?}");
+    assert_eq!(summary.agent_resampled["invented_id"], 1);
+    assert_eq!(summary.agent_resampled["write_off_gold"], 1);
+    assert_eq!(summary.agent_resampled["needless_transfer"], 1);
+    let d = &lines(&dir.path().join("dataset.jsonl"))[0];
+    let text = d["messages"].to_string();
+    for gone in ["acc_1009", "transfer_to_human_agents", "25.0"] {
+        assert!(
+            !text.contains(gone),
+            "a drawn-again reply reached the record: {gone} in {text}"
+        );
+    }
+
+    // Bounded: past the bound the reply is used as sampled, and the write is made.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(
+        &[&get_1002(), &transfer(25.0), &transfer(25.0), "Done."],
+        &[ASK, "###STOP###"],
+    );
+    s.agent_resample = 1;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(summary.agent_resampled["write_off_gold"], 1);
+    assert_eq!(summary.failures[code::DB_MISMATCH], 1, "{summary:?}");
 }
 
 /// One attempt of `task` with these scripts; its fault label and evidence.

@@ -69,6 +69,18 @@ pub struct RoleArgs {
     /// tool). Default: on for rollouts and generate (data), off for eval (the model as it is).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub constrain_agent: Option<bool>,
+    /// With --constrain-agent: an id-like argument (`*_id`, `*_ids`, `*_number`) of an agent's
+    /// call may only be an id a user line or a tool result has given, so the agent asks for
+    /// what it does not have instead of inventing it. Default: on for rollouts and generate,
+    /// off for eval.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub agent_seen_ids: Option<bool>,
+    /// Draw an agent reply again, up to N times, when its call would make the conversation
+    /// unkeepable: a write that is none of the gold writes still to make, a hand-over the gold
+    /// actions lack, or an id nobody gave; counted in the summary's `agent_resampled`. Default:
+    /// 3 for rollouts and generate, 0 for eval (the agent is what is scored).
+    #[arg(long, value_name = "N")]
+    pub agent_resample: Option<usize>,
     /// Print every message of every episode to stderr as it happens.
     #[arg(long)]
     pub trace: bool,
@@ -120,6 +132,8 @@ impl RoleArgs {
             constrained: self.constrain_agent.unwrap_or(data),
             trace: self.trace,
             stall_after: self.stall_after.unwrap_or(if data { 3 } else { 0 }),
+            seen_ids: self.agent_seen_ids.unwrap_or(data),
+            resample: self.agent_resample.unwrap_or(if data { 3 } else { 0 }),
         };
         let judge = Role {
             name: judge_name.clone(),
@@ -257,6 +271,10 @@ struct AgentPin<'a> {
     constrained: bool,
     #[serde(skip_serializing_if = "never_stalls")]
     stall_after: usize,
+    #[serde(skip_serializing_if = "is_false")]
+    seen_ids: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    resample: usize,
 }
 
 #[derive(Serialize)]
@@ -287,6 +305,10 @@ struct LoadPin<'a> {
 
 fn never_stalls(n: &usize) -> bool {
     *n <= 1
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -363,6 +385,8 @@ pub fn roll_out(
             max_tokens: agent.model.max_tokens,
             constrained: agent.constrained,
             stall_after: agent.stall_after,
+            seen_ids: agent.seen_ids,
+            resample: agent.resample,
         },
         user: UserPin {
             model: &user.model.name,

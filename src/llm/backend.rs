@@ -30,6 +30,10 @@ pub enum Constraint {
     ToolCall,
     /// The reply is plain text or one tool call (an agent's turn): never a half-formed call.
     TextOrToolCall,
+    /// As `TextOrToolCall`, the call to one of these tool schemas instead of the request's
+    /// (the same tools narrowed, e.g. to the ids seen so far; the prompt still shows the
+    /// request's); none: plain text only.
+    TextOrCallTo(Vec<Value>),
 }
 
 /// One reply request.

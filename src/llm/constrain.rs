@@ -123,8 +123,13 @@ impl Constrainer {
     /// — which the format's parser reads too; JSON whitespace is free, so the model is not
     /// pushed off the layout it prefers. The answer may not start with what a call starts with,
     /// nor contain `<`, `{` or a backtick, so a reply is always readable as exactly one of the
-    /// two.
+    /// two. With no tools, only the answer.
     pub fn text_or_tool_call(&self, format: ToolFormat, tools: &[Value]) -> Result<Grammar> {
+        if tools.is_empty() {
+            return self.grammar(TopLevelGrammar::from_lark(format!(
+                "start: TEXT\n{TEXT_RULE}"
+            )));
+        }
         // Arguments a tool does not declare would only earn an error observation.
         let closed: Vec<Value> = tools
             .iter()
@@ -158,11 +163,15 @@ impl Constrainer {
             _ => String::new(),
         };
         let lark = format!(
-            "start: TEXT | call | \"```json\\n\" call \"\\n```\"{tagged}\ncall: %json {call}\nTEXT: /[^<{{\\[\\s`][^<{{`]*/\n"
+            "start: TEXT | call | \"```json\\n\" call \"\\n```\"{tagged}\ncall: %json {call}\n{TEXT_RULE}"
         );
         self.grammar(TopLevelGrammar::from_lark(lark))
     }
 }
+
+/// An agent's plain answer: not starting the way a call starts, and without `<`, `{` or a
+/// backtick anywhere.
+const TEXT_RULE: &str = "TEXT: /[^<{\\[\\s`][^<{`]*/\n";
 
 /// Fix the JSON layout to Python's `json.dumps` style (`", "`, `": "`, no other whitespace)
 /// unless the schema sets its own `x-guidance` options: free whitespace lets small models

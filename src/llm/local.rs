@@ -181,6 +181,9 @@ impl Backend for LocalBackend {
                 self.constrainer()?
                     .text_or_tool_call(self.format, &request.tools)?,
             ),
+            Some(Constraint::TextOrCallTo(tools)) => {
+                Some(self.constrainer()?.text_or_tool_call(self.format, tools)?)
+            }
         };
         let g = self.run(
             conversation,

@@ -48,6 +48,27 @@ pub fn out_of_role(line: &str) -> Option<&'static str> {
     AGENT_PHRASES.iter().copied().find(|p| l.contains(p))
 }
 
+/// A user line without its sentences in the agent's voice ("I need order #W1 cancelled. How
+/// can I assist you further?" keeps its first sentence); `None` when no sentence is left.
+pub fn without_agent_voice(line: &str) -> Option<String> {
+    let mut kept = String::new();
+    let mut start = 0;
+    let bytes: Vec<(usize, char)> = line.char_indices().collect();
+    for (i, &(at, c)) in bytes.iter().enumerate() {
+        let end_of_sentence =
+            matches!(c, '.' | '!' | '?') && bytes.get(i + 1).is_none_or(|(_, n)| n.is_whitespace());
+        if end_of_sentence || i + 1 == bytes.len() {
+            let sentence = &line[start..at + c.len_utf8()];
+            if out_of_role(sentence).is_none() && !sentence.trim().is_empty() {
+                kept.push_str(sentence);
+            }
+            start = at + c.len_utf8();
+        }
+    }
+    let kept = kept.trim().to_owned();
+    (!kept.is_empty()).then_some(kept)
+}
+
 /// Why a user line would be sampled again: it reads as the agent's (`agent_voice`), or states
 /// an id (a token with digits: an account, an order, a zip) that neither the instruction nor the
 /// agent's lines so far contain (`unknown_id`), so the user invented it or took it from another
@@ -118,7 +139,7 @@ fn calls(messages: &[Value]) -> Vec<Call> {
 }
 
 /// Arguments equal as JSON, numbers compared by value (`250.5` and `250.50`).
-fn same(a: &Value, b: &Value) -> bool {
+pub(crate) fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         (Value::Array(x), Value::Array(y)) => {
@@ -487,6 +508,24 @@ mod tests {
 #[cfg(test)]
 mod user_line_tests {
     use super::user_line_problem;
+
+    #[test]
+    fn sentences_in_the_agents_voice_are_cut_from_a_user_line() {
+        use super::without_agent_voice as cut;
+        assert_eq!(
+            cut("I need order #W1 cancelled. How can I assist you further?").as_deref(),
+            Some("I need order #W1 cancelled.")
+        );
+        assert_eq!(
+            cut("Hello! How can I help you today? My zip is 10001.").as_deref(),
+            Some("Hello! My zip is 10001.")
+        );
+        assert_eq!(cut("How can I help you today?"), None);
+        assert_eq!(
+            cut("Version 2.5 please.").as_deref(),
+            Some("Version 2.5 please.")
+        );
+    }
 
     #[test]
     fn user_lines_in_role_and_with_known_ids_pass() {

@@ -20,6 +20,7 @@
 //! nothing cannot have reached their goal), and if it stops every time the episode scores 0
 //! (`rollout.user_stopped_early`), so an empty conversation is never kept.
 
+pub mod guide;
 pub mod keep;
 pub mod run;
 
@@ -197,6 +198,12 @@ pub struct AgentRole {
     /// answered each (the user's line or the tool's observation), are identical, or a cycle of
     /// two or three such exchanges has come round this many times; 0 or 1: never.
     pub stall_after: usize,
+    /// With `constrained`: id-like arguments may only take ids a user line or a tool result
+    /// has given ([`guide::grounded_tools`]).
+    pub seen_ids: bool,
+    /// A reply whose call would make the conversation unkeepable ([`guide::turn_problem`]) is
+    /// drawn again, up to this many times; 0: every reply is used as sampled (eval).
+    pub resample: usize,
 }
 
 /// The simulated user (and, for best-of-N, its judge).
@@ -272,7 +279,14 @@ pub struct Episode {
     /// User lines sampled again, by reason (`agent_voice`, `unknown_id`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub user_resampled: BTreeMap<String, usize>,
+    /// Agent replies sampled again, by reason (`write_off_gold`, `needless_transfer`,
+    /// `invented_id`; [`guide::turn_problem`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agent_resampled: BTreeMap<String, usize>,
 }
+
+/// An episode's meter and its resampling counts (user lines, agent replies), by reason.
+type Tally = (Meter, BTreeMap<String, usize>, BTreeMap<String, usize>);
 
 /// The user side of an episode.
 struct SimUser<'a> {
@@ -361,6 +375,14 @@ impl<'a> SimUser<'a> {
                         *self.resampled.entry(reason).or_default() += 1;
                     }
                     _ => break,
+                }
+            }
+            // Past the bound, a line whose other sentences are the customer's is sent without
+            // the ones in the agent's voice.
+            if self.role.resample > 0 && keep::out_of_role(&line).is_some() {
+                if let Some(cut) = keep::without_agent_voice(&line) {
+                    *self.resampled.entry("agent_voice_cut".into()).or_default() += 1;
+                    line = cut;
                 }
             }
             if n == 1 {
@@ -506,6 +528,14 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     let mut cut: Option<Rejection> = None;
 
     let mut stop_line: Option<String> = None;
+    // The writes run so far, and the agent replies drawn again, by reason.
+    let mut writes: Vec<Action> = Vec::new();
+    let mut agent_resampled: BTreeMap<String, usize> = BTreeMap::new();
+    let is_write = |n: &str| {
+        domain
+            .tool(n)
+            .is_some_and(|t| t.kind == crate::domain::tools::ToolKind::Write)
+    };
     // One entry per agent reply: the reply and what answered it, for stall detection.
     let mut exchanges: Vec<String> = Vec::new();
     let finish = |messages: &[Message],
@@ -513,7 +543,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                   said: &[String],
                   env: &crate::domain::env::Env,
                   cut: Option<Rejection>,
-                  (meter, resampled): (Meter, BTreeMap<String, usize>),
+                  (meter, resampled, agent_resampled): Tally,
                   counts: (usize, usize, usize)| {
         let refs: Vec<&str> = said.iter().map(String::as_str).collect();
         let r: Reward = reward::score(domain, task, &env.hash(), &refs);
@@ -558,6 +588,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
             tokens: meter.tokens,
             seconds: meter.seconds,
             user_resampled: resampled,
+            agent_resampled,
         }
     };
 
@@ -570,7 +601,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 &said,
                 &env,
                 Some(Rejection::new(code::MODEL_ERROR, e)),
-                (meter, sim.resampled.clone()),
+                (meter, sim.resampled.clone(), BTreeMap::new()),
                 (0, 0, 0),
             );
         }
@@ -582,7 +613,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
             code::USER_STOPPED_EARLY,
             format!("the user's opening line was {STOP} in all {OPENING_TRIES} samples"),
         ));
-        let tally = (meter, sim.resampled.clone());
+        let tally = (meter, sim.resampled.clone(), BTreeMap::new());
         return finish(&messages, Some(first), &said, &env, cut, tally, (0, 1, 0));
     }
     messages.push(Message::user(first));
@@ -611,16 +642,65 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
         }
         steps += 1;
         crate::run::progress::doing(format!("step {steps}: agent"));
-        let mut req = agent_request(
-            &tools,
-            messages.clone(),
-            agent,
-            seed ^ 0x9e37_79b9_7f4a_7c15 ^ steps as u64,
-        );
-        if agent.constrained {
-            req.constraint = Some(crate::llm::Constraint::TextOrToolCall);
-        }
-        let reply = match agent.model.ask(&mut meter, "agent", &mut conv, &req) {
+        let mut again = 0u64;
+        let reply = loop {
+            let mut req = agent_request(
+                &tools,
+                messages.clone(),
+                agent,
+                seed ^ 0x9e37_79b9_7f4a_7c15 ^ steps as u64 ^ (again << 40),
+            );
+            if agent.constrained {
+                req.constraint = Some(if agent.seen_ids {
+                    let seen = guide::seen_ids(&messages);
+                    crate::llm::Constraint::TextOrCallTo(guide::grounded_tools(&tools, &seen))
+                } else {
+                    crate::llm::Constraint::TextOrToolCall
+                });
+            }
+            let reply = match agent.model.ask(&mut meter, "agent", &mut conv, &req) {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            };
+            if again as usize >= agent.resample || agent.model.temperature <= 0.0 {
+                break Ok(reply);
+            }
+            let problem = match &reply.output {
+                ModelOutput::ToolCalls { calls, .. } => calls
+                    .iter()
+                    .take(if agent.parallel_calls { calls.len() } else { 1 })
+                    .find_map(|c| {
+                        let arguments = match &c.arguments {
+                            Value::Object(m) => m.clone(),
+                            _ => Default::default(),
+                        };
+                        let cx = guide::Context {
+                            messages: &messages,
+                            tools: &tools,
+                            task,
+                            done: &writes,
+                            is_write,
+                            terminate: &domain.manifest.terminate_tools,
+                        };
+                        let turn = guide::Turn {
+                            name: &c.name,
+                            arguments: &arguments,
+                        };
+                        guide::turn_problem(turn, &cx)
+                    }),
+                _ => None,
+            };
+            match problem {
+                Some(why) => {
+                    let reason = why.split(':').next().unwrap_or_default().to_owned();
+                    *agent_resampled.entry(reason).or_default() += 1;
+                    trace(agent.trace, "agent, drawn again", &why);
+                    again += 1;
+                }
+                None => break Ok(reply),
+            }
+        };
+        let reply = match reply {
             Ok(r) => r,
             Err(e) => {
                 cut = Some(Rejection::new(code::MODEL_ERROR, e));
@@ -655,7 +735,11 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                         Value::Object(m) => m.clone(),
                         _ => Default::default(),
                     };
-                    let step = env.step(&Action::new(call.name.clone(), arguments));
+                    let action = Action::new(call.name.clone(), arguments);
+                    let step = env.step(&action);
+                    if is_write(&action.name) {
+                        writes.push(action);
+                    }
                     trace(agent.trace, "tool", &step.observation);
                     observations.push(Message::tool(&call.name, step.observation));
                     if step.done {
@@ -709,7 +793,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
         &said,
         &env,
         cut,
-        (meter, sim.resampled),
+        (meter, sim.resampled, agent_resampled),
         (steps, user_turns, tool_calls),
     )
 }

@@ -140,6 +140,10 @@ pub struct RolloutSummary {
     /// User lines drawn again, by reason (`agent_voice`, `unknown_id`): `user.resampled`.
     #[serde(default)]
     pub user_resampled: BTreeMap<String, usize>,
+    /// Agent replies drawn again, by reason (`write_off_gold`, `needless_transfer`,
+    /// `invented_id`): `agent.resampled`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agent_resampled: BTreeMap<String, usize>,
     /// Failed attempts per code.
     pub failures: BTreeMap<String, usize>,
     /// Means over kept conversations.
@@ -439,6 +443,9 @@ impl Rollouts<'_> {
             }
             for (k, v) in &e.user_resampled {
                 *s.user_resampled.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &e.agent_resampled {
+                *s.agent_resampled.entry(k.clone()).or_default() += v;
             }
             for (k, v) in &e.seconds {
                 *s.seconds.entry(k.clone()).or_default() += v;

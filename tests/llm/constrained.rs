@@ -239,3 +239,52 @@ fn answers_or_calls(backend: &LocalBackend) {
         backend.name()
     );
 }
+
+/// Narrowed to the ids seen so far, a call can only name one of them: asked to look up the
+/// schema's example user, the 0.5B calls with a seen id or answers in words; with no id seen the
+/// tool is out of the grammar and the reply is words.
+#[test]
+fn a_call_narrowed_to_seen_ids_names_only_those() {
+    let _serial = model_lock();
+    let Some(backend) = local("qwen2.5-coder-0.5b") else {
+        return;
+    };
+    let tools = vec![
+        json!({"name": "get_user_details", "description": "Look up a user",
+        "parameters": {"type": "object", "properties": {"user_id": {"type": "string",
+        "description": "The user id, such as 'sara_doe_496'."}}, "required": ["user_id"]}}),
+    ];
+    let said = vec![Message::user(
+        "Please call get_user_details for the user sara_doe_496.",
+    )];
+    for (seen, allowed) in [(vec!["mei_kim_1021"], true), (vec![], false)] {
+        let seen: std::collections::BTreeSet<String> =
+            seen.into_iter().map(str::to_owned).collect();
+        let narrowed = apigen_mt::rollout::guide::grounded_tools(&tools, &seen);
+        assert_eq!(narrowed.len(), usize::from(allowed));
+        let mut req = ChatRequest::new(said.clone());
+        req.tools = tools.clone();
+        req.max_tokens = 60;
+        req.constraint = Some(Constraint::TextOrCallTo(narrowed));
+        let reply = backend.reply(&mut Conversation::new(), &req).unwrap();
+        assert!(
+            !reply.raw.contains("sara_doe_496") || !reply.raw.contains('{'),
+            "{:?}",
+            reply.raw
+        );
+        match &reply.output {
+            ModelOutput::ToolCalls { calls, .. } => {
+                assert!(allowed, "no tool was allowed: {:?}", reply.raw);
+                assert_eq!(
+                    calls[0].arguments["user_id"], "mei_kim_1021",
+                    "{:?}",
+                    reply.raw
+                );
+            }
+            ModelOutput::Text { content } => {
+                assert!(!content.contains(['{', '<', '`']), "{content:?}")
+            }
+            other => panic!("{other:?} from {:?}", reply.raw),
+        }
+    }
+}

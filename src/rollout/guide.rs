@@ -1,0 +1,483 @@
+//! Guarding a data-generating agent's turns, so that fewer conversations are lost to mistakes
+//! that no kept conversation may contain (`eval` uses none of this: it scores the model as it
+//! is).
+//!
+//! - **Seen ids** ([`grounded_tools`]): the grammar an agent reply is decoded under admits, for
+//!   every id-like argument (`*_id`, `*_ids`, `*_number`), only values already in a user line or
+//!   a tool result. A call with an id nobody gave (`get_user_details("sara_doe_496")`, the schema's
+//!   example) cannot be written; a tool whose required id has no candidate yet is left out of the
+//!   grammar, so the model asks instead. This is the keep rule `keep.invented_id` applied while
+//!   decoding, and it needs no gold.
+//! - **Turns drawn again** ([`turn_problem`]): a reply whose call would make the conversation
+//!   unkeepable — a write that is none of the gold writes still to do (`write_off_gold`), a
+//!   hand-over the gold actions lack (`needless_transfer`), an id nobody gave (`invented_id`,
+//!   when the grammar is off) — or that only wastes a step — an argument copied from the
+//!   schema's example (`schema_example`: `calculate("2 + 2")`), the call just answered again
+//!   (`repeated_call`) — is sampled again, up to a bound, before anything is executed.
+//!   The kept conversation is still the agent model's own samples, step by step; what the bound
+//!   changes is how many attempts are lost to one bad sample (step-level rejection sampling
+//!   against the verifier, where the method as published rejects whole conversations).
+
+use super::keep::same;
+use crate::domain::ground::{id_arguments, id_like, normalise};
+use crate::domain::task::{Action, RESPOND_ACTION_NAME, Task};
+use crate::llm::chat::Message;
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+
+/// Whether a string could be an id: no whitespace, 2 to 64 characters, at least one digit
+/// (`acc_1004`, `#W5714368`, `1008292230`, `credit_card_123`, `ZFA04Y`, `HAT001`).
+fn id_shaped(s: &str) -> bool {
+    let n = s.chars().count();
+    (2..=64).contains(&n)
+        && !s.chars().any(char::is_whitespace)
+        && s.chars().any(|c| c.is_ascii_digit())
+}
+
+fn strings_of(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::String(s) => {
+            if id_shaped(s) {
+                out.insert(s.clone());
+            }
+        }
+        Value::Array(xs) => xs.iter().for_each(|x| strings_of(x, out)),
+        Value::Object(m) => {
+            for (k, x) in m {
+                if id_shaped(k) {
+                    out.insert(k.clone());
+                }
+                strings_of(x, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Id-shaped words of free text, each also with a `#` in front (a customer says "order
+/// W5714368" for `#W5714368`).
+fn words_of(text: &str, out: &mut BTreeSet<String>) {
+    for w in text.split(|c: char| c.is_whitespace() || ",;:()[]{}\"'!?`".contains(c)) {
+        let w = w.trim_end_matches(['.', '-']);
+        if id_shaped(w) {
+            out.insert(w.to_owned());
+            if !w.starts_with('#') && w.chars().next().is_some_and(char::is_alphanumeric) {
+                out.insert(format!("#{w}"));
+            }
+        }
+    }
+}
+
+/// The id candidates the agent has been given so far: id-shaped words of the user's lines,
+/// and id-shaped strings and keys of the tool results (read as JSON where they are JSON, as
+/// text otherwise).
+pub fn seen_ids(messages: &[Message]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for m in messages {
+        match m.role.as_str() {
+            "user" => words_of(&m.content, &mut out),
+            "tool" => match serde_json::from_str::<Value>(&m.content) {
+                Ok(v @ (Value::Object(_) | Value::Array(_))) => strings_of(&v, &mut out),
+                _ => words_of(&m.content, &mut out),
+            },
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `schema` narrowed so that every id-like string in it (by the key it sits under, through
+/// arrays and nested objects) is one of `seen`; `None` when a required one has no candidate.
+fn narrow(schema: &Value, key: &str, seen: &[Value]) -> Option<Value> {
+    let Value::Object(s) = schema else {
+        return Some(schema.clone());
+    };
+    let mut s = s.clone();
+    match s.get("type").and_then(Value::as_str) {
+        Some("string") if id_like(key) && !s.contains_key("enum") => {
+            if seen.is_empty() {
+                return None;
+            }
+            s.insert("enum".into(), Value::Array(seen.to_vec()));
+        }
+        Some("array") => {
+            if let Some(items) = s.get("items") {
+                match narrow(items, key, seen) {
+                    Some(items) => {
+                        s.insert("items".into(), items);
+                    }
+                    // No item can be written: only the empty array, which no caller means.
+                    None => return None,
+                }
+            }
+        }
+        Some("object") => {
+            let required: BTreeSet<String> = s
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect();
+            if let Some(Value::Object(props)) = s.get("properties") {
+                let mut kept = Map::new();
+                for (k, p) in props {
+                    match narrow(p, k, seen) {
+                        Some(p) => {
+                            kept.insert(k.clone(), p);
+                        }
+                        None if required.contains(k) => return None,
+                        None => {}
+                    }
+                }
+                s.insert("properties".into(), Value::Object(kept));
+            }
+        }
+        _ => {}
+    }
+    Some(Value::Object(s))
+}
+
+/// The tool schemas (OpenAI function form or bare `{name, parameters}`) with every id-like
+/// argument limited to `seen`; a tool whose required ids have no candidate is left out.
+pub fn grounded_tools(tools: &[Value], seen: &BTreeSet<String>) -> Vec<Value> {
+    let seen: Vec<Value> = seen.iter().cloned().map(Value::String).collect();
+    let mut out = Vec::new();
+    for t in tools {
+        let mut t = t.clone();
+        let f = if t.get("function").is_some() {
+            &mut t["function"]
+        } else {
+            &mut t
+        };
+        let params = f
+            .get("parameters")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+        if let Some(p) = narrow(&params, "", &seen) {
+            f["parameters"] = p;
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// The examples a tool's schema gives in its descriptions ("The user id, such as
+/// 'sara_doe_496'."), by argument name.
+fn schema_examples(tool: &Value) -> Vec<(String, String)> {
+    fn walk(schema: &Value, key: &str, out: &mut Vec<(String, String)>) {
+        if let Some(d) = schema.get("description").and_then(Value::as_str) {
+            for (i, _) in d.match_indices("such as '") {
+                let rest = &d[i + "such as '".len()..];
+                if let Some(end) = rest.find('\'') {
+                    out.push((key.to_owned(), rest[..end].to_owned()));
+                }
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            walk(items, key, out);
+        }
+        if let Some(Value::Object(props)) = schema.get("properties") {
+            for (k, p) in props {
+                walk(p, k, out);
+            }
+        }
+    }
+    let f = tool.get("function").unwrap_or(tool);
+    let mut out = Vec::new();
+    if let Some(p) = f.get("parameters") {
+        walk(p, "", &mut out);
+    }
+    out
+}
+
+/// One agent call, for [`turn_problem`].
+pub struct Turn<'a> {
+    pub name: &'a str,
+    pub arguments: &'a Map<String, Value>,
+}
+
+/// What [`turn_problem`] judges a call against.
+pub struct Context<'a, W: Fn(&str) -> bool> {
+    /// The agent's conversation so far (the call not yet in it).
+    pub messages: &'a [Message],
+    /// The domain's tool schemas.
+    pub tools: &'a [Value],
+    pub task: &'a Task,
+    /// The writes the episode has already made.
+    pub done: &'a [Action],
+    pub is_write: W,
+    pub terminate: &'a [String],
+}
+
+/// Why an agent's call would be drawn again, and what it did: `write_off_gold` (a write that
+/// is none of the gold writes not yet made), `needless_transfer` (a hand-over the gold actions
+/// lack), `invented_id` (an id argument in no user line or tool result), `schema_example` (an
+/// argument copied from the tool's description: `calculate("2 + 2")`, `#W0000000`) or
+/// `repeated_call` (the call just made, whose answer the agent already has).
+pub fn turn_problem<W: Fn(&str) -> bool>(call: Turn<'_>, cx: &Context<'_, W>) -> Option<String> {
+    let Turn { name, arguments } = call;
+    let Context {
+        messages,
+        tools,
+        task,
+        done,
+        terminate,
+        ..
+    } = *cx;
+    let is_write = &cx.is_write;
+    if terminate.iter().any(|t| t == name) {
+        return (!task.actions.iter().any(|a| a.name == name))
+            .then(|| format!("needless_transfer: {name}"));
+    }
+    if is_write(name) {
+        let call = Value::Object(arguments.clone());
+        let args = |a: &Action| Value::Object(a.arguments.clone());
+        let made = |a: &Action| {
+            done.iter()
+                .any(|d| d.name == a.name && same(&args(d), &args(a)))
+        };
+        let mut pending = task
+            .actions
+            .iter()
+            .filter(|a| a.name != RESPOND_ACTION_NAME && !made(a));
+        if !pending.any(|a| a.name == name && same(&args(a), &call)) {
+            return Some(format!("write_off_gold: {name}"));
+        }
+    }
+    if let Some(tool) = tools.iter().find(|t| {
+        t.get("function")
+            .unwrap_or(t)
+            .get("name")
+            .and_then(Value::as_str)
+            == Some(name)
+    }) {
+        for (key, example) in schema_examples(tool) {
+            let given = match arguments.get(&key) {
+                Some(Value::String(s)) => vec![s.as_str()],
+                Some(Value::Array(xs)) => xs.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            if given.iter().any(|g| g.trim() == example) {
+                return Some(format!("schema_example: {key} {example:?}"));
+            }
+        }
+    }
+    let last_call = messages.iter().rev().find(|m| !m.tool_calls.is_empty());
+    if let Some(last) = last_call {
+        let call = Value::Object(arguments.clone());
+        if last
+            .tool_calls
+            .iter()
+            .any(|c| c.name == name && same(&c.arguments, &call))
+        {
+            return Some(format!("repeated_call: {name}"));
+        }
+    }
+    let mut known = String::new();
+    for m in messages
+        .iter()
+        .filter(|m| m.role == "user" || m.role == "tool")
+    {
+        known.push(' ');
+        known.push_str(&normalise(&m.content));
+    }
+    for (key, v) in id_arguments(arguments) {
+        let nv = normalise(&v);
+        if !known.contains(&nv) && !known.contains(nv.trim_start_matches('#')) {
+            return Some(format!("invented_id: {key} {v:?}"));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tools() -> Vec<Value> {
+        vec![
+            json!({"type": "function", "function": {"name": "get_user_details", "parameters": {
+                "type": "object", "properties": {"user_id": {"type": "string"}}, "required": ["user_id"]}}}),
+            json!({"type": "function", "function": {"name": "find_user_id_by_email", "parameters": {
+                "type": "object", "properties": {"email": {"type": "string"}}, "required": ["email"]}}}),
+            json!({"type": "function", "function": {"name": "update_reservation_flights", "parameters": {
+                "type": "object", "properties": {
+                    "reservation_id": {"type": "string"},
+                    "flights": {"type": "array", "items": {"type": "object", "properties": {
+                        "flight_number": {"type": "string"}, "date": {"type": "string"}},
+                        "required": ["flight_number", "date"]}},
+                    "cabin": {"type": "string", "enum": ["economy", "business"]}},
+                "required": ["reservation_id", "flights", "cabin"]}}}),
+        ]
+    }
+
+    #[test]
+    fn ids_come_only_from_what_the_agent_was_given() {
+        let names = |ts: &[Value]| -> Vec<String> {
+            ts.iter()
+                .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        // Nothing given yet: only the look-up by e-mail can be called.
+        let none = grounded_tools(&tools(), &BTreeSet::new());
+        assert_eq!(names(&none), ["find_user_id_by_email"]);
+
+        let messages = vec![
+            Message::system("policy 1234"),
+            Message::user("Hi, I'm sara, order W5714368, thanks."),
+            Message::tool("find_user_id_by_email", "sara_doe_496"),
+            Message::tool(
+                "get_reservation_details",
+                r#"{"reservation_id": "ZFA04Y", "flights": [{"flight_number": "HAT001", "date": "2024-05-16"}]}"#,
+            ),
+        ];
+        let seen = seen_ids(&messages);
+        for id in [
+            "W5714368",
+            "#W5714368",
+            "sara_doe_496",
+            "ZFA04Y",
+            "HAT001",
+            "2024-05-16",
+        ] {
+            assert!(seen.contains(id), "{id} missing from {seen:?}");
+        }
+        assert!(
+            !seen.contains("1234"),
+            "the policy is not something the customer gave"
+        );
+        let ts = grounded_tools(&tools(), &seen);
+        assert_eq!(names(&ts).len(), 3);
+        let p = &ts[2]["function"]["parameters"]["properties"];
+        assert!(
+            p["reservation_id"]["enum"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("ZFA04Y"))
+        );
+        assert!(p["flights"]["items"]["properties"]["flight_number"]["enum"].is_array());
+        assert!(
+            p["flights"]["items"]["properties"]["date"]
+                .get("enum")
+                .is_none()
+        );
+        assert_eq!(p["cabin"]["enum"], json!(["economy", "business"]));
+    }
+
+    #[test]
+    fn off_gold_writes_transfers_and_invented_ids_are_named() {
+        let task: Task = serde_json::from_value(json!({
+            "user_id": "u1", "instruction": "freeze acc_1003",
+            "actions": [{"name": "get_account", "kwargs": {"account_id": "acc_1003"}},
+                        {"name": "freeze_account", "kwargs": {"account_id": "acc_1003", "reason": "lost card"}}],
+            "outputs": []
+        }))
+        .unwrap();
+        let is_write = |n: &str| n == "freeze_account";
+        let said = vec![Message::user("Please freeze acc_1003, I lost my card.")];
+        let args = |v: Value| v.as_object().unwrap().clone();
+        let gold = args(json!({"account_id": "acc_1003", "reason": "lost card"}));
+        let terminate = ["transfer_to_human_agents".to_owned()];
+        let tools = [
+            json!({"name": "calculate", "parameters": {"type": "object", "properties": {
+            "expression": {"type": "string", "description": "The expression, such as '2 + 2'."}}}}),
+        ];
+        let check = |name: &str, a: &Map<String, Value>, done: &[Action]| {
+            let cx = Context {
+                messages: &said,
+                tools: &tools,
+                task: &task,
+                done,
+                is_write,
+                terminate: &terminate,
+            };
+            turn_problem(Turn { name, arguments: a }, &cx)
+        };
+        assert_eq!(check("freeze_account", &gold, &[]), None);
+        let wrong = args(json!({"account_id": "acc_1003", "reason": "customer request"}));
+        assert_eq!(
+            check("freeze_account", &wrong, &[]).as_deref(),
+            Some("write_off_gold: freeze_account")
+        );
+        // A gold write made once is not pending any more.
+        let done = [Action::new("freeze_account", gold.clone())];
+        assert!(check("freeze_account", &gold, &done).is_some());
+        assert!(
+            check(
+                "transfer_to_human_agents",
+                &args(json!({"summary": "x"})),
+                &[]
+            )
+            .unwrap()
+            .starts_with("needless_transfer")
+        );
+        assert_eq!(
+            check("get_account", &args(json!({"account_id": "acc_1003"})), &[]),
+            None
+        );
+        assert!(
+            check("get_account", &args(json!({"account_id": "acc_1001"})), &[])
+                .unwrap()
+                .starts_with("invented_id")
+        );
+        assert_eq!(
+            check("calculate", &args(json!({"expression": "2 + 2"})), &[]).as_deref(),
+            Some("schema_example: expression \"2 + 2\"")
+        );
+        assert_eq!(
+            check("calculate", &args(json!({"expression": "250.5 * 2"})), &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn the_call_just_answered_is_not_made_again() {
+        let task: Task = serde_json::from_value(json!({
+            "user_id": "u1", "instruction": "x", "actions": [], "outputs": []
+        }))
+        .unwrap();
+        let args = json!({"account_id": "acc_1003"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let said = vec![
+            Message::user("acc_1003 please"),
+            Message::assistant_calls(vec![crate::llm::ToolCall {
+                name: "get_account".into(),
+                arguments: Value::Object(args.clone()),
+            }]),
+            Message::tool("get_account", "{\"id\": \"acc_1003\"}"),
+        ];
+        let cx = Context {
+            messages: &said,
+            tools: &[],
+            task: &task,
+            done: &[],
+            is_write: |_: &str| false,
+            terminate: &[],
+        };
+        let turn = Turn {
+            name: "get_account",
+            arguments: &args,
+        };
+        assert_eq!(
+            turn_problem(turn, &cx).as_deref(),
+            Some("repeated_call: get_account")
+        );
+        assert_eq!(
+            turn_problem(
+                Turn {
+                    name: "get_account",
+                    arguments: &args
+                },
+                &Context {
+                    messages: &said[..1],
+                    ..cx
+                }
+            ),
+            None
+        );
+    }
+}
