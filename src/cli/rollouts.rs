@@ -118,6 +118,11 @@ impl RoleArgs {
         if self.trials == 0 {
             bail!("--trials must be at least 1");
         }
+        if !data && self.agent_resample.is_some_and(|n| n > 0) {
+            bail!(
+                "--agent-resample draws agent replies again against the gold actions; eval scores the agent as it samples"
+            );
+        }
         let agent = AgentRole {
             model: Role {
                 name: agent_name.clone(),

@@ -25,13 +25,41 @@ use crate::llm::chat::Message;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 
-/// Whether a string could be an id: no whitespace, 2 to 64 characters, at least one digit
-/// (`acc_1004`, `#W5714368`, `1008292230`, `credit_card_123`, `ZFA04Y`, `HAT001`).
+/// Whether a string could be an id: no whitespace, 2 to 64 characters, and a digit (`acc_1004`,
+/// `#W5714368`, `1008292230`, `credit_card_123`, `ZFA04Y`, `HAT001`) or five or more capitals
+/// and digits only (airline's reservation `TIZCTW`).
 fn id_shaped(s: &str) -> bool {
     let n = s.chars().count();
     (2..=64).contains(&n)
         && !s.chars().any(char::is_whitespace)
-        && s.chars().any(|c| c.is_ascii_digit())
+        && (s.chars().any(|c| c.is_ascii_digit())
+            || (n >= 5
+                && s.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())))
+}
+
+/// What an id looks like, to tell one kind from another: its punctuation, the case of its
+/// letters, and, for capitals-and-digits or digits alone, its length (`#W0000000`: `#`, upper;
+/// `sara_doe_496`: `_`, lower; `ZFA04Y`: upper, 6; `6086499569`: digits, 10).
+#[derive(Debug, PartialEq, Eq)]
+struct Shape {
+    punctuation: BTreeSet<char>,
+    lower: bool,
+    upper: bool,
+    len: Option<usize>,
+}
+
+fn shape(s: &str) -> Shape {
+    let punctuation: BTreeSet<char> = s.chars().filter(|c| !c.is_alphanumeric()).collect();
+    let lower = s.chars().any(char::is_lowercase);
+    let upper = s.chars().any(char::is_uppercase);
+    let len = (punctuation.is_empty() && !lower).then(|| s.chars().count());
+    Shape {
+        punctuation,
+        lower,
+        upper,
+        len,
+    }
 }
 
 fn strings_of(v: &Value, out: &mut BTreeSet<String>) {
@@ -54,14 +82,18 @@ fn strings_of(v: &Value, out: &mut BTreeSet<String>) {
     }
 }
 
-/// Id-shaped words of free text, each also with a `#` in front (a customer says "order
-/// W5714368" for `#W5714368`).
+/// Id-shaped words of free text; a capital and digits also with a `#` in front (a customer
+/// says "order W5714368" for `#W5714368`).
 fn words_of(text: &str, out: &mut BTreeSet<String>) {
     for w in text.split(|c: char| c.is_whitespace() || ",;:()[]{}\"'!?`".contains(c)) {
         let w = w.trim_end_matches(['.', '-']);
         if id_shaped(w) {
             out.insert(w.to_owned());
-            if !w.starts_with('#') && w.chars().next().is_some_and(char::is_alphanumeric) {
+            let mut cs = w.chars();
+            if cs.next().is_some_and(|c| c.is_ascii_uppercase())
+                && w.len() > 1
+                && cs.all(|c| c.is_ascii_digit())
+            {
                 out.insert(format!("#{w}"));
             }
         }
@@ -69,13 +101,15 @@ fn words_of(text: &str, out: &mut BTreeSet<String>) {
 }
 
 /// The id candidates the agent has been given so far: id-shaped words of the user's lines,
-/// and id-shaped strings and keys of the tool results (read as JSON where they are JSON, as
-/// text otherwise).
+/// and id-shaped strings and keys of the tool results that are not errors (read as JSON where
+/// they are JSON, as text otherwise).
 pub fn seen_ids(messages: &[Message]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for m in messages {
         match m.role.as_str() {
             "user" => words_of(&m.content, &mut out),
+            // An error repeats the bad id it was given back: not a source.
+            "tool" if m.content.starts_with("Error") => {}
             "tool" => match serde_json::from_str::<Value>(&m.content) {
                 Ok(v @ (Value::Object(_) | Value::Array(_))) => strings_of(&v, &mut out),
                 _ => words_of(&m.content, &mut out),
@@ -86,23 +120,44 @@ pub fn seen_ids(messages: &[Message]) -> BTreeSet<String> {
     out
 }
 
+/// The first example a schema's description gives ("such as '#W0000000'").
+fn example_of(schema: &Map<String, Value>) -> Option<&str> {
+    let d = schema.get("description")?.as_str()?;
+    let rest = &d[d.find("such as '")? + "such as '".len()..];
+    Some(&rest[..rest.find('\'')?])
+}
+
 /// `schema` narrowed so that every id-like string in it (by the key it sits under, through
-/// arrays and nested objects) is one of `seen`; `None` when a required one has no candidate.
-fn narrow(schema: &Value, key: &str, seen: &[Value]) -> Option<Value> {
+/// arrays and nested objects) is one of `seen` — of the shape of the schema's example where it
+/// gives one, so an order id is never a zip code; `None` when a required one has no candidate.
+fn narrow(
+    schema: &Value,
+    key: &str,
+    seen: &BTreeSet<String>,
+    example: Option<&str>,
+) -> Option<Value> {
     let Value::Object(s) = schema else {
         return Some(schema.clone());
     };
     let mut s = s.clone();
+    let example = example_of(&s).or(example).map(str::to_owned);
     match s.get("type").and_then(Value::as_str) {
         Some("string") if id_like(key) && !s.contains_key("enum") => {
-            if seen.is_empty() {
+            let want = example.as_deref().map(shape);
+            let fit: Vec<Value> = seen
+                .iter()
+                .filter(|v| want.as_ref().is_none_or(|w| shape(v) == *w))
+                .cloned()
+                .map(Value::String)
+                .collect();
+            if fit.is_empty() {
                 return None;
             }
-            s.insert("enum".into(), Value::Array(seen.to_vec()));
+            s.insert("enum".into(), Value::Array(fit));
         }
         Some("array") => {
             if let Some(items) = s.get("items") {
-                match narrow(items, key, seen) {
+                match narrow(items, key, seen, example.as_deref()) {
                     Some(items) => {
                         s.insert("items".into(), items);
                     }
@@ -122,7 +177,7 @@ fn narrow(schema: &Value, key: &str, seen: &[Value]) -> Option<Value> {
             if let Some(Value::Object(props)) = s.get("properties") {
                 let mut kept = Map::new();
                 for (k, p) in props {
-                    match narrow(p, k, seen) {
+                    match narrow(p, k, seen, None) {
                         Some(p) => {
                             kept.insert(k.clone(), p);
                         }
@@ -141,7 +196,6 @@ fn narrow(schema: &Value, key: &str, seen: &[Value]) -> Option<Value> {
 /// The tool schemas (OpenAI function form or bare `{name, parameters}`) with every id-like
 /// argument limited to `seen`; a tool whose required ids have no candidate is left out.
 pub fn grounded_tools(tools: &[Value], seen: &BTreeSet<String>) -> Vec<Value> {
-    let seen: Vec<Value> = seen.iter().cloned().map(Value::String).collect();
     let mut out = Vec::new();
     for t in tools {
         let mut t = t.clone();
@@ -154,7 +208,7 @@ pub fn grounded_tools(tools: &[Value], seen: &BTreeSet<String>) -> Vec<Value> {
             .get("parameters")
             .cloned()
             .unwrap_or_else(|| serde_json::json!({"type": "object"}));
-        if let Some(p) = narrow(&params, "", &seen) {
+        if let Some(p) = narrow(&params, "", seen, None) {
             f["parameters"] = p;
             out.push(t);
         }
@@ -245,6 +299,16 @@ pub fn turn_problem<W: Fn(&str) -> bool>(call: Turn<'_>, cx: &Context<'_, W>) ->
             return Some(format!("write_off_gold: {name}"));
         }
     }
+    let mut known = String::new();
+    for m in messages
+        .iter()
+        .filter(|m| m.role == "user" || m.role == "tool")
+    {
+        known.push(' ');
+        known.push_str(&normalise(&m.content));
+    }
+    // An example that is also a real value (`USA`, `JFK`, `acc_1001`) is copied only when
+    // nobody gave it.
     if let Some(tool) = tools.iter().find(|t| {
         t.get("function")
             .unwrap_or(t)
@@ -258,13 +322,19 @@ pub fn turn_problem<W: Fn(&str) -> bool>(call: Turn<'_>, cx: &Context<'_, W>) ->
                 Some(Value::Array(xs)) => xs.iter().filter_map(Value::as_str).collect(),
                 _ => vec![],
             };
-            if given.iter().any(|g| g.trim() == example) {
+            if given.iter().any(|g| g.trim() == example)
+                && !crate::domain::ground::contains_word(&known, &normalise(&example))
+            {
                 return Some(format!("schema_example: {key} {example:?}"));
             }
         }
     }
-    let last_call = messages.iter().rev().find(|m| !m.tool_calls.is_empty());
-    if let Some(last) = last_call {
+    // The call just answered: the last message is its result.
+    let answered = match messages.last() {
+        Some(m) if m.role == "tool" => messages.iter().rev().find(|m| !m.tool_calls.is_empty()),
+        _ => None,
+    };
+    if let Some(last) = answered {
         let call = Value::Object(arguments.clone());
         if last
             .tool_calls
@@ -273,14 +343,6 @@ pub fn turn_problem<W: Fn(&str) -> bool>(call: Turn<'_>, cx: &Context<'_, W>) ->
         {
             return Some(format!("repeated_call: {name}"));
         }
-    }
-    let mut known = String::new();
-    for m in messages
-        .iter()
-        .filter(|m| m.role == "user" || m.role == "tool")
-    {
-        known.push(' ');
-        known.push_str(&normalise(&m.content));
     }
     for (key, v) in id_arguments(arguments) {
         let nv = normalise(&v);
@@ -367,6 +429,51 @@ mod tests {
     }
 
     #[test]
+    fn an_id_takes_only_candidates_of_its_examples_shape() {
+        let order = json!({"name": "get_order_details", "parameters": {"type": "object",
+            "properties": {"order_id": {"type": "string", "description": "The order id, such as '#W0000000'."}},
+            "required": ["order_id"]}});
+        let reservation = json!({"name": "cancel_reservation", "parameters": {"type": "object",
+            "properties": {"reservation_id": {"type": "string", "description": "The reservation ID, such as 'ZFA04Y'."}},
+            "required": ["reservation_id"]}});
+        let items = json!({"name": "return_items", "parameters": {"type": "object",
+            "properties": {"item_ids": {"type": "array", "items": {"type": "string"},
+                "description": "The item ids, each such as '1008292230'."}},
+            "required": ["item_ids"]}});
+        let tools = [order, reservation, items];
+        // A zip code is not an order id: the look-up stays out until an order id is given.
+        let zip = seen_ids(&[Message::user("I'm Mei Kim, zip 19122.")]);
+        assert!(grounded_tools(&tools, &zip).is_empty(), "{zip:?}");
+        let messages = [
+            Message::user("Order W5714368, zip 19122."),
+            Message::tool(
+                "get_user_details",
+                r#"{"reservations": ["TIZCTW", "8JX2WO"], "items": ["1008292230"]}"#,
+            ),
+            Message::tool("get_order_details", "Error: order #W9999999 not found"),
+        ];
+        let seen = seen_ids(&messages);
+        assert!(
+            !seen.contains("#W9999999"),
+            "an error's echo is not a source"
+        );
+        let ts = grounded_tools(&tools, &seen);
+        let allowed = |i: usize, path: &str| ts[i].pointer(path).unwrap().clone();
+        assert_eq!(
+            allowed(0, "/parameters/properties/order_id/enum"),
+            json!(["#W5714368"])
+        );
+        assert_eq!(
+            allowed(1, "/parameters/properties/reservation_id/enum"),
+            json!(["8JX2WO", "TIZCTW"])
+        );
+        assert_eq!(
+            allowed(2, "/parameters/properties/item_ids/items/enum"),
+            json!(["1008292230"])
+        );
+    }
+
+    #[test]
     fn off_gold_writes_transfers_and_invented_ids_are_named() {
         let task: Task = serde_json::from_value(json!({
             "user_id": "u1", "instruction": "freeze acc_1003",
@@ -428,6 +535,27 @@ mod tests {
         );
         assert_eq!(
             check("calculate", &args(json!({"expression": "250.5 * 2"})), &[]),
+            None
+        );
+        // An example that is also what the customer said is theirs to use.
+        let said_it = vec![Message::user("What is 2 + 2?")];
+        let cx = Context {
+            messages: &said_it,
+            tools: &tools,
+            task: &task,
+            done: &[],
+            is_write,
+            terminate: &terminate,
+        };
+        let sum = args(json!({"expression": "2 + 2"}));
+        assert_eq!(
+            turn_problem(
+                Turn {
+                    name: "calculate",
+                    arguments: &sum
+                },
+                &cx
+            ),
             None
         );
     }

@@ -365,7 +365,10 @@ impl<'a> SimUser<'a> {
                 let req = self.role.model.request(prompt.clone(), seed);
                 draw += 1;
                 let reply = self.role.model.ask(meter, "user", &mut self.conv, &req)?;
-                line = user_line(&reply.raw);
+                // Data runs also drop the customer's name used as a prefix; eval sends the
+                // line as tau-bench would.
+                let name_in = (self.role.resample > 0).then_some(self.instruction.as_str());
+                line = user_line(&reply.raw, name_in);
                 if self.role.resample == 0 || is_stop(&line) {
                     break;
                 }
@@ -379,7 +382,7 @@ impl<'a> SimUser<'a> {
             }
             // Past the bound, a line whose other sentences are the customer's is sent without
             // the ones in the agent's voice.
-            if self.role.resample > 0 && keep::out_of_role(&line).is_some() {
+            if self.role.resample > 0 && !is_stop(&line) && keep::out_of_role(&line).is_some() {
                 if let Some(cut) = keep::without_agent_voice(&line) {
                     *self.resampled.entry("agent_voice_cut".into()).or_default() += 1;
                     line = cut;
@@ -414,8 +417,9 @@ impl<'a> SimUser<'a> {
 }
 
 /// A user model's reply as one line to send: its first non-empty line ("one line at a time"),
-/// trimmed, without a role prefix.
-fn user_line(raw: &str) -> String {
+/// trimmed, without a role prefix, and with `instruction` also without the customer's own name
+/// as one ("Barbara Allen: Hi!", the name written so in the instruction).
+fn user_line(raw: &str, instruction: Option<&str>) -> String {
     let mut s = raw
         .lines()
         .map(str::trim)
@@ -423,6 +427,21 @@ fn user_line(raw: &str) -> String {
         .unwrap_or("");
     for prefix in ["User:", "user:", "Customer:"] {
         if let Some(rest) = s.strip_prefix(prefix) {
+            s = rest.trim_start();
+        }
+    }
+    if let (Some(instruction), Some((name, rest))) = (instruction, s.split_once(": ")) {
+        let words = name.split_whitespace().count();
+        let named = name.chars().next().is_some_and(char::is_uppercase)
+            && name
+                .chars()
+                .all(|c| c.is_alphabetic() || c == ' ' || c == '-' || c == '\'');
+        let in_instruction = instruction.match_indices(name).any(|(i, _)| {
+            let before = instruction[..i].chars().next_back();
+            let after = instruction[i + name.len()..].chars().next();
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+        });
+        if (1..=3).contains(&words) && named && in_instruction && !rest.trim().is_empty() {
             s = rest.trim_start();
         }
     }
@@ -737,7 +756,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                     };
                     let action = Action::new(call.name.clone(), arguments);
                     let step = env.step(&action);
-                    if is_write(&action.name) {
+                    if is_write(&action.name) && !step.observation.starts_with("Error") {
                         writes.push(action);
                     }
                     trace(agent.trace, "tool", &step.observation);
@@ -828,6 +847,23 @@ mod tests {
         assert!(!is_stop("## STOP ##"));
         assert!(!is_stop("#STOP###"));
         assert!(!is_stop("###STOPPED"));
+    }
+
+    #[test]
+    fn a_user_line_loses_its_role_prefix_and_the_customers_name_as_one() {
+        let ins = Some("You are Barbara Allen, account acc_1002. Your order is late.");
+        assert_eq!(user_line("\n Customer: Hi there\nmore", ins), "Hi there");
+        assert_eq!(
+            user_line("Barbara Allen: Hi! Move 250.50.", ins),
+            "Hi! Move 250.50."
+        );
+        assert_eq!(user_line("Allen: Hi!", ins), "Hi!");
+        // Not the customer's name, or not a name: kept as written.
+        assert_eq!(user_line("Note: it is urgent", ins), "Note: it is urgent");
+        assert_eq!(user_line("Order: #W1", ins), "Order: #W1");
+        assert_eq!(user_line("Barbara Allen:", ins), "Barbara Allen:");
+        // Eval: as tau-bench sends it.
+        assert_eq!(user_line("Barbara Allen: Hi!", None), "Barbara Allen: Hi!");
     }
 
     #[test]
