@@ -127,6 +127,32 @@ impl Reader<'_> {
     }
 }
 
+/// Where the token-embedding table comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EmbeddingSource {
+    /// The copy as read, in host memory: row look-ups are fast in any format, and a tied
+    /// output layer on our own kernels reads the stored blocks.
+    Stored,
+    /// Read again onto the model's device (re-quantized where the options say so).
+    Prepared,
+}
+
+/// On any device but the CPU, the table must live on that device whatever the output layer
+/// is: a look-up in a host copy gives host rows, and the first norm fails on mixed devices. On
+/// the CPU, only a tied output layer that candle multiplies needs the prepared (fast-matmul)
+/// copy.
+pub(crate) fn embedding_source(
+    device_is_cpu: bool,
+    has_output: bool,
+    tied_on_own_kernels: bool,
+) -> EmbeddingSource {
+    if device_is_cpu && (has_output || tied_on_own_kernels) {
+        EmbeddingSource::Stored
+    } else {
+        EmbeddingSource::Prepared
+    }
+}
+
 /// Read a GGUF checkpoint.
 pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let file = File::open(path).map_err(|e| LlmError::io(path, e))?;
@@ -192,11 +218,9 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     } else {
         r.blocks(&raw_embd)?
     };
-    // Row lookups are fast in any format; only a tied output layer needs a fast matmul type.
-    let embd = if tied_blocks.is_some() || has_output {
-        raw_embd
-    } else {
-        Arc::new(r.prepare(unshared(raw_embd)?, "token_embd.weight")?)
+    let embd = match embedding_source(opts.device.is_cpu(), has_output, tied_blocks.is_some()) {
+        EmbeddingSource::Stored => raw_embd,
+        EmbeddingSource::Prepared => Arc::new(r.prepare(unshared(raw_embd)?, "token_embd.weight")?),
     };
     let embed = match embd.dtype() {
         GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
@@ -269,4 +293,28 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
 /// A tensor no kernel kept a handle to.
 fn unshared(t: Arc<QTensor>) -> Result<QTensor> {
     Arc::try_unwrap(t).map_err(|_| LlmError::Unsupported("a weight held by two layers".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EmbeddingSource, embedding_source};
+
+    #[test]
+    fn the_embedding_lives_on_the_models_device() {
+        use EmbeddingSource::*;
+        // (device is the CPU, separate output.weight, tied head on our kernels) -> source.
+        let cases = [
+            // A GPU, separate output head (Qwen2.5-Coder-1.5B, SmolLM2 with output.weight):
+            // the table moves to the GPU; it used to stay in host memory.
+            ((false, true, false), Prepared),
+            // A GPU, tied head: candle's kernels multiply the device copy.
+            ((false, false, false), Prepared),
+            ((true, true, false), Stored),
+            ((true, false, true), Stored),
+            ((true, false, false), Prepared),
+        ];
+        for ((cpu, output, own), want) in cases {
+            assert_eq!(embedding_source(cpu, output, own), want, "{cpu} {output} {own}");
+        }
+    }
 }
