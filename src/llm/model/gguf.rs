@@ -314,7 +314,11 @@ mod tests {
             ((true, false, false), Prepared),
         ];
         for ((cpu, output, own), want) in cases {
-            assert_eq!(embedding_source(cpu, output, own), want, "{cpu} {output} {own}");
+            assert_eq!(
+                embedding_source(cpu, output, own),
+                want,
+                "{cpu} {output} {own}"
+            );
         }
     }
 }
