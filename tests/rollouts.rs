@@ -409,15 +409,21 @@ fn the_transcript_view_shows_the_user_the_whole_conversation_as_a_customer() {
     assert_eq!(summary.verified, 1, "the episode itself is unchanged");
     let reqs = s.user.requests();
     assert_eq!(reqs.len(), 3);
-    for r in &reqs {
-        // Always two messages: the customer prompt with the instruction, then the transcript.
+    for (i, r) in reqs.iter().enumerate() {
+        // Always two messages: the customer prompt with the instruction, then the transcript;
+        // the first asks who the customer is and what they want.
         assert_eq!(r.messages.len(), 2);
         assert!(r.messages[0].content.contains("You are not the agent"));
         assert!(r.messages[0].content.contains(&tasks()[0].instruction));
+        let ask = if i == 0 {
+            "Write the customer's first message: say who you are and what you want, in your own words."
+        } else {
+            "Write the customer's next message."
+        };
         assert!(
-            r.messages[1]
-                .content
-                .ends_with("Write the customer's next message.")
+            r.messages[1].content.ends_with(ask),
+            "{}",
+            r.messages[1].content
         );
     }
     assert_eq!(

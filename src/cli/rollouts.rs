@@ -34,9 +34,10 @@ pub struct RoleArgs {
     pub user_strategy: UserStrategy,
     /// How the user model sees the conversation: `tau-bench` (its prompt, the agent's lines as
     /// user turns) or `transcript` (a customer prompt and the conversation as one transcript to
-    /// continue; keeps small user models in the customer's role).
-    #[arg(long, value_enum, default_value_t = UserView::TauBench)]
-    pub user_view: UserView,
+    /// continue; keeps small user models in the customer's role). Default: transcript for
+    /// rollouts and generate, tau-bench for eval (the benchmark's user, as it is).
+    #[arg(long, value_enum)]
+    pub user_view: Option<UserView>,
     /// Candidates per user turn for best-of-n.
     #[arg(long, default_value_t = 4)]
     pub user_n: usize,
@@ -56,9 +57,11 @@ pub struct RoleArgs {
     /// generate, so that trials differ and a small model does not repeat one call forever.
     #[arg(long)]
     pub agent_temperature: Option<f32>,
-    /// User sampling temperature (tau-bench leaves the provider's default, 1.0).
-    #[arg(long, default_value_t = 1.0)]
-    pub user_temperature: f32,
+    /// User sampling temperature. Default: 0.7 for rollouts and generate (at 1.0 a 1.5B user
+    /// drifts off the customer's situation), 1.0 for eval (tau-bench leaves the provider's
+    /// default).
+    #[arg(long)]
+    pub user_temperature: Option<f32>,
     /// Agent replies per episode before it is cut off (tau-bench: 30).
     #[arg(long, default_value_t = 30)]
     pub max_steps: usize,
@@ -154,11 +157,17 @@ impl RoleArgs {
             model: Role {
                 name: user_name.clone(),
                 backend: models.get(&user_name)?,
-                temperature: self.user_temperature,
+                temperature: self
+                    .user_temperature
+                    .unwrap_or(if data { 0.7 } else { 1.0 }),
                 max_tokens: 128,
             },
             strategy: self.user_strategy,
-            view: self.user_view,
+            view: self.user_view.unwrap_or(if data {
+                UserView::Transcript
+            } else {
+                UserView::TauBench
+            }),
             n: self.user_n,
             judge,
             resample: self.user_resample.unwrap_or(if data { 3 } else { 0 }),

@@ -40,7 +40,92 @@ pub const AGENT_PHRASES: &[&str] = &[
     "if you have any other questions",
     "i'm ready to assist",
     "how can i assist",
+    "is there anything i can help",
+    "is there anything i can do for you",
+    "what can i do for you",
+    "how can i be of assistance",
+    "i'm here to help",
 ];
+
+/// Words too common to show that a line is about the customer's situation.
+const COMMON: &[&str] = &[
+    "about",
+    "also",
+    "anything",
+    "been",
+    "could",
+    "days",
+    "from",
+    "have",
+    "hello",
+    "help",
+    "here",
+    "hold",
+    "information",
+    "into",
+    "just",
+    "know",
+    "like",
+    "make",
+    "more",
+    "need",
+    "only",
+    "please",
+    "proceed",
+    "should",
+    "some",
+    "sure",
+    "than",
+    "thank",
+    "thanks",
+    "that",
+    "their",
+    "them",
+    "then",
+    "there",
+    "they",
+    "this",
+    "today",
+    "very",
+    "want",
+    "well",
+    "were",
+    "what",
+    "when",
+    "which",
+    "will",
+    "with",
+    "would",
+    "your",
+    "you're",
+    "okay",
+];
+
+/// The words of `text` that say something: ids (anything with a digit) and words of four
+/// letters or more that are not [`COMMON`].
+fn content_words(text: &str) -> std::collections::BTreeSet<String> {
+    normalise(text)
+        .split(|c: char| c.is_whitespace() || ",;:()[]{}\"!?.".contains(c))
+        .map(|w| w.trim_matches(['\'', '-']).to_owned())
+        .filter(|w| {
+            w.chars().any(|c| c.is_ascii_digit())
+                || (w.chars().filter(|c| c.is_alphabetic()).count() >= 4
+                    && !COMMON.contains(&w.as_str()))
+        })
+        .collect()
+}
+
+/// Why a user's opening line would be sampled again: in the agent's voice, or about nothing the
+/// instruction says (`off_task`: "(I'll hold on...)", "Just let me know what you need.") — an
+/// opening that gives the agent nothing to act on.
+pub fn opening_problem(line: &str, instruction: &str) -> Option<String> {
+    if let Some(p) = out_of_role(line) {
+        return Some(format!("agent_voice: \"{p}\""));
+    }
+    let said = content_words(line);
+    let situation = content_words(instruction);
+    (said.intersection(&situation).next().is_none()).then(|| format!("off_task: {line:?}"))
+}
 
 /// Whether a user line reads as the agent's.
 pub fn out_of_role(line: &str) -> Option<&'static str> {
@@ -508,6 +593,30 @@ mod tests {
 #[cfg(test)]
 mod user_line_tests {
     use super::user_line_problem;
+
+    #[test]
+    fn an_opening_must_be_about_the_customers_situation() {
+        use super::opening_problem as problem;
+        let ins = "You are Freya Petrov, zip code 95844. You want to cancel your pending order #W6472811.";
+        assert_eq!(problem("Hi, I'd like to cancel an order.", ins), None);
+        assert_eq!(problem("Hello, this is Freya.", ins), None);
+        assert_eq!(problem("It's about order W6472811", ins), None);
+        assert!(
+            problem("(I'll hold on...)", ins)
+                .unwrap()
+                .starts_with("off_task")
+        );
+        assert!(
+            problem("Just let me know what you need.", ins)
+                .unwrap()
+                .starts_with("off_task")
+        );
+        assert!(
+            problem("Hello. Is there anything I can help you with?", ins)
+                .unwrap()
+                .starts_with("agent_voice")
+        );
+    }
 
     #[test]
     fn sentences_in_the_agents_voice_are_cut_from_a_user_line() {
