@@ -769,7 +769,12 @@ fn an_agent_call_that_would_spoil_the_conversation_is_drawn_again() {
     // Bounded: past the bound the reply is used as sampled, and the write is made.
     let dir = tempfile::tempdir().unwrap();
     let mut s = Setup::new(
-        &[&get_1002(), &transfer(25.0), &transfer(25.0), "Done."],
+        &[
+            &get_1002(),
+            &transfer(25.0),
+            &transfer(25.0),
+            "The transfer is done.",
+        ],
         &[ASK, "###STOP###"],
     );
     s.agent_resample = 1;

@@ -295,8 +295,29 @@ pub fn turn_problem<W: Fn(&str) -> bool>(call: Turn<'_>, cx: &Context<'_, W>) ->
             .actions
             .iter()
             .filter(|a| a.name != RESPOND_ACTION_NAME && !made(a));
-        if !pending.any(|a| a.name == name && same(&args(a), &call)) {
+        let Some(gold) = pending.find(|a| a.name == name && same(&args(a), &call)) else {
             return Some(format!("write_off_gold: {name}"));
+        };
+        // The gold reads of ids before this write come first (the keep rules ask for them).
+        let at = task
+            .actions
+            .iter()
+            .position(|a| std::ptr::eq(a, gold))
+            .unwrap_or(0);
+        for read in task.actions[..at].iter().filter(|a| !is_write(&a.name)) {
+            let ids = id_arguments(&read.arguments);
+            if ids.is_empty() || terminate.contains(&read.name) {
+                continue;
+            }
+            let made = messages.iter().flat_map(|m| &m.tool_calls).any(|c| {
+                c.name == read.name
+                    && c.arguments
+                        .as_object()
+                        .is_some_and(|o| id_arguments(o) == ids)
+            });
+            if !made {
+                return Some(format!("reads_first: {}", read.name));
+            }
         }
     }
     let mut known = String::new();
@@ -348,6 +369,48 @@ pub fn turn_problem<W: Fn(&str) -> bool>(call: Turn<'_>, cx: &Context<'_, W>) ->
         let nv = normalise(&v);
         if !known.contains(&nv) && !known.contains(nv.trim_start_matches('#')) {
             return Some(format!("invented_id: {key} {v:?}"));
+        }
+    }
+    None
+}
+
+/// Whether gold writes are still to be made, given the writes made so far.
+pub fn writes_pending(task: &Task, done: &[Action], is_write: impl Fn(&str) -> bool) -> bool {
+    let args = |a: &Action| Value::Object(a.arguments.clone());
+    task.actions.iter().filter(|a| is_write(&a.name)).any(|a| {
+        !done
+            .iter()
+            .any(|d| d.name == a.name && same(&args(d), &args(a)))
+    })
+}
+
+/// Why an agent's answer in words would be drawn again: under three words (`terse_reply`:
+/// "True", "json_object"), or talk about the machinery instead of the customer's matter —
+/// a tool's name, "function", "tool call", a placeholder, an exception (`meta_reply`).
+pub fn text_problem(content: &str, tools: &[Value]) -> Option<String> {
+    let words = content.split_whitespace().count();
+    if words < 3 {
+        return Some(format!("terse_reply: {content:?}"));
+    }
+    let l = content.to_lowercase();
+    for marker in [
+        "function",
+        "tool call",
+        "json_object",
+        "placeholder",
+        "typeerror",
+        "exception",
+    ] {
+        if l.contains(marker) {
+            return Some(format!("meta_reply: {marker}"));
+        }
+    }
+    for t in tools {
+        let f = t.get("function").unwrap_or(t);
+        if let Some(name) = f.get("name").and_then(Value::as_str) {
+            if name.contains('_') && l.contains(name) {
+                return Some(format!("meta_reply: {name}"));
+            }
         }
     }
     None
@@ -502,7 +565,11 @@ mod tests {
             };
             turn_problem(Turn { name, arguments: a }, &cx)
         };
-        assert_eq!(check("freeze_account", &gold, &[]), None);
+        // The gold write itself, but before the gold look-up that comes first.
+        assert_eq!(
+            check("freeze_account", &gold, &[]).as_deref(),
+            Some("reads_first: get_account")
+        );
         let wrong = args(json!({"account_id": "acc_1003", "reason": "customer request"}));
         assert_eq!(
             check("freeze_account", &wrong, &[]).as_deref(),
@@ -555,6 +622,67 @@ mod tests {
                     arguments: &sum
                 },
                 &cx
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_gold_write_waits_for_the_gold_reads_before_it() {
+        let task: Task = serde_json::from_value(json!({
+            "user_id": "u1", "instruction": "freeze acc_1003",
+            "actions": [{"name": "get_account", "kwargs": {"account_id": "acc_1003"}},
+                        {"name": "freeze_account", "kwargs": {"account_id": "acc_1003", "reason": "lost card"}}],
+            "outputs": []
+        }))
+        .unwrap();
+        let args = json!({"account_id": "acc_1003", "reason": "lost card"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let asked = vec![Message::user("Freeze acc_1003, I lost my card.")];
+        let mut read = asked.clone();
+        read.push(Message::assistant_calls(vec![crate::llm::ToolCall {
+            name: "get_account".into(),
+            arguments: json!({"account_id": "acc_1003"}),
+        }]));
+        read.push(Message::tool("get_account", "{}"));
+        let is_write = |n: &str| n == "freeze_account";
+        for (messages, want) in [(&asked, Some("reads_first: get_account")), (&read, None)] {
+            let cx = Context {
+                messages,
+                tools: &[],
+                task: &task,
+                done: &[],
+                is_write,
+                terminate: &[],
+            };
+            let turn = Turn {
+                name: "freeze_account",
+                arguments: &args,
+            };
+            assert_eq!(turn_problem(turn, &cx).as_deref(), want);
+        }
+        assert!(writes_pending(&task, &[], is_write));
+        let made = [Action::new("freeze_account", args.clone())];
+        assert!(!writes_pending(&task, &made, is_write));
+    }
+
+    #[test]
+    fn an_answer_about_the_machinery_or_of_a_word_is_drawn_again() {
+        let tools = [json!({"name": "find_user_id_by_name_zip"})];
+        for bad in [
+            "True",
+            "json_object",
+            "Use the find_user_id_by_name_zip tool first.",
+            "TypeError: null",
+        ] {
+            assert!(text_problem(bad, &tools).is_some(), "{bad}");
+        }
+        assert_eq!(
+            text_problem(
+                "Your order #W1 is cancelled; the refund goes to your card.",
+                &tools
             ),
             None
         );

@@ -328,7 +328,7 @@ impl<'a> SimUser<'a> {
         let mut line = String::new();
         for _ in 0..OPENING_TRIES {
             self.messages.truncate(1);
-            line = self.reply(GREETING, meter)?;
+            line = self.reply(GREETING, false, meter)?;
             if !is_stop(&line) {
                 break;
             }
@@ -337,7 +337,14 @@ impl<'a> SimUser<'a> {
     }
 
     /// The user's next line after the agent said `agent_said`.
-    fn reply(&mut self, agent_said: &str, meter: &mut Meter) -> Result<String, String> {
+    /// `goal_pending`: gold writes are still to be made, so a `###STOP###` is drawn again in a
+    /// data run (`early_stop`), within the same bound.
+    fn reply(
+        &mut self,
+        agent_said: &str,
+        goal_pending: bool,
+        meter: &mut Meter,
+    ) -> Result<String, String> {
         self.messages.push(Message::user(agent_said));
         self.turn += 1;
         let prompt = match self.role.view {
@@ -376,7 +383,14 @@ impl<'a> SimUser<'a> {
                 // line as tau-bench would.
                 let name_in = (self.role.resample > 0).then_some(self.instruction.as_str());
                 line = user_line(&reply.raw, name_in);
-                if self.role.resample == 0 || is_stop(&line) {
+                if self.role.resample == 0 {
+                    break;
+                }
+                if is_stop(&line) {
+                    if goal_pending && again < self.role.resample && self.messages.len() > 2 {
+                        *self.resampled.entry("early_stop".into()).or_default() += 1;
+                        continue;
+                    }
                     break;
                 }
                 // The opening (only the greeting before it) must also be about the situation.
@@ -722,6 +736,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                         };
                         guide::turn_problem(turn, &cx)
                     }),
+                ModelOutput::Text { content } => guide::text_problem(content, &tools),
                 _ => None,
             };
             match problem {
@@ -801,7 +816,8 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 said.push(content.clone());
                 messages.push(Message::assistant(content.clone()));
                 crate::run::progress::doing(format!("step {steps}: user"));
-                match sim.reply(&content, &mut meter) {
+                let pending = guide::writes_pending(task, &writes, is_write);
+                match sim.reply(&content, pending, &mut meter) {
                     Ok(line) => {
                         trace(agent.trace, "user", &line);
                         user_turns += 1;
