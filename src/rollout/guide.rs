@@ -536,15 +536,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn off_gold_writes_transfers_and_invented_ids_are_named() {
-        let task: Task = serde_json::from_value(json!({
+    /// Look up acc_1003, then freeze it for a lost card.
+    fn freeze_task() -> Task {
+        serde_json::from_value(json!({
             "user_id": "u1", "instruction": "freeze acc_1003",
             "actions": [{"name": "get_account", "kwargs": {"account_id": "acc_1003"}},
                         {"name": "freeze_account", "kwargs": {"account_id": "acc_1003", "reason": "lost card"}}],
             "outputs": []
         }))
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn off_gold_writes_transfers_and_invented_ids_are_named() {
+        let task = freeze_task();
         let is_write = |n: &str| n == "freeze_account";
         let said = vec![Message::user("Please freeze acc_1003, I lost my card.")];
         let args = |v: Value| v.as_object().unwrap().clone();
@@ -629,13 +634,7 @@ mod tests {
 
     #[test]
     fn a_gold_write_waits_for_the_gold_reads_before_it() {
-        let task: Task = serde_json::from_value(json!({
-            "user_id": "u1", "instruction": "freeze acc_1003",
-            "actions": [{"name": "get_account", "kwargs": {"account_id": "acc_1003"}},
-                        {"name": "freeze_account", "kwargs": {"account_id": "acc_1003", "reason": "lost card"}}],
-            "outputs": []
-        }))
-        .unwrap();
+        let task = freeze_task();
         let args = json!({"account_id": "acc_1003", "reason": "lost card"})
             .as_object()
             .unwrap()
