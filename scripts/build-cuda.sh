@@ -70,6 +70,8 @@ if [ ! -f "$stub/libcuda.so" ]; then
         awk '{print $4}' | sort -u |
         awk '{printf "int %s(void) { return 999; }\n", $1}' >"$stub/cuda_stub.c"
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub/libcuda.so" "$stub/cuda_stub.c"
+    # For starting the binary here (`--help`, the CPU device) with the stub on LD_LIBRARY_PATH.
+    ln -sf libcuda.so "$stub/libcuda.so.1"
     say "driver stub: $(wc -l <"$stub/cuda_stub.c") functions"
 fi
 

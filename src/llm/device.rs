@@ -29,7 +29,16 @@ pub fn select_device(name: &str) -> Result<Device> {
                 }
             };
             Device::new_cuda(ordinal).map_err(|e| {
-                LlmError::Unsupported(format!("cuda device: {e} (build with --features cuda)"))
+                // Candle's errors carry a backtrace; its first line says what failed.
+                let e = e.to_string();
+                let e = e.lines().next().unwrap_or_default();
+                LlmError::Unsupported(if cfg!(feature = "cuda") {
+                    format!(
+                        "cuda device {ordinal}: {e} (no GPU here, or its driver is missing or older than the CUDA 13 this was built with)"
+                    )
+                } else {
+                    format!("cuda device: {e} (build with --features cuda: scripts/build-cuda.sh)")
+                })
             })
         }
     }
