@@ -40,11 +40,7 @@ pub fn requests(domain: &Domain, plan: &Plan) -> Vec<String> {
         .collect();
     plan.actions
         .iter()
-        .filter(|a| {
-            domain
-                .tool(&a.name)
-                .is_some_and(|t| t.kind == ToolKind::Write)
-        })
+        .filter(|a| domain.is_write(&a.name))
         .map(|a| {
             let say = |key: &str| -> String {
                 a.arguments

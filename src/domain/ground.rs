@@ -26,7 +26,6 @@
 
 use crate::domain::Domain;
 use crate::domain::task::{RESPOND_ACTION_NAME, Task};
-use crate::domain::tools::ToolKind;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashSet};
@@ -410,10 +409,7 @@ impl<'d> Grounder<'d> {
             if a.name == RESPOND_ACTION_NAME {
                 continue;
             }
-            let is_write = self
-                .domain
-                .tool(&a.name)
-                .is_some_and(|t| t.kind == ToolKind::Write);
+            let is_write = self.domain.is_write(&a.name);
             if is_write {
                 for (key, value) in id_arguments(&a.arguments) {
                     let sourced = reach.contains(&value)
@@ -573,11 +569,7 @@ impl<'d> Grounder<'d> {
         let text = normalise(&task.instruction);
         let mut out = Vec::new();
         for (i, a) in task.actions.iter().enumerate() {
-            if !self
-                .domain
-                .tool(&a.name)
-                .is_some_and(|t| t.kind == ToolKind::Write)
-            {
+            if !self.domain.is_write(&a.name) {
                 continue;
             }
             for (key, v) in &a.arguments {

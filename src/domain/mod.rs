@@ -171,6 +171,12 @@ impl Domain {
         self.index.get(name).map(|i| &self.tools[*i])
     }
 
+    /// Whether `name` is one of the domain's write tools.
+    pub fn is_write(&self, name: &str) -> bool {
+        self.tool(name)
+            .is_some_and(|t| t.kind == tools::ToolKind::Write)
+    }
+
     /// The policy rules, when the domain has a `rules` folder.
     pub fn rules(&self) -> Option<&Scripts> {
         self.rules.as_ref()

@@ -366,8 +366,7 @@ pub fn turn_problem<W: Fn(&str) -> bool>(call: Turn<'_>, cx: &Context<'_, W>) ->
         }
     }
     for (key, v) in id_arguments(arguments) {
-        let nv = normalise(&v);
-        if !known.contains(&nv) && !known.contains(nv.trim_start_matches('#')) {
+        if !super::keep::id_given(&known, &v) {
             return Some(format!("invented_id: {key} {v:?}"));
         }
     }

@@ -182,6 +182,12 @@ pub fn user_line_problem(line: &str, instruction: &str, agent_lines: &[&str]) ->
     None
 }
 
+/// Whether `id` occurs in `seen` (normalised text), with or without its leading `#`.
+pub(crate) fn id_given(seen: &str, id: &str) -> bool {
+    let id = normalise(id);
+    seen.contains(&id) || seen.contains(id.trim_start_matches('#'))
+}
+
 /// A broken keep rule: its code and what happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeepProblem {
@@ -286,9 +292,7 @@ pub fn keep_problem(
         while next_call < calls.len() && calls[next_call].at == at {
             let c = &calls[next_call];
             for (key, v) in id_arguments(&c.arguments) {
-                let nv = normalise(&v);
-                let bare = nv.trim_start_matches('#');
-                if !seen.contains(&nv) && !seen.contains(bare) {
+                if !id_given(&seen, &v) {
                     return problem(
                         "keep.invented_id",
                         format!(

@@ -402,10 +402,7 @@ impl<'a> SimUser<'a> {
                 let problem = problem
                     .or_else(|| keep::user_line_problem(&line, &self.instruction, &agent_lines));
                 match problem {
-                    Some(why) if again < self.role.resample => {
-                        let reason = why.split(':').next().unwrap_or_default().to_owned();
-                        *self.resampled.entry(reason).or_default() += 1;
-                    }
+                    Some(why) if again < self.role.resample => tally(&mut self.resampled, &why),
                     _ => break,
                 }
             }
@@ -579,11 +576,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     // The writes run so far, and the agent replies drawn again, by reason.
     let mut writes: Vec<Action> = Vec::new();
     let mut agent_resampled: BTreeMap<String, usize> = BTreeMap::new();
-    let is_write = |n: &str| {
-        domain
-            .tool(n)
-            .is_some_and(|t| t.kind == crate::domain::tools::ToolKind::Write)
-    };
+    let is_write = |n: &str| domain.is_write(n);
     // One entry per agent reply: the reply and what answered it, for stall detection.
     let mut exchanges: Vec<String> = Vec::new();
     let finish = |messages: &[Message],
@@ -718,10 +711,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                     .iter()
                     .take(if agent.parallel_calls { calls.len() } else { 1 })
                     .find_map(|c| {
-                        let arguments = match &c.arguments {
-                            Value::Object(m) => m.clone(),
-                            _ => Default::default(),
-                        };
+                        let arguments = call_arguments(c);
                         let cx = guide::Context {
                             messages: &messages,
                             tools: &tools,
@@ -741,8 +731,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
             };
             match problem {
                 Some(why) => {
-                    let reason = why.split(':').next().unwrap_or_default().to_owned();
-                    *agent_resampled.entry(reason).or_default() += 1;
+                    tally(&mut agent_resampled, &why);
                     trace(agent.trace, "agent, drawn again", &why);
                     again += 1;
                 }
@@ -780,11 +769,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 let mut observations = Vec::new();
                 for call in &run {
                     tool_calls += 1;
-                    let arguments = match &call.arguments {
-                        Value::Object(m) => m.clone(),
-                        _ => Default::default(),
-                    };
-                    let action = Action::new(call.name.clone(), arguments);
+                    let action = Action::new(call.name.clone(), call_arguments(call));
                     let step = env.step(&action);
                     if is_write(&action.name) && !step.observation.starts_with("Error") {
                         writes.push(action);
@@ -846,6 +831,20 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
         (meter, sim.resampled, agent_resampled),
         (steps, user_turns, tool_calls),
     )
+}
+
+/// A call's arguments as a map (the parsers give objects; anything else is no arguments).
+fn call_arguments(call: &ToolCall) -> serde_json::Map<String, Value> {
+    match &call.arguments {
+        Value::Object(m) => m.clone(),
+        _ => Default::default(),
+    }
+}
+
+/// Count a draw made again under its reason, the part of `why` before the first `:`.
+fn tally(counts: &mut BTreeMap<String, usize>, why: &str) {
+    let reason = why.split(':').next().unwrap_or_default().to_owned();
+    *counts.entry(reason).or_default() += 1;
 }
 
 /// One message on stderr (for `--trace`).

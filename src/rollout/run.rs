@@ -344,11 +344,7 @@ impl Rollouts<'_> {
         } else {
             None
         };
-        let is_write = |n: &str| {
-            self.domain
-                .tool(n)
-                .is_some_and(|t| t.kind == crate::domain::tools::ToolKind::Write)
-        };
+        let is_write = |n: &str| self.domain.is_write(n);
         let problem =
             (self.settings.keep && self.settings.require_gold_tools && episode.reward == 1.0)
                 .then(|| {
