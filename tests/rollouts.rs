@@ -111,6 +111,7 @@ impl Setup {
                 stall_after: self.stall_after,
                 seen_ids: false,
                 resample: self.agent_resample,
+                gold_writes: false,
             },
             user: UserRole {
                 model: Role {
@@ -154,6 +155,8 @@ fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The agent putting the gold transfer to the customer before making it.
+const CONFIRM: &str = "I will move 250.50 from acc_1002 to acc_1001, memo rent share. Shall I?";
 const ASK: &str = "Hi, I'd like to send 250.50 from acc_1002 to acc_1001, memo rent share.";
 
 #[test]
@@ -256,9 +259,27 @@ fn a_success_without_the_blueprints_lookups_is_verified_but_not_kept() {
     assert_eq!(summary.faults["agent"], 1);
     assert!(lines(&dir.path().join("dataset.jsonl")).is_empty());
 
-    // An agent that looks the account up first is kept.
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Setup::new(
+    // An agent that looks the account up first and has the customer's yes is kept; without
+    // the yes it is not.
+    let run = |agent: &[&str], user: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Setup::new(agent, user);
+        s.require_gold_tools = true;
+        let summary = s.run(dir.path(), &one(0));
+        let t = lines(&dir.path().join("trajectories.jsonl")).remove(0);
+        (summary, t)
+    };
+    let (summary, _) = run(
+        &[
+            &get_1002(),
+            CONFIRM,
+            &transfer(250.5),
+            "The transfer of 250.50 is done.",
+        ],
+        &[ASK, "Yes, please.", "###STOP###"],
+    );
+    assert_eq!((summary.kept, summary.filtered), (1, 0));
+    let (summary, t) = run(
         &[
             &get_1002(),
             &transfer(250.5),
@@ -266,9 +287,8 @@ fn a_success_without_the_blueprints_lookups_is_verified_but_not_kept() {
         ],
         &[ASK, "###STOP###"],
     );
-    s.require_gold_tools = true;
-    let summary = s.run(dir.path(), &one(0));
-    assert_eq!((summary.kept, summary.filtered), (1, 0));
+    assert_eq!((summary.verified, summary.kept), (1, 0));
+    assert_eq!(t["not_kept_code"], "keep.unconfirmed_write", "{t}");
 }
 
 #[test]
@@ -743,12 +763,13 @@ fn an_agent_call_that_would_spoil_the_conversation_is_drawn_again() {
         &[
             &invented,
             &get_1002(),
+            CONFIRM,
             &transfer(25.0),
             &handover,
             &transfer(250.5),
             "The transfer of 250.50 is done.",
         ],
-        &[ASK, "Thanks! ###STOP###"],
+        &[ASK, "Yes, please.", "Thanks! ###STOP###"],
     );
     s.agent_resample = 3;
     s.require_gold_tools = true;
@@ -833,13 +854,8 @@ fn each_fault_label_comes_from_its_signal() {
     assert!(e.contains("memo"), "{e}");
     // unclear: the right calls, then an agent that never finishes, and no other signal.
     let (f, e) = fault_of(
-        &[
-            &get_1002(),
-            &transfer(250.5),
-            "Anything else?",
-            "Anything else?",
-        ],
-        &[ASK, "Hm.", "Let me think."],
+        &[&get_1002(), CONFIRM, &transfer(250.5), "Anything else?"],
+        &[ASK, "Yes.", "Hm.", "Let me think."],
         task,
     );
     assert_eq!(

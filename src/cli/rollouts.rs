@@ -84,6 +84,13 @@ pub struct RoleArgs {
     /// 3 for rollouts and generate, 0 for eval (the agent is what is scored).
     #[arg(long, value_name = "N")]
     pub agent_resample: Option<usize>,
+    /// With --constrain-agent: the agent's grammar offers a write tool only when a gold write
+    /// of it is due (its gold reads made, and the customer's "yes" to the agent's words since
+    /// the last write), with only the arguments the gold write uses, and a hand-over only when
+    /// the gold actions hand over; the prompt is unchanged. Default: on for rollouts and
+    /// generate, off (refused) for eval.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub agent_gold_writes: Option<bool>,
     /// Print every message of every episode to stderr as it happens.
     #[arg(long)]
     pub trace: bool,
@@ -126,6 +133,11 @@ impl RoleArgs {
                 "--agent-resample draws agent replies again against the gold actions; eval scores the agent as it samples"
             );
         }
+        if !data && self.agent_gold_writes == Some(true) {
+            bail!(
+                "--agent-gold-writes shapes the agent's grammar by the gold actions; eval scores the agent as it samples"
+            );
+        }
         let agent = AgentRole {
             model: Role {
                 name: agent_name.clone(),
@@ -142,6 +154,7 @@ impl RoleArgs {
             stall_after: self.stall_after.unwrap_or(if data { 3 } else { 0 }),
             seen_ids: self.agent_seen_ids.unwrap_or(data),
             resample: self.agent_resample.unwrap_or(if data { 3 } else { 0 }),
+            gold_writes: data && self.agent_gold_writes.unwrap_or(true),
         };
         let judge = Role {
             name: judge_name.clone(),
@@ -289,6 +302,8 @@ struct AgentPin<'a> {
     seen_ids: bool,
     #[serde(skip_serializing_if = "is_zero")]
     resample: usize,
+    #[serde(skip_serializing_if = "is_false")]
+    gold_writes: bool,
 }
 
 #[derive(Serialize)]
@@ -401,6 +416,7 @@ pub fn roll_out(
             stall_after: agent.stall_after,
             seen_ids: agent.seen_ids,
             resample: agent.resample,
+            gold_writes: agent.gold_writes,
         },
         user: UserPin {
             model: &user.model.name,

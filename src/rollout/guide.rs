@@ -298,26 +298,11 @@ pub fn turn_problem<W: Fn(&str) -> bool>(call: Turn<'_>, cx: &Context<'_, W>) ->
         let Some(gold) = pending.find(|a| a.name == name && same(&args(a), &call)) else {
             return Some(format!("write_off_gold: {name}"));
         };
-        // The gold reads of ids before this write come first (the keep rules ask for them).
-        let at = task
-            .actions
-            .iter()
-            .position(|a| std::ptr::eq(a, gold))
-            .unwrap_or(0);
-        for read in task.actions[..at].iter().filter(|a| !is_write(&a.name)) {
-            let ids = id_arguments(&read.arguments);
-            if ids.is_empty() || terminate.contains(&read.name) {
-                continue;
-            }
-            let made = messages.iter().flat_map(|m| &m.tool_calls).any(|c| {
-                c.name == read.name
-                    && c.arguments
-                        .as_object()
-                        .is_some_and(|o| id_arguments(o) == ids)
-            });
-            if !made {
-                return Some(format!("reads_first: {}", read.name));
-            }
+        if let Some(read) = read_missing(task, gold, messages, is_write, terminate) {
+            return Some(format!("reads_first: {read}"));
+        }
+        if !confirmed(messages.iter().map(step_of(is_write))) {
+            return Some(format!("unconfirmed_write: {name}"));
         }
     }
     let mut known = String::new();
@@ -371,6 +356,188 @@ pub fn turn_problem<W: Fn(&str) -> bool>(call: Turn<'_>, cx: &Context<'_, W>) ->
         }
     }
     None
+}
+
+/// The first gold read of an id before `gold` (a write of `task`) that the agent has not made
+/// yet: the keep rules ask for the gold reads, and a write comes after what it is based on.
+fn read_missing<'t, W: Fn(&str) -> bool>(
+    task: &'t Task,
+    gold: &Action,
+    messages: &[Message],
+    is_write: &W,
+    terminate: &[String],
+) -> Option<&'t str> {
+    let at = task
+        .actions
+        .iter()
+        .position(|a| std::ptr::eq(a, gold))
+        .unwrap_or(0);
+    task.actions[..at]
+        .iter()
+        .filter(|a| !is_write(&a.name) && !terminate.contains(&a.name))
+        .find(|read| {
+            let ids = id_arguments(&read.arguments);
+            !ids.is_empty()
+                && !messages.iter().flat_map(|m| &m.tool_calls).any(|c| {
+                    c.name == read.name
+                        && c.arguments
+                            .as_object()
+                            .is_some_and(|o| id_arguments(o) == ids)
+                })
+        })
+        .map(|a| a.name.as_str())
+}
+
+/// One message of a conversation, as [`confirmed`] reads it.
+pub enum Step<'a> {
+    /// The agent spoke to the customer.
+    AgentText,
+    /// The agent called a tool that changes the database.
+    AgentWrite,
+    /// The customer spoke.
+    User(&'a str),
+    /// Anything else: a read, a tool result.
+    Other,
+}
+
+/// How [`confirmed`] reads one of the agent's messages.
+fn step_of<W: Fn(&str) -> bool>(is_write: &W) -> impl Fn(&Message) -> Step<'_> + '_ {
+    move |m| match m.role.as_str() {
+        "user" => Step::User(&m.content),
+        "assistant" if m.tool_calls.iter().any(|c| is_write(&c.name)) => Step::AgentWrite,
+        "assistant" if m.tool_calls.is_empty() && !m.content.trim().is_empty() => Step::AgentText,
+        _ => Step::Other,
+    }
+}
+
+/// Words by which a customer says yes to what the agent has put to them.
+const YES: &[&str] = &[
+    "yes",
+    "yeah",
+    "yep",
+    "sure",
+    "confirm",
+    "confirmed",
+    "correct",
+    "proceed",
+    "ok",
+    "okay",
+    "go ahead",
+    "please do",
+    "do it",
+    "that's right",
+];
+
+/// Whether a customer's line says yes: one of [`YES`], and it does not open with a no.
+pub fn says_yes(line: &str) -> bool {
+    let l = normalise(line);
+    let first = l
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
+    if matches!(first, "no" | "not" | "nope" | "don't" | "dont" | "wait") {
+        return false;
+    }
+    YES.iter()
+        .any(|y| crate::domain::ground::contains_word(&l, y))
+}
+
+/// Whether the conversation so far lets the agent make a write now: since its last write (or
+/// the start), the agent has said something to the customer and the customer has said yes
+/// after it. The domains' policies all ask for it ("list the details and get an explicit
+/// 'yes'"); tau-bench's gold conversations do it before every write.
+pub fn confirmed<'a>(steps: impl DoubleEndedIterator<Item = Step<'a>>) -> bool {
+    // Read backwards to the last write: a yes, with the agent's words before it.
+    let mut yes = false;
+    for s in steps.rev() {
+        match s {
+            Step::AgentWrite => return false,
+            Step::User(line) if says_yes(line) => yes = true,
+            Step::AgentText if yes => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The tools the agent's grammar offers for its next reply when the gold writes gate it
+/// (`--agent-gold-writes`): reads as they are; a hand-over only if the gold actions hand over;
+/// a write only when a gold write of that tool is due — not made yet, the gold reads before it
+/// made ([`read_missing`]), the customer's yes given since the last write ([`confirmed`]) — and
+/// then with only the arguments those gold writes use besides the required ones (so no
+/// free-text `memo` that no one asked for). What such a reply says is still the model's: this
+/// is the rejection of [`turn_problem`] applied while decoding, and no write it could make
+/// would be kept.
+pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) -> Vec<Value> {
+    let Context {
+        messages,
+        task,
+        done,
+        terminate,
+        ..
+    } = *cx;
+    let is_write = &cx.is_write;
+    let made = |a: &Action| {
+        done.iter().any(|d| {
+            d.name == a.name
+                && same(
+                    &Value::Object(d.arguments.clone()),
+                    &Value::Object(a.arguments.clone()),
+                )
+        })
+    };
+    let yes = confirmed(messages.iter().map(step_of(is_write)));
+    let mut out = Vec::new();
+    for t in tools {
+        let f = t.get("function").unwrap_or(t);
+        let Some(name) = f.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        if terminate.iter().any(|x| x == name) {
+            if task.actions.iter().any(|a| a.name == name) {
+                out.push(t.clone());
+            }
+            continue;
+        }
+        if !is_write(name) {
+            out.push(t.clone());
+            continue;
+        }
+        if !yes {
+            continue;
+        }
+        let due: Vec<&Action> = task
+            .actions
+            .iter()
+            .filter(|a| a.name == name && !made(a))
+            .filter(|a| read_missing(task, a, messages, is_write, terminate).is_none())
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let mut t = t.clone();
+        let f = if t.get("function").is_some() {
+            &mut t["function"]
+        } else {
+            &mut t
+        };
+        let params = &mut f["parameters"];
+        let required: BTreeSet<String> = params
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect();
+        if let Some(Value::Object(props)) = params.get_mut("properties") {
+            props.retain(|k, _| {
+                required.contains(k) || due.iter().any(|a| a.arguments.contains_key(k))
+            });
+        }
+        out.push(t);
+    }
+    out
 }
 
 /// Whether gold writes are still to be made, given the writes made so far.
@@ -645,8 +812,17 @@ mod tests {
             arguments: json!({"account_id": "acc_1003"}),
         }]));
         read.push(Message::tool("get_account", "{}"));
+        let mut agreed = read.clone();
+        agreed.push(Message::assistant(
+            "I will freeze acc_1003 for a lost card. Shall I go ahead?",
+        ));
+        agreed.push(Message::user("Yes, please."));
         let is_write = |n: &str| n == "freeze_account";
-        for (messages, want) in [(&asked, Some("reads_first: get_account")), (&read, None)] {
+        for (messages, want) in [
+            (&asked, Some("reads_first: get_account")),
+            (&read, Some("unconfirmed_write: freeze_account")),
+            (&agreed, None),
+        ] {
             let cx = Context {
                 messages,
                 tools: &[],
@@ -664,6 +840,99 @@ mod tests {
         assert!(writes_pending(&task, &[], is_write));
         let made = [Action::new("freeze_account", args.clone())];
         assert!(!writes_pending(&task, &made, is_write));
+    }
+
+    #[test]
+    fn a_yes_is_a_yes_only_after_the_agent_has_spoken_and_until_the_next_write() {
+        for yes in [
+            "Yes, please.",
+            "sure",
+            "OK, go ahead",
+            "That's correct, proceed.",
+        ] {
+            assert!(says_yes(yes), "{yes}");
+        }
+        for no in [
+            "No, wait.",
+            "I want to freeze acc_1003.",
+            "Nope, that's not it",
+        ] {
+            assert!(!says_yes(no), "{no}");
+        }
+        let yes = || Step::User("yes");
+        assert!(confirmed([Step::AgentText, yes()].into_iter()));
+        assert!(confirmed([Step::AgentText, yes(), Step::Other].into_iter()));
+        // A yes before the agent said anything is the opening, not an answer.
+        assert!(!confirmed([yes(), Step::Other].into_iter()));
+        // One yes, one write.
+        assert!(!confirmed(
+            [Step::AgentText, yes(), Step::AgentWrite, Step::Other].into_iter()
+        ));
+        assert!(!confirmed([Step::AgentText, Step::User("no")].into_iter()));
+    }
+
+    #[test]
+    fn the_grammar_offers_a_write_only_when_a_gold_write_of_it_is_due() {
+        let task = freeze_task();
+        let tools = vec![
+            json!({"type": "function", "function": {"name": "get_account", "parameters": {
+                "type": "object", "properties": {"account_id": {"type": "string"}}, "required": ["account_id"]}}}),
+            json!({"type": "function", "function": {"name": "freeze_account", "parameters": {
+                "type": "object", "properties": {"account_id": {"type": "string"},
+                    "reason": {"type": "string"}, "note": {"type": "string"}},
+                "required": ["account_id", "reason"]}}}),
+            json!({"type": "function", "function": {"name": "transfer_funds", "parameters": {
+                "type": "object", "properties": {"amount": {"type": "number"}}}}}),
+            json!({"type": "function", "function": {"name": "transfer_to_human_agents", "parameters": {
+                "type": "object", "properties": {"summary": {"type": "string"}}}}}),
+        ];
+        let is_write = |n: &str| n == "freeze_account" || n == "transfer_funds";
+        let terminate = ["transfer_to_human_agents".to_owned()];
+        let offered = |messages: &[Message], done: &[Action]| {
+            let cx = Context {
+                messages,
+                tools: &tools,
+                task: &task,
+                done,
+                is_write,
+                terminate: &terminate,
+            };
+            gated_tools(&tools, &cx)
+                .iter()
+                .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let mut m = vec![Message::user("Freeze acc_1003, I lost my card.")];
+        // Reads only: no yes yet, and no hand-over in the gold actions.
+        assert_eq!(offered(&m, &[]), ["get_account"]);
+        m.push(Message::assistant("Shall I freeze acc_1003?"));
+        m.push(Message::user("Yes."));
+        // Yes given, but the gold read before the freeze not made.
+        assert_eq!(offered(&m, &[]), ["get_account"]);
+        m.push(Message::assistant_calls(vec![crate::llm::ToolCall {
+            name: "get_account".into(),
+            arguments: json!({"account_id": "acc_1003"}),
+        }]));
+        m.push(Message::tool("get_account", "{}"));
+        assert_eq!(offered(&m, &[]), ["get_account", "freeze_account"]);
+        let cx = Context {
+            messages: &m,
+            tools: &tools,
+            task: &task,
+            done: &[],
+            is_write,
+            terminate: &terminate,
+        };
+        // The optional argument no gold write uses is not offered.
+        let freeze = &gated_tools(&tools, &cx)[1]["function"]["parameters"]["properties"];
+        assert!(freeze.get("reason").is_some() && freeze.get("note").is_none());
+        // Made once, the gold write is not due any more.
+        let args = json!({"account_id": "acc_1003", "reason": "lost card"});
+        let made = [Action::new(
+            "freeze_account",
+            args.as_object().unwrap().clone(),
+        )];
+        assert_eq!(offered(&m, &made), ["get_account"]);
     }
 
     #[test]

@@ -15,11 +15,14 @@
 //!   successfully afterwards;
 //! - `keep.needless_transfer`: the agent handed the customer to a human, which the gold actions
 //!   do not;
+//! - `keep.unconfirmed_write`: the agent made a write without the customer's "yes" to its
+//!   words since the previous write (every domain's policy asks for it);
 //! - `keep.user_out_of_role`: a user line reads as the agent's ("How can I help you today?").
 //!
 //! [`fault`] labels a failed or filtered attempt `agent`, `user`, `task` or `unclear`, with the
 //! evidence, from these deterministic signals.
 
+use super::guide::{Step, confirmed};
 use crate::domain::ground::{id_arguments, normalise};
 use crate::domain::task::{RESPOND_ACTION_NAME, Task};
 use serde::{Deserialize, Serialize};
@@ -341,6 +344,42 @@ pub fn keep_problem(
             );
         }
     }
+    // Every write after the customer's yes to what the agent put to them.
+    fn step<'m>(m: &'m Value, is_write: &impl Fn(&str) -> bool) -> Step<'m> {
+        match m["role"].as_str() {
+            Some("user") => Step::User(m["content"].as_str().unwrap_or_default()),
+            Some("assistant") => {
+                let names: Vec<&str> = m["tool_calls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["function"]["name"].as_str())
+                    .collect();
+                if names.iter().any(|n| is_write(n)) {
+                    Step::AgentWrite
+                } else if names.is_empty() && !text_of(m).trim().is_empty() {
+                    Step::AgentText
+                } else {
+                    Step::Other
+                }
+            }
+            _ => Step::Other,
+        }
+    }
+    for (at, m) in messages.iter().enumerate() {
+        if matches!(step(m, &is_write), Step::AgentWrite)
+            && !confirmed(messages[..at].iter().map(|m| step(m, &is_write)))
+        {
+            let c = calls.iter().find(|c| c.at == at && is_write(&c.name));
+            return problem(
+                "keep.unconfirmed_write",
+                format!(
+                    "the agent called {} without the customer's yes to it since the previous write",
+                    c.map_or("a write", |c| c.name.as_str())
+                ),
+            );
+        }
+    }
     for m in messages.iter().filter(|m| m["role"] == "user") {
         if let Some(p) = out_of_role(&text_of(m)) {
             return problem(
@@ -544,6 +583,37 @@ mod tests {
         helper.push(user("Hello! How can I help you today?"));
         assert_eq!(code(&helper).as_deref(), Some("keep.user_out_of_role"));
         assert_eq!(code(&good[..1]).as_deref(), Some("keep.gold_arguments"));
+    }
+
+    #[test]
+    fn a_write_needs_the_customers_yes_since_the_last_write() {
+        let mut t = task();
+        let args = json!({"account_id": "acc_1008", "reason": "lost card"});
+        t.actions.push(Action::new(
+            "freeze_account",
+            args.as_object().unwrap().clone(),
+        ));
+        let is_write = |n: &str| n == "freeze_account";
+        let user = |s: &str| json!({"role": "user", "content": s});
+        let agent = |s: &str| json!({"role": "assistant", "content": s});
+        let tool = |n: &str| json!({"role": "tool", "name": n, "content": "{}"});
+        let read = [
+            user("I am Donald Liskov, acc_1008. I lost my card."),
+            call("get_account", json!({"account_id": "acc_1008"})),
+            tool("get_account"),
+        ];
+        let mut hasty = read.to_vec();
+        hasty.extend([call("freeze_account", args.clone()), tool("freeze_account")]);
+        let code = |m: &[Value]| keep_problem(&t, m, is_write, &[]).map(|p| p.code);
+        assert_eq!(code(&hasty).as_deref(), Some("keep.unconfirmed_write"));
+        let mut asked = read.to_vec();
+        asked.extend([
+            agent("I will freeze acc_1008 for a lost card. Shall I?"),
+            user("Yes, go ahead."),
+            call("freeze_account", args.clone()),
+            tool("freeze_account"),
+        ]);
+        assert_eq!(code(&asked), None);
     }
 
     #[test]

@@ -211,6 +211,9 @@ pub struct AgentRole {
     /// A reply whose call would make the conversation unkeepable ([`guide::turn_problem`]) is
     /// drawn again, up to this many times; 0: every reply is used as sampled (eval).
     pub resample: usize,
+    /// With `constrained`: the grammar offers a write only when a gold write of that tool is
+    /// due, and a hand-over only when the gold actions hand over ([`guide::gated_tools`]).
+    pub gold_writes: bool,
 }
 
 /// The simulated user (and, for best-of-N, its judge).
@@ -692,9 +695,23 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 seed ^ 0x9e37_79b9_7f4a_7c15 ^ steps as u64 ^ (again << 40),
             );
             if agent.constrained {
-                req.constraint = Some(if agent.seen_ids {
-                    let seen = guide::seen_ids(&messages);
-                    crate::llm::Constraint::TextOrCallTo(guide::grounded_tools(&tools, &seen))
+                req.constraint = Some(if agent.seen_ids || agent.gold_writes {
+                    let mut offered = tools.clone();
+                    if agent.gold_writes {
+                        let cx = guide::Context {
+                            messages: &messages,
+                            tools: &tools,
+                            task,
+                            done: &writes,
+                            is_write,
+                            terminate: &domain.manifest.terminate_tools,
+                        };
+                        offered = guide::gated_tools(&offered, &cx);
+                    }
+                    if agent.seen_ids {
+                        offered = guide::grounded_tools(&offered, &guide::seen_ids(&messages));
+                    }
+                    crate::llm::Constraint::TextOrCallTo(offered)
                 } else {
                     crate::llm::Constraint::TextOrToolCall
                 });
