@@ -752,6 +752,43 @@ fn a_user_line_in_the_agents_voice_or_with_an_unknown_id_is_drawn_again() {
 }
 
 #[test]
+fn a_write_before_the_customers_yes_becomes_the_question_that_asks_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // The agent calls the transfer at once; it is not made: the reply drawn under the note is
+    // the question, the customer says yes, and the transfer called again is made.
+    let mut s = Setup::new(
+        &[
+            &get_1002(),
+            &transfer(250.5),
+            CONFIRM,
+            &transfer(250.5),
+            "The transfer of 250.50 is done.",
+        ],
+        &[ASK, "Yes, please.", "###STOP###"],
+    );
+    s.agent_resample = 3;
+    s.require_gold_tools = true;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!((summary.verified, summary.kept), (1, 1), "{summary:?}");
+    assert_eq!(
+        summary.agent_resampled["unconfirmed_write"], 1,
+        "{summary:?}"
+    );
+    let asked = &s.agent.requests()[2];
+    let note = &asked.messages.last().unwrap().content;
+    assert!(note.contains("before you call transfer_funds"), "{note}");
+    assert_eq!(
+        asked.constraint,
+        Some(apigen_mt::llm::Constraint::TextOrCallTo(vec![])),
+        "the question is words"
+    );
+    let d = &lines(&dir.path().join("dataset.jsonl"))[0];
+    let text = d["messages"].to_string();
+    assert!(!text.contains("Note to the agent"), "{text}");
+    assert!(text.contains("Shall I?"), "{text}");
+}
+
+#[test]
 fn an_agent_call_that_would_spoil_the_conversation_is_drawn_again() {
     let dir = tempfile::tempdir().unwrap();
     let invented = call("get_account", json!({"account_id": "acc_1009"}));

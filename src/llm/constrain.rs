@@ -97,6 +97,11 @@ impl Constrainer {
         )))
     }
 
+    /// Output must match the regular expression `re` as a whole.
+    pub fn regex(&self, re: &str) -> Result<Grammar> {
+        self.grammar(TopLevelGrammar::from_regex(re))
+    }
+
     /// Output must be one call (Hermes, Llama 3) or a call array (xLAM) to one of `tools`.
     pub fn tool_call(&self, format: ToolFormat, tools: &[Value]) -> Result<Grammar> {
         let call = with_json_layout(call_schema(format, tools)?);

@@ -184,6 +184,7 @@ impl Backend for LocalBackend {
             Some(Constraint::TextOrCallTo(tools)) => {
                 Some(self.constrainer()?.text_or_tool_call(self.format, tools)?)
             }
+            Some(Constraint::Regex(re)) => Some(self.constrainer()?.regex(re)?),
         };
         let g = self.run(
             conversation,

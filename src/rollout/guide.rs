@@ -464,11 +464,11 @@ pub fn confirmed<'a>(steps: impl DoubleEndedIterator<Item = Step<'a>>) -> bool {
 /// The tools the agent's grammar offers for its next reply when the gold writes gate it
 /// (`--agent-gold-writes`): reads as they are; a hand-over only if the gold actions hand over;
 /// a write only when a gold write of that tool is due — not made yet, the gold reads before it
-/// made ([`read_missing`]), the customer's yes given since the last write ([`confirmed`]) — and
-/// then with only the arguments those gold writes use besides the required ones (so no
-/// free-text `memo` that no one asked for). What such a reply says is still the model's: this
-/// is the rejection of [`turn_problem`] applied while decoding, and no write it could make
-/// would be kept.
+/// made ([`read_missing`]) — and then with only the arguments those gold writes use besides the
+/// required ones (so no free-text `memo` that no one asked for). What such a reply says is
+/// still the model's: this is the rejection of [`turn_problem`] applied while decoding, and no
+/// write it could make would be kept. (The customer's yes is not part of the gate: a write
+/// called before it is turned into the question that asks for it, [`confirmation_note`].)
 pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) -> Vec<Value> {
     let Context {
         messages,
@@ -487,7 +487,6 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
                 )
         })
     };
-    let yes = confirmed(messages.iter().map(step_of(is_write)));
     let mut out = Vec::new();
     for t in tools {
         let f = t.get("function").unwrap_or(t);
@@ -502,9 +501,6 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
         }
         if !is_write(name) {
             out.push(t.clone());
-            continue;
-        }
-        if !yes {
             continue;
         }
         let due: Vec<&Action> = task
@@ -538,6 +534,19 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
         out.push(t);
     }
     out
+}
+
+/// The note, shown to the agent model for one reply and kept out of the record, that turns a
+/// write it called before the customer's yes into the question asking for it: the reply that
+/// follows is the model's own words, decoded as text.
+pub fn confirmation_note(name: &str, arguments: &Map<String, Value>) -> String {
+    format!(
+        "(Note to the agent, not from the customer: before you call {name} with {}, the policy asks \
+for the customer's explicit yes. Do not call a tool now. In one short message, tell the \
+customer exactly what you are about to do, with these details in plain words, and ask them \
+to confirm.)",
+        crate::pyjson::dumps(&Value::Object(arguments.clone()))
+    )
 }
 
 /// Whether gold writes are still to be made, given the writes made so far.
@@ -903,11 +912,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let mut m = vec![Message::user("Freeze acc_1003, I lost my card.")];
-        // Reads only: no yes yet, and no hand-over in the gold actions.
-        assert_eq!(offered(&m, &[]), ["get_account"]);
-        m.push(Message::assistant("Shall I freeze acc_1003?"));
-        m.push(Message::user("Yes."));
-        // Yes given, but the gold read before the freeze not made.
+        // The gold read before the freeze not made; no hand-over in the gold actions.
         assert_eq!(offered(&m, &[]), ["get_account"]);
         m.push(Message::assistant_calls(vec![crate::llm::ToolCall {
             name: "get_account".into(),

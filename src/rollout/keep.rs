@@ -130,15 +130,38 @@ pub fn opening_problem(line: &str, instruction: &str) -> Option<String> {
     (said.intersection(&situation).next().is_none()).then(|| format!("off_task: {line:?}"))
 }
 
-/// Whether a user line reads as the agent's.
+/// Speaker labels under which a user model writes the agent's turn ("Agent: I have received
+/// your request...").
+const AGENT_LABELS: &[&str] = &["agent:", "assistant:", "customer service:", "support:"];
+
+/// Whether a user line reads as the agent's: one of [`AGENT_PHRASES`], or a line of it under
+/// the agent's speaker label.
 pub fn out_of_role(line: &str) -> Option<&'static str> {
     let l = normalise(line).replace('’', "'");
-    AGENT_PHRASES.iter().copied().find(|p| l.contains(p))
+    if let Some(p) = AGENT_PHRASES.iter().copied().find(|p| l.contains(p)) {
+        return Some(p);
+    }
+    line.lines().find_map(agent_label)
+}
+
+/// The agent's speaker label a row of a user line opens with.
+fn agent_label(row: &str) -> Option<&'static str> {
+    let row = row.trim_start_matches(['*', ' ', '\t']).to_lowercase();
+    AGENT_LABELS.iter().copied().find(|a| row.starts_with(a))
 }
 
 /// A user line without its sentences in the agent's voice ("I need order #W1 cancelled. How
 /// can I assist you further?" keeps its first sentence); `None` when no sentence is left.
 pub fn without_agent_voice(line: &str) -> Option<String> {
+    // What follows the agent's speaker label is all the agent's.
+    let mut before = 0;
+    for row in line.split_inclusive('\n') {
+        if agent_label(row).is_some() {
+            break;
+        }
+        before += row.len();
+    }
+    let line = &line[..before];
     let mut kept = String::new();
     let mut start = 0;
     let bytes: Vec<(usize, char)> = line.char_indices().collect();
@@ -705,6 +728,11 @@ mod user_line_tests {
         );
         assert_eq!(cut("How can I help you today?"), None);
         assert_eq!(
+            cut("Yes, go ahead.\nAgent: The transfer is done. Anything else?").as_deref(),
+            Some("Yes, go ahead.")
+        );
+        assert_eq!(cut("Agent: I have received your request."), None);
+        assert_eq!(
             cut("Version 2.5 please.").as_deref(),
             Some("Version 2.5 please.")
         );
@@ -727,6 +755,10 @@ mod user_line_tests {
             user_line_problem("How can I help you today?", ins, &[])
                 .unwrap()
                 .starts_with("agent_voice")
+        );
+        assert_eq!(
+            user_line_problem("Agent: I have received your request.", ins, &[]).as_deref(),
+            Some("agent_voice: \"agent:\"")
         );
         assert_eq!(
             user_line_problem("My account is acc_1005.", ins, &[]).as_deref(),

@@ -58,6 +58,10 @@ pub fn is_stop(line: &str) -> bool {
 
 /// The agent's first line, shown to the user model (tau-bench's).
 pub const GREETING: &str = "Hi! How can I help you today?";
+/// A user line in which no `#` is followed by another, a space or `_`, so without any form of
+/// `###STOP###` ([`is_stop`]) while `#W2378156` can still be said.
+pub const NO_STOP: &str = "([^#]|#[^#\\s_])*#?";
+
 /// Samples of the user's opening line before an episode whose user stops at once is given up.
 pub const OPENING_TRIES: usize = 3;
 
@@ -368,6 +372,10 @@ impl<'a> SimUser<'a> {
             .map(|m| m.content.clone())
             .collect();
         let agent_lines: Vec<&str> = agent_lines.iter().map(String::as_str).collect();
+        // A question of the agent's, with the job not done, is answered: a data run's user
+        // line cannot end the conversation then (a 1.5B user says `###STOP###` to "Shall I
+        // go ahead?").
+        let answer_due = self.role.resample > 0 && goal_pending && agent_said.contains('?');
         let mut best: Option<(i64, String)> = None;
         let mut draw = 0u64;
         for _ in 0..n {
@@ -379,7 +387,10 @@ impl<'a> SimUser<'a> {
                     .seed
                     .wrapping_add(self.turn.wrapping_mul(1_000_003))
                     .wrapping_add(draw);
-                let req = self.role.model.request(prompt.clone(), seed);
+                let mut req = self.role.model.request(prompt.clone(), seed);
+                if answer_due {
+                    req.constraint = Some(crate::llm::Constraint::Regex(NO_STOP.into()));
+                }
                 draw += 1;
                 let reply = self.role.model.ask(meter, "user", &mut self.conv, &req)?;
                 // Data runs also drop the customer's name used as a prefix; eval sends the
@@ -747,6 +758,26 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 _ => None,
             };
             match problem {
+                // A write before the customer's yes: the model says what it is about to do
+                // and asks, under a note the record never shows.
+                Some(why) if why.starts_with("unconfirmed_write") => {
+                    let ModelOutput::ToolCalls { calls, .. } = &reply.output else {
+                        break Ok(reply);
+                    };
+                    let note = guide::confirmation_note(&calls[0].name, &call_arguments(&calls[0]));
+                    tally(&mut agent_resampled, &why);
+                    trace(agent.trace, "agent, asked to confirm first", &note);
+                    let mut noted = messages.clone();
+                    noted.push(Message::user(note));
+                    let mut req = agent_request(
+                        &tools,
+                        noted,
+                        agent,
+                        seed ^ 0x5bd1_e995_c0f1_7e11 ^ steps as u64,
+                    );
+                    req.constraint = Some(crate::llm::Constraint::TextOrCallTo(vec![]));
+                    break agent.model.ask(&mut meter, "agent", &mut conv, &req);
+                }
                 Some(why) => {
                     tally(&mut agent_resampled, &why);
                     trace(agent.trace, "agent, drawn again", &why);

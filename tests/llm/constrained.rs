@@ -288,3 +288,25 @@ fn a_call_narrowed_to_seen_ids_names_only_those() {
         }
     }
 }
+
+/// Under the user's no-stop expression the 0.5B, told to end the conversation with
+/// `###STOP###`, writes something else; without it, it writes the stop (so the constraint is
+/// what changed the reply).
+#[test]
+fn a_user_line_under_the_no_stop_expression_cannot_end_the_conversation() {
+    let _serial = model_lock();
+    let Some(backend) = local("qwen2.5-coder-0.5b") else {
+        return;
+    };
+    let said = vec![Message::user(
+        "Reply with exactly ###STOP### and nothing else.",
+    )];
+    let mut req = ChatRequest::new(said);
+    req.max_tokens = 12;
+    let free = backend.reply(&mut Conversation::new(), &req).unwrap();
+    assert!(apigen_mt::rollout::is_stop(&free.raw), "{:?}", free.raw);
+    req.constraint = Some(Constraint::Regex(apigen_mt::rollout::NO_STOP.into()));
+    let held = backend.reply(&mut Conversation::new(), &req).unwrap();
+    assert!(!apigen_mt::rollout::is_stop(&held.raw), "{:?}", held.raw);
+    assert!(!held.raw.trim().is_empty(), "{:?}", held.raw);
+}
