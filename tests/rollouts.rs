@@ -752,12 +752,14 @@ fn a_user_line_in_the_agents_voice_or_with_an_unknown_id_is_drawn_again() {
 }
 
 #[test]
-fn a_write_before_the_customers_yes_becomes_the_question_that_asks_for_it() {
+fn a_premature_write_becomes_the_read_or_the_question_it_needs() {
     let dir = tempfile::tempdir().unwrap();
-    // The agent calls the transfer at once; it is not made: the reply drawn under the note is
-    // the question, the customer says yes, and the transfer called again is made.
+    // The agent calls the transfer at once; it is not made. Under a note the record never
+    // shows, the next reply is the gold read; the transfer called again becomes the question;
+    // the customer says yes, and the transfer called a third time is made.
     let mut s = Setup::new(
         &[
+            &transfer(250.5),
             &get_1002(),
             &transfer(250.5),
             CONFIRM,
@@ -767,14 +769,35 @@ fn a_write_before_the_customers_yes_becomes_the_question_that_asks_for_it() {
         &[ASK, "Yes, please.", "###STOP###"],
     );
     s.agent_resample = 3;
+    s.resample = 3;
     s.require_gold_tools = true;
     let summary = s.run(dir.path(), &one(0));
     assert_eq!((summary.verified, summary.kept), (1, 1), "{summary:?}");
-    assert_eq!(
-        summary.agent_resampled["unconfirmed_write"], 1,
-        "{summary:?}"
+    // The customer's answer to the question cannot stop (the transfer is pending); the line
+    // after the transfer can.
+    let user = s.user.requests();
+    let no_stop = Some(apigen_mt::llm::Constraint::Regex(
+        apigen_mt::rollout::NO_STOP.into(),
+    ));
+    assert_eq!(user[1].constraint, no_stop);
+    assert_eq!(user[2].constraint, None);
+    assert_eq!(summary.agent_resampled["reads_first"], 1, "{summary:?}");
+    assert_eq!(summary.agent_resampled["unconfirmed_write"], 1);
+    let requests = s.agent.requests();
+    let read = &requests[1];
+    assert!(
+        read.messages.last().unwrap().content.contains("Call get_account now"),
+        "{:?}",
+        read.messages.last()
     );
-    let asked = &s.agent.requests()[2];
+    match &read.constraint {
+        Some(apigen_mt::llm::Constraint::CallTo(tools)) => {
+            assert_eq!(tools.len(), 1);
+            assert_eq!(tools[0]["function"]["name"], "get_account");
+        }
+        other => panic!("the read is a call: {other:?}"),
+    }
+    let asked = &requests[3];
     let note = &asked.messages.last().unwrap().content;
     assert!(note.contains("before you call transfer_funds"), "{note}");
     assert_eq!(

@@ -34,6 +34,9 @@ pub enum Constraint {
     /// (the same tools narrowed, e.g. to the ids seen so far; the prompt still shows the
     /// request's); none: plain text only.
     TextOrCallTo(Vec<Value>),
+    /// The reply is one call, in the model's format, to one of these tool schemas (the prompt
+    /// still shows the request's tools).
+    CallTo(Vec<Value>),
     /// The reply matches this regular expression (llguidance's syntax, the whole reply).
     Regex(String),
 }

@@ -184,6 +184,9 @@ impl Backend for LocalBackend {
             Some(Constraint::TextOrCallTo(tools)) => {
                 Some(self.constrainer()?.text_or_tool_call(self.format, tools)?)
             }
+            Some(Constraint::CallTo(tools)) => {
+                Some(self.constrainer()?.tool_call(self.format, tools)?)
+            }
             Some(Constraint::Regex(re)) => Some(self.constrainer()?.regex(re)?),
         };
         let g = self.run(

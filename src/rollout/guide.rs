@@ -463,15 +463,14 @@ pub fn confirmed<'a>(steps: impl DoubleEndedIterator<Item = Step<'a>>) -> bool {
 
 /// The tools the agent's grammar offers for its next reply when the gold writes gate it
 /// (`--agent-gold-writes`): reads as they are; a hand-over only if the gold actions hand over;
-/// a write only when a gold write of that tool is due — not made yet, the gold reads before it
-/// made ([`read_missing`]) — and then with only the arguments those gold writes use besides the
-/// required ones (so no free-text `memo` that no one asked for). What such a reply says is
-/// still the model's: this is the rejection of [`turn_problem`] applied while decoding, and no
-/// write it could make would be kept. (The customer's yes is not part of the gate: a write
-/// called before it is turned into the question that asks for it, [`confirmation_note`].)
+/// a write only when a gold write of that tool is still to be made, and then with only the
+/// arguments those gold writes use besides the required ones (so no free-text `memo` that no
+/// one asked for). What such a reply says is still the model's: this is the rejection of
+/// [`turn_problem`] applied while decoding, and no write it could make would be kept. (The
+/// gold reads before a write and the customer's yes are not part of the gate: a write called
+/// before them is turned into the read or the question it needs, [`Note`].)
 pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) -> Vec<Value> {
     let Context {
-        messages,
         task,
         done,
         terminate,
@@ -507,7 +506,6 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
             .actions
             .iter()
             .filter(|a| a.name == name && !made(a))
-            .filter(|a| read_missing(task, a, messages, is_write, terminate).is_none())
             .collect();
         if due.is_empty() {
             continue;
@@ -536,17 +534,51 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
     out
 }
 
-/// The note, shown to the agent model for one reply and kept out of the record, that turns a
-/// write it called before the customer's yes into the question asking for it: the reply that
-/// follows is the model's own words, decoded as text.
-pub fn confirmation_note(name: &str, arguments: &Map<String, Value>) -> String {
-    format!(
-        "(Note to the agent, not from the customer: before you call {name} with {}, the policy asks \
-for the customer's explicit yes. Do not call a tool now. In one short message, tell the \
-customer exactly what you are about to do, with these details in plain words, and ask them \
-to confirm.)",
-        crate::pyjson::dumps(&Value::Object(arguments.clone()))
-    )
+/// A note shown to the agent model for one reply and kept out of the record, when it called a
+/// gold write before what the write needs: the reply drawn under it is the model's own, the
+/// step the write was missing.
+pub enum Note {
+    /// A gold read before the write is not made: the reply is a call to that read tool.
+    Read { tool: String, text: String },
+    /// The customer has not said yes since the last write: the reply is words, putting the
+    /// write to them.
+    Confirm { text: String },
+}
+
+/// The note for a write `turn_problem` found premature (`reads_first: TOOL` or
+/// `unconfirmed_write: TOOL`); `None` for any other problem.
+pub fn note_for(problem: &str, name: &str, arguments: &Map<String, Value>) -> Option<Note> {
+    let args = crate::pyjson::dumps(&Value::Object(arguments.clone()));
+    if let Some(read) = problem.strip_prefix("reads_first: ") {
+        return Some(Note::Read {
+            tool: read.to_owned(),
+            text: format!(
+                "(Note to the agent, not from the customer: before you call {name} with {args}, \
+check the records it acts on. Call {read} now.)"
+            ),
+        });
+    }
+    problem.starts_with("unconfirmed_write").then(|| Note::Confirm {
+        text: format!(
+            "(Note to the agent, not from the customer: before you call {name} with {args}, the \
+policy asks for the customer's explicit yes. Do not call a tool now. In one short message, tell \
+the customer exactly what you are about to do, with these details in plain words, and ask them \
+to confirm.)"
+        ),
+    })
+}
+
+/// Words of the notes that a reply repeating a note instead of following it contains.
+pub fn echoes_note(content: &str) -> bool {
+    let l = content.to_lowercase();
+    [
+        "note to the agent",
+        "not from the customer",
+        "do not call a tool",
+        "the policy asks for",
+    ]
+    .iter()
+    .any(|w| l.contains(w))
 }
 
 /// Whether gold writes are still to be made, given the writes made so far.
@@ -911,14 +943,8 @@ mod tests {
                 .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
                 .collect::<Vec<_>>()
         };
-        let mut m = vec![Message::user("Freeze acc_1003, I lost my card.")];
-        // The gold read before the freeze not made; no hand-over in the gold actions.
-        assert_eq!(offered(&m, &[]), ["get_account"]);
-        m.push(Message::assistant_calls(vec![crate::llm::ToolCall {
-            name: "get_account".into(),
-            arguments: json!({"account_id": "acc_1003"}),
-        }]));
-        m.push(Message::tool("get_account", "{}"));
+        let m = vec![Message::user("Freeze acc_1003, I lost my card.")];
+        // The freeze is to be made, the transfer is not; no hand-over in the gold actions.
         assert_eq!(offered(&m, &[]), ["get_account", "freeze_account"]);
         let cx = Context {
             messages: &m,

@@ -62,6 +62,10 @@ pub const GREETING: &str = "Hi! How can I help you today?";
 /// `###STOP###` ([`is_stop`]) while `#W2378156` can still be said.
 pub const NO_STOP: &str = "([^#]|#[^#\\s_])*#?";
 
+/// User lines of a data run, at most, decoded under [`NO_STOP`] while gold writes are pending;
+/// past them a stop is drawn again as `early_stop`, within the resample bound.
+pub const HELD_STOPS: usize = 4;
+
 /// Samples of the user's opening line before an episode whose user stops at once is given up.
 pub const OPENING_TRIES: usize = 3;
 
@@ -313,6 +317,8 @@ struct SimUser<'a> {
     turn: u64,
     /// Lines drawn again, by reason.
     resampled: BTreeMap<String, usize>,
+    /// Lines decoded without a stop so far ([`HELD_STOPS`]).
+    held: usize,
 }
 
 impl<'a> SimUser<'a> {
@@ -326,6 +332,7 @@ impl<'a> SimUser<'a> {
             seed,
             turn: 0,
             resampled: BTreeMap::new(),
+            held: 0,
         }
     }
 
@@ -372,10 +379,12 @@ impl<'a> SimUser<'a> {
             .map(|m| m.content.clone())
             .collect();
         let agent_lines: Vec<&str> = agent_lines.iter().map(String::as_str).collect();
-        // A question of the agent's, with the job not done, is answered: a data run's user
-        // line cannot end the conversation then (a 1.5B user says `###STOP###` to "Shall I
-        // go ahead?").
-        let answer_due = self.role.resample > 0 && goal_pending && agent_said.contains('?');
+        // With the job not done, a data run's user line cannot end the conversation, for the
+        // first few turns (a 1.5B user says `###STOP###` to "Shall I go ahead?").
+        let answer_due = self.role.resample > 0 && goal_pending && self.held < HELD_STOPS;
+        if answer_due {
+            self.held += 1;
+        }
         let mut best: Option<(i64, String)> = None;
         let mut draw = 0u64;
         for _ in 0..n {
@@ -698,6 +707,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
         steps += 1;
         crate::run::progress::doing(format!("step {steps}: agent"));
         let mut again = 0u64;
+        let mut noted = 0u64;
         let reply = loop {
             let mut req = agent_request(
                 &tools,
@@ -758,25 +768,69 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 _ => None,
             };
             match problem {
-                // A write before the customer's yes: the model says what it is about to do
-                // and asks, under a note the record never shows.
-                Some(why) if why.starts_with("unconfirmed_write") => {
+                // A write before what it needs (a gold read, the customer's yes): the model
+                // makes that step instead, under a note the record never shows.
+                Some(why) if noted < agent.resample as u64 => {
                     let ModelOutput::ToolCalls { calls, .. } = &reply.output else {
                         break Ok(reply);
                     };
-                    let note = guide::confirmation_note(&calls[0].name, &call_arguments(&calls[0]));
+                    let Some(note) =
+                        guide::note_for(&why, &calls[0].name, &call_arguments(&calls[0]))
+                    else {
+                        tally(&mut agent_resampled, &why);
+                        trace(agent.trace, "agent, drawn again", &why);
+                        again += 1;
+                        continue;
+                    };
+                    let (text, constraint) = match &note {
+                        guide::Note::Read { tool, text } => {
+                            let read: Vec<Value> = tools
+                                .iter()
+                                .filter(|t| {
+                                    t.get("function").unwrap_or(t)["name"].as_str()
+                                        == Some(tool.as_str())
+                                })
+                                .cloned()
+                                .collect();
+                            let read = guide::grounded_tools(&read, &guide::seen_ids(&messages));
+                            if read.is_empty() {
+                                // The read's id is not given yet: draw the reply again.
+                                tally(&mut agent_resampled, &why);
+                                again += 1;
+                                continue;
+                            }
+                            (text, crate::llm::Constraint::CallTo(read))
+                        }
+                        guide::Note::Confirm { text } => {
+                            (text, crate::llm::Constraint::TextOrCallTo(vec![]))
+                        }
+                    };
                     tally(&mut agent_resampled, &why);
-                    trace(agent.trace, "agent, asked to confirm first", &note);
-                    let mut noted = messages.clone();
-                    noted.push(Message::user(note));
-                    let mut req = agent_request(
-                        &tools,
-                        noted,
-                        agent,
-                        seed ^ 0x5bd1_e995_c0f1_7e11 ^ steps as u64,
-                    );
-                    req.constraint = Some(crate::llm::Constraint::TextOrCallTo(vec![]));
-                    break agent.model.ask(&mut meter, "agent", &mut conv, &req);
+                    trace(agent.trace, "agent, noted", text);
+                    noted += 1;
+                    let mut with_note = messages.clone();
+                    with_note.push(Message::user(text.clone()));
+                    let mut draw = |d: u64| {
+                        let mut req = agent_request(
+                            &tools,
+                            with_note.clone(),
+                            agent,
+                            seed ^ 0x5bd1_e995_c0f1_7e11 ^ steps as u64 ^ (noted << 20) ^ (d << 44),
+                        );
+                        req.constraint = Some(constraint.clone());
+                        agent.model.ask(&mut meter, "agent", &mut conv, &req)
+                    };
+                    // A reply that repeats the note, or is not an answer, is drawn once more.
+                    let bad = |r: &Result<crate::llm::ChatReply, String>| {
+                        matches!(r, Ok(crate::llm::ChatReply { output: ModelOutput::Text { content }, .. })
+                            if guide::echoes_note(content) || guide::text_problem(content, &tools).is_some())
+                    };
+                    let mut r = draw(0);
+                    if bad(&r) {
+                        tally(&mut agent_resampled, "note_echo");
+                        r = draw(1);
+                    }
+                    break r;
                 }
                 Some(why) => {
                     tally(&mut agent_resampled, &why);
