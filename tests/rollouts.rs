@@ -786,7 +786,11 @@ fn a_premature_write_becomes_the_read_or_the_question_it_needs() {
     let requests = s.agent.requests();
     let read = &requests[1];
     assert!(
-        read.messages.last().unwrap().content.contains("Call get_account now"),
+        read.messages
+            .last()
+            .unwrap()
+            .content
+            .contains("Call get_account now"),
         "{:?}",
         read.messages.last()
     );
