@@ -299,7 +299,7 @@ pub fn turn_problem<W: Fn(&str) -> bool>(call: Turn<'_>, cx: &Context<'_, W>) ->
             return Some(format!("write_off_gold: {name}"));
         };
         if let Some(read) = read_missing(task, gold, messages, is_write, terminate) {
-            return Some(format!("reads_first: {read}"));
+            return Some(format!("reads_first: {}", read.name));
         }
         if !confirmed(messages.iter().map(step_of(is_write))) {
             return Some(format!("unconfirmed_write: {name}"));
@@ -366,7 +366,7 @@ fn read_missing<'t, W: Fn(&str) -> bool>(
     messages: &[Message],
     is_write: &W,
     terminate: &[String],
-) -> Option<&'t str> {
+) -> Option<&'t Action> {
     let at = task
         .actions
         .iter()
@@ -385,7 +385,29 @@ fn read_missing<'t, W: Fn(&str) -> bool>(
                             .is_some_and(|o| id_arguments(o) == ids)
                 })
         })
-        .map(|a| a.name.as_str())
+}
+
+/// The ids of the gold read a premature call of the gold write `name(arguments)` is missing
+/// ([`read_missing`]); none when it misses none.
+pub fn read_ids<W: Fn(&str) -> bool>(
+    task: &Task,
+    call: Turn<'_>,
+    messages: &[Message],
+    is_write: W,
+    terminate: &[String],
+) -> Vec<String> {
+    let wanted = Value::Object(call.arguments.clone());
+    task.actions
+        .iter()
+        .filter(|a| a.name == call.name && same(&Value::Object(a.arguments.clone()), &wanted))
+        .find_map(|gold| read_missing(task, gold, messages, &is_write, terminate))
+        .map(|read| {
+            id_arguments(&read.arguments)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// One message of a conversation, as [`confirmed`] reads it.
@@ -416,7 +438,7 @@ const YES: &[&str] = &[
     "yeah",
     "yep",
     "sure",
-    "confirm",
+    "i confirm",
     "confirmed",
     "correct",
     "proceed",
@@ -438,6 +460,10 @@ pub fn says_yes(line: &str) -> bool {
         .trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
     if matches!(first, "no" | "not" | "nope" | "don't" | "dont" | "wait") {
         return false;
+    }
+    // "Confirm." alone is a yes; "Please confirm." hands the question back.
+    if first == "confirm" {
+        return true;
     }
     YES.iter()
         .any(|y| crate::domain::ground::contains_word(&l, y))
@@ -890,6 +916,8 @@ mod tests {
             "sure",
             "OK, go ahead",
             "That's correct, proceed.",
+            "Confirm.",
+            "I confirm.",
         ] {
             assert!(says_yes(yes), "{yes}");
         }
@@ -897,6 +925,7 @@ mod tests {
             "No, wait.",
             "I want to freeze acc_1003.",
             "Nope, that's not it",
+            "Please confirm.",
         ] {
             assert!(!says_yes(no), "{no}");
         }

@@ -188,6 +188,20 @@ pub fn user_line_problem(line: &str, instruction: &str, agent_lines: &[&str]) ->
     if let Some(p) = out_of_role(line) {
         return Some(format!("agent_voice: \"{p}\""));
     }
+    // The agent's words handed back ("Please provide the amount you wish to transfer, and I
+    // will proceed."): not a customer's answer.
+    let bare = |t: &str| {
+        normalise(t)
+            .chars()
+            .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+            .collect::<String>()
+    };
+    let said = bare(line);
+    if said.split_whitespace().count() >= 4
+        && agent_lines.last().is_some_and(|a| bare(a).contains(&said))
+    {
+        return Some(format!("echo: {line:?}"));
+    }
     let mut known = normalise(instruction);
     for l in agent_lines {
         known.push(' ');
@@ -756,6 +770,17 @@ mod user_line_tests {
                 .unwrap()
                 .starts_with("agent_voice")
         );
+        let asked = ["Please provide the amount you wish to transfer, and I will proceed."];
+        assert!(
+            user_line_problem(
+                "Please provide the amount you wish to transfer.",
+                ins,
+                &asked
+            )
+            .unwrap()
+            .starts_with("echo")
+        );
+        assert_eq!(user_line_problem("Yes, please proceed.", ins, &asked), None);
         assert_eq!(
             user_line_problem("Agent: I have received your request.", ins, &[]).as_deref(),
             Some("agent_voice: \"agent:\"")

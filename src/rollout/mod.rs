@@ -32,7 +32,7 @@ use crate::role::{Meter, Role};
 use crate::run::Rejection;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The marker a simulated user writes when its goal is met (tau-bench's).
 pub const STOP: &str = "###STOP###";
@@ -99,6 +99,7 @@ Rules:
 - Write only your next message, one short line.
 - Do not give away your whole situation at once. Only provide the information that is necessary for the current step.
 - Do not invent facts (ids, numbers, names) that your situation does not state. If the agent asks for one you do not have, say you do not remember or have it.
+- When the agent asks you to confirm something your situation asks for, say yes.
 - When your goal is met, write '###STOP###' alone, with nothing else.
 - Do not repeat your situation word for word. Use your own words, and stick to the personality it describes."
     )
@@ -792,7 +793,22 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                                 })
                                 .cloned()
                                 .collect();
-                            let read = guide::grounded_tools(&read, &guide::seen_ids(&messages));
+                            // The read of the ids the gold read is of, where they were given.
+                            let seen = guide::seen_ids(&messages);
+                            let ids: BTreeSet<String> = guide::read_ids(
+                                task,
+                                guide::Turn {
+                                    name: &calls[0].name,
+                                    arguments: &call_arguments(&calls[0]),
+                                },
+                                &messages,
+                                is_write,
+                                &domain.manifest.terminate_tools,
+                            )
+                            .into_iter()
+                            .filter(|v| seen.contains(v))
+                            .collect();
+                            let read = guide::grounded_tools(&read, &ids);
                             if read.is_empty() {
                                 // The read's id is not given yet: draw the reply again.
                                 tally(&mut agent_resampled, &why);
