@@ -17,6 +17,16 @@
 //!   The kept conversation is still the agent model's own samples, step by step; what the bound
 //!   changes is how many attempts are lost to one bad sample (step-level rejection sampling
 //!   against the verifier, where the method as published rejects whole conversations).
+//! - **Writes gated** ([`gated_tools`]): the grammar offers a write tool only while a gold write
+//!   of it is still to be made (with only the arguments the gold write uses), a hand-over only
+//!   when the gold actions hand over: the rejections above applied while decoding.
+//! - **Notes** ([`Note`]): a gold write called before the gold read it rests on, or before the
+//!   customer's yes ([`confirmed`]), is not made; the reply is drawn again under a note for that
+//!   one reply — "call get_account now", "say what you are about to do and ask them to confirm"
+//!   — and the note stays out of the record. The call or the words are the model's; the step
+//!   is the one the policy puts before a write. Like the gold actions behind every guard here,
+//!   the notes are privileged information the agent's record does not show: what is kept is a
+//!   conversation a policy-following agent would have had, sampled from this agent.
 
 use super::keep::same;
 use crate::domain::ground::{id_arguments, id_like, normalise};
@@ -245,6 +255,41 @@ fn schema_examples(tool: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// What the agent has been told: its user lines and tool results, normalised.
+fn said(messages: &[Message]) -> String {
+    let mut known = String::new();
+    for m in messages
+        .iter()
+        .filter(|m| m.role == "user" || m.role == "tool")
+    {
+        known.push(' ');
+        known.push_str(&normalise(&m.content));
+    }
+    known
+}
+
+/// Whether the choice `option` ("suspected fraud") was said in `known` (normalised), in any
+/// form: each of its words of three letters or more begins, by its first four letters, a word
+/// that was said ("suspicion of fraud", "I lost my card").
+pub(crate) fn option_said(known: &str, option: &str) -> bool {
+    let words: Vec<&str> = known
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let option = normalise(option);
+    let mut parts = option
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() >= 3)
+        .peekable();
+    if parts.peek().is_none() {
+        return crate::domain::ground::contains_word(known, &option);
+    }
+    parts.all(|p| {
+        let stem: String = p.chars().take(4).collect();
+        words.iter().any(|w| w.starts_with(&stem))
+    })
+}
+
 /// One agent call, for [`turn_problem`].
 pub struct Turn<'a> {
     pub name: &'a str,
@@ -305,14 +350,7 @@ pub fn turn_problem<W: Fn(&str) -> bool>(call: Turn<'_>, cx: &Context<'_, W>) ->
             return Some(format!("unconfirmed_write: {name}"));
         }
     }
-    let mut known = String::new();
-    for m in messages
-        .iter()
-        .filter(|m| m.role == "user" || m.role == "tool")
-    {
-        known.push(' ');
-        known.push_str(&normalise(&m.content));
-    }
+    let known = said(messages);
     // An example that is also a real value (`USA`, `JFK`, `acc_1001`) is copied only when
     // nobody gave it.
     if let Some(tool) = tools.iter().find(|t| {
@@ -503,6 +541,7 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
         ..
     } = *cx;
     let is_write = &cx.is_write;
+    let known = said(cx.messages);
     let made = |a: &Action| {
         done.iter().any(|d| {
             d.name == a.name
@@ -550,12 +589,23 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
             .flatten()
             .filter_map(|r| r.as_str().map(str::to_owned))
             .collect();
+        let mut unsaid = false;
         if let Some(Value::Object(props)) = params.get_mut("properties") {
             props.retain(|k, _| {
                 required.contains(k) || due.iter().any(|a| a.arguments.contains_key(k))
             });
+            // A choice (`reason`: "lost card", "suspected fraud", ...) only among those said.
+            for (k, p) in props.iter_mut() {
+                let Some(Value::Array(options)) = p.get_mut("enum") else {
+                    continue;
+                };
+                options.retain(|o| o.as_str().is_none_or(|o| option_said(&known, o)));
+                unsaid |= options.is_empty() && required.contains(k);
+            }
         }
-        out.push(t);
+        if !unsaid {
+            out.push(t);
+        }
     }
     out
 }
@@ -986,6 +1036,35 @@ mod tests {
         // The optional argument no gold write uses is not offered.
         let freeze = &gated_tools(&tools, &cx)[1]["function"]["parameters"]["properties"];
         assert!(freeze.get("reason").is_some() && freeze.get("note").is_none());
+        // A required choice nobody said leaves the write out; said, it is the only choice.
+        let choice = vec![
+            json!({"type": "function", "function": {"name": "freeze_account", "parameters": {
+            "type": "object", "properties": {"account_id": {"type": "string"},
+                "reason": {"type": "string", "enum": ["lost card", "suspected fraud"]}},
+            "required": ["account_id", "reason"]}}}),
+        ];
+        let quiet = [Message::user("Freeze acc_1003, please.")];
+        let cx = Context {
+            messages: &quiet,
+            tools: &choice,
+            task: &task,
+            done: &[],
+            is_write,
+            terminate: &terminate,
+        };
+        assert!(gated_tools(&choice, &cx).is_empty());
+        let cx = Context {
+            messages: &m,
+            tools: &choice,
+            task: &task,
+            done: &[],
+            is_write,
+            terminate: &terminate,
+        };
+        assert_eq!(
+            gated_tools(&choice, &cx)[0]["function"]["parameters"]["properties"]["reason"]["enum"],
+            json!(["lost card"])
+        );
         // Made once, the gold write is not due any more.
         let args = json!({"account_id": "acc_1003", "reason": "lost card"});
         let made = [Action::new(

@@ -11,6 +11,9 @@
 //!   read with an id was not called with that id;
 //! - `keep.invented_id`: a call used an id that is in neither the instruction, the user's lines,
 //!   nor an earlier tool result;
+//! - `keep.unsaid_value`: a write's string value that is not an id (a reason, an address, a
+//!   memo) is, in any form, in neither the user's lines nor an earlier tool result: the agent
+//!   chose it for the customer;
 //! - `keep.unrecovered_error`: a tool answered `Error: ...` and the agent never called that tool
 //!   successfully afterwards;
 //! - `keep.needless_transfer`: the agent handed the customer to a human, which the gold actions
@@ -352,6 +355,37 @@ pub fn keep_problem(
             _ => {}
         }
     }
+    // A write's values (a reason, an address, a memo) come from the customer or the records.
+    let mut told = String::new();
+    let mut next_call = 0;
+    for (at, m) in messages.iter().enumerate() {
+        while next_call < calls.len() && calls[next_call].at == at {
+            let c = &calls[next_call];
+            next_call += 1;
+            if !is_write(&c.name) {
+                continue;
+            }
+            for (key, v) in &c.arguments {
+                let Value::String(v) = v else { continue };
+                if crate::domain::ground::id_like(key) || v.trim().is_empty() {
+                    continue;
+                }
+                if !super::guide::option_said(&told, v) {
+                    return problem(
+                        "keep.unsaid_value",
+                        format!(
+                            "{}: {key} {v:?} is in neither the user's lines nor an earlier tool result",
+                            c.name
+                        ),
+                    );
+                }
+            }
+        }
+        if matches!(m["role"].as_str(), Some("user") | Some("tool")) {
+            told.push(' ');
+            told.push_str(&normalise(&text_of(m)));
+        }
+    }
     // Every tool error recovered by a later successful call of the same tool.
     let tools: Vec<(usize, &str, bool)> = messages
         .iter()
@@ -651,6 +685,10 @@ mod tests {
             tool("freeze_account"),
         ]);
         assert_eq!(code(&asked), None);
+        // The reason chosen for the customer, who never gave one.
+        let mut chosen = asked.clone();
+        chosen[0] = user("I am Donald Liskov, acc_1008. Please freeze it.");
+        assert_eq!(code(&chosen).as_deref(), Some("keep.unsaid_value"));
     }
 
     #[test]
