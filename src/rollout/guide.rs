@@ -130,6 +130,17 @@ pub fn seen_ids(messages: &[Message]) -> BTreeSet<String> {
     out
 }
 
+/// The names an object schema requires.
+fn required_of(schema: &Value) -> BTreeSet<String> {
+    schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect()
+}
+
 /// The first example a schema's description gives ("such as '#W0000000'").
 fn example_of(schema: &Map<String, Value>) -> Option<&str> {
     let d = schema.get("description")?.as_str()?;
@@ -177,13 +188,7 @@ fn narrow(
             }
         }
         Some("object") => {
-            let required: BTreeSet<String> = s
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|r| r.as_str().map(str::to_owned))
-                .collect();
+            let required = required_of(&Value::Object(s.clone()));
             if let Some(Value::Object(props)) = s.get("properties") {
                 let mut kept = Map::new();
                 for (k, p) in props {
@@ -582,13 +587,7 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
             &mut t
         };
         let params = &mut f["parameters"];
-        let required: BTreeSet<String> = params
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r.as_str().map(str::to_owned))
-            .collect();
+        let required = required_of(params);
         let mut unsaid = false;
         if let Some(Value::Object(props)) = params.get_mut("properties") {
             props.retain(|k, _| {

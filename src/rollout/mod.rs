@@ -710,6 +710,14 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
         let mut again = 0u64;
         let mut noted = 0u64;
         let reply = loop {
+            let cx = guide::Context {
+                messages: &messages,
+                tools: &tools,
+                task,
+                done: &writes,
+                is_write,
+                terminate: &domain.manifest.terminate_tools,
+            };
             let mut req = agent_request(
                 &tools,
                 messages.clone(),
@@ -720,14 +728,6 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 req.constraint = Some(if agent.seen_ids || agent.gold_writes {
                     let mut offered = tools.clone();
                     if agent.gold_writes {
-                        let cx = guide::Context {
-                            messages: &messages,
-                            tools: &tools,
-                            task,
-                            done: &writes,
-                            is_write,
-                            terminate: &domain.manifest.terminate_tools,
-                        };
                         offered = guide::gated_tools(&offered, &cx);
                     }
                     if agent.seen_ids {
@@ -751,14 +751,6 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                     .take(if agent.parallel_calls { calls.len() } else { 1 })
                     .find_map(|c| {
                         let arguments = call_arguments(c);
-                        let cx = guide::Context {
-                            messages: &messages,
-                            tools: &tools,
-                            task,
-                            done: &writes,
-                            is_write,
-                            terminate: &domain.manifest.terminate_tools,
-                        };
                         let turn = guide::Turn {
                             name: &c.name,
                             arguments: &arguments,
