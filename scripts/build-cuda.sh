@@ -4,15 +4,19 @@
 #   scripts/build-cuda.sh [CARGO ARGS...]
 #
 # What it does, each step skipped when its result is already in the cache:
-#   1. downloads NVIDIA's CUDA 13.4 wheels from the package index (pip download, no install):
+#   1. downloads NVIDIA's CUDA 13.0 wheels from the package index (pip download, no install):
 #      nvcc, its crt headers, nvvm (cicc), the runtime headers, CCCL, cuBLAS, cuRAND, NVRTC;
 #   2. unpacks them into one toolkit tree, $APIGEN_MT_CUDA (default
-#      ~/.cache/apigen-mt/cuda-13.4), with the unversioned library links the linker wants;
+#      ~/.cache/apigen-mt/cuda-13.0), with the unversioned library links the linker wants;
 #   3. makes a link stub for the driver library (libcuda.so, soname libcuda.so.1) from the
 #      driver functions cudarc binds: the real one comes with the GPU machine's driver;
 #   4. runs `cargo build --release --features cuda` for each compute capability in
 #      $CUDA_COMPUTE_CAPS (default "80 90": A100-class and H100/H200-class GPUs) into
 #      target/cuda-sm<CAP>/, leaving the CPU build in target/ untouched.
+#
+# 13.0, the first CUDA 13, because a driver refuses PTX newer than itself: candle's element-wise
+# kernels are PTX that the driver compiles at load, and the PTX of nvcc 13.4 does not load on a
+# 580 driver (CUDA 13.0). A binary built with 13.0 runs on every CUDA 13 driver.
 #
 # candle's static quantized kernels are compiled for one architecture per build (SASS only),
 # hence one binary per capability; pick yours with CUDA_COMPUTE_CAPS=90. The binaries need, at
@@ -20,17 +24,17 @@
 # $APIGEN_MT_CUDA/nvidia/cu13/lib (LD_LIBRARY_PATH); scripts/gpu-check.sh carries them along.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cache=${APIGEN_MT_CUDA:-$HOME/.cache/apigen-mt/cuda-13.4}
+cache=${APIGEN_MT_CUDA:-$HOME/.cache/apigen-mt/cuda-13.0}
 caps=${CUDA_COMPUTE_CAPS:-80 90}
 wheels=(
-    nvidia-cuda-nvcc==13.4.92
-    nvidia-cuda-crt==13.4.92
-    nvidia-nvvm==13.4.92
-    nvidia-cuda-runtime==13.4.92
-    nvidia-cuda-nvrtc==13.4.92
-    nvidia-cuda-cccl==13.3.5.0.6
-    nvidia-cublas==13.4.3.11
-    nvidia-curand==10.4.5.25
+    nvidia-cuda-nvcc==13.0.88
+    nvidia-cuda-crt==13.0.88
+    nvidia-nvvm==13.0.88
+    nvidia-cuda-runtime==13.0.96
+    nvidia-cuda-nvrtc==13.0.88
+    nvidia-cuda-cccl==13.0.85
+    nvidia-cublas==13.0.2.14
+    nvidia-curand==10.4.0.35
 )
 say() { echo "build-cuda: $*" >&2; }
 

@@ -24,6 +24,16 @@ pub struct LoadArgs {
     /// Keep attention in f32 instead of rounding its operands to f16 like llama.cpp.
     #[arg(long)]
     pub f32_attention: bool,
+    /// Keep keys and values in the device's memory and attend with tensor operations, as every
+    /// GPU does, also on the CPU (where the host kernel is faster): for trying a GPU's path
+    /// without one.
+    #[arg(long)]
+    pub tensor_attention: bool,
+    /// How a safetensors checkpoint's linear weights are held: `q8_0` (quantized at load),
+    /// `bf16`, `f16` or `f32` (dense, products in that dtype), or `auto`: bf16 on a GPU, Q8_0 on
+    /// the CPU. GGUF weights keep their own quant types whatever this says.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "q8_0", "bf16", "f16", "f32"])]
+    pub dtype: String,
 }
 
 impl LoadArgs {
@@ -37,6 +47,14 @@ impl LoadArgs {
             ..Default::default()
         };
         opts.f16_attention = !self.f32_attention;
+        opts.tensor_attention = self.tensor_attention;
+        opts.dense_dtype = match self.dtype.as_str() {
+            "bf16" => Some(candle_core::DType::BF16),
+            "f16" => Some(candle_core::DType::F16),
+            "f32" => Some(candle_core::DType::F32),
+            "q8_0" => None,
+            _ => (!opts.device.is_cpu()).then_some(candle_core::DType::BF16),
+        };
         if self.no_requantize {
             opts.requantize.clear();
         }

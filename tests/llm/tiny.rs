@@ -456,3 +456,152 @@ fn one_engine_serves_conversations_from_many_threads() {
     assert_eq!(parallel, sequential);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Largest absolute difference between two tensors of one shape.
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn device_attention_matches_the_host_kernel() {
+    // The path a GPU takes (keys and values in a device pool, attention as tensor operations),
+    // run on the CPU, against the host kernel: prefill, a prefix shared by cloned caches
+    // (copy-on-write of the shared page), conversations of different lengths decoded in one
+    // batch, and a truncated cache taken up again.
+    for arch in ARCHS {
+        for f16_attention in [false, true] {
+            let dir = write_checkpoint(arch, "pool");
+            let opts = LoadOptions {
+                f16_attention,
+                ..exact()
+            };
+            let host = model::load(&dir, &opts).unwrap();
+            let dev = model::load(
+                &dir,
+                &LoadOptions {
+                    tensor_attention: true,
+                    ..opts
+                },
+            )
+            .unwrap();
+            let what = format!("{arch}, f16 attention {f16_attention}");
+            let ids = host
+                .tokenizer
+                .encode(
+                    "<|im_start|>user\nthe thin hen in the thin hen sat on the thin hen<|im_end|>",
+                    true,
+                )
+                .unwrap();
+            assert!(ids.len() > model::PAGE, "the prompt spans pages");
+            let (mut hc, mut dc) = (KvCache::new(), KvCache::new());
+            let a = host.model.forward_all(&ids, &mut hc).unwrap();
+            let b = dev.model.forward_all(&ids, &mut dc).unwrap();
+            let scale = a.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let tol = 1e-3 * scale.to_scalar::<f32>().unwrap().max(1.0);
+            assert!(max_diff(&a, &b) < tol, "{what}: prefill differs");
+            // The device pool holds the keys and values (f32 rows of f16 values: twice the
+            // host pages' bytes).
+            assert_eq!(
+                dc.kv_bytes(),
+                2 * hc.kv_bytes(),
+                "{what}: not in the device pool"
+            );
+            let vocab = host.tokenizer.vocab_size() as u32;
+            let mut hs = vec![hc.clone(), hc.clone(), hc];
+            let mut ds = vec![dc.clone(), dc.clone(), dc];
+            // The second conversation runs two tokens alone first: the batch then mixes lengths.
+            let a = host.model.forward(&[5, 6], &mut hs[1]).unwrap();
+            let b = dev.model.forward(&[5, 6], &mut ds[1]).unwrap();
+            assert!(
+                max_diff(&a, &b) < tol,
+                "{what}: a shared prefix's extension differs"
+            );
+            for step in 0..2 * model::PAGE as u32 {
+                let tokens: Vec<u32> = (0..3).map(|i| (step * 7 + i * 11 + 3) % vocab).collect();
+                let a = host
+                    .model
+                    .forward_decode(&tokens, &mut hs.iter_mut().collect::<Vec<_>>())
+                    .unwrap();
+                let b = dev
+                    .model
+                    .forward_decode(&tokens, &mut ds.iter_mut().collect::<Vec<_>>())
+                    .unwrap();
+                assert_eq!(a.dims(), b.dims());
+                let d = max_diff(&a, &b);
+                assert!(d < tol, "{what}: decode step {step} differs by {d}");
+            }
+            for (h, d) in hs.iter().zip(&ds) {
+                assert_eq!(h.tokens(), d.tokens());
+            }
+            // The clones hold the prefix's full pages once.
+            let each: usize = ds.iter().map(|c| c.kv_bytes()).sum();
+            assert!(
+                KvCache::distinct_kv_bytes(&ds) < each,
+                "{what}: no page shared"
+            );
+            // A truncated cache is taken up where it was cut.
+            let cut = ids.len() + 3;
+            hs[0].truncate(cut);
+            ds[0].truncate(cut);
+            let a = host.model.forward(&[9, 10, 11], &mut hs[0]).unwrap();
+            let b = dev.model.forward(&[9, 10, 11], &mut ds[0]).unwrap();
+            assert!(max_diff(&a, &b) < tol, "{what}: after truncation");
+            std::fs::remove_dir_all(&dir).ok();
+        }
+    }
+}
+
+#[test]
+fn dense_bf16_and_f16_weights_stay_close_to_exact() {
+    // What a GPU loads by default (`--dtype auto`): dense bf16 weights, products in bf16.
+    for arch in ARCHS {
+        let dir = write_checkpoint(arch, "dtype");
+        let reference = model::load(&dir, &exact()).unwrap();
+        let ids = reference
+            .tokenizer
+            .encode("the hen in the thin", false)
+            .unwrap();
+        let want = reference.model.forward(&ids, &mut KvCache::new()).unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        for (dt, rel) in [
+            (candle_core::DType::BF16, 0.05),
+            (candle_core::DType::F16, 0.01),
+            (candle_core::DType::F32, 1e-4),
+        ] {
+            for tensor_attention in [false, true] {
+                let opts = LoadOptions {
+                    dense_dtype: Some(dt),
+                    tensor_attention,
+                    ..exact()
+                };
+                let got = model::load(&dir, &opts).unwrap();
+                let mut cache = KvCache::new();
+                let logits = got.model.forward(&ids, &mut cache).unwrap();
+                let d = max_diff(&want, &logits);
+                assert!(
+                    d < rel * scale.max(1.0),
+                    "{arch} {dt:?} (tensor attention {tensor_attention}): off by {d} (scale {scale})"
+                );
+                // Decoding on from the cache works in that dtype too.
+                let next = got.model.forward(&[7], &mut cache).unwrap();
+                assert_eq!(next.dims(), want.dims());
+            }
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

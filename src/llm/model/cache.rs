@@ -11,10 +11,17 @@
 //!
 //! Keys and values are stored as f16, as llama.cpp stores them; the attention that reads them
 //! (`model::attention`) works in f32.
+//!
+//! A model that runs attention on its device (`model::pool`) keeps the keys and values there
+//! instead: the cache then holds a page table of the device pool's pages, shared between clones
+//! and copied on write the same way.
 
 use std::sync::Arc;
 
 use half::f16;
+
+use super::pool::{DevPage, KvPool};
+use crate::llm::error::Result;
 
 /// Positions per page.
 pub const PAGE: usize = 16;
@@ -55,6 +62,8 @@ pub(crate) struct Page {
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     pages: Vec<Arc<Page>>,
+    /// Pages in a device pool, for a model that attends on its device (then `pages` is empty).
+    dev: Vec<Arc<DevPage>>,
     geometry: Option<Geometry>,
     tokens: Vec<u32>,
     /// Positions filled in every layer.
@@ -92,6 +101,7 @@ impl KvCache {
         self.len = len;
         self.tokens.truncate(len);
         self.pages.truncate(len.div_ceil(PAGE));
+        self.dev.truncate(len.div_ceil(PAGE));
     }
 
     /// How many leading tokens of `prompt` are already cached, leaving at least one token of
@@ -113,6 +123,10 @@ impl KvCache {
     /// Bytes of keys and values this cache's pages hold (shared pages counted in full).
     pub fn kv_bytes(&self) -> usize {
         self.pages.len() * self.page_bytes()
+            + self
+                .dev
+                .first()
+                .map_or(0, |p| self.dev.len() * p.pool().page_bytes())
     }
 
     /// Bytes of keys and values held by `caches` together, each shared page counted once.
@@ -121,8 +135,13 @@ impl KvCache {
         let mut bytes = 0;
         for c in caches {
             for p in &c.pages {
-                if seen.insert(Arc::as_ptr(p)) {
+                if seen.insert(Arc::as_ptr(p) as usize) {
                     bytes += c.page_bytes();
+                }
+            }
+            for p in &c.dev {
+                if seen.insert(Arc::as_ptr(p) as usize) {
+                    bytes += p.pool().page_bytes();
                 }
             }
         }
@@ -142,9 +161,10 @@ impl KvCache {
     /// Make room for `t` positions after the current end: pages are allocated, and every page
     /// those positions fall in is made this cache's own (copied if another cache shares it).
     pub(crate) fn reserve(&mut self, t: usize, geometry: Geometry) {
-        if self.geometry != Some(geometry) {
+        if self.geometry != Some(geometry) || !self.dev.is_empty() {
             // First use, or a cache moved to another model: nothing cached can be kept.
             self.pages.clear();
+            self.dev.clear();
             self.len = 0;
             self.tokens.clear();
             self.geometry = Some(geometry);
@@ -160,6 +180,41 @@ impl KvCache {
         for p in &mut self.pages[self.len / PAGE..need] {
             Arc::make_mut(p);
         }
+    }
+
+    /// [`reserve`](Self::reserve) in `pool`, a device pool: pages are allocated there, and a page
+    /// the new positions fall in that another cache shares is copied on the device.
+    pub(crate) fn reserve_in(
+        &mut self,
+        t: usize,
+        geometry: Geometry,
+        pool: &Arc<KvPool>,
+    ) -> Result<()> {
+        let same_pool = self.dev.first().is_none_or(|p| Arc::ptr_eq(p.pool(), pool));
+        if self.geometry != Some(geometry) || !same_pool || !self.pages.is_empty() {
+            self.pages.clear();
+            self.dev.clear();
+            self.len = 0;
+            self.tokens.clear();
+            self.geometry = Some(geometry);
+        }
+        let need = (self.len + t).div_ceil(PAGE);
+        while self.dev.len() < need {
+            self.dev.push(Arc::new(pool.alloc()?));
+        }
+        for p in &mut self.dev[self.len / PAGE..need] {
+            if Arc::get_mut(p).is_none() {
+                let own = pool.alloc()?;
+                pool.copy_page(p, &own)?;
+                *p = Arc::new(own);
+            }
+        }
+        Ok(())
+    }
+
+    /// The device pool rows of positions `0..end` (`reserve_in` must have covered them).
+    pub(crate) fn dev_rows(&self, end: usize) -> Vec<u32> {
+        (0..end).map(|p| self.dev[p / PAGE].row(p % PAGE)).collect()
     }
 
     /// Write the keys and values of absolute position `pos` for `layer` (`n_kv_heads *

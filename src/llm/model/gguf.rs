@@ -270,7 +270,9 @@ pub(super) fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let bos_token = token_text(tokenizer.bos());
     let eos_token = token_text(tokenizer.eos());
     let requantize_ms = r.requantize_ms;
+    let pool = super::transformer::pool_for(&cfg, opts);
     let model = Transformer {
+        pool,
         cfg,
         embed,
         layers,

@@ -12,12 +12,14 @@ mod gguf;
 mod kquants;
 mod ktiles;
 mod pages;
+mod pool;
 mod safetensors;
 mod team;
 mod transformer;
 
 use std::path::Path;
 
+use candle_core::DType;
 use candle_core::Device;
 use candle_core::quantized::GgmlDType;
 
@@ -126,13 +128,21 @@ pub struct LoadOptions {
     pub requantize: Vec<GgmlDType>,
     /// Target of that re-quantization (and of dense safetensors weights on CPU).
     pub requantize_to: GgmlDType,
-    /// Quantize dense (safetensors) linear weights; otherwise they stay f32.
+    /// Quantize dense (safetensors) linear weights; otherwise they stay f32 (or `dense_dtype`).
     pub quantize_dense: bool,
+    /// Keep dense (safetensors) linear weights and the embedding table in this dtype (bf16, f16
+    /// or f32), unquantized, their products run in it: what a GPU wants. `None`: as
+    /// `quantize_dense` says.
+    pub dense_dtype: Option<DType>,
     /// Run the 4/5/8-bit legacy block formats and the Q4_K/Q6_K super-block formats with this
     /// crate's CPU kernels (when the CPU has AVX-512 VNNI or AVX2) instead of candle's.
     pub native_blocks: bool,
     /// Round attention operands to f16 precision like llama.cpp (see [`Config::f16_attention`]).
     pub f16_attention: bool,
+    /// Keep keys and values in device memory and attend with tensor operations (`model::pool`).
+    /// Always so on a GPU; on the CPU the host kernel is faster, and this is for checking the
+    /// device path without a GPU.
+    pub tensor_attention: bool,
 }
 
 impl Default for LoadOptions {
@@ -144,8 +154,10 @@ impl Default for LoadOptions {
             requantize: vec![GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1],
             requantize_to: GgmlDType::Q8_0,
             quantize_dense: true,
+            dense_dtype: None,
             native_blocks: true,
             f16_attention: true,
+            tensor_attention: false,
         }
     }
 }

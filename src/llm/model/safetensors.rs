@@ -1,6 +1,8 @@
 //! Loading Hugging Face checkpoints (`config.json`, `*.safetensors`, `tokenizer.json`,
 //! `tokenizer_config.json`) for llama, qwen2 and qwen3. Linear weights are quantized at load on
-//! request (Q8_0 by default), which keeps 8B checkpoints within CPU memory.
+//! request (Q8_0 by default), which keeps 8B checkpoints within CPU memory, or kept dense in
+//! the dtype [`LoadOptions::dense_dtype`] names (bf16 on a GPU), loaded onto the device as they
+//! are stored and converted there.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -133,7 +135,19 @@ impl Weights<'_> {
         Ok(q)
     }
 
+    /// A weight in `dt`, converted on the device it is loaded to.
+    fn dense_as(&self, name: &str, dt: DType) -> Result<Tensor> {
+        let t = self
+            .st
+            .load(name, &self.opts.device)
+            .map_err(|e| LlmError::checkpoint(self.dir, format!("{name}: {e}")))?;
+        Ok(t.to_dtype(dt)?)
+    }
+
     fn linear(&mut self, name: &str) -> Result<Linear> {
+        if let Some(dt) = self.opts.dense_dtype {
+            return Ok(Linear::Dense(self.dense_as(name, dt)?));
+        }
         let t = self.dense(name)?;
         Ok(Linear::Candle(if self.quantizable(&t) {
             QMatMul::from_qtensor(self.qtensor(&t)?)?
@@ -220,18 +234,23 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     };
     cfg.validate()?;
 
-    let embed_t = w.dense("model.embed_tokens.weight")?;
-    let (embed, tied_head) = if w.quantizable(&embed_t) {
-        let q = Arc::new(w.qtensor(&embed_t)?);
-        (
-            Embedding::Quantized(q.clone()),
-            Linear::Candle(QMatMul::from_arc(q)?),
-        )
+    let (embed, tied_head) = if let Some(dt) = opts.dense_dtype {
+        let t = w.dense_as("model.embed_tokens.weight", dt)?;
+        (Embedding::Dense(t.clone()), Linear::Dense(t))
     } else {
-        (
-            Embedding::Dense(embed_t.clone()),
-            Linear::Candle(QMatMul::Tensor(embed_t)),
-        )
+        let embed_t = w.dense("model.embed_tokens.weight")?;
+        if w.quantizable(&embed_t) {
+            let q = Arc::new(w.qtensor(&embed_t)?);
+            (
+                Embedding::Quantized(q.clone()),
+                Linear::Candle(QMatMul::from_arc(q)?),
+            )
+        } else {
+            (
+                Embedding::Dense(embed_t.clone()),
+                Linear::Candle(QMatMul::Tensor(embed_t)),
+            )
+        }
     };
     let lm_head = if tied {
         tied_head
@@ -265,7 +284,9 @@ pub(super) fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         });
     }
     let requantize_ms = w.quantize_ms;
+    let pool = super::transformer::pool_for(&cfg, opts);
     let model = Transformer {
+        pool,
         cfg,
         embed,
         layers,

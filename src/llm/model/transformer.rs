@@ -15,14 +15,18 @@ use super::attention::{self, Heads, Queries};
 use super::blocks::BlockLinear;
 use super::cache::{Geometry, KvCache};
 use super::kquants::KLinear;
+use super::pool::{self, HeadShape, KvPool, PassRows, SeqRows};
 use crate::llm::error::{LlmError, Result};
 
 /// A linear layer without bias: stored GGML blocks or K-quant super-blocks run by our own
-/// kernels, or anything candle multiplies (other formats, other CPUs, GPUs, dense tensors).
+/// kernels, anything candle multiplies (other formats, other CPUs, GPUs), or a dense matrix in
+/// its own dtype (bf16 or f16 on a GPU's tensor cores; the input is converted to it and the
+/// result back to f32).
 pub(crate) enum Linear {
     Blocks(Arc<BlockLinear>),
     KQuant(Arc<KLinear>),
     Candle(QMatMul),
+    Dense(Tensor),
 }
 
 impl Linear {
@@ -31,6 +35,7 @@ impl Linear {
             Linear::Blocks(b) => b.forward(x),
             Linear::KQuant(b) => b.forward(x),
             Linear::Candle(q) => Ok(q.forward(x)?),
+            Linear::Dense(w) => dense_product(x, w),
         }
     }
 
@@ -40,14 +45,24 @@ impl Linear {
     /// repacked tiles for any number of rows; below 32 rows, where no AMX path is taken). Its
     /// other products take a different kernel for one row than for several (Q6_K's results
     /// differ in the last bits), so there each row runs on its own: exact, but without the
-    /// batching gain. `llm::batch` pins this.
+    /// batching gain. `llm::batch` pins this. On a GPU every product takes all the rows at once:
+    /// a row by row product would waste the device, and its libraries promise no batch
+    /// invariance anyway (`scripts/gpu-check.sh` measures it).
     pub(crate) fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Blocks(b) => b.forward(x),
             Linear::KQuant(b) => b.forward_rows(x),
+            Linear::Dense(w) if !x.device().is_cpu() => dense_product(x, w),
+            Linear::Dense(w) => {
+                let rows = x.dim(0)?;
+                let outs = (0..rows)
+                    .map(|r| dense_product(&x.narrow(0, r, 1)?, w))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&outs, 0)?)
+            }
             Linear::Candle(q) => {
                 let rows = x.dim(0)?;
-                if rows == 1 || (rows < 32 && q4k_rows_are_independent(q)) {
+                if rows == 1 || !x.device().is_cpu() || (rows < 32 && q4k_rows_are_independent(q)) {
                     return Ok(q.forward(x)?);
                 }
                 let outs = (0..rows)
@@ -57,6 +72,12 @@ impl Linear {
             }
         }
     }
+}
+
+/// `x @ w^T` for `x` `(n, k)` (f32) and `w` `(out, k)` in its own dtype; f32 out.
+fn dense_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = x.to_dtype(w.dtype())?.matmul(&w.t()?)?;
+    Ok(y.to_dtype(DType::F32)?)
 }
 
 /// How a layer's matrix products run: [`Linear::forward`] for one sequence's rows,
@@ -112,6 +133,21 @@ pub struct Transformer {
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
     pub(crate) device: Device,
+    /// Keys and values on the device, attention as tensor operations (`model::pool`): always
+    /// off the CPU; on it when [`LoadOptions::tensor_attention`](super::LoadOptions) asks.
+    pub(crate) pool: Option<Arc<KvPool>>,
+}
+
+/// The device pool a model loaded with `opts` attends over, if any.
+pub(crate) fn pool_for(cfg: &Config, opts: &super::LoadOptions) -> Option<Arc<KvPool>> {
+    (!opts.device.is_cpu() || opts.tensor_attention).then(|| {
+        Arc::new(KvPool::new(
+            &opts.device,
+            cfg.n_layer,
+            cfg.n_kv_head,
+            cfg.head_dim,
+        ))
+    })
 }
 
 /// RoPE tables `(max_len, head_dim / 2)` for the given per-pair inverse frequencies.
@@ -244,7 +280,10 @@ impl Transformer {
         let mut positions = Vec::with_capacity(tokens.len());
         let mut row0 = 0;
         for (cache, &t) in caches.iter_mut().zip(rows) {
-            cache.reserve(t, geometry);
+            match &self.pool {
+                Some(pool) => cache.reserve_in(t, geometry, pool)?,
+                None => cache.reserve(t, geometry),
+            }
             let pos0 = cache.len();
             spans.push(Span { row0, pos0, t });
             positions.extend((pos0..pos0 + t).map(|p| p as u32));
@@ -257,13 +296,23 @@ impl Transformer {
         );
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed.forward(&ids)?;
+        let device_pass = match &self.pool {
+            Some(pool) => Some((pool.read(), self.pass_rows(caches, &spans)?)),
+            None => None,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps)?;
-            let a = self.attention(layer, i, &h, (&cos, &sin), caches, &spans, product)?;
+            let a = match &device_pass {
+                Some((tensors, groups)) => {
+                    self.device_attention(layer, &tensors[i], groups, &h, (&cos, &sin), product)?
+                }
+                None => self.attention(layer, i, &h, (&cos, &sin), caches, &spans, product)?,
+            };
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.cfg.rms_eps)?;
             x = (x + self.mlp(layer, &h, product)?)?;
         }
+        drop(device_pass);
         let mut start = 0;
         for (cache, span) in caches.iter_mut().zip(&spans) {
             cache.commit(span.t);
@@ -288,31 +337,7 @@ impl Transformer {
         let cfg = &self.cfg;
         let (n, _) = x.dims2()?;
         let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
-        let (q, k, v) = self.project(layer, x, product)?;
-        let q = q.reshape((1, n, nh, hd))?;
-        let k = k.reshape((1, n, nkv, hd))?;
-        let q = match &layer.q_norm {
-            Some(w) => candle_nn::ops::rms_norm(&q, w, cfg.rms_eps)?,
-            None => q,
-        };
-        let k = match &layer.k_norm {
-            Some(w) => candle_nn::ops::rms_norm(&k, w, cfg.rms_eps)?,
-            None => k,
-        };
-        let q = q.transpose(1, 2)?.contiguous()?;
-        let k = k.transpose(1, 2)?.contiguous()?;
-        let (q, k) = if cfg.rope_interleaved {
-            (
-                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
-            )
-        } else {
-            (
-                candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope(&k, cos, sin)?,
-            )
-        };
-        let q = if cfg.f16_attention { f16_round(&q)? } else { q };
+        let (q, k, v) = self.rotated(layer, x, (cos, sin), product)?;
         let host = |t: Tensor| -> Result<Vec<f32>> {
             Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
         };
@@ -378,6 +403,119 @@ impl Transformer {
         }
         let out = Tensor::from_vec(out, (n, nh * hd), &self.device)?;
         product(&layer.wo, &out)
+    }
+
+    /// The device pool rows of a pass: one group when every sequence runs as many new tokens
+    /// (one sequence's prompt, or one token of each in a decode step), else one per sequence.
+    fn pass_rows(&self, caches: &[&mut KvCache], spans: &[Span]) -> Result<Vec<(usize, PassRows)>> {
+        let width = self.cfg.n_kv_head * self.cfg.head_dim;
+        let seq = |c: &KvCache, s: &Span| SeqRows {
+            rows: c.dev_rows(s.pos0 + s.t),
+            pos0: s.pos0,
+        };
+        let uniform = spans.windows(2).all(|w| w[0].t == w[1].t);
+        if uniform {
+            let seqs: Vec<SeqRows> = caches.iter().zip(spans).map(|(c, s)| seq(c, s)).collect();
+            return Ok(vec![(
+                0,
+                PassRows::new(&seqs, spans[0].t, width, &self.device)?,
+            )]);
+        }
+        caches
+            .iter()
+            .zip(spans)
+            .map(|(c, s)| {
+                Ok((
+                    s.row0,
+                    PassRows::new(&[seq(c, s)], s.t, width, &self.device)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// [`attention`](Self::attention) over the device pool: `groups` are the pass's rows, each
+    /// group's rows starting at its row.
+    fn device_attention(
+        &self,
+        layer: &Layer,
+        tensors: &(Tensor, Tensor),
+        groups: &[(usize, PassRows)],
+        x: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        product: Product,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (q, k, v) = self.rotated(layer, x, (cos, sin), product)?;
+        let heads = HeadShape {
+            n_head: cfg.n_head,
+            n_kv: cfg.n_kv_head,
+            head_dim: cfg.head_dim,
+            scale: 1.0 / (cfg.head_dim as f64).sqrt(),
+            f16_weights: cfg.f16_attention,
+        };
+        // q: (1, heads, n, hd); k: (1, kv heads, n, hd); v: (n, kv heads * hd).
+        let (q, k) = (q.squeeze(0)?, k.squeeze(0)?);
+        let n = v.dim(0)?;
+        let mut outs = Vec::with_capacity(groups.len());
+        for (i, (row0, rows)) in groups.iter().enumerate() {
+            let end = groups.get(i + 1).map_or(n, |g| g.0);
+            let len = end - row0;
+            outs.push(pool::attend(
+                tensors,
+                rows,
+                &heads,
+                &q.narrow(1, *row0, len)?,
+                &k.narrow(1, *row0, len)?,
+                &v.narrow(0, *row0, len)?,
+            )?);
+        }
+        let out = if outs.len() == 1 {
+            outs.pop().expect("one group")
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        product(&layer.wo, &out)
+    }
+
+    /// Q, K and V of `x`, Q and K normalized (where the architecture does) and rotated: Q
+    /// `(1, heads, n, hd)` (rounded to f16 precision when the model says), K `(1, kv heads, n,
+    /// hd)`, V `(n, kv heads * hd)`.
+    fn rotated(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        product: Product,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let cfg = &self.cfg;
+        let (n, _) = x.dims2()?;
+        let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
+        let (q, k, v) = self.project(layer, x, product)?;
+        let q = q.reshape((1, n, nh, hd))?;
+        let k = k.reshape((1, n, nkv, hd))?;
+        let q = match &layer.q_norm {
+            Some(w) => candle_nn::ops::rms_norm(&q, w, cfg.rms_eps)?,
+            None => q,
+        };
+        let k = match &layer.k_norm {
+            Some(w) => candle_nn::ops::rms_norm(&k, w, cfg.rms_eps)?,
+            None => k,
+        };
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let (q, k) = if cfg.rope_interleaved {
+            (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            )
+        } else {
+            (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            )
+        };
+        let q = if cfg.f16_attention { f16_round(&q)? } else { q };
+        Ok((q, k, v))
     }
 
     /// The Q, K and V projections of `x` (`(t, hidden)`), biases added: one row per token.
