@@ -248,3 +248,81 @@ fn sampled_plans_run_pass_the_rules_and_are_grounded() {
         assert!(tools.len() >= min_tools, "{name}: {tools:?}");
     }
 }
+
+#[test]
+fn a_write_on_a_record_the_instruction_never_mentions_is_unasked() {
+    use apigen_mt::domain::ground::Grounder;
+    use apigen_mt::domain::task::{Action, Task};
+    let (d, _) = load("airline");
+    let g = Grounder::new(&d);
+    let reservation = d
+        .pristine()
+        .record("reservations", "KJQCD4")
+        .unwrap()
+        .clone();
+    let user = reservation["user_id"].as_str().unwrap().to_owned();
+    let task = |instruction: &str| Task {
+        user_id: user.clone(),
+        instruction: instruction.into(),
+        actions: vec![Action::new(
+            "cancel_reservation",
+            serde_json::json!({"reservation_id": "KJQCD4"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )],
+        outputs: vec![],
+        extra: Default::default(),
+    };
+    let unasked = |instruction: &str| {
+        g.check_asked(&task(instruction))
+            .iter()
+            .any(|f| f.code == "ground.write_unasked" && f.detail.contains("KJQCD4"))
+    };
+    // The customer says who they are and nothing of which reservation.
+    assert!(unasked(&format!(
+        "You are {user}. You want to cancel a reservation."
+    )));
+    // By its id, or by its route.
+    assert!(!unasked(&format!(
+        "You are {user}. You want to cancel reservation KJQCD4."
+    )));
+    assert!(!unasked(&format!(
+        "You are {user}. You want to cancel your trip from {} to {}.",
+        reservation["origin"].as_str().unwrap(),
+        reservation["destination"].as_str().unwrap()
+    )));
+
+    // Mock: a transfer to an account the instruction never names.
+    let (m, _) = load("mock");
+    let g = Grounder::new(&m);
+    let transfer = |instruction: &str| {
+        Task {
+        user_id: "acc_1002".into(),
+        instruction: instruction.into(),
+        actions: vec![Action::new(
+            "transfer_funds",
+            serde_json::json!({"from_account_id": "acc_1002", "to_account_id": "acc_1001", "amount": 20})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )],
+        outputs: vec![],
+        extra: Default::default(),
+    }
+    };
+    let codes = |instruction: &str| -> Vec<String> {
+        g.check_asked(&transfer(instruction))
+            .into_iter()
+            .map(|f| f.detail)
+            .collect()
+    };
+    assert_eq!(
+        codes("I am Barbara Allen (acc_1002) and I want to send 20 to a friend.").len(),
+        1
+    );
+    assert!(codes("I am Barbara Allen (acc_1002) and I want to send 20 to acc_1001.").is_empty());
+    assert!(
+        codes("I am Barbara Allen (acc_1002) and I want to send 20 to Alan Lovelace.").is_empty()
+    );
+}

@@ -567,6 +567,18 @@ impl<'d> Grounder<'d> {
     /// generated blueprints; tau-bench's own instructions often paraphrase such values.
     pub fn check_asked(&self, task: &Task) -> Vec<Finding> {
         let text = normalise(&task.instruction);
+        // What the customer's own record says (their name, zip, status): naming a record by it
+        // names every record of theirs.
+        let mut own = HashSet::new();
+        if let Some(user) = self
+            .domain
+            .pristine()
+            .record(&self.user_table, &task.user_id)
+        {
+            let mut values = Vec::new();
+            crate::blueprint::sampler::string_values(user, &mut values);
+            own.extend(values.iter().map(|v| normalise(v)));
+        }
         let mut out = Vec::new();
         for (i, a) in task.actions.iter().enumerate() {
             if !self.domain.is_write(&a.name) {
@@ -597,8 +609,49 @@ impl<'d> Grounder<'d> {
                     ));
                 }
             }
+            // The record a write acts on must be one the instruction refers to: by its id, or by
+            // something of it the customer would say (a destination, a product, an owner's
+            // name), not merely by what every record of theirs shares.
+            // Top-level ids only: the order or reservation acted on, not the items or flights
+            // inside it (a new flight is the agent's to find).
+            for (key, id) in &a.arguments {
+                let Some(id) = id.as_str().filter(|_| id_like(key)) else {
+                    continue;
+                };
+                if id == task.user_id || contains_word(&text, &normalise(id)) {
+                    continue;
+                }
+                let Some(record) = self.record_by_id(id) else {
+                    continue;
+                };
+                let mut values = Vec::new();
+                crate::blueprint::sampler::string_values(record, &mut values);
+                let referred = values.iter().any(|s| {
+                    let s = normalise(s);
+                    s.chars().count() >= 3
+                        && !own.contains(&s)
+                        && s != normalise(id)
+                        && s != normalise(&task.user_id)
+                        && contains_word(&text, &s)
+                });
+                if !referred {
+                    out.push(Finding::new(
+                        "ground.write_unasked",
+                        format!(
+                            "actions[{i}] {} acts on {key} {id}, which the instruction never refers to (neither its id nor anything of it): say which one",
+                            a.name
+                        ),
+                    ));
+                }
+            }
         }
         out
+    }
+
+    /// The record of any table kept under `id`.
+    fn record_by_id(&self, id: &str) -> Option<&Value> {
+        let db = self.domain.pristine();
+        db.table_names().find_map(|t| db.record(t, id))
     }
 
     /// What the checks found for a task that passed them, in words, for reviewers.
