@@ -667,9 +667,13 @@ pub fn writes_pending(task: &Task, done: &[Action], is_write: impl Fn(&str) -> b
 }
 
 /// Why an agent's answer in words would be drawn again: under three words (`terse_reply`:
-/// "True", "json_object"), or talk about the machinery instead of the customer's matter —
-/// a tool's name, "function", "tool call", a placeholder, an exception (`meta_reply`).
-pub fn text_problem(content: &str, tools: &[Value]) -> Option<String> {
+/// "True", "json_object"), talk about the machinery instead of the customer's matter — a
+/// tool's name, "function", "tool call", a placeholder, an exception (`meta_reply`) —, the
+/// agent's own last answer word for word (`repeated_reply`: the confirmation asked again after
+/// the write was made, "I will proceed to freeze ..." three times over), or a blanket refusal
+/// ("I'm sorry, but I cannot assist with that.", `refusal`), which a data-generating agent has
+/// no cause for: every task it is given can be done within the policy.
+pub fn text_problem(content: &str, tools: &[Value], messages: &[Message]) -> Option<String> {
     let words = content.split_whitespace().count();
     if words < 3 {
         return Some(format!("terse_reply: {content:?}"));
@@ -694,6 +698,22 @@ pub fn text_problem(content: &str, tools: &[Value]) -> Option<String> {
                 return Some(format!("meta_reply: {name}"));
             }
         }
+    }
+    let flat = normalise(content);
+    let last = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "assistant" && m.tool_calls.is_empty() && !m.content.trim().is_empty());
+    if last.is_some_and(|m| normalise(&m.content) == flat) {
+        return Some("repeated_reply".into());
+    }
+    let refuses = ["cannot", "can't", "can not", "unable to"].iter().any(|w| {
+        ["assist with that", "help with that", "assist you with that"]
+            .iter()
+            .any(|what| flat.contains(&format!("{w} {what}")))
+    });
+    if refuses {
+        return Some("refusal".into());
     }
     None
 }
@@ -1082,13 +1102,51 @@ mod tests {
             "Use the find_user_id_by_name_zip tool first.",
             "TypeError: null",
         ] {
-            assert!(text_problem(bad, &tools).is_some(), "{bad}");
+            assert!(text_problem(bad, &tools, &[]).is_some(), "{bad}");
         }
         assert_eq!(
             text_problem(
                 "Your order #W1 is cancelled; the refund goes to your card.",
-                &tools
+                &tools,
+                &[]
             ),
+            None
+        );
+    }
+
+    #[test]
+    fn the_last_answer_again_or_a_blanket_refusal_is_drawn_again() {
+        let tools = [json!({"name": "freeze_account"})];
+        let asked = "I am about to freeze account acc_1004. Are you okay with this?";
+        let history = [
+            Message::user("Freeze acc_1004, suspected fraud."),
+            Message::assistant(asked),
+            Message::user("Yes."),
+        ];
+        assert_eq!(
+            text_problem(&format!("  {asked}"), &tools, &history).as_deref(),
+            Some("repeated_reply")
+        );
+        assert_eq!(
+            text_problem(
+                "I'm sorry, but I cannot assist with that.",
+                &tools,
+                &history
+            )
+            .as_deref(),
+            Some("refusal")
+        );
+        assert_eq!(
+            text_problem(
+                "I'm sorry, but I can't cancel a delivered order.",
+                &tools,
+                &history
+            ),
+            None,
+            "a refusal the policy gives reasons for is an answer"
+        );
+        assert_eq!(
+            text_problem("Your account acc_1004 is now frozen.", &tools, &history),
             None
         );
     }

@@ -158,16 +158,21 @@ impl KvCache {
         self.tokens.extend_from_slice(tokens);
     }
 
+    /// First use, or a cache moved to another model (or between host and device): nothing
+    /// cached can be kept.
+    fn reset(&mut self, geometry: Geometry) {
+        self.pages.clear();
+        self.dev.clear();
+        self.len = 0;
+        self.tokens.clear();
+        self.geometry = Some(geometry);
+    }
+
     /// Make room for `t` positions after the current end: pages are allocated, and every page
     /// those positions fall in is made this cache's own (copied if another cache shares it).
     pub(crate) fn reserve(&mut self, t: usize, geometry: Geometry) {
         if self.geometry != Some(geometry) || !self.dev.is_empty() {
-            // First use, or a cache moved to another model: nothing cached can be kept.
-            self.pages.clear();
-            self.dev.clear();
-            self.len = 0;
-            self.tokens.clear();
-            self.geometry = Some(geometry);
+            self.reset(geometry);
         }
         let need = (self.len + t).div_ceil(PAGE);
         let elems = geometry.page_elems();
@@ -192,11 +197,7 @@ impl KvCache {
     ) -> Result<()> {
         let same_pool = self.dev.first().is_none_or(|p| Arc::ptr_eq(p.pool(), pool));
         if self.geometry != Some(geometry) || !same_pool || !self.pages.is_empty() {
-            self.pages.clear();
-            self.dev.clear();
-            self.len = 0;
-            self.tokens.clear();
-            self.geometry = Some(geometry);
+            self.reset(geometry);
         }
         let need = (self.len + t).div_ceil(PAGE);
         while self.dev.len() < need {
