@@ -672,8 +672,15 @@ pub fn writes_pending(task: &Task, done: &[Action], is_write: impl Fn(&str) -> b
 /// agent's own last answer word for word (`repeated_reply`: the confirmation asked again after
 /// the write was made, "I will proceed to freeze ..." three times over), or a blanket refusal
 /// ("I'm sorry, but I cannot assist with that.", `refusal`), which a data-generating agent has
-/// no cause for: every task it is given can be done within the policy.
-pub fn text_problem(content: &str, tools: &[Value], messages: &[Message]) -> Option<String> {
+/// no cause for: every task it is given can be done within the policy. With every gold write
+/// made (`writes_done`), a request to confirm ("To freeze account acc_1001, are you okay with
+/// this?") asks about a change nobody wants (`confirm_after_done`).
+pub fn text_problem(
+    content: &str,
+    tools: &[Value],
+    messages: &[Message],
+    writes_done: bool,
+) -> Option<String> {
     let words = content.split_whitespace().count();
     if words < 3 {
         return Some(format!("terse_reply: {content:?}"));
@@ -714,6 +721,20 @@ pub fn text_problem(content: &str, tools: &[Value], messages: &[Message]) -> Opt
     });
     if refuses {
         return Some("refusal".into());
+    }
+    let asks = [
+        "please confirm",
+        "are you okay with this",
+        "are you ok with this",
+        "do you want to proceed",
+        "would you like to proceed",
+        "shall i proceed",
+        "can you confirm",
+        "could you confirm",
+        "do you confirm",
+    ];
+    if writes_done && asks.iter().any(|a| flat.contains(a)) {
+        return Some("confirm_after_done".into());
     }
     None
 }
@@ -1102,13 +1123,14 @@ mod tests {
             "Use the find_user_id_by_name_zip tool first.",
             "TypeError: null",
         ] {
-            assert!(text_problem(bad, &tools, &[]).is_some(), "{bad}");
+            assert!(text_problem(bad, &tools, &[], false).is_some(), "{bad}");
         }
         assert_eq!(
             text_problem(
                 "Your order #W1 is cancelled; the refund goes to your card.",
                 &tools,
-                &[]
+                &[],
+                true
             ),
             None
         );
@@ -1123,32 +1145,26 @@ mod tests {
             Message::assistant(asked),
             Message::user("Yes."),
         ];
+        let problem = |line: &str, done: bool| text_problem(line, &tools, &history, done);
         assert_eq!(
-            text_problem(&format!("  {asked}"), &tools, &history).as_deref(),
+            problem(&format!("  {asked}"), false).as_deref(),
             Some("repeated_reply")
         );
         assert_eq!(
-            text_problem(
-                "I'm sorry, but I cannot assist with that.",
-                &tools,
-                &history
-            )
-            .as_deref(),
+            problem("I'm sorry, but I cannot assist with that.", true).as_deref(),
             Some("refusal")
         );
         assert_eq!(
-            text_problem(
-                "I'm sorry, but I can't cancel a delivered order.",
-                &tools,
-                &history
-            ),
+            problem("I'm sorry, but I can't cancel a delivered order.", false),
             None,
             "a refusal the policy gives reasons for is an answer"
         );
-        assert_eq!(
-            text_problem("Your account acc_1004 is now frozen.", &tools, &history),
-            None
-        );
+        assert_eq!(problem("Your account acc_1004 is now frozen.", true), None);
+        // With the gold writes made, a request to confirm is about a change nobody asked for;
+        // before them it is the question the policy wants.
+        let ask = "To freeze account acc_1001 on account request, are you okay with this?";
+        assert_eq!(problem(ask, true).as_deref(), Some("confirm_after_done"));
+        assert_eq!(problem(ask, false), None);
     }
 
     #[test]

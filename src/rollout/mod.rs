@@ -757,7 +757,12 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                         };
                         guide::turn_problem(turn, &cx)
                     }),
-                ModelOutput::Text { content } => guide::text_problem(content, &tools, &messages),
+                ModelOutput::Text { content } => guide::text_problem(
+                    content,
+                    &tools,
+                    &messages,
+                    !guide::writes_pending(task, &writes, is_write),
+                ),
                 _ => None,
             };
             match problem {
@@ -831,7 +836,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                     // A reply that repeats the note, or is not an answer, is drawn once more.
                     let bad = |r: &Result<crate::llm::ChatReply, String>| {
                         matches!(r, Ok(crate::llm::ChatReply { output: ModelOutput::Text { content }, .. })
-                            if guide::echoes_note(content) || guide::text_problem(content, &tools, &messages).is_some())
+                            if guide::echoes_note(content) || guide::text_problem(content, &tools, &messages, false).is_some())
                     };
                     let mut r = draw(0);
                     if bad(&r) {
