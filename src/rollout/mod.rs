@@ -742,9 +742,13 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 Ok(r) => r,
                 Err(e) => break Err(e),
             };
-            if again as usize >= agent.resample || agent.model.temperature <= 0.0 {
+            if agent.model.temperature <= 0.0 {
                 break Ok(reply);
             }
+            // Past the bound a reply is taken as it is, except a gold write made before the
+            // step it needs (its gold read, the customer's yes): that one still becomes the step
+            // under a note, within the notes' own bound, so no kept conversation writes first.
+            let exhausted = again as usize >= agent.resample;
             let problem = match &reply.output {
                 ModelOutput::ToolCalls { calls, .. } => calls
                     .iter()
@@ -765,10 +769,16 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 ),
                 _ => None,
             };
+            let problem = problem.filter(|why| {
+                !exhausted || why.starts_with("reads_first") || why.starts_with("unconfirmed_write")
+            });
             match problem {
                 // A write before what it needs (a gold read, the customer's yes): the model
                 // makes that step instead, under a note the record never shows.
-                Some(why) if noted < agent.resample as u64 => {
+                Some(why)
+                    if noted < agent.resample as u64
+                        && matches!(reply.output, ModelOutput::ToolCalls { .. }) =>
+                {
                     let ModelOutput::ToolCalls { calls, .. } = &reply.output else {
                         break Ok(reply);
                     };
@@ -845,12 +855,12 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                     }
                     break r;
                 }
-                Some(why) => {
+                Some(why) if !exhausted => {
                     tally(&mut agent_resampled, &why);
                     trace(agent.trace, "agent, drawn again", &why);
                     again += 1;
                 }
-                None => break Ok(reply),
+                _ => break Ok(reply),
             }
         };
         let reply = match reply {
