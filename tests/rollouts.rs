@@ -868,6 +868,37 @@ fn an_agent_call_that_would_spoil_the_conversation_is_drawn_again() {
     assert_eq!(summary.failures[code::DB_MISMATCH], 1, "{summary:?}");
 }
 
+#[test]
+fn past_the_bound_a_premature_gold_write_still_waits_and_a_repeated_answer_is_drawn_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // One draw again per step: the off-gold transfer spends it; the gold transfer made at
+    // once, past the bound, still becomes the read under a note. After the customer's yes the
+    // agent asks again word for word (drawn again), then transfers.
+    let mut s = Setup::new(
+        &[
+            &transfer(25.0),
+            &transfer(250.5),
+            &get_1002(),
+            CONFIRM,
+            CONFIRM,
+            &transfer(250.5),
+            "The transfer of 250.50 is done.",
+        ],
+        &[ASK, "Yes, please.", "###STOP###"],
+    );
+    s.agent_resample = 1;
+    s.resample = 3;
+    s.require_gold_tools = true;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!((summary.verified, summary.kept), (1, 1), "{summary:?}");
+    assert_eq!(summary.agent_resampled["write_off_gold"], 1, "{summary:?}");
+    assert_eq!(summary.agent_resampled["reads_first"], 1);
+    assert_eq!(summary.agent_resampled["repeated_reply"], 1);
+    let d = &lines(&dir.path().join("dataset.jsonl"))[0];
+    let text = d["messages"].to_string();
+    assert_eq!(text.matches("Shall I?").count(), 1, "{text}");
+}
+
 /// One attempt of `task` with these scripts; its fault label and evidence.
 fn fault_of(agent: &[&str], user: &[&str], task: Task) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
