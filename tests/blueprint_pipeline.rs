@@ -520,3 +520,38 @@ fn the_report_shows_the_phase_1_funnel_and_the_rejections() {
     assert!(dom.contains(&format!("data-open=\"blueprints:{id}\"")));
     assert!(dom.contains("class=\"tool-call\" data-tool=\"get_account\""));
 }
+
+#[test]
+fn a_fixed_plans_write_left_unasked_gets_the_briefs_request_line() {
+    // The proposer says who the customer is and nothing of the plan's write: the brief's
+    // request line for it is added, which names the write's target and values, so the
+    // blueprint is grounded and reaches the committee.
+    let dir = tempfile::tempdir().unwrap();
+    let script = Arc::new(ScriptedBackend::new(
+        ToolFormat::Hermes,
+        replies(&[
+            r#"{"thought": "t", "instruction": "You are Barbara Allen, account acc_1002.", "outputs": []}"#,
+            YES,
+            YES,
+            YES,
+        ]),
+    ));
+    let mut s = settings(1, 1, 0, &["acc_1002"]);
+    s.plan = PlanMode::Fixed;
+    let summary = run_phase1(dir.path(), script, s, 1);
+    assert_eq!(summary.accepted, 1, "{summary:?}");
+    assert_eq!(summary.funnel.requests_added, 1, "{:?}", summary.funnel);
+    let b: Value = serde_json::from_str(
+        std::fs::read_to_string(dir.path().join("blueprints.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let instruction = b["instruction"].as_str().unwrap();
+    assert!(
+        instruction.starts_with("You are Barbara Allen, account acc_1002. You want"),
+        "{instruction}"
+    );
+}

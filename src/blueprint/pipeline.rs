@@ -147,6 +147,9 @@ pub struct Funnel {
     /// Outputs of fixed-plan proposals dropped because the instruction never asks about them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub outputs_dropped: usize,
+    /// Request lines of the brief added to fixed-plan instructions that left a write unasked.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub requests_added: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -163,6 +166,7 @@ impl Funnel {
         self.committee_ok += o.committee_ok;
         self.accepted += o.accepted;
         self.outputs_dropped += o.outputs_dropped;
+        self.requests_added += o.requests_added;
     }
 }
 
@@ -906,6 +910,29 @@ impl<'d> Pipeline<'d> {
                 // A planned blueprint's customer says who they are as the domain spells it.
                 if ctx.plan.is_some() {
                     self.grounder.introduce(&mut t);
+                }
+                // A fixed plan's write that the instruction leaves unasked (its target never
+                // named, a value never said) gets the brief's own request line for it, which
+                // names both: the plan is the task, and the line says what it does.
+                if ctx.fixed && t.actions.len() == ctx.plan.as_ref().map_or(0, |p| p.actions.len())
+                {
+                    let unasked: std::collections::BTreeSet<usize> = self
+                        .grounder
+                        .unasked(&t)
+                        .into_iter()
+                        .map(|(i, _)| i)
+                        .collect();
+                    let writes: Vec<usize> = (0..t.actions.len())
+                        .filter(|&i| self.domain.is_write(&t.actions[i].name))
+                        .collect();
+                    for (k, i) in writes.iter().enumerate() {
+                        if let Some(line) = ctx.requests.get(k).filter(|_| unasked.contains(i)) {
+                            if !t.instruction.contains(line.as_str()) {
+                                t.instruction = format!("{} {line}", t.instruction.trim_end());
+                                state.record.funnel.requests_added += 1;
+                            }
+                        }
+                    }
                 }
                 // An output the customer never asks about is not the task's: dropped, counted.
                 if ctx.fixed {

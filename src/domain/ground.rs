@@ -566,6 +566,11 @@ impl<'d> Grounder<'d> {
     /// instruction never states, so no customer following it would ask for that change. Used for
     /// generated blueprints; tau-bench's own instructions often paraphrase such values.
     pub fn check_asked(&self, task: &Task) -> Vec<Finding> {
+        self.unasked(task).into_iter().map(|(_, f)| f).collect()
+    }
+
+    /// [`check_asked`](Self::check_asked)'s findings, each with the index of its action.
+    pub fn unasked(&self, task: &Task) -> Vec<(usize, Finding)> {
         let text = normalise(&task.instruction);
         // What the customer's own record says (their name, zip, status): naming a record by it
         // names every record of theirs.
@@ -600,13 +605,13 @@ impl<'d> Grounder<'d> {
                     _ => true,
                 };
                 if !said {
-                    out.push(Finding::new(
+                    out.push((i, Finding::new(
                         "ground.write_unasked",
                         format!(
                             "actions[{i}] {} sets {key} to {v}, which the instruction never asks for: say it in the instruction",
                             a.name
                         ),
-                    ));
+                    )));
                 }
             }
             // The record a write acts on must be one the instruction refers to: by its id, or by
@@ -635,13 +640,13 @@ impl<'d> Grounder<'d> {
                         && contains_word(&text, &s)
                 });
                 if !referred {
-                    out.push(Finding::new(
+                    out.push((i, Finding::new(
                         "ground.write_unasked",
                         format!(
                             "actions[{i}] {} acts on {key} {id}, which the instruction never refers to (neither its id nor anything of it): say which one",
                             a.name
                         ),
-                    ));
+                    )));
                 }
             }
         }
