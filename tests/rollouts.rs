@@ -899,6 +899,52 @@ fn past_the_bound_a_premature_gold_write_still_waits_and_a_repeated_answer_is_dr
     assert_eq!(text.matches("Shall I?").count(), 1, "{text}");
 }
 
+#[test]
+fn an_answer_in_words_after_the_customers_yes_becomes_the_write() {
+    let dir = tempfile::tempdir().unwrap();
+    // The customer says yes; the agent only says it will proceed. Under a note the record
+    // never shows, the reply drawn again is the transfer, offered alone.
+    let mut s = Setup::new(
+        &[
+            &get_1002(),
+            CONFIRM,
+            "I will proceed with the transfer now.",
+            &transfer(250.5),
+            "The transfer of 250.50 is done.",
+        ],
+        &[ASK, "Yes, please.", "###STOP###"],
+    );
+    s.agent_resample = 3;
+    s.resample = 3;
+    s.require_gold_tools = true;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!((summary.verified, summary.kept), (1, 1), "{summary:?}");
+    assert_eq!(summary.agent_resampled["words_after_yes"], 1, "{summary:?}");
+    let requests = s.agent.requests();
+    let noted = &requests[3];
+    assert!(
+        noted
+            .messages
+            .last()
+            .unwrap()
+            .content
+            .contains("Call transfer_funds now"),
+        "{:?}",
+        noted.messages.last()
+    );
+    match &noted.constraint {
+        Some(apigen_mt::llm::Constraint::CallTo(tools)) => {
+            assert_eq!(tools.len(), 1);
+            assert_eq!(tools[0]["function"]["name"], "transfer_funds");
+        }
+        other => panic!("the write is a call: {other:?}"),
+    }
+    let d = &lines(&dir.path().join("dataset.jsonl"))[0];
+    let text = d["messages"].to_string();
+    assert!(!text.contains("proceed with the transfer now"), "{text}");
+    assert!(!text.contains("Note to the agent"), "{text}");
+}
+
 /// One attempt of `task` with these scripts; its fault label and evidence.
 fn fault_of(agent: &[&str], user: &[&str], task: Task) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();

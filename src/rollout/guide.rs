@@ -618,6 +618,33 @@ pub enum Note {
     /// The customer has not said yes since the last write: the reply is words, putting the
     /// write to them.
     Confirm { text: String },
+    /// The customer has just said yes and the agent answered in words: the reply is the call
+    /// of the gold write that was put to them.
+    Act { tool: String, text: String },
+}
+
+/// `words_after_yes: TOOL` when the customer's last line is the yes to what the agent put to
+/// them ([`confirmed`]) and a gold write of TOOL, its gold reads made, is still to be made: an
+/// answer in words then leaves the customer waiting for a change they agreed to (a 1.5B agent
+/// says "I will proceed to freeze your account." and never calls `freeze_account`).
+pub fn words_after_yes<W: Fn(&str) -> bool>(cx: &Context<'_, W>) -> Option<String> {
+    if cx.messages.last().is_none_or(|m| m.role != "user")
+        || !confirmed(cx.messages.iter().map(step_of(&cx.is_write)))
+    {
+        return None;
+    }
+    let args = |a: &Action| Value::Object(a.arguments.clone());
+    cx.task
+        .actions
+        .iter()
+        .filter(|a| (cx.is_write)(&a.name))
+        .filter(|a| {
+            !cx.done
+                .iter()
+                .any(|d| d.name == a.name && same(&args(d), &args(a)))
+        })
+        .find(|a| read_missing(cx.task, a, cx.messages, &cx.is_write, cx.terminate).is_none())
+        .map(|a| format!("words_after_yes: {}", a.name))
 }
 
 /// The note for a write `turn_problem` found premature (`reads_first: TOOL` or
@@ -630,6 +657,15 @@ pub fn note_for(problem: &str, name: &str, arguments: &Map<String, Value>) -> Op
             text: format!(
                 "(Note to the agent, not from the customer: before you call {name} with {args}, \
 check the records it acts on. Call {read} now.)"
+            ),
+        });
+    }
+    if let Some(tool) = problem.strip_prefix("words_after_yes: ") {
+        return Some(Note::Act {
+            tool: tool.to_owned(),
+            text: format!(
+                "(Note to the agent, not from the customer: the customer has said yes to what \
+you put to them. Call {tool} now, with the details you gave them.)"
             ),
         });
     }

@@ -766,25 +766,32 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                     &tools,
                     &messages,
                     !guide::writes_pending(task, &writes, is_write),
-                ),
+                )
+                .or_else(|| guide::words_after_yes(&cx)),
                 _ => None,
             };
             let problem = problem.filter(|why| {
-                !exhausted || why.starts_with("reads_first") || why.starts_with("unconfirmed_write")
+                !exhausted
+                    || why.starts_with("reads_first")
+                    || why.starts_with("unconfirmed_write")
+                    || why.starts_with("words_after_yes")
             });
             match problem {
                 // A write before what it needs (a gold read, the customer's yes): the model
                 // makes that step instead, under a note the record never shows.
                 Some(why)
                     if noted < agent.resample as u64
-                        && matches!(reply.output, ModelOutput::ToolCalls { .. }) =>
+                        && (matches!(reply.output, ModelOutput::ToolCalls { .. })
+                            || why.starts_with("words_after_yes")) =>
                 {
-                    let ModelOutput::ToolCalls { calls, .. } = &reply.output else {
-                        break Ok(reply);
+                    // The call the note is about: the reply's, or none (an answer in words).
+                    let (name, arguments) = match &reply.output {
+                        ModelOutput::ToolCalls { calls, .. } => {
+                            (calls[0].name.clone(), call_arguments(&calls[0]))
+                        }
+                        _ => (String::new(), serde_json::Map::new()),
                     };
-                    let Some(note) =
-                        guide::note_for(&why, &calls[0].name, &call_arguments(&calls[0]))
-                    else {
+                    let Some(note) = guide::note_for(&why, &name, &arguments) else {
                         tally(&mut agent_resampled, &why);
                         trace(agent.trace, "agent, drawn again", &why);
                         again += 1;
@@ -805,8 +812,8 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                             let ids: BTreeSet<String> = guide::read_ids(
                                 task,
                                 guide::Turn {
-                                    name: &calls[0].name,
-                                    arguments: &call_arguments(&calls[0]),
+                                    name: &name,
+                                    arguments: &arguments,
                                 },
                                 &messages,
                                 is_write,
@@ -826,6 +833,23 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                         }
                         guide::Note::Confirm { text } => {
                             (text, crate::llm::Constraint::TextOrCallTo(vec![]))
+                        }
+                        guide::Note::Act { tool, text } => {
+                            // The gated write, its ids among those given.
+                            let mut write: Vec<Value> = guide::gated_tools(&tools, &cx)
+                                .into_iter()
+                                .filter(|t| {
+                                    t.get("function").unwrap_or(t)["name"].as_str()
+                                        == Some(tool.as_str())
+                                })
+                                .collect();
+                            if agent.seen_ids {
+                                write = guide::grounded_tools(&write, &guide::seen_ids(&messages));
+                            }
+                            if write.is_empty() {
+                                break Ok(reply);
+                            }
+                            (text, crate::llm::Constraint::CallTo(write))
                         }
                     };
                     tally(&mut agent_resampled, &why);
