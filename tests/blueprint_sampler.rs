@@ -326,3 +326,44 @@ fn a_write_on_a_record_the_instruction_never_mentions_is_unasked() {
         codes("I am Barbara Allen (acc_1002) and I want to send 20 to Alan Lovelace.").is_empty()
     );
 }
+
+#[test]
+fn a_list_a_write_sets_is_said_only_when_everything_in_it_is() {
+    use apigen_mt::domain::ground::Grounder;
+    use apigen_mt::domain::task::{Action, Task};
+    let (d, _) = load("airline");
+    let g = Grounder::new(&d);
+    let user = d.pristine().record("reservations", "KJQCD4").unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let task = |instruction: &str| {
+        Task {
+        user_id: user.clone(),
+        instruction: instruction.into(),
+        actions: vec![Action::new(
+            "update_reservation_passengers",
+            serde_json::json!({"reservation_id": "KJQCD4", "passengers": [{"first_name": "Gustavo", "last_name": "Quinn", "dob": "2020-10-23"}]})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )],
+        outputs: vec![],
+        extra: Default::default(),
+    }
+    };
+    let unasked = |instruction: &str| {
+        g.check_asked(&task(instruction))
+            .iter()
+            .any(|f| f.detail.contains("passengers"))
+    };
+    assert!(unasked(
+        "You want to change the passengers of reservation KJQCD4."
+    ));
+    assert!(unasked(
+        "You want the passengers of reservation KJQCD4 to be Gustavo Quinn."
+    ));
+    assert!(!unasked(
+        "You want the passengers of reservation KJQCD4 to be Gustavo Quinn 2020-10-23."
+    ));
+}

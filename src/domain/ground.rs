@@ -593,17 +593,7 @@ impl<'d> Grounder<'d> {
                 if id_like(key) {
                     continue;
                 }
-                let said = match v {
-                    Value::String(s) if s.trim().is_empty() => true,
-                    Value::String(s) => contains_word(&text, &normalise(s)),
-                    Value::Number(n) => {
-                        let x = n.as_f64().unwrap_or_default();
-                        [n.to_string(), format!("{x:.2}"), format!("{x}")]
-                            .iter()
-                            .any(|t| contains_word(&text, t))
-                    }
-                    _ => true,
-                };
+                let said = value_said(&text, v);
                 if !said {
                     out.push((i, Finding::new(
                         "ground.write_unasked",
@@ -684,6 +674,25 @@ impl<'d> Grounder<'d> {
         let mut out = self.check_user(task);
         out.extend(self.check_sources(task, observations));
         out
+    }
+}
+
+/// Whether the (normalised) instruction `text` states `v`: a string or number as it is, a list
+/// or an object every string and number in it (those under id-like keys aside: the passengers'
+/// names and birth dates, not the flight numbers the agent looks up).
+fn value_said(text: &str, v: &Value) -> bool {
+    match v {
+        Value::String(s) if s.trim().is_empty() => true,
+        Value::String(s) => contains_word(text, &normalise(s)),
+        Value::Number(n) => {
+            let x = n.as_f64().unwrap_or_default();
+            [n.to_string(), format!("{x:.2}"), format!("{x}")]
+                .iter()
+                .any(|t| contains_word(text, t))
+        }
+        Value::Array(xs) => xs.iter().all(|x| value_said(text, x)),
+        Value::Object(m) => m.iter().all(|(k, x)| id_like(k) || value_said(text, x)),
+        _ => true,
     }
 }
 
