@@ -249,10 +249,43 @@ fn sampled_plans_run_pass_the_rules_and_are_grounded() {
     }
 }
 
+/// A task of one action for `user`, for the grounding checks.
+fn one_action(
+    user: &str,
+    instruction: &str,
+    name: &str,
+    args: serde_json::Value,
+) -> apigen_mt::domain::task::Task {
+    apigen_mt::domain::task::Task {
+        user_id: user.into(),
+        instruction: instruction.into(),
+        actions: vec![apigen_mt::domain::task::Action::new(
+            name,
+            args.as_object().unwrap().clone(),
+        )],
+        outputs: vec![],
+        extra: Default::default(),
+    }
+}
+
+/// The details of `ground.write_unasked` findings for one action of `user`.
+fn unasked_details(
+    g: &apigen_mt::domain::ground::Grounder<'_>,
+    user: &str,
+    instruction: &str,
+    name: &str,
+    args: serde_json::Value,
+) -> Vec<String> {
+    g.check_asked(&one_action(user, instruction, name, args))
+        .into_iter()
+        .filter(|f| f.code == "ground.write_unasked")
+        .map(|f| f.detail)
+        .collect()
+}
+
 #[test]
 fn a_write_on_a_record_the_instruction_never_mentions_is_unasked() {
     use apigen_mt::domain::ground::Grounder;
-    use apigen_mt::domain::task::{Action, Task};
     let (d, _) = load("airline");
     let g = Grounder::new(&d);
     let reservation = d
@@ -261,23 +294,11 @@ fn a_write_on_a_record_the_instruction_never_mentions_is_unasked() {
         .unwrap()
         .clone();
     let user = reservation["user_id"].as_str().unwrap().to_owned();
-    let task = |instruction: &str| Task {
-        user_id: user.clone(),
-        instruction: instruction.into(),
-        actions: vec![Action::new(
-            "cancel_reservation",
-            serde_json::json!({"reservation_id": "KJQCD4"})
-                .as_object()
-                .unwrap()
-                .clone(),
-        )],
-        outputs: vec![],
-        extra: Default::default(),
-    };
     let unasked = |instruction: &str| {
-        g.check_asked(&task(instruction))
+        let args = serde_json::json!({"reservation_id": "KJQCD4"});
+        unasked_details(&g, &user, instruction, "cancel_reservation", args)
             .iter()
-            .any(|f| f.code == "ground.write_unasked" && f.detail.contains("KJQCD4"))
+            .any(|d| d.contains("KJQCD4"))
     };
     // The customer says who they are and nothing of which reservation.
     assert!(unasked(&format!(
@@ -296,66 +317,40 @@ fn a_write_on_a_record_the_instruction_never_mentions_is_unasked() {
     // Mock: a transfer to an account the instruction never names.
     let (m, _) = load("mock");
     let g = Grounder::new(&m);
-    let transfer = |instruction: &str| {
-        Task {
-        user_id: "acc_1002".into(),
-        instruction: instruction.into(),
-        actions: vec![Action::new(
-            "transfer_funds",
-            serde_json::json!({"from_account_id": "acc_1002", "to_account_id": "acc_1001", "amount": 20})
-                .as_object()
-                .unwrap()
-                .clone(),
-        )],
-        outputs: vec![],
-        extra: Default::default(),
-    }
-    };
-    let codes = |instruction: &str| -> Vec<String> {
-        g.check_asked(&transfer(instruction))
-            .into_iter()
-            .map(|f| f.detail)
-            .collect()
+    let details = |instruction: &str| {
+        let args = serde_json::json!({"from_account_id": "acc_1002", "to_account_id": "acc_1001", "amount": 20});
+        unasked_details(&g, "acc_1002", instruction, "transfer_funds", args)
     };
     assert_eq!(
-        codes("I am Barbara Allen (acc_1002) and I want to send 20 to a friend.").len(),
+        details("I am Barbara Allen (acc_1002) and I want to send 20 to a friend.").len(),
         1
     );
-    assert!(codes("I am Barbara Allen (acc_1002) and I want to send 20 to acc_1001.").is_empty());
+    assert!(details("I am Barbara Allen (acc_1002) and I want to send 20 to acc_1001.").is_empty());
     assert!(
-        codes("I am Barbara Allen (acc_1002) and I want to send 20 to Alan Lovelace.").is_empty()
+        details("I am Barbara Allen (acc_1002) and I want to send 20 to Alan Lovelace.").is_empty()
     );
 }
 
 #[test]
 fn a_list_a_write_sets_is_said_only_when_everything_in_it_is() {
     use apigen_mt::domain::ground::Grounder;
-    use apigen_mt::domain::task::{Action, Task};
     let (d, _) = load("airline");
     let g = Grounder::new(&d);
     let user = d.pristine().record("reservations", "KJQCD4").unwrap()["user_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let task = |instruction: &str| {
-        Task {
-        user_id: user.clone(),
-        instruction: instruction.into(),
-        actions: vec![Action::new(
-            "update_reservation_passengers",
-            serde_json::json!({"reservation_id": "KJQCD4", "passengers": [{"first_name": "Gustavo", "last_name": "Quinn", "dob": "2020-10-23"}]})
-                .as_object()
-                .unwrap()
-                .clone(),
-        )],
-        outputs: vec![],
-        extra: Default::default(),
-    }
-    };
     let unasked = |instruction: &str| {
-        g.check_asked(&task(instruction))
-            .iter()
-            .any(|f| f.detail.contains("passengers"))
+        let args = serde_json::json!({"reservation_id": "KJQCD4", "passengers": [{"first_name": "Gustavo", "last_name": "Quinn", "dob": "2020-10-23"}]});
+        unasked_details(
+            &g,
+            &user,
+            instruction,
+            "update_reservation_passengers",
+            args,
+        )
+        .iter()
+        .any(|d| d.contains("passengers"))
     };
     assert!(unasked(
         "You want to change the passengers of reservation KJQCD4."

@@ -155,6 +155,16 @@ fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The customer asking for the gold transfer, saying yes, then stopping, with user lines drawn
+/// again (up to 3), agent replies up to `agent_resample`, and the gold tools required to keep.
+fn guarded(agent: &[&str], agent_resample: usize) -> Setup {
+    let mut s = Setup::new(agent, &[ASK, "Yes, please.", "###STOP###"]);
+    s.agent_resample = agent_resample;
+    s.resample = 3;
+    s.require_gold_tools = true;
+    s
+}
+
 /// The agent putting the gold transfer to the customer before making it.
 const CONFIRM: &str = "I will move 250.50 from acc_1002 to acc_1001, memo rent share. Shall I?";
 const ASK: &str = "Hi, I'd like to send 250.50 from acc_1002 to acc_1001, memo rent share.";
@@ -757,7 +767,7 @@ fn a_premature_write_becomes_the_read_or_the_question_it_needs() {
     // The agent calls the transfer at once; it is not made. Under a note the record never
     // shows, the next reply is the gold read; the transfer called again becomes the question;
     // the customer says yes, and the transfer called a third time is made.
-    let mut s = Setup::new(
+    let s = guarded(
         &[
             &transfer(250.5),
             &get_1002(),
@@ -766,11 +776,8 @@ fn a_premature_write_becomes_the_read_or_the_question_it_needs() {
             &transfer(250.5),
             "The transfer of 250.50 is done.",
         ],
-        &[ASK, "Yes, please.", "###STOP###"],
+        3,
     );
-    s.agent_resample = 3;
-    s.resample = 3;
-    s.require_gold_tools = true;
     let summary = s.run(dir.path(), &one(0));
     assert_eq!((summary.verified, summary.kept), (1, 1), "{summary:?}");
     // The customer's answer to the question cannot stop (the transfer is pending); the line
@@ -874,7 +881,7 @@ fn past_the_bound_a_premature_gold_write_still_waits_and_a_repeated_answer_is_dr
     // One draw again per step: the off-gold transfer spends it; the gold transfer made at
     // once, past the bound, still becomes the read under a note. After the customer's yes the
     // agent asks again word for word (drawn again), then transfers.
-    let mut s = Setup::new(
+    let s = guarded(
         &[
             &transfer(25.0),
             &transfer(250.5),
@@ -884,11 +891,8 @@ fn past_the_bound_a_premature_gold_write_still_waits_and_a_repeated_answer_is_dr
             &transfer(250.5),
             "The transfer of 250.50 is done.",
         ],
-        &[ASK, "Yes, please.", "###STOP###"],
+        1,
     );
-    s.agent_resample = 1;
-    s.resample = 3;
-    s.require_gold_tools = true;
     let summary = s.run(dir.path(), &one(0));
     assert_eq!((summary.verified, summary.kept), (1, 1), "{summary:?}");
     assert_eq!(summary.agent_resampled["write_off_gold"], 1, "{summary:?}");
@@ -904,7 +908,7 @@ fn an_answer_in_words_after_the_customers_yes_becomes_the_write() {
     let dir = tempfile::tempdir().unwrap();
     // The customer says yes; the agent only says it will proceed. Under a note the record
     // never shows, the reply drawn again is the transfer, offered alone.
-    let mut s = Setup::new(
+    let s = guarded(
         &[
             &get_1002(),
             CONFIRM,
@@ -912,11 +916,8 @@ fn an_answer_in_words_after_the_customers_yes_becomes_the_write() {
             &transfer(250.5),
             "The transfer of 250.50 is done.",
         ],
-        &[ASK, "Yes, please.", "###STOP###"],
+        3,
     );
-    s.agent_resample = 3;
-    s.resample = 3;
-    s.require_gold_tools = true;
     let summary = s.run(dir.path(), &one(0));
     assert_eq!((summary.verified, summary.kept), (1, 1), "{summary:?}");
     assert_eq!(summary.agent_resampled["words_after_yes"], 1, "{summary:?}");

@@ -926,11 +926,12 @@ impl<'d> Pipeline<'d> {
                         .filter(|&i| self.domain.is_write(&t.actions[i].name))
                         .collect();
                     for (k, i) in writes.iter().enumerate() {
-                        if let Some(line) = ctx.requests.get(k).filter(|_| unasked.contains(i)) {
-                            if !t.instruction.contains(line.as_str()) {
-                                t.instruction = format!("{} {line}", t.instruction.trim_end());
-                                state.record.funnel.requests_added += 1;
-                            }
+                        let due = ctx.requests.get(k).filter(|line| {
+                            unasked.contains(i) && !t.instruction.contains(line.as_str())
+                        });
+                        if let Some(line) = due {
+                            t.instruction = format!("{} {line}", t.instruction.trim_end());
+                            state.record.funnel.requests_added += 1;
                         }
                     }
                 }

@@ -516,8 +516,8 @@ fn device_attention_matches_the_host_kernel() {
                 "{what}: not in the device pool"
             );
             let vocab = host.tokenizer.vocab_size() as u32;
-            let mut hs = vec![hc.clone(), hc.clone(), hc];
-            let mut ds = vec![dc.clone(), dc.clone(), dc];
+            let mut hs = [hc.clone(), hc.clone(), hc];
+            let mut ds = [dc.clone(), dc.clone(), dc];
             // The second conversation runs two tokens alone first: the batch then mixes lengths.
             let a = host.model.forward(&[5, 6], &mut hs[1]).unwrap();
             let b = dev.model.forward(&[5, 6], &mut ds[1]).unwrap();
