@@ -15,8 +15,8 @@
 #      target/cuda-sm<CAP>/, leaving the CPU build in target/ untouched.
 #
 # 13.0, the first CUDA 13, because a driver refuses PTX newer than itself: candle's element-wise
-# kernels are PTX that the driver compiles at load, and the PTX of nvcc 13.4 does not load on a
-# 580 driver (CUDA 13.0). A binary built with 13.0 runs on every CUDA 13 driver.
+# kernels are PTX that the driver compiles at load, and a 580 driver (CUDA 13.0) refuses the PTX
+# of nvcc 13.4. A binary built with 13.0 runs on every CUDA 13 driver.
 #
 # candle's static quantized kernels are compiled for one architecture per build (SASS only),
 # hence one binary per capability; pick yours with CUDA_COMPUTE_CAPS=90. The binaries need, at
