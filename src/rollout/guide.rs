@@ -647,6 +647,14 @@ pub fn words_after_yes<W: Fn(&str) -> bool>(cx: &Context<'_, W>) -> Option<Strin
         .map(|a| format!("words_after_yes: {}", a.name))
 }
 
+/// Whether `problem` is one a note turns into the step it stands for ([`note_for`]): a gold
+/// write before its gold read or the customer's yes, an answer in words after the yes.
+pub fn noted_problem(problem: &str) -> bool {
+    ["reads_first", "unconfirmed_write", "words_after_yes"]
+        .iter()
+        .any(|p| problem.starts_with(p))
+}
+
 /// The note for a write `turn_problem` found premature (`reads_first: TOOL` or
 /// `unconfirmed_write: TOOL`); `None` for any other problem.
 pub fn note_for(problem: &str, name: &str, arguments: &Map<String, Value>) -> Option<Note> {

@@ -770,20 +770,11 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 .or_else(|| guide::words_after_yes(&cx)),
                 _ => None,
             };
-            let problem = problem.filter(|why| {
-                !exhausted
-                    || why.starts_with("reads_first")
-                    || why.starts_with("unconfirmed_write")
-                    || why.starts_with("words_after_yes")
-            });
             match problem {
-                // A write before what it needs (a gold read, the customer's yes): the model
-                // makes that step instead, under a note the record never shows.
-                Some(why)
-                    if noted < agent.resample as u64
-                        && (matches!(reply.output, ModelOutput::ToolCalls { .. })
-                            || why.starts_with("words_after_yes")) =>
-                {
+                // A write before what it needs (a gold read, the customer's yes), or words where
+                // the agreed write is due: the model makes that step instead, under a note the
+                // record never shows.
+                Some(why) if noted < agent.resample as u64 && guide::noted_problem(&why) => {
                     // The call the note is about: the reply's, or none (an answer in words).
                     let (name, arguments) = match &reply.output {
                         ModelOutput::ToolCalls { calls, .. } => {
@@ -792,10 +783,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                         _ => (String::new(), serde_json::Map::new()),
                     };
                     let Some(note) = guide::note_for(&why, &name, &arguments) else {
-                        tally(&mut agent_resampled, &why);
-                        trace(agent.trace, "agent, drawn again", &why);
-                        again += 1;
-                        continue;
+                        break Ok(reply);
                     };
                     let (text, constraint) = match &note {
                         guide::Note::Read { tool, text } => {

@@ -117,21 +117,20 @@ impl KvPool {
             )));
         }
         let mut tensors = self.tensors.write().unwrap_or_else(|e| e.into_inner());
-        let mut grown = Vec::with_capacity(self.layers);
-        for l in 0..self.layers {
-            let mut pair = Vec::with_capacity(2);
-            for side in 0..2 {
-                let t = Tensor::zeros((pages * PAGE, self.width), DType::F32, &self.device)
-                    .map_err(|e| oom(e, pages * PAGE * self.width * 4 * 2 * self.layers))?;
-                if let Some(old) = tensors.get(l) {
-                    t.slice_set(if side == 0 { &old.0 } else { &old.1 }, 0, 0)?;
-                }
-                pair.push(t);
+        let fresh = |old: Option<&Tensor>| -> Result<Tensor> {
+            let t = Tensor::zeros((pages * PAGE, self.width), DType::F32, &self.device)
+                .map_err(|e| oom(e, pages * PAGE * self.width * 4 * 2 * self.layers))?;
+            if let Some(old) = old {
+                t.slice_set(old, 0, 0)?;
             }
-            let v = pair.pop().expect("two tensors");
-            let k = pair.pop().expect("two tensors");
-            grown.push((k, v));
-        }
+            Ok(t)
+        };
+        let grown = (0..self.layers)
+            .map(|l| {
+                let old = tensors.get(l);
+                Ok((fresh(old.map(|p| &p.0))?, fresh(old.map(|p| &p.1))?))
+            })
+            .collect::<Result<Vec<_>>>()?;
         *tensors = grown;
         // Low ids first out of the free list.
         free.free.extend((old as u32..pages as u32).rev());
@@ -301,6 +300,9 @@ pub(crate) fn attend(
         .reshape((n, nh * hd))?)
 }
 
-fn f16_round(t: &Tensor) -> Result<Tensor> {
+/// Round to f16 precision (values stay f32): llama.cpp converts Q to f16 for its products (and
+/// keeps K and V in f16, as the cache does); matching that keeps greedy decoding on the same
+/// path as the reference engine without paying for f16 arithmetic.
+pub(crate) fn f16_round(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(DType::F16)?.to_dtype(DType::F32)?)
 }

@@ -106,11 +106,7 @@ impl Weights<'_> {
     }
 
     fn dense(&self, name: &str) -> Result<Tensor> {
-        let t = self
-            .st
-            .load(name, &self.opts.device)
-            .map_err(|e| LlmError::checkpoint(self.dir, format!("{name}: {e}")))?;
-        Ok(t.to_dtype(DType::F32)?)
+        self.dense_as(name, DType::F32)
     }
 
     fn opt_dense(&self, name: &str) -> Result<Option<Tensor>> {

@@ -15,7 +15,7 @@ use super::attention::{self, Heads, Queries};
 use super::blocks::BlockLinear;
 use super::cache::{Geometry, KvCache};
 use super::kquants::KLinear;
-use super::pool::{self, HeadShape, KvPool, PassRows, SeqRows};
+use super::pool::{self, HeadShape, KvPool, PassRows, SeqRows, f16_round};
 use crate::llm::error::{LlmError, Result};
 
 /// A linear layer without bias: stored GGML blocks or K-quant super-blocks run by our own
@@ -541,11 +541,4 @@ struct Span {
     pos0: usize,
     /// Rows (new tokens).
     t: usize,
-}
-
-/// Round to f16 precision (values stay f32): llama.cpp converts Q to f16 for its products (and
-/// keeps K and V in f16, as the cache does); matching that keeps greedy decoding on the same
-/// path as the reference engine without paying for f16 arithmetic.
-fn f16_round(t: &Tensor) -> Result<Tensor> {
-    Ok(t.to_dtype(DType::F16)?.to_dtype(DType::F32)?)
 }
