@@ -362,3 +362,45 @@ fn a_list_a_write_sets_is_said_only_when_everything_in_it_is() {
         "You want the passengers of reservation KJQCD4 to be Gustavo Quinn 2020-10-23."
     ));
 }
+
+/// Plans drawn as the pipeline draws them (a mix's write count, then a plan for the item's
+/// customer) take many shapes: 20 items give at least 10 distinct action-name sequences on every
+/// shipped domain, so accepted blueprints can reach the 10 per 20.
+#[test]
+fn twenty_plans_take_at_least_ten_shapes() {
+    use apigen_mt::blueprint::plan;
+    use std::collections::BTreeMap;
+    for name in ["mock", "retail", "airline"] {
+        let (d, _) = load(name);
+        let table = d.manifest.blueprints.user_table.clone();
+        let mut shapes: BTreeMap<String, usize> = BTreeMap::new();
+        let mut i = 0;
+        let mut made = 0;
+        while made < 20 && i < 200 {
+            let mut rng = rng_for(11, &format!("bp-{i:05}"));
+            i += 1;
+            let mix = Mix::draw(&mut rng, 8000);
+            let user = sample_user(&d, &table, &mut rng).unwrap();
+            let peers: Vec<serde_json::Value> = d
+                .pristine()
+                .table(&table)
+                .unwrap()
+                .iter()
+                .filter(|(id, _)| **id != user)
+                .take(d.manifest.blueprints.peers)
+                .map(|(_, r)| r.value().clone())
+                .collect();
+            let Some(p) = plan::sample(&d, &user, &peers, mix.writes, &mut rng) else {
+                continue;
+            };
+            made += 1;
+            let shape: Vec<&str> = p.actions.iter().map(|a| a.name.as_str()).collect();
+            *shapes.entry(shape.join(" ")).or_default() += 1;
+        }
+        eprintln!(
+            "{name}: {} shapes in {made} plans: {shapes:#?}",
+            shapes.len()
+        );
+        assert!(shapes.len() >= 10, "{name}: {shapes:#?}");
+    }
+}

@@ -700,6 +700,35 @@ pub fn echoes_note(content: &str) -> bool {
     .any(|w| l.contains(w))
 }
 
+/// Whether an agent's words (normalised) put a change to the customer or ask for what one
+/// needs: "please confirm", "are you okay with this?", "please provide the reason". Once every
+/// gold write is made, such a line asks about a change nobody wants.
+pub fn asks_for_change(flat: &str) -> bool {
+    [
+        "please confirm",
+        "are you okay with this",
+        "are you ok with this",
+        "do you want to proceed",
+        "would you like to proceed",
+        "shall i proceed",
+        "can you confirm",
+        "could you confirm",
+        "do you confirm",
+        "please provide",
+        "could you provide",
+        "can you provide",
+        "please specify",
+    ]
+    .iter()
+    .any(|a| flat.contains(a))
+}
+
+/// Whether an agent's words speak of "the customer" to the customer ("I will freeze the
+/// customer's account"): the agent addresses the person it talks to.
+pub fn of_the_customer(content: &str) -> bool {
+    crate::domain::ground::contains_word(&normalise(content), "the customer")
+}
+
 /// Whether gold writes are still to be made, given the writes made so far.
 pub fn writes_pending(task: &Task, done: &[Action], is_write: impl Fn(&str) -> bool) -> bool {
     let args = |a: &Action| Value::Object(a.arguments.clone());
@@ -718,7 +747,8 @@ pub fn writes_pending(task: &Task, done: &[Action], is_write: impl Fn(&str) -> b
 /// ("I'm sorry, but I cannot assist with that.", `refusal`), which a data-generating agent has
 /// no cause for: every task it is given can be done within the policy. With every gold write
 /// made (`writes_done`), a request to confirm ("To freeze account acc_1001, are you okay with
-/// this?") asks about a change nobody wants (`confirm_after_done`).
+/// this?") asks about a change nobody wants (`confirm_after_done`). Words about "the customer"
+/// to the customer are `third_person`.
 pub fn text_problem(
     content: &str,
     tools: &[Value],
@@ -766,18 +796,10 @@ pub fn text_problem(
     if refuses {
         return Some("refusal".into());
     }
-    let asks = [
-        "please confirm",
-        "are you okay with this",
-        "are you ok with this",
-        "do you want to proceed",
-        "would you like to proceed",
-        "shall i proceed",
-        "can you confirm",
-        "could you confirm",
-        "do you confirm",
-    ];
-    if writes_done && asks.iter().any(|a| flat.contains(a)) {
+    if of_the_customer(content) {
+        return Some("third_person".into());
+    }
+    if writes_done && asks_for_change(&flat) {
         return Some("confirm_after_done".into());
     }
     None
@@ -1209,6 +1231,18 @@ mod tests {
         let ask = "To freeze account acc_1001 on account request, are you okay with this?";
         assert_eq!(problem(ask, true).as_deref(), Some("confirm_after_done"));
         assert_eq!(problem(ask, false), None);
+        assert_eq!(
+            problem(
+                "To freeze account acc_1012, please provide the reason.",
+                true
+            )
+            .as_deref(),
+            Some("confirm_after_done")
+        );
+        assert_eq!(
+            problem("I will freeze the customer's account acc_1004.", false).as_deref(),
+            Some("third_person")
+        );
     }
 
     #[test]

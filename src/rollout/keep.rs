@@ -20,7 +20,13 @@
 //!   do not;
 //! - `keep.unconfirmed_write`: the agent made a write without the customer's "yes" to its
 //!   words since the previous write (every domain's policy asks for it);
-//! - `keep.user_out_of_role`: a user line reads as the agent's ("How can I help you today?").
+//! - `keep.ask_after_done`: with every gold write made, the agent still puts a change to the
+//!   customer or asks for what one needs ("To freeze account acc_1012, please provide the
+//!   reason."): a closing that teaches the agent to keep going after the job is done;
+//! - `keep.agent_third_person`: the agent speaks of "the customer" to the customer;
+//! - `keep.user_out_of_role`: a user line reads as the agent's ("How can I help you today?"),
+//!   promises the agent's action ("Sure, I'll freeze account acc_1005.", [`acts_as_agent`]), or
+//!   speaks of the customer in the third person ([`third_person`]).
 //!
 //! [`fault`] labels a failed or filtered attempt `agent`, `user`, `task` or `unclear`, with the
 //! evidence, from these deterministic signals.
@@ -147,6 +153,72 @@ pub fn out_of_role(line: &str) -> Option<&'static str> {
     line.lines().find_map(agent_label)
 }
 
+/// The verbs of a domain's write tools, the first word of each name (`freeze_account`:
+/// "freeze", `cancel_pending_order`: "cancel").
+pub fn write_verbs<'a>(writes: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut verbs: Vec<String> = writes
+        .into_iter()
+        .filter_map(|n| n.split('_').next())
+        .filter(|v| v.len() >= 3)
+        .map(str::to_owned)
+        .collect();
+    verbs.sort();
+    verbs.dedup();
+    verbs
+}
+
+/// Whether a user line promises the agent's action on the customer's behalf ("Sure, I'll
+/// freeze account acc_1005.", "I will proceed with the transfer."): `verbs` are
+/// [`write_verbs`]. A customer asks for a change; the agent says it will make it.
+pub fn acts_as_agent(line: &str, verbs: &[String]) -> Option<String> {
+    let l = normalise(line).replace('’', "'");
+    let promises = ["i'll", "i will", "let me"];
+    for v in verbs
+        .iter()
+        .map(String::as_str)
+        .chain(["proceed", "go ahead and"])
+    {
+        for p in promises {
+            let phrase = format!("{p} {v}");
+            if crate::domain::ground::contains_word(&l, &phrase) {
+                return Some(phrase);
+            }
+        }
+    }
+    None
+}
+
+/// Whether a user line speaks of the customer in the third person ("Eleni Vasquez, zip code
+/// 94614, wants her default address changed"): a verb of wanting and no word of the first
+/// person. A customer says what they want.
+pub fn third_person(line: &str) -> bool {
+    let l = normalise(line).replace('’', "'");
+    let words: Vec<&str> = l
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let first = [
+        "i", "i'm", "i'd", "i've", "i'll", "me", "my", "mine", "myself", "we", "we're", "we'd",
+        "our", "us",
+    ];
+    let wants = [
+        "wants",
+        "needs",
+        "requests",
+        "wishes",
+        "requested",
+        "requesting",
+    ];
+    words.iter().any(|w| wants.contains(w)) && !words.iter().any(|w| first.contains(w))
+}
+
+/// [`out_of_role`] or [`acts_as_agent`]: the phrase that puts a user line in the agent's role.
+pub fn agent_voice(line: &str, verbs: &[String]) -> Option<String> {
+    out_of_role(line)
+        .map(str::to_owned)
+        .or_else(|| acts_as_agent(line, verbs))
+}
+
 /// The agent's speaker label a row of a user line opens with.
 fn agent_label(row: &str) -> Option<&'static str> {
     let row = row.trim_start_matches(['*', ' ', '\t']).to_lowercase();
@@ -183,13 +255,22 @@ pub fn without_agent_voice(line: &str) -> Option<String> {
     (!kept.is_empty()).then_some(kept)
 }
 
-/// Why a user line would be sampled again: it reads as the agent's (`agent_voice`), or states
+/// Why a user line would be sampled again: it reads as the agent's (`agent_voice`, with
+/// `verbs` of the domain's writes for [`acts_as_agent`]), or states
 /// an id (a token with digits: an account, an order, a zip) that neither the instruction nor the
 /// agent's lines so far contain (`unknown_id`), so the user invented it or took it from another
 /// customer.
-pub fn user_line_problem(line: &str, instruction: &str, agent_lines: &[&str]) -> Option<String> {
-    if let Some(p) = out_of_role(line) {
+pub fn user_line_problem(
+    line: &str,
+    instruction: &str,
+    agent_lines: &[&str],
+    verbs: &[String],
+) -> Option<String> {
+    if let Some(p) = agent_voice(line, verbs) {
         return Some(format!("agent_voice: \"{p}\""));
+    }
+    if third_person(line) {
+        return Some(format!("third_person: {line:?}"));
     }
     // The agent's words handed back ("Please provide the amount you wish to transfer, and I
     // will proceed."): not a customer's answer.
@@ -451,8 +532,67 @@ pub fn keep_problem(
             );
         }
     }
+    // With every gold write made, no more changes put to the customer.
+    let gold_writes: Vec<&crate::domain::task::Action> =
+        task.actions.iter().filter(|a| is_write(&a.name)).collect();
+    let mut made = vec![false; gold_writes.len()];
+    for c in &calls {
+        if let Some(i) = gold_writes.iter().position(|g| {
+            g.name == c.name
+                && same(
+                    &Value::Object(g.arguments.clone()),
+                    &Value::Object(c.arguments.clone()),
+                )
+        }) {
+            made[i] = true;
+        }
+        if !made.is_empty() && made.iter().all(|m| *m) {
+            let after = messages[c.at + 1..]
+                .iter()
+                .filter(|m| m["role"] == "assistant")
+                .map(text_of)
+                .find(|t| super::guide::asks_for_change(&normalise(t)));
+            if let Some(t) = after {
+                return problem(
+                    "keep.ask_after_done",
+                    format!(
+                        "with every gold write made the agent still asked: {:?}",
+                        short(&t)
+                    ),
+                );
+            }
+            break;
+        }
+    }
+    if let Some(t) = messages
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(text_of)
+        .find(|t| super::guide::of_the_customer(t))
+    {
+        return problem(
+            "keep.agent_third_person",
+            format!("the agent spoke of the customer to them: {:?}", short(&t)),
+        );
+    }
+    let verbs = write_verbs(
+        task.actions
+            .iter()
+            .map(|a| a.name.as_str())
+            .chain(calls.iter().map(|c| c.name.as_str()))
+            .filter(|n| is_write(n)),
+    );
     for m in messages.iter().filter(|m| m["role"] == "user") {
-        if let Some(p) = out_of_role(&text_of(m)) {
+        if third_person(&text_of(m)) {
+            return problem(
+                "keep.user_out_of_role",
+                format!(
+                    "the user spoke of the customer in the third person: {:?}",
+                    short(&text_of(m))
+                ),
+            );
+        }
+        if let Some(p) = agent_voice(&text_of(m), &verbs) {
             return problem(
                 "keep.user_out_of_role",
                 format!(
@@ -507,15 +647,28 @@ pub fn fault(
             _ => f(FaultLabel::Agent, k.detail.clone()),
         };
     }
+    let calls = calls(messages);
+    let verbs = write_verbs(
+        task.actions
+            .iter()
+            .map(|a| a.name.as_str())
+            .chain(calls.iter().map(|c| c.name.as_str()))
+            .filter(|n| is_write(n)),
+    );
     for m in messages.iter().filter(|m| m["role"] == "user") {
-        if let Some(p) = out_of_role(&text_of(m)) {
+        if let Some(p) = agent_voice(&text_of(m), &verbs) {
             return f(
                 FaultLabel::User,
                 format!("the user said \"{p}\", the agent's line"),
             );
         }
+        if third_person(&text_of(m)) {
+            return f(
+                FaultLabel::User,
+                "the user spoke of the customer in the third person".into(),
+            );
+        }
     }
-    let calls = calls(messages);
     if code == Some("rollout.user_stopped_early") {
         return f(
             FaultLabel::User,
@@ -685,6 +838,31 @@ mod tests {
             tool("freeze_account"),
         ]);
         assert_eq!(code(&asked), None);
+        // After the freeze, asking for it again, or for what it needs, is not a closing.
+        for closing in [
+            "Your account acc_1008 is frozen. Please confirm that you want it frozen.",
+            "To freeze account acc_1008, please provide the reason.",
+        ] {
+            let mut again = asked.clone();
+            again.push(agent(closing));
+            assert_eq!(code(&again).as_deref(), Some("keep.ask_after_done"));
+        }
+        let mut done = asked.clone();
+        done.push(agent("Account acc_1008 is now frozen. Anything else?"));
+        assert_eq!(code(&done), None);
+        // Before the write, the same words are the question the policy asks for.
+        let mut before = read.to_vec();
+        before.extend([agent("Please confirm: freeze acc_1008 for a lost card?")]);
+        before.extend(asked[3..].iter().cloned());
+        assert_eq!(code(&before), None);
+        // Speaking of the customer to them.
+        let mut spoken_of = asked.clone();
+        spoken_of[3] = agent("I will freeze the customer's account acc_1008. Shall I?");
+        assert_eq!(code(&spoken_of).as_deref(), Some("keep.agent_third_person"));
+        // The customer promising the write is out of role.
+        let mut promised = asked.clone();
+        promised[4] = user("Sure, I'll freeze account acc_1008.");
+        assert_eq!(code(&promised).as_deref(), Some("keep.user_out_of_role"));
         // The reason chosen for the customer, who never gave one.
         let mut chosen = asked.clone();
         chosen[0] = user("I am Donald Liskov, acc_1008. Please freeze it.");
@@ -741,7 +919,7 @@ mod tests {
 
 #[cfg(test)]
 mod user_line_tests {
-    use super::user_line_problem;
+    use super::{acts_as_agent, third_person, user_line_problem, write_verbs};
 
     #[test]
     fn an_opening_must_be_about_the_customers_situation() {
@@ -793,18 +971,28 @@ mod user_line_tests {
     #[test]
     fn user_lines_in_role_and_with_known_ids_pass() {
         let ins = "You are Ada Turing, account acc_1003. Freeze it.";
-        assert_eq!(user_line_problem("Please freeze acc_1003.", ins, &[]), None);
+        let v = write_verbs(["freeze_account", "transfer_funds", "get_account"]);
+        assert_eq!(v, ["freeze", "get", "transfer"]);
         assert_eq!(
-            user_line_problem("It's $250 on 2024-05-16, thanks!", ins, &[]),
+            user_line_problem("Please freeze acc_1003.", ins, &[], &v),
+            None
+        );
+        assert_eq!(
+            user_line_problem("It's $250 on 2024-05-16, thanks!", ins, &[], &v),
             None
         );
         // An id the agent said is known to the user.
         assert_eq!(
-            user_line_problem("Yes, order #W1234567.", ins, &["Is it order #W1234567?"]),
+            user_line_problem(
+                "Yes, order #W1234567.",
+                ins,
+                &["Is it order #W1234567?"],
+                &v
+            ),
             None
         );
         assert!(
-            user_line_problem("How can I help you today?", ins, &[])
+            user_line_problem("How can I help you today?", ins, &[], &v)
                 .unwrap()
                 .starts_with("agent_voice")
         );
@@ -813,23 +1001,58 @@ mod user_line_tests {
             user_line_problem(
                 "Please provide the amount you wish to transfer.",
                 ins,
-                &asked
+                &asked,
+                &v
             )
             .unwrap()
             .starts_with("echo")
         );
-        assert_eq!(user_line_problem("Yes, please proceed.", ins, &asked), None);
         assert_eq!(
-            user_line_problem("Agent: I have received your request.", ins, &[]).as_deref(),
+            user_line_problem("Yes, please proceed.", ins, &asked, &v),
+            None
+        );
+        assert_eq!(
+            user_line_problem("Agent: I have received your request.", ins, &[], &v).as_deref(),
             Some("agent_voice: \"agent:\"")
         );
         assert_eq!(
-            user_line_problem("My account is acc_1005.", ins, &[]).as_deref(),
+            user_line_problem("My account is acc_1005.", ins, &[], &v).as_deref(),
             Some("unknown_id: acc_1005")
         );
         assert_eq!(
-            user_line_problem("I'm at zip 94107.", ins, &[]).as_deref(),
+            user_line_problem("I'm at zip 94107.", ins, &[], &v).as_deref(),
             Some("unknown_id: 94107")
         );
+        // The customer answering a confirmation with the agent's promise.
+        assert_eq!(
+            user_line_problem("Sure, I'll freeze account acc_1003.", ins, &[], &v).as_deref(),
+            Some("agent_voice: \"i'll freeze\"")
+        );
+        assert_eq!(
+            acts_as_agent("OK, I will go ahead and move it.", &v).as_deref(),
+            Some("i will go ahead and")
+        );
+        assert_eq!(acts_as_agent("Yes, please freeze it.", &v), None);
+        assert_eq!(
+            acts_as_agent("I want to transfer $5 and freeze acc_1003.", &v),
+            None
+        );
+        // The customer spoken of, not speaking.
+        assert!(
+            user_line_problem(
+                "Ada Turing, account acc_1003, wants it frozen for a lost card.",
+                ins,
+                &[],
+                &v
+            )
+            .unwrap()
+            .starts_with("third_person")
+        );
+        assert!(!third_person(
+            "I'm Ada Turing and my card is lost: she wants it frozen."
+        ));
+        assert!(!third_person("Yes."));
+        // A word that only starts with a verb is not the verb.
+        assert_eq!(acts_as_agent("I'll freezer-bag it.", &v), None);
     }
 }

@@ -320,10 +320,13 @@ struct SimUser<'a> {
     resampled: BTreeMap<String, usize>,
     /// Lines decoded without a stop so far ([`HELD_STOPS`]).
     held: usize,
+    /// The verbs of the domain's writes: a line promising one is the agent's
+    /// ([`keep::acts_as_agent`]).
+    verbs: Vec<String>,
 }
 
 impl<'a> SimUser<'a> {
-    fn new(role: &'a UserRole, instruction: &str, seed: u64) -> Self {
+    fn new(role: &'a UserRole, instruction: &str, seed: u64, verbs: Vec<String>) -> Self {
         SimUser {
             role,
             instruction: instruction.to_owned(),
@@ -334,6 +337,7 @@ impl<'a> SimUser<'a> {
             turn: 0,
             resampled: BTreeMap::new(),
             held: 0,
+            verbs,
         }
     }
 
@@ -423,8 +427,9 @@ impl<'a> SimUser<'a> {
                 } else {
                     None
                 };
-                let problem = problem
-                    .or_else(|| keep::user_line_problem(&line, &self.instruction, &agent_lines));
+                let problem = problem.or_else(|| {
+                    keep::user_line_problem(&line, &self.instruction, &agent_lines, &self.verbs)
+                });
                 match problem {
                     Some(why) if again < self.role.resample => tally(&mut self.resampled, &why),
                     _ => break,
@@ -587,7 +592,14 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     } = *spec;
     let mut meter = Meter::default();
     let mut env = domain.env();
-    let mut sim = SimUser::new(user, &task.instruction, seed);
+    let verbs = keep::write_verbs(
+        domain
+            .tools()
+            .iter()
+            .filter(|t| t.kind == crate::domain::tools::ToolKind::Write)
+            .map(|t| t.name.as_str()),
+    );
+    let mut sim = SimUser::new(user, &task.instruction, seed, verbs);
     let tools = domain.tool_schemas();
     let mut messages = vec![Message::system(domain.policy.clone())];
     let mut said: Vec<String> = Vec::new();
