@@ -135,24 +135,7 @@ impl Constrainer {
                 "start: TEXT\n{TEXT_RULE}"
             )));
         }
-        // Arguments a tool does not declare would only earn an error observation.
-        let closed: Vec<Value> = tools
-            .iter()
-            .map(|t| {
-                let mut t = t.clone();
-                let f = if t.get("function").is_some() {
-                    &mut t["function"]
-                } else {
-                    &mut t
-                };
-                if let Some(Value::Object(p)) = f.get_mut("parameters") {
-                    p.entry("additionalProperties")
-                        .or_insert(Value::Bool(false));
-                }
-                t
-            })
-            .collect();
-        let mut call = call_schema(format, &closed)?;
+        let mut call = call_schema(format, tools)?;
         if format == ToolFormat::Xlam {
             call = json!({"type": "array", "items": call, "minItems": 1});
         }
@@ -190,7 +173,8 @@ fn with_json_layout(mut schema: Value) -> Value {
     schema
 }
 
-/// The JSON schema of one call to any of `tools` in `format`'s key names.
+/// The JSON schema of one call to any of `tools` in `format`'s key names, each tool's
+/// arguments closed to those it declares (unless its schema says otherwise).
 fn call_schema(format: ToolFormat, tools: &[Value]) -> Result<Value> {
     let args_key = if format == ToolFormat::Llama3Json {
         "parameters"
@@ -204,10 +188,16 @@ fn call_schema(format: ToolFormat, tools: &[Value]) -> Result<Value> {
             .get("name")
             .and_then(Value::as_str)
             .ok_or_else(|| LlmError::Constraint(format!("tool without a name: {t}")))?;
-        let params = f
+        let mut params = f
             .get("parameters")
             .cloned()
             .unwrap_or_else(|| json!({"type": "object"}));
+        // Arguments a tool does not declare would only earn an error observation, or change
+        // a record the way no gold action does (a `memo` nobody asked for).
+        if let Value::Object(p) = &mut params {
+            p.entry("additionalProperties")
+                .or_insert(Value::Bool(false));
+        }
         options.push(json!({
             "type": "object",
             "properties": {"name": {"const": name}, args_key: params},

@@ -310,3 +310,49 @@ fn a_user_line_under_the_no_stop_expression_cannot_end_the_conversation() {
     assert!(!apigen_mt::rollout::is_stop(&held.raw), "{:?}", held.raw);
     assert!(!held.raw.trim().is_empty(), "{:?}", held.raw);
 }
+
+/// A call under a tool-call constraint has only the arguments its schema declares, even when
+/// the schema leaves `additionalProperties` unsaid and the prompt asks for another one (a
+/// gated write's grammar drops the `memo` no gold write uses; a memo the agent added anyway
+/// changed the transfer record and failed the episode).
+#[test]
+fn a_call_has_only_the_arguments_its_schema_declares() {
+    let _serial = model_lock();
+    let Some(backend) = local("qwen2.5-coder-0.5b") else {
+        return;
+    };
+    let tools = vec![
+        json!({"type": "function", "function": {"name": "transfer_funds",
+        "description": "Move money between accounts",
+        "parameters": {"type": "object", "properties": {
+            "from_account_id": {"type": "string"}, "to_account_id": {"type": "string"},
+            "amount": {"type": "number"}},
+        "required": ["from_account_id", "to_account_id", "amount"]}}}),
+    ];
+    for constraint in [
+        Constraint::CallTo(tools.clone()),
+        Constraint::TextOrCallTo(tools.clone()),
+    ] {
+        let mut req = ChatRequest::new(vec![Message::user(
+            "Call transfer_funds to move 10 from acc_1 to acc_2, with the arguments \
+             from_account_id, to_account_id, amount and memo (the memo is \"rent\").",
+        )]);
+        req.tools = tools.clone();
+        req.max_tokens = 80;
+        req.constraint = Some(constraint);
+        let reply = backend.reply(&mut Conversation::new(), &req).unwrap();
+        if let ModelOutput::ToolCalls { calls, .. } = &reply.output {
+            let keys: Vec<&String> = calls[0]
+                .arguments
+                .as_object()
+                .map(|o| o.keys().collect())
+                .unwrap_or_default();
+            assert!(
+                keys.iter()
+                    .all(|k| ["from_account_id", "to_account_id", "amount"].contains(&k.as_str())),
+                "{:?}",
+                reply.raw
+            );
+        }
+    }
+}
