@@ -446,9 +446,9 @@ fn the_transcript_view_shows_the_user_the_whole_conversation_as_a_customer() {
         assert!(r.messages[0].content.contains("You are not the agent"));
         assert!(r.messages[0].content.contains(&tasks()[0].instruction));
         let ask = if i == 0 {
-            "Write the customer's first message: say who you are and what you want, in your own words."
+            "Write the customer's first message, in the first person (\"I\", \"my\"): say who you are and what you want, in your own words."
         } else {
-            "Write the customer's next message."
+            "Write the customer's next message, in the first person."
         };
         assert!(
             r.messages[1].content.ends_with(ask),
@@ -461,7 +461,7 @@ fn the_transcript_view_shows_the_user_the_whole_conversation_as_a_customer() {
         format!(
             "Conversation so far:\nAgent: {GREETING}\nCustomer: I'd like to send money.\n\
              Agent: Which account?\nCustomer: {ASK}\nAgent: Done.\n\n\
-             Write the customer's next message."
+             Write the customer's next message, in the first person."
         )
     );
     // The role prefix the model wrote is not sent on.

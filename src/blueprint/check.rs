@@ -180,6 +180,42 @@ pub fn feedback_in_instruction(
     None
 }
 
+/// `ground.copied_policy`: the instruction repeats a phrase of eight words or more of the
+/// agent's policy ("Before a transfer or a freeze, list the details and get an explicit
+/// 'yes'"): the customer's brief says what they want, not the agent's rules.
+pub fn copied_policy(task: &Task, policy: &str) -> Option<crate::domain::ground::Finding> {
+    use crate::domain::ground::{COPIED_PHRASE_WORDS, normalise};
+    let clean = |t: &str| {
+        normalise(t)
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '\'' {
+                    c
+                } else {
+                    ' '
+                }
+            })
+            .collect::<String>()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<String>>()
+    };
+    let rules: std::collections::HashSet<String> = clean(policy)
+        .windows(COPIED_PHRASE_WORDS)
+        .map(|w| w.join(" "))
+        .collect();
+    let w = clean(&task.instruction)
+        .windows(COPIED_PHRASE_WORDS)
+        .map(|w| w.join(" "))
+        .find(|w| rules.contains(w))?;
+    Some(crate::domain::ground::Finding {
+        code: "ground.copied_policy".into(),
+        detail: format!(
+            "the instruction copies \"{w}\" from the agent's policy: write what the customer wants, not the agent's rules"
+        ),
+    })
+}
+
 /// Words of an assistant or of a model talking about its job, never of a customer's brief.
 const OFF_ROLE_WORDS: [&str; 7] = [
     // Addressed to the customer, an instruction never speaks of "the customer".
@@ -420,6 +456,27 @@ mod tests {
         );
         assert!(code("Hello! How can I help you today?").is_some());
         assert!(code("If the balance is wrong, transfer the customer to a human agent.").is_some());
+    }
+
+    #[test]
+    fn an_instruction_that_copies_the_policy_is_flagged() {
+        let task = |i: &str| Task {
+            user_id: "u1".into(),
+            instruction: i.into(),
+            actions: vec![],
+            outputs: vec![],
+            extra: Default::default(),
+        };
+        let policy = "- Before a transfer or a freeze, list the details and get an explicit \"yes\" from the customer.";
+        let code = |i: &str| copied_policy(&task(i), policy).map(|f| f.code);
+        assert_eq!(
+            code("You are Grace, account acc_1004. You want it frozen. Before a transfer or a freeze, list the details and get an explicit").as_deref(),
+            Some("ground.copied_policy")
+        );
+        assert_eq!(
+            code("You are Grace, account acc_1004. You want it frozen for a lost card."),
+            None
+        );
     }
 
     #[test]

@@ -292,12 +292,12 @@ pub fn sample(
     if let Some(a) = by_id.into_iter().next() {
         run(&mut env, &mut plan, &mut known, a);
     }
-    // Each write slot: the write tools in a random order (those already in the plan last), each
-    // tried with up to WRITE_TRIES draws of its arguments; the first that runs and keeps to the
-    // rules wins. Every feasible tool is then about as likely as any other.
+    // Each write slot: the write tools in a random order, each tried with up to WRITE_TRIES
+    // draws of its arguments; the first that runs and keeps to the rules wins. Every feasible
+    // tool is then about as likely as any other, in every slot: a tool already in the plan
+    // again (two transfers, two cancellations) is a shape of its own.
     for _ in 0..writes.max(1) {
-        let mut order: Vec<&Tool> = sampler_shuffle(&write_tools, rng);
-        order.sort_by_key(|t| plan.actions.iter().any(|a| a.name == t.name));
+        let order: Vec<&Tool> = sampler_shuffle(&write_tools, rng);
         let mut done = false;
         for tool in order {
             for _ in 0..WRITE_TRIES {

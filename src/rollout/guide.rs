@@ -504,6 +504,11 @@ pub fn says_yes(line: &str) -> bool {
     if matches!(first, "no" | "not" | "nope" | "don't" | "dont" | "wait") {
         return false;
     }
+    // A question is not an answer: "Is it okay?" asks back.
+    let first_sentence = l.split_inclusive(['.', '!', '?']).next().unwrap_or("");
+    if first_sentence.trim_end().ends_with('?') {
+        return false;
+    }
     // "Confirm." alone is a yes; "Please confirm." hands the question back.
     if first == "confirm" {
         return true;
@@ -1082,6 +1087,8 @@ mod tests {
             "I want to freeze acc_1003.",
             "Nope, that's not it",
             "Please confirm.",
+            "Is it okay?",
+            "Okay? What will it cost?",
         ] {
             assert!(!says_yes(no), "{no}");
         }

@@ -26,7 +26,8 @@
 //! - `keep.agent_third_person`: the agent speaks of "the customer" to the customer;
 //! - `keep.user_out_of_role`: a user line reads as the agent's ("How can I help you today?"),
 //!   promises the agent's action ("Sure, I'll freeze account acc_1005.", [`acts_as_agent`]), or
-//!   speaks of the customer in the third person ([`third_person`]).
+//!   speaks of the customer in the third person ([`third_person`], or an opening with no word
+//!   of the first person, [`opening_impersonal`]).
 //!
 //! [`fault`] labels a failed or filtered attempt `agent`, `user`, `task` or `unclear`, with the
 //! evidence, from these deterministic signals.
@@ -134,6 +135,9 @@ pub fn opening_problem(line: &str, instruction: &str) -> Option<String> {
     if let Some(p) = out_of_role(line) {
         return Some(format!("agent_voice: \"{p}\""));
     }
+    if opening_impersonal(line) {
+        return Some(format!("third_person: {line:?}"));
+    }
     let said = content_words(line);
     let situation = content_words(instruction);
     (said.intersection(&situation).next().is_none()).then(|| format!("off_task: {line:?}"))
@@ -192,15 +196,7 @@ pub fn acts_as_agent(line: &str, verbs: &[String]) -> Option<String> {
 /// 94614, wants her default address changed"): a verb of wanting and no word of the first
 /// person. A customer says what they want.
 pub fn third_person(line: &str) -> bool {
-    let l = normalise(line).replace('’', "'");
-    let words: Vec<&str> = l
-        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
-        .filter(|w| !w.is_empty())
-        .collect();
-    let first = [
-        "i", "i'm", "i'd", "i've", "i'll", "me", "my", "mine", "myself", "we", "we're", "we'd",
-        "our", "us",
-    ];
+    let words = words_of(line);
     let wants = [
         "wants",
         "needs",
@@ -209,7 +205,34 @@ pub fn third_person(line: &str) -> bool {
         "requested",
         "requesting",
     ];
-    words.iter().any(|w| wants.contains(w)) && !words.iter().any(|w| first.contains(w))
+    words.iter().any(|w| wants.contains(&w.as_str())) && !first_person(&words)
+}
+
+/// The words of a line, lowercased, apostrophes kept ("i'm").
+fn words_of(line: &str) -> Vec<String> {
+    normalise(line)
+        .replace('’', "'")
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether any of `words` is of the first person.
+fn first_person(words: &[String]) -> bool {
+    let first = [
+        "i", "i'm", "i'd", "i've", "i'll", "me", "my", "mine", "myself", "we", "we're", "we'd",
+        "our", "us",
+    ];
+    words.iter().any(|w| first.contains(&w.as_str()))
+}
+
+/// Whether an opening line of some length says nothing in the first person ("Frances
+/// Hamilton, moving 100.0 from acc_1010 to acc_1007, frozen due to 'customer request'."): a
+/// summary of the customer, not the customer speaking.
+pub fn opening_impersonal(line: &str) -> bool {
+    let words = words_of(line);
+    words.len() >= 6 && !first_person(&words)
 }
 
 /// [`out_of_role`] or [`acts_as_agent`]: the phrase that puts a user line in the agent's role.
@@ -582,8 +605,8 @@ pub fn keep_problem(
             .chain(calls.iter().map(|c| c.name.as_str()))
             .filter(|n| is_write(n)),
     );
-    for m in messages.iter().filter(|m| m["role"] == "user") {
-        if third_person(&text_of(m)) {
+    for (i, m) in messages.iter().filter(|m| m["role"] == "user").enumerate() {
+        if third_person(&text_of(m)) || (i == 0 && opening_impersonal(&text_of(m))) {
             return problem(
                 "keep.user_out_of_role",
                 format!(
@@ -942,6 +965,19 @@ mod user_line_tests {
             problem("Hello. Is there anything I can help you with?", ins)
                 .unwrap()
                 .starts_with("agent_voice")
+        );
+        // A summary of the customer, not the customer speaking.
+        assert!(
+            problem(
+                "Freya Petrov, zip 95844, cancelling pending order #W6472811.",
+                ins
+            )
+            .unwrap()
+            .starts_with("third_person")
+        );
+        assert_eq!(
+            problem("Cancel pending order #W6472811 for me, please.", ins),
+            None
         );
     }
 

@@ -110,7 +110,9 @@ Rules:
 /// system prompt is skipped): the lines as `Agent:` and `Customer:`, then the request for the
 /// next line — for the first, who the customer is and what they want: asked only for "the next
 /// message", Qwen2.5-Coder-1.5B opened in the customer's role and about their situation 2–3
-/// times in 16 (it answers as the agent), asked for who and what 13 in 16.
+/// times in 16 (it answers as the agent), asked for who and what 13 in 16 — a third of them
+/// a summary in the third person ("Alan Lovelace, account acc_1011, wants to move ..."), hence
+/// "in the first person".
 pub fn transcript_prompt(conversation: &[Message]) -> String {
     let mut s = String::from("Conversation so far:\n");
     for m in conversation.iter().filter(|m| m.role != "system") {
@@ -124,9 +126,9 @@ pub fn transcript_prompt(conversation: &[Message]) -> String {
     }
     let opening = !conversation.iter().any(|m| m.role == "assistant");
     s.push_str(if opening {
-        "\nWrite the customer's first message: say who you are and what you want, in your own words."
+        "\nWrite the customer's first message, in the first person (\"I\", \"my\"): say who you are and what you want, in your own words."
     } else {
-        "\nWrite the customer's next message."
+        "\nWrite the customer's next message, in the first person."
     });
     s
 }
