@@ -598,6 +598,23 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
             props.retain(|k, _| {
                 required.contains(k) || due.iter().any(|a| a.arguments.contains_key(k))
             });
+            // A number with no more decimals than the gold values have (two at least): once
+            // the arguments are closed, a model that wanted to go on after `"amount": 100.0`
+            // otherwise writes zeros until its tokens run out.
+            for (k, p) in props.iter_mut() {
+                if p.get("type").and_then(Value::as_str) == Some("number")
+                    && p.get("multipleOf").is_none()
+                {
+                    let places = due
+                        .iter()
+                        .filter_map(|a| a.arguments.get(k).and_then(Value::as_f64))
+                        .map(decimals)
+                        .max()
+                        .unwrap_or(0)
+                        .max(2);
+                    p["multipleOf"] = serde_json::json!(10f64.powi(-(places as i32)));
+                }
+            }
             // A choice (`reason`: "lost card", "suspected fraud", ...) only among those said.
             for (k, p) in props.iter_mut() {
                 let Some(Value::Array(options)) = p.get_mut("enum") else {
@@ -612,6 +629,12 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
         }
     }
     out
+}
+
+/// The decimal places of `x` as it prints (`2015.04`: 2), at most 6.
+fn decimals(x: f64) -> usize {
+    let t = format!("{x}");
+    t.split_once('.').map_or(0, |(_, f)| f.len()).min(6)
 }
 
 /// A note shown to the agent model for one reply and kept out of the record, when it called a
@@ -1102,6 +1125,39 @@ mod tests {
             [Step::AgentText, yes(), Step::AgentWrite, Step::Other].into_iter()
         ));
         assert!(!confirmed([Step::AgentText, Step::User("no")].into_iter()));
+    }
+
+    #[test]
+    fn a_gated_number_has_no_more_decimals_than_the_gold_ones() {
+        let tools = vec![
+            json!({"type": "function", "function": {"name": "transfer_funds",
+            "parameters": {"type": "object", "properties": {"amount": {"type": "number"}},
+            "required": ["amount"]}}}),
+        ];
+        for (amount, step) in [
+            (json!(100.0), 0.01),
+            (json!(12.5), 0.01),
+            (json!(1.125), 0.001),
+        ] {
+            let mut task = freeze_task();
+            let mut args = Map::new();
+            args.insert("amount".into(), amount);
+            task.actions = vec![Action::new("transfer_funds", args)];
+            let cx = Context {
+                messages: &[],
+                tools: &tools,
+                task: &task,
+                done: &[],
+                is_write: |n: &str| n == "transfer_funds",
+                terminate: &[],
+            };
+            let gated = gated_tools(&tools, &cx);
+            let p = &gated[0]["function"]["parameters"]["properties"]["amount"];
+            assert!(
+                (p["multipleOf"].as_f64().unwrap() - step).abs() < 1e-12,
+                "{p}"
+            );
+        }
     }
 
     #[test]

@@ -326,7 +326,7 @@ fn a_call_has_only_the_arguments_its_schema_declares() {
         "description": "Move money between accounts",
         "parameters": {"type": "object", "properties": {
             "from_account_id": {"type": "string"}, "to_account_id": {"type": "string"},
-            "amount": {"type": "number"}},
+            "amount": {"type": "number", "multipleOf": 0.01}},
         "required": ["from_account_id", "to_account_id", "amount"]}}}),
     ];
     for constraint in [
@@ -340,7 +340,14 @@ fn a_call_has_only_the_arguments_its_schema_declares() {
         req.tools = tools.clone();
         req.max_tokens = 80;
         req.constraint = Some(constraint);
+        let call_only = matches!(req.constraint, Some(Constraint::CallTo(_)));
         let reply = backend.reply(&mut Conversation::new(), &req).unwrap();
+        // Closed at two decimals, the amount ends: the call parses.
+        assert!(
+            !call_only || matches!(reply.output, ModelOutput::ToolCalls { .. }),
+            "{:?}",
+            reply.raw
+        );
         if let ModelOutput::ToolCalls { calls, .. } = &reply.output {
             let keys: Vec<&String> = calls[0]
                 .arguments
