@@ -946,6 +946,39 @@ fn an_answer_in_words_after_the_customers_yes_becomes_the_write() {
     assert!(!text.contains("Note to the agent"), "{text}");
 }
 
+#[test]
+fn a_confirmation_asked_after_the_write_becomes_the_closing() {
+    let dir = tempfile::tempdir().unwrap();
+    // The transfer is made; the agent asks to confirm it again. Under a note, the reply drawn
+    // again says what was done, and the conversation is kept.
+    let s = guarded(
+        &[
+            &get_1002(),
+            CONFIRM,
+            &transfer(250.5),
+            "Please confirm the transfer of 250.50 from acc_1002 to acc_1001.",
+            "The transfer of 250.50 is done.",
+        ],
+        3,
+    );
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!((summary.verified, summary.kept), (1, 1), "{summary:?}");
+    assert_eq!(
+        summary.agent_resampled["confirm_after_done"], 1,
+        "{summary:?}"
+    );
+    let requests = s.agent.requests();
+    let noted = requests[4].messages.last().unwrap();
+    assert!(
+        noted.content.contains("tell the customer what was done"),
+        "{noted:?}"
+    );
+    let d = &lines(&dir.path().join("dataset.jsonl"))[0];
+    let text = d["messages"].to_string();
+    assert!(!text.contains("Please confirm the transfer"), "{text}");
+    assert!(text.contains("The transfer of 250.50 is done."), "{text}");
+}
+
 /// One attempt of `task` with these scripts; its fault label and evidence.
 fn fault_of(agent: &[&str], user: &[&str], task: Task) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();

@@ -649,6 +649,9 @@ pub enum Note {
     /// The customer has just said yes and the agent answered in words: the reply is the call
     /// of the gold write that was put to them.
     Act { tool: String, text: String },
+    /// Every gold write is made and the agent asked about a change again: the reply is words,
+    /// telling the customer what was done.
+    Done { text: String },
 }
 
 /// `words_after_yes: TOOL` when the customer's last line is the yes to what the agent put to
@@ -676,11 +679,17 @@ pub fn words_after_yes<W: Fn(&str) -> bool>(cx: &Context<'_, W>) -> Option<Strin
 }
 
 /// Whether `problem` is one a note turns into the step it stands for ([`note_for`]): a gold
-/// write before its gold read or the customer's yes, an answer in words after the yes.
+/// write before its gold read or the customer's yes, an answer in words after the yes, a
+/// change asked about again once every gold write is made.
 pub fn noted_problem(problem: &str) -> bool {
-    ["reads_first", "unconfirmed_write", "words_after_yes"]
-        .iter()
-        .any(|p| problem.starts_with(p))
+    [
+        "reads_first",
+        "unconfirmed_write",
+        "words_after_yes",
+        "confirm_after_done",
+    ]
+    .iter()
+    .any(|p| problem.starts_with(p))
 }
 
 /// The note for a write `turn_problem` found premature (`reads_first: TOOL` or
@@ -705,6 +714,14 @@ you put to them. Call {tool} now, with the details you gave them.)"
             ),
         });
     }
+    if problem.starts_with("confirm_after_done") {
+        return Some(Note::Done {
+            text: "(Note to the agent, not from the customer: the change the customer asked for \
+is made; do not ask them to confirm anything. In one short message, tell the customer what was \
+done.)"
+                .into(),
+        });
+    }
     problem.starts_with("unconfirmed_write").then(|| Note::Confirm {
         text: format!(
             "(Note to the agent, not from the customer: before you call {name} with {args}, the \
@@ -723,6 +740,7 @@ pub fn echoes_note(content: &str) -> bool {
         "not from the customer",
         "do not call a tool",
         "the policy asks for",
+        "do not ask them to confirm",
     ]
     .iter()
     .any(|w| l.contains(w))

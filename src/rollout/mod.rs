@@ -833,7 +833,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                             }
                             (text, crate::llm::Constraint::CallTo(read))
                         }
-                        guide::Note::Confirm { text } => {
+                        guide::Note::Confirm { text } | guide::Note::Done { text } => {
                             (text, crate::llm::Constraint::TextOrCallTo(vec![]))
                         }
                         guide::Note::Act { tool, text } => {
@@ -870,9 +870,10 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                         agent.model.ask(&mut meter, "agent", &mut conv, &req)
                     };
                     // A reply that repeats the note, or is not an answer, is drawn once more.
+                    let writes_done = !guide::writes_pending(task, &writes, is_write);
                     let bad = |r: &Result<crate::llm::ChatReply, String>| {
                         matches!(r, Ok(crate::llm::ChatReply { output: ModelOutput::Text { content }, .. })
-                            if guide::echoes_note(content) || guide::text_problem(content, &tools, &messages, false).is_some())
+                            if guide::echoes_note(content) || guide::text_problem(content, &tools, &messages, writes_done).is_some())
                     };
                     let mut r = draw(0);
                     if bad(&r) {
