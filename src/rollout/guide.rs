@@ -787,7 +787,8 @@ pub fn writes_pending(task: &Task, done: &[Action], is_write: impl Fn(&str) -> b
 
 /// Why an agent's answer in words would be drawn again: under three words (`terse_reply`:
 /// "True", "json_object"), talk about the machinery instead of the customer's matter — a
-/// tool's name, "function", "tool call", a placeholder, an exception (`meta_reply`) —, the
+/// tool's name, "function", "tool call", a placeholder, an exception, "as an AI" (`meta_reply`)
+/// —, the
 /// agent's own last answer word for word (`repeated_reply`: the confirmation asked again after
 /// the write was made, "I will proceed to freeze ..." three times over), or a blanket refusal
 /// ("I'm sorry, but I cannot assist with that.", `refusal`), which a data-generating agent has
@@ -813,6 +814,7 @@ pub fn text_problem(
         "placeholder",
         "typeerror",
         "exception",
+        "as an ai",
     ] {
         if l.contains(marker) {
             return Some(format!("meta_reply: {marker}"));
@@ -1312,6 +1314,14 @@ mod tests {
         let ask = "To freeze account acc_1001 on account request, are you okay with this?";
         assert_eq!(problem(ask, true).as_deref(), Some("confirm_after_done"));
         assert_eq!(problem(ask, false), None);
+        assert_eq!(
+            problem(
+                "I'm sorry, but as an AI assistant, I am unable to modify it.",
+                false
+            )
+            .as_deref(),
+            Some("meta_reply: as an ai")
+        );
         assert_eq!(
             problem(
                 "To freeze account acc_1012, please provide the reason.",
