@@ -16,6 +16,19 @@ fn load(name: &str) -> (Domain, Vec<apigen_mt::domain::task::Task>) {
     (d, tasks)
 }
 
+/// Other customers than `user`, as the pipeline shows them where a domain has peers.
+fn peers_of(d: &Domain, user: &str) -> Vec<serde_json::Value> {
+    let table = &d.manifest.blueprints.user_table;
+    d.pristine()
+        .table(table)
+        .unwrap()
+        .iter()
+        .filter(|(id, _)| *id != user)
+        .take(d.manifest.blueprints.peers)
+        .map(|(_, r)| r.value().clone())
+        .collect()
+}
+
 #[test]
 fn retail_graph_links_lookups_to_writes() {
     let (d, tasks) = load("retail");
@@ -152,16 +165,7 @@ fn sampled_plans_run_pass_the_rules_and_are_grounded() {
         for i in 0..40 {
             let mut rng = rng_for(3, &format!("bp-{i:05}"));
             let user = sample_user(&d, &table, &mut rng).unwrap();
-            // Other customers, as the pipeline shows them where a domain has peers.
-            let peers: Vec<serde_json::Value> = d
-                .pristine()
-                .table(&table)
-                .unwrap()
-                .iter()
-                .filter(|(id, _)| **id != user)
-                .take(d.manifest.blueprints.peers)
-                .map(|(_, r)| r.value().clone())
-                .collect();
+            let peers = peers_of(&d, &user);
             let Some(p) = plan::sample(&d, &user, &peers, 1 + i % 3, &mut rng) else {
                 // A frozen account can neither send, receive nor be frozen again: nothing to do.
                 let frozen = d.pristine().record(&table, &user).unwrap()["status"] == "frozen";
@@ -381,15 +385,7 @@ fn twenty_plans_take_at_least_ten_shapes() {
             i += 1;
             let mix = Mix::draw(&mut rng, 8000);
             let user = sample_user(&d, &table, &mut rng).unwrap();
-            let peers: Vec<serde_json::Value> = d
-                .pristine()
-                .table(&table)
-                .unwrap()
-                .iter()
-                .filter(|(id, _)| **id != user)
-                .take(d.manifest.blueprints.peers)
-                .map(|(_, r)| r.value().clone())
-                .collect();
+            let peers = peers_of(&d, &user);
             let Some(p) = plan::sample(&d, &user, &peers, mix.writes, &mut rng) else {
                 continue;
             };

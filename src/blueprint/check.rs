@@ -439,15 +439,19 @@ pub fn stage1(
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_instruction_in_the_agents_or_the_models_voice_is_off_role() {
-        let task = |i: &str| Task {
+    /// A task of customer `u1` with instruction `i` and nothing else.
+    fn task(i: &str) -> Task {
+        Task {
             user_id: "u1".into(),
             instruction: i.into(),
             actions: vec![],
             outputs: vec![],
             extra: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn an_instruction_in_the_agents_or_the_models_voice_is_off_role() {
         let code = |i: &str| instruction_off_role(&task(i)).map(|f| f.code);
         assert_eq!(code("You are Ada. You want acc_1003 frozen."), None);
         assert_eq!(
@@ -460,13 +464,6 @@ mod tests {
 
     #[test]
     fn an_instruction_that_copies_the_policy_is_flagged() {
-        let task = |i: &str| Task {
-            user_id: "u1".into(),
-            instruction: i.into(),
-            actions: vec![],
-            outputs: vec![],
-            extra: Default::default(),
-        };
         let policy = "- Before a transfer or a freeze, list the details and get an explicit \"yes\" from the customer.";
         let code = |i: &str| copied_policy(&task(i), policy).map(|f| f.code);
         assert_eq!(

@@ -171,6 +171,17 @@ pub fn write_verbs<'a>(writes: impl IntoIterator<Item = &'a str>) -> Vec<String>
     verbs
 }
 
+/// The verbs of the writes a conversation is about: the gold writes and the writes called.
+fn task_verbs(task: &Task, calls: &[Call], is_write: &impl Fn(&str) -> bool) -> Vec<String> {
+    write_verbs(
+        task.actions
+            .iter()
+            .map(|a| a.name.as_str())
+            .chain(calls.iter().map(|c| c.name.as_str()))
+            .filter(|n| is_write(n)),
+    )
+}
+
 /// Whether a user line promises the agent's action on the customer's behalf ("Sure, I'll
 /// freeze account acc_1005.", "I will proceed with the transfer."): `verbs` are
 /// [`write_verbs`]. A customer asks for a change; the agent says it will make it.
@@ -598,13 +609,7 @@ pub fn keep_problem(
             format!("the agent spoke of the customer to them: {:?}", short(&t)),
         );
     }
-    let verbs = write_verbs(
-        task.actions
-            .iter()
-            .map(|a| a.name.as_str())
-            .chain(calls.iter().map(|c| c.name.as_str()))
-            .filter(|n| is_write(n)),
-    );
+    let verbs = task_verbs(task, &calls, &is_write);
     for (i, m) in messages.iter().filter(|m| m["role"] == "user").enumerate() {
         if third_person(&text_of(m)) || (i == 0 && opening_impersonal(&text_of(m))) {
             return problem(
@@ -671,13 +676,7 @@ pub fn fault(
         };
     }
     let calls = calls(messages);
-    let verbs = write_verbs(
-        task.actions
-            .iter()
-            .map(|a| a.name.as_str())
-            .chain(calls.iter().map(|c| c.name.as_str()))
-            .filter(|n| is_write(n)),
-    );
+    let verbs = task_verbs(task, &calls, &is_write);
     for m in messages.iter().filter(|m| m["role"] == "user") {
         if let Some(p) = agent_voice(&text_of(m), &verbs) {
             return f(
