@@ -19,7 +19,9 @@
 //!   against the verifier, where the method as published rejects whole conversations).
 //! - **Writes gated** ([`gated_tools`]): the grammar offers a write tool only while a gold write
 //!   of it is still to be made (with only the arguments the gold write uses), a hand-over only
-//!   when the gold actions hand over: the rejections above applied while decoding.
+//!   when the gold actions hand over: the rejections above applied while decoding. Its choices
+//!   are only those said, and its free text (a passenger's name, a birth date, a street) only
+//!   as it was said where the gold value was ([`said_values`]).
 //! - **Notes** ([`Note`]): a gold write called before the gold read it rests on, or before the
 //!   customer's yes ([`confirmed`]), is not made; the reply is drawn again under a note for that
 //!   one reply — "call get_account now", "say what you are about to do and ask them to confirm"
@@ -623,12 +625,135 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
                 options.retain(|o| o.as_str().is_none_or(|o| option_said(&known, o)));
                 unsaid |= options.is_empty() && required.contains(k);
             }
+            // Free text only as it was said.
+            let mut gold = std::collections::BTreeMap::new();
+            for a in &due {
+                strings_by_key(&Value::Object(a.arguments.clone()), "", &mut gold);
+            }
+            let values = said_values(cx.messages);
+            for (k, p) in props.iter_mut() {
+                *p = narrow_said(p, k, &gold, &values);
+            }
         }
         if !unsaid {
             out.push(t);
         }
     }
     out
+}
+
+/// The longest run of words a free-text candidate of [`said_values`] takes.
+const SAID_WORDS: usize = 6;
+
+/// The free-text values the agent has been given, as they were written: every string of a tool
+/// result read as JSON, and every run of one to [`SAID_WORDS`] words of a user line (or of a
+/// tool result that is not JSON), within the parts a comma, semicolon, colon, bracket or
+/// sentence end bounds, with quotes and closing punctuation trimmed ("Gustavo", "Gustavo
+/// Quinn", "2020-10-23", "402 Cottonwood Street", "Apt 28B"). An error result is no source.
+pub fn said_values(messages: &[Message]) -> BTreeSet<String> {
+    fn text(t: &str, out: &mut BTreeSet<String>) {
+        for part in
+            t.split(|c: char| ",;:()[]{}\"!?\n".contains(c) || c == '\u{201c}' || c == '\u{201d}')
+        {
+            for sentence in part.split(". ") {
+                let words: Vec<&str> = sentence
+                    .split_whitespace()
+                    .map(|w| w.trim_matches(|c: char| "'`*".contains(c)))
+                    .filter(|w| !w.is_empty())
+                    .collect();
+                for i in 0..words.len() {
+                    for j in i + 1..=(i + SAID_WORDS).min(words.len()) {
+                        let v = words[i..j].join(" ");
+                        let v = v.trim_end_matches(['.', '\'']);
+                        if !v.is_empty() {
+                            out.insert(v.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    fn json(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::String(s) => {
+                out.insert(s.clone());
+            }
+            Value::Array(xs) => xs.iter().for_each(|x| json(x, out)),
+            Value::Object(m) => m.values().for_each(|x| json(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    for m in messages {
+        match m.role.as_str() {
+            "user" => text(&m.content, &mut out),
+            "tool" if m.content.starts_with("Error") => {}
+            "tool" => match serde_json::from_str::<Value>(&m.content) {
+                Ok(v @ (Value::Object(_) | Value::Array(_))) => json(&v, &mut out),
+                _ => text(&m.content, &mut out),
+            },
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The strings of `v` by the key they sit under, through arrays and nested objects
+/// (`passengers[0].first_name` under `first_name`).
+fn strings_by_key(v: &Value, key: &str, out: &mut std::collections::BTreeMap<String, Vec<String>>) {
+    match v {
+        Value::String(s) => out.entry(key.to_owned()).or_default().push(s.clone()),
+        Value::Array(xs) => xs.iter().for_each(|x| strings_by_key(x, key, out)),
+        Value::Object(m) => m.iter().for_each(|(k, x)| strings_by_key(x, k, out)),
+        _ => {}
+    }
+}
+
+/// `schema` with each free-text string (not an id, not a choice) whose gold values were all
+/// said limited to the values said ([`said_values`]) of their kind — with digits, as a date or
+/// a street is, or without, as a name is —: a 1.5B agent that writes "Declaran" for the
+/// "Declan" the customer gave, or a birth date nobody said, cannot. A value not said yet, or
+/// said in other words than the gold one, leaves the string free.
+fn narrow_said(
+    schema: &Value,
+    key: &str,
+    gold: &std::collections::BTreeMap<String, Vec<String>>,
+    said: &BTreeSet<String>,
+) -> Value {
+    let Value::Object(s) = schema else {
+        return schema.clone();
+    };
+    let mut s = s.clone();
+    match s.get("type").and_then(Value::as_str) {
+        Some("string") if !id_like(key) && !s.contains_key("enum") => {
+            if let Some(g) = gold.get(key).filter(|g| g.iter().all(|v| said.contains(v))) {
+                let digits = |v: &str| v.chars().any(|c| c.is_ascii_digit());
+                let kinds: BTreeSet<bool> = g.iter().map(|v| digits(v)).collect();
+                let fit: Vec<Value> = said
+                    .iter()
+                    .filter(|v| kinds.contains(&digits(v)))
+                    .cloned()
+                    .map(Value::String)
+                    .collect();
+                s.insert("enum".into(), Value::Array(fit));
+            }
+        }
+        Some("array") => {
+            if let Some(items) = s.get("items") {
+                let items = narrow_said(items, key, gold, said);
+                s.insert("items".into(), items);
+            }
+        }
+        Some("object") => {
+            if let Some(Value::Object(props)) = s.get_mut("properties") {
+                for (k, p) in props.iter_mut() {
+                    *p = narrow_said(p, k, gold, said);
+                }
+            }
+        }
+        _ => {}
+    }
+    Value::Object(s)
 }
 
 /// The decimal places of `x` as it prints (`2015.04`: 2), at most 6.
@@ -1178,6 +1303,80 @@ mod tests {
                 "{p}"
             );
         }
+    }
+
+    #[test]
+    fn a_gated_name_or_date_is_one_the_customer_said() {
+        let tools = vec![json!({"type": "function", "function": {
+            "name": "update_reservation_passengers", "parameters": {"type": "object",
+            "properties": {"reservation_id": {"type": "string"}, "passengers": {"type": "array",
+                "items": {"type": "object", "properties": {"first_name": {"type": "string"},
+                    "last_name": {"type": "string"}, "dob": {"type": "string"}},
+                    "required": ["first_name", "last_name", "dob"]}}},
+            "required": ["reservation_id", "passengers"]}}})];
+        let mut task = freeze_task();
+        let args: Map<String, Value> = serde_json::from_value(json!({"reservation_id": "GWYR1C",
+            "passengers": [{"first_name": "Declan", "last_name": "Quinn", "dob": "2020-10-23"}]}))
+        .unwrap();
+        task.actions = vec![Action::new("update_reservation_passengers", args)];
+        let gated = |messages: &[Message]| {
+            let cx = Context {
+                messages,
+                tools: &tools,
+                task: &task,
+                done: &[],
+                is_write: |n: &str| n == "update_reservation_passengers",
+                terminate: &[],
+            };
+            let g = gated_tools(&tools, &cx);
+            g[0]["function"]["parameters"]["properties"].clone()
+        };
+        let enum_of = |props: &Value, field: &str| -> Option<Vec<String>> {
+            props["passengers"]["items"]["properties"][field]["enum"]
+                .as_array()
+                .map(|xs| xs.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+        };
+        // Nothing said yet: the strings are free.
+        let props = gated(&[]);
+        assert_eq!(enum_of(&props, "first_name"), None);
+        let said = [
+            Message::user(
+                "I'm soren_quinn_2567. Please make the passenger of reservation GWYR1C \"Declan Quinn\", born 2020-10-23.",
+            ),
+            Message::tool(
+                "get_reservation_details",
+                r#"{"reservation_id": "GWYR1C", "passengers": [{"first_name": "Soren", "dob": "1990-01-02"}]}"#,
+            ),
+            Message::tool("get_user_details", "Error: user not found: Declaran"),
+        ];
+        let props = gated(&said);
+        let first = enum_of(&props, "first_name").unwrap();
+        assert!(first.contains(&"Declan".to_owned()), "{first:?}");
+        assert!(first.contains(&"Soren".to_owned()), "{first:?}");
+        assert!(
+            !first.iter().any(|v| v.contains("Declaran")),
+            "an error is no source: {first:?}"
+        );
+        assert!(
+            !first.iter().any(|v| v.chars().any(|c| c.is_ascii_digit())),
+            "{first:?}"
+        );
+        let dob = enum_of(&props, "dob").unwrap();
+        assert!(
+            dob.contains(&"2020-10-23".to_owned()) && dob.contains(&"1990-01-02".to_owned()),
+            "{dob:?}"
+        );
+        assert!(
+            dob.iter().all(|v| v.chars().any(|c| c.is_ascii_digit())),
+            "{dob:?}"
+        );
+        // An id is the seen-id grammar's to narrow, not this one's.
+        assert!(props["reservation_id"].get("enum").is_none());
+        // Said in other words than the gold value: left free.
+        let other = [Message::user(
+            "The passenger is declan quinn, born October 23, 2020.",
+        )];
+        assert_eq!(enum_of(&gated(&other), "dob"), None);
     }
 
     #[test]
