@@ -229,6 +229,24 @@ pub fn sample(
     for r in records.iter().chain(peers) {
         known.add(r);
     }
+    // Values only other customers' records hold (a transfer's recipient account).
+    let own: std::collections::HashSet<String> = records
+        .iter()
+        .flat_map(|r| {
+            let mut v = Vec::new();
+            crate::blueprint::sampler::string_values(r, &mut v);
+            v
+        })
+        .collect();
+    let peer_only: std::collections::HashSet<String> = peers
+        .iter()
+        .flat_map(|r| {
+            let mut v = Vec::new();
+            crate::blueprint::sampler::string_values(r, &mut v);
+            v
+        })
+        .filter(|v| !own.contains(v) && v != user_id)
+        .collect();
     // Public records the customer's records mention (the products they ordered).
     let mut mentioned = std::collections::HashSet::new();
     for r in &records {
@@ -316,8 +334,13 @@ pub fn sample(
                     continue;
                 }
                 // Reads that lead to this write: a read taking one of its ids and returning it.
+                // Another customer's record (the recipient's account) is read half the time:
+                // the customer names it, and the write itself fails on one that is not there.
                 let mut leads: Vec<Action> = Vec::new();
                 for (key, value) in crate::domain::ground::id_arguments(&write.arguments) {
+                    if peer_only.contains(&value) && rng.random_range(0..2) == 0 {
+                        continue;
+                    }
                     for r in &reads {
                         let params = props(r);
                         let required = required(r);

@@ -117,19 +117,34 @@ fn words_of(text: &str, out: &mut BTreeSet<String>) {
 /// they are JSON, as text otherwise).
 pub fn seen_ids(messages: &[Message]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
+    given(messages, |g| match g {
+        Given::Text(t) => words_of(t, &mut out),
+        Given::Json(v) => strings_of(v, &mut out),
+    });
+    out
+}
+
+/// One thing the agent has been given ([`given`]).
+enum Given<'a> {
+    Text(&'a str),
+    Json(&'a Value),
+}
+
+/// What the agent has been given, in order: each user line, and each tool result that is not
+/// an error (an error repeats the bad value it was given back: not a source), as JSON where it
+/// is a JSON object or array and as text otherwise.
+fn given(messages: &[Message], mut f: impl FnMut(Given<'_>)) {
     for m in messages {
         match m.role.as_str() {
-            "user" => words_of(&m.content, &mut out),
-            // An error repeats the bad id it was given back: not a source.
+            "user" => f(Given::Text(&m.content)),
             "tool" if m.content.starts_with("Error") => {}
             "tool" => match serde_json::from_str::<Value>(&m.content) {
-                Ok(v @ (Value::Object(_) | Value::Array(_))) => strings_of(&v, &mut out),
-                _ => words_of(&m.content, &mut out),
+                Ok(v @ (Value::Object(_) | Value::Array(_))) => f(Given::Json(&v)),
+                _ => f(Given::Text(&m.content)),
             },
             _ => {}
         }
     }
-    out
 }
 
 /// The names an object schema requires.
@@ -649,7 +664,7 @@ const SAID_WORDS: usize = 6;
 /// result read as JSON, and every run of one to [`SAID_WORDS`] words of a user line (or of a
 /// tool result that is not JSON), within the parts a comma, semicolon, colon, bracket or
 /// sentence end bounds, with quotes and closing punctuation trimmed ("Gustavo", "Gustavo
-/// Quinn", "2020-10-23", "402 Cottonwood Street", "Apt 28B"). An error result is no source.
+/// Quinn", "2020-10-23", "402 Cottonwood Street", "Apt 28B"), from what [`given`] gives.
 pub fn said_values(messages: &[Message]) -> BTreeSet<String> {
     fn text(t: &str, out: &mut BTreeSet<String>) {
         for part in
@@ -684,17 +699,10 @@ pub fn said_values(messages: &[Message]) -> BTreeSet<String> {
         }
     }
     let mut out = BTreeSet::new();
-    for m in messages {
-        match m.role.as_str() {
-            "user" => text(&m.content, &mut out),
-            "tool" if m.content.starts_with("Error") => {}
-            "tool" => match serde_json::from_str::<Value>(&m.content) {
-                Ok(v @ (Value::Object(_) | Value::Array(_))) => json(&v, &mut out),
-                _ => text(&m.content, &mut out),
-            },
-            _ => {}
-        }
-    }
+    given(messages, |g| match g {
+        Given::Text(t) => text(t, &mut out),
+        Given::Json(v) => json(v, &mut out),
+    });
     out
 }
 
