@@ -18,7 +18,8 @@
 //!   changes is how many attempts are lost to one bad sample (step-level rejection sampling
 //!   against the verifier, where the method as published rejects whole conversations).
 //! - **Writes gated** ([`gated_tools`]): the grammar offers a write tool only while a gold write
-//!   of it is still to be made (with only the arguments the gold write uses), a hand-over only
+//!   of it is the next one to make, in the gold order (with only the arguments the gold write
+//!   uses), a hand-over only
 //!   when the gold actions hand over: the rejections above applied while decoding. Its choices
 //!   are only those said, and its free text (a passenger's name, a birth date, a street) only
 //!   as it was said where the gold value was ([`said_values`]).
@@ -594,10 +595,10 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
             out.push(t.clone());
             continue;
         }
-        let due: Vec<&Action> = task
-            .actions
-            .iter()
+        // One write at a time, in the gold order.
+        let due: Vec<&Action> = next_write(task, done, is_write)
             .filter(|a| a.name == name && !made(a))
+            .into_iter()
             .collect();
         if due.is_empty() {
             continue;
@@ -797,18 +798,26 @@ pub fn words_after_yes<W: Fn(&str) -> bool>(cx: &Context<'_, W>) -> Option<Strin
     {
         return None;
     }
-    let args = |a: &Action| Value::Object(a.arguments.clone());
-    cx.task
-        .actions
-        .iter()
-        .filter(|a| (cx.is_write)(&a.name))
-        .filter(|a| {
-            !cx.done
-                .iter()
-                .any(|d| d.name == a.name && same(&args(d), &args(a)))
-        })
-        .find(|a| read_missing(cx.task, a, cx.messages, &cx.is_write, cx.terminate).is_none())
+    next_write(cx.task, cx.done, &cx.is_write)
+        .filter(|a| read_missing(cx.task, a, cx.messages, &cx.is_write, cx.terminate).is_none())
         .map(|a| format!("words_after_yes: {}", a.name))
+}
+
+/// The first gold write not made yet, in the gold order. Writes are offered one at a time in
+/// that order ([`gated_tools`]): one can take away the chance of the next (a freeze made before
+/// the transfer out of the account leaves the transfer failing), and the gold order is one
+/// that runs.
+fn next_write<'t, W: Fn(&str) -> bool>(
+    task: &'t Task,
+    done: &[Action],
+    is_write: &W,
+) -> Option<&'t Action> {
+    let args = |a: &Action| Value::Object(a.arguments.clone());
+    task.actions.iter().filter(|a| is_write(&a.name)).find(|a| {
+        !done
+            .iter()
+            .any(|d| d.name == a.name && same(&args(d), &args(a)))
+    })
 }
 
 /// Whether `problem` is one a note turns into the step it stands for ([`note_for`]): a gold
@@ -910,12 +919,7 @@ pub fn of_the_customer(content: &str) -> bool {
 
 /// Whether gold writes are still to be made, given the writes made so far.
 pub fn writes_pending(task: &Task, done: &[Action], is_write: impl Fn(&str) -> bool) -> bool {
-    let args = |a: &Action| Value::Object(a.arguments.clone());
-    task.actions.iter().filter(|a| is_write(&a.name)).any(|a| {
-        !done
-            .iter()
-            .any(|d| d.name == a.name && same(&args(d), &args(a)))
-    })
+    next_write(task, done, &is_write).is_some()
 }
 
 /// Why an agent's answer in words would be drawn again: under three words (`terse_reply`:
@@ -1468,6 +1472,34 @@ mod tests {
             args.as_object().unwrap().clone(),
         )];
         assert_eq!(offered(&m, &made), ["get_account"]);
+        // Two gold writes: the transfer out of the account, then its freeze, one at a time.
+        let both: Task = serde_json::from_value(json!({
+            "user_id": "u1", "instruction": "move 10 out of acc_1003, then freeze it",
+            "actions": [{"name": "transfer_funds", "kwargs": {"amount": 10.0}},
+                        {"name": "freeze_account", "kwargs": {"account_id": "acc_1003", "reason": "lost card"}}],
+            "outputs": []
+        }))
+        .unwrap();
+        let names = |done: &[Action]| {
+            let cx = Context {
+                messages: &m,
+                tools: &tools,
+                task: &both,
+                done,
+                is_write,
+                terminate: &terminate,
+            };
+            gated_tools(&tools, &cx)
+                .iter()
+                .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&[]), ["get_account", "transfer_funds"]);
+        let transferred = [Action::new(
+            "transfer_funds",
+            json!({"amount": 10.0}).as_object().unwrap().clone(),
+        )];
+        assert_eq!(names(&transferred), ["get_account", "freeze_account"]);
     }
 
     #[test]
