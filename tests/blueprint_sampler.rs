@@ -367,6 +367,64 @@ fn a_list_a_write_sets_is_said_only_when_everything_in_it_is() {
     ));
 }
 
+#[test]
+fn an_item_a_write_swaps_is_asked_for_only_when_the_instruction_names_it() {
+    use apigen_mt::domain::ground::Grounder;
+    let (d, _) = load("retail");
+    let g = Grounder::new(&d);
+    // A pending order's first item, and another variant of the same product.
+    let (order_id, order) = d
+        .pristine()
+        .table("orders")
+        .unwrap()
+        .iter()
+        .find(|(_, o)| o.value()["status"] == "pending")
+        .map(|(id, o)| (id.clone(), o.value().clone()))
+        .unwrap();
+    let item = &order["items"][0];
+    let product = d
+        .pristine()
+        .record("products", item["product_id"].as_str().unwrap())
+        .unwrap()
+        .clone();
+    let old = item["item_id"].as_str().unwrap();
+    let new = product["variants"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|k| k.as_str() != old)
+        .unwrap()
+        .clone();
+    let user = order["user_id"].as_str().unwrap();
+    let unasked = |instruction: &str| {
+        let args = serde_json::json!({"order_id": order_id, "item_ids": [old], "new_item_ids": [new], "payment_method_id": "gift_card_0000000"});
+        unasked_details(&g, user, instruction, "modify_pending_order_items", args)
+            .iter()
+            .filter(|d| d.contains("never names"))
+            .count()
+    };
+    // The order named, nothing of what changes in it: both items unasked.
+    assert_eq!(
+        unasked(&format!(
+            "You are {user}. You want to talk about your pending order {order_id}."
+        )),
+        2
+    );
+    let name = product["name"].as_str().unwrap();
+    assert_eq!(
+        unasked(&format!(
+            "You are {user}. You want the {name} in your pending order {order_id} changed."
+        )),
+        0
+    );
+    assert_eq!(
+        unasked(&format!(
+            "You are {user}. In order {order_id} you want item {old} swapped for {new}."
+        )),
+        0
+    );
+}
+
 /// Plans drawn as the pipeline draws them (a mix's write count, then a plan for the item's
 /// customer) take many shapes: 20 items give at least 10 distinct action-name sequences on every
 /// shipped domain, so accepted blueprints can reach the 10 per 20.

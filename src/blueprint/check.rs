@@ -233,12 +233,46 @@ const OFF_ROLE_WORDS: [&str; 7] = [
 /// the customer.
 pub fn instruction_off_role(task: &Task) -> Option<crate::domain::ground::Finding> {
     let text = crate::domain::ground::normalise(&task.instruction).replace('’', "'");
+    let code = "ground.instruction_off_role".to_owned();
+    // Every one of tau-bench's 685 retail and airline instructions speaks to the customer
+    // ("You are ...", "your order"); one that never does is about them, and the simulated user
+    // then speaks of themselves in the third person.
+    if !["you", "your", "yours", "yourself"]
+        .iter()
+        .any(|w| crate::domain::ground::contains_word(&text, w))
+    {
+        return Some(crate::domain::ground::Finding {
+            code,
+            detail: "the instruction never says \"you\": write it to the customer, in the second person (\"You are ..., you want ...\")".into(),
+        });
+    }
     let phrase = crate::rollout::keep::out_of_role(&text)
         .or_else(|| OFF_ROLE_WORDS.iter().copied().find(|w| text.contains(w)))?;
     Some(crate::domain::ground::Finding {
-        code: "ground.instruction_off_role".into(),
+        code,
         detail: format!(
             "the instruction says \"{phrase}\", which is the agent's or the author's voice: write what the customer wants, in the second person"
+        ),
+    })
+}
+
+/// `ground.instruction_garbled`: the instruction has a letter of a script other than the Latin
+/// one (the 1.5B proposer drifts into "非常に", Hebrew and German mid-sentence) or a
+/// box-drawing or replacement character. None of tau-bench's 685 instructions has one; accented
+/// Latin names ("Saoirse", "Zoë") pass.
+pub fn instruction_garbled(task: &Task) -> Option<crate::domain::ground::Finding> {
+    let odd = |c: char| {
+        let u = c as u32;
+        (c.is_alphabetic() && u > 0x24f && !(0x1e00..=0x1eff).contains(&u))
+            || (0x2500..=0x259f).contains(&u)
+            || c == '\u{fffd}'
+    };
+    let at = task.instruction.find(odd)?;
+    let around: String = task.instruction[at..].chars().take(12).collect();
+    Some(crate::domain::ground::Finding {
+        code: "ground.instruction_garbled".into(),
+        detail: format!(
+            "the instruction drifts into another script or stray symbols at \"{around}\": write it in plain English"
         ),
     })
 }
@@ -460,6 +494,31 @@ mod tests {
         );
         assert!(code("Hello! How can I help you today?").is_some());
         assert!(code("If the balance is wrong, transfer the customer to a human agent.").is_some());
+        // About the customer, never to them.
+        assert!(
+            code("Anders Esposito, 79939 wants their default address changed to '5619 Prairie Wind Drive'.")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn an_instruction_in_another_script_or_with_stray_symbols_is_garbled() {
+        let code = |i: &str| instruction_garbled(&task(i)).map(|f| f.code);
+        assert_eq!(
+            code("You are Saoirse Ramírez, zip code 98489. You want order #W1 cancelled."),
+            None
+        );
+        for bad in [
+            "You are Wesley Takahashi. You are非常に IhreizedName.",
+            "You want the shoes, סקision category.",
+            "You want a KGOOD║recommendation.",
+        ] {
+            assert_eq!(
+                code(bad).as_deref(),
+                Some("ground.instruction_garbled"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

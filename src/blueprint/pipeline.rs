@@ -966,6 +966,7 @@ impl<'d> Pipeline<'d> {
         findings.extend(self.grounder.check_asked(&task));
         findings.extend(check::feedback_in_instruction(&task, feedback_given));
         findings.extend(check::instruction_off_role(&task));
+        findings.extend(check::instruction_garbled(&task));
         findings.extend(check::copied_policy(&task, &self.domain.policy));
         state.time("checks", started);
         if !findings.is_empty() {

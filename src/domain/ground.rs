@@ -639,8 +639,60 @@ impl<'d> Grounder<'d> {
                     )));
                 }
             }
+            // The items a write swaps, returns or adds, named by what they are: an id in a
+            // list (`item_ids`, `new_item_ids`) that the instruction does not give must be
+            // referred to by something of the public record that holds it (the product's name
+            // or an option), or the customer cannot ask for it.
+            for (key, ids) in &a.arguments {
+                let Some(ids) = ids.as_array().filter(|_| id_like(key)) else {
+                    continue;
+                };
+                for id in ids.iter().filter_map(Value::as_str) {
+                    if contains_word(&text, &normalise(id)) {
+                        continue;
+                    }
+                    let Some(record) = self.public_record_holding(id) else {
+                        continue;
+                    };
+                    let mut values = Vec::new();
+                    crate::blueprint::sampler::string_values(record, &mut values);
+                    let referred = values.iter().any(|s| {
+                        let s = normalise(s);
+                        s.chars().count() >= 3 && !own.contains(&s) && contains_word(&text, &s)
+                    });
+                    if !referred {
+                        out.push((i, Finding::new(
+                            "ground.write_unasked",
+                            format!(
+                                "actions[{i}] {} puts {id} in {key}, which the instruction never names (neither its id nor what it is): say which item",
+                                a.name
+                            ),
+                        )));
+                    }
+                }
+            }
         }
         out
+    }
+
+    /// The record of a public table (a catalogue) that holds `id` as a key or a value, at any
+    /// depth (the product of a variant).
+    fn public_record_holding(&self, id: &str) -> Option<&Value> {
+        fn holds(v: &Value, id: &str) -> bool {
+            match v {
+                Value::String(s) => s == id,
+                Value::Array(xs) => xs.iter().any(|x| holds(x, id)),
+                Value::Object(m) => m.iter().any(|(k, x)| k == id || holds(x, id)),
+                _ => false,
+            }
+        }
+        let db = self.domain.pristine();
+        self.domain.manifest.grounding.public.iter().find_map(|t| {
+            db.table(t)?
+                .iter()
+                .map(|(_, r)| r.value())
+                .find(|r| holds(r, id))
+        })
     }
 
     /// The record of any table kept under `id`.

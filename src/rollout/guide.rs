@@ -19,7 +19,8 @@
 //!   against the verifier, where the method as published rejects whole conversations).
 //! - **Writes gated** ([`gated_tools`]): the grammar offers a write tool only while a gold write
 //!   of it is the next one to make, in the gold order (with only the arguments the gold write
-//!   uses), a hand-over only
+//!   uses), a calculator or a scratchpad only where the gold actions use it or outputs are to be
+//!   worked out, a hand-over only
 //!   when the gold actions hand over: the rejections above applied while decoding. Its choices
 //!   are only those said, and its free text (a passenger's name, a birth date, a street) only
 //!   as it was said where the gold value was ([`said_values`]).
@@ -330,6 +331,8 @@ pub struct Context<'a, W: Fn(&str) -> bool> {
     pub done: &'a [Action],
     pub is_write: W,
     pub terminate: &'a [String],
+    /// Tools that neither read nor change the database (`calculate`, `think`).
+    pub aside: &'a [String],
 }
 
 /// Why an agent's call would be drawn again, and what it did: `write_off_gold` (a write that
@@ -587,6 +590,15 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
         };
         if terminate.iter().any(|x| x == name) {
             if task.actions.iter().any(|a| a.name == name) {
+                out.push(t.clone());
+            }
+            continue;
+        }
+        // A calculator or a scratchpad only where the gold actions use it or there are
+        // outputs to work out: a 1.5B agent otherwise fills its turns with
+        // `calculate("123 * 456")` and `think` calls that no kept conversation should teach.
+        if cx.aside.iter().any(|x| x == name) {
+            if task.actions.iter().any(|a| a.name == name) || !task.outputs.is_empty() {
                 out.push(t.clone());
             }
             continue;
@@ -1141,6 +1153,7 @@ mod tests {
                 done,
                 is_write,
                 terminate: &terminate,
+                aside: &[],
             };
             turn_problem(Turn { name, arguments: a }, &cx)
         };
@@ -1192,6 +1205,7 @@ mod tests {
             done: &[],
             is_write,
             terminate: &terminate,
+            aside: &[],
         };
         let sum = args(json!({"expression": "2 + 2"}));
         assert_eq!(
@@ -1238,6 +1252,7 @@ mod tests {
                 done: &[],
                 is_write,
                 terminate: &[],
+                aside: &[],
             };
             let turn = Turn {
                 name: "freeze_account",
@@ -1307,6 +1322,7 @@ mod tests {
                 done: &[],
                 is_write: |n: &str| n == "transfer_funds",
                 terminate: &[],
+                aside: &[],
             };
             let gated = gated_tools(&tools, &cx);
             let p = &gated[0]["function"]["parameters"]["properties"]["amount"];
@@ -1315,6 +1331,38 @@ mod tests {
                 "{p}"
             );
         }
+    }
+
+    #[test]
+    fn a_calculator_is_offered_only_for_outputs_or_a_gold_call_of_it() {
+        let tools = vec![
+            json!({"name": "get_account", "parameters": {"type": "object"}}),
+            json!({"name": "calculate", "parameters": {"type": "object"}}),
+            json!({"name": "think", "parameters": {"type": "object"}}),
+        ];
+        let aside = ["calculate".to_owned(), "think".to_owned()];
+        let offered = |task: &Task| {
+            let cx = Context {
+                messages: &[],
+                tools: &tools,
+                task,
+                done: &[],
+                is_write: |_: &str| false,
+                terminate: &[],
+                aside: &aside,
+            };
+            gated_tools(&tools, &cx)
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let mut task = freeze_task();
+        assert_eq!(offered(&task), ["get_account"]);
+        task.outputs = vec!["2015.04".into()];
+        assert_eq!(offered(&task), ["get_account", "calculate", "think"]);
+        task.outputs.clear();
+        task.actions.push(Action::new("calculate", Map::new()));
+        assert_eq!(offered(&task), ["get_account", "calculate"]);
     }
 
     #[test]
@@ -1339,6 +1387,7 @@ mod tests {
                 done: &[],
                 is_write: |n: &str| n == "update_reservation_passengers",
                 terminate: &[],
+                aside: &[],
             };
             let g = gated_tools(&tools, &cx);
             g[0]["function"]["parameters"]["properties"].clone()
@@ -1416,6 +1465,7 @@ mod tests {
                 done,
                 is_write,
                 terminate: &terminate,
+                aside: &[],
             };
             gated_tools(&tools, &cx)
                 .iter()
@@ -1432,6 +1482,7 @@ mod tests {
             done: &[],
             is_write,
             terminate: &terminate,
+            aside: &[],
         };
         // The optional argument no gold write uses is not offered.
         let freeze = &gated_tools(&tools, &cx)[1]["function"]["parameters"]["properties"];
@@ -1451,6 +1502,7 @@ mod tests {
             done: &[],
             is_write,
             terminate: &terminate,
+            aside: &[],
         };
         assert!(gated_tools(&choice, &cx).is_empty());
         let cx = Context {
@@ -1460,6 +1512,7 @@ mod tests {
             done: &[],
             is_write,
             terminate: &terminate,
+            aside: &[],
         };
         assert_eq!(
             gated_tools(&choice, &cx)[0]["function"]["parameters"]["properties"]["reason"]["enum"],
@@ -1488,6 +1541,7 @@ mod tests {
                 done,
                 is_write,
                 terminate: &terminate,
+                aside: &[],
             };
             gated_tools(&tools, &cx)
                 .iter()
@@ -1600,6 +1654,7 @@ mod tests {
             done: &[],
             is_write: |_: &str| false,
             terminate: &[],
+            aside: &[],
         };
         let turn = Turn {
             name: "get_account",

@@ -615,6 +615,17 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
     let mut writes: Vec<Action> = Vec::new();
     let mut agent_resampled: BTreeMap<String, usize> = BTreeMap::new();
     let is_write = |n: &str| domain.is_write(n);
+    let aside: Vec<String> = domain
+        .tools()
+        .iter()
+        .filter(|t| {
+            matches!(
+                t.kind,
+                crate::domain::tools::ToolKind::Think | crate::domain::tools::ToolKind::Generic
+            ) && !domain.manifest.terminate_tools.contains(&t.name)
+        })
+        .map(|t| t.name.clone())
+        .collect();
     // One entry per agent reply: the reply and what answered it, for stall detection.
     let mut exchanges: Vec<String> = Vec::new();
     let finish = |messages: &[Message],
@@ -731,6 +742,7 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 done: &writes,
                 is_write,
                 terminate: &domain.manifest.terminate_tools,
+                aside: &aside,
             };
             let mut req = agent_request(
                 &tools,
