@@ -19,7 +19,7 @@
 //!   against the verifier, where the method as published rejects whole conversations).
 //! - **Writes gated** ([`gated_tools`]): the grammar offers a write tool only while a gold write
 //!   of it is the next one to make, in the gold order (with only the arguments the gold write
-//!   uses), a calculator or a scratchpad only where the gold actions use it or outputs are to be
+//!   uses, a list as long as the gold one), a calculator or a scratchpad only where the gold actions use it or outputs are to be
 //!   worked out, a hand-over only
 //!   when the gold actions hand over: the rejections above applied while decoding. Its choices
 //!   are only those said, and its free text (a passenger's name, a birth date, a street) only
@@ -653,6 +653,22 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
                 options.retain(|o| o.as_str().is_none_or(|o| option_said(&known, o)));
                 unsaid |= options.is_empty() && required.contains(k);
             }
+            // A list (the passengers, the items) as long as the gold one: a 1.5B agent keeps
+            // the passenger it replaces beside the new one ("number of passengers does not
+            // match").
+            for (k, p) in props.iter_mut() {
+                if p.get("type").and_then(Value::as_str) != Some("array") {
+                    continue;
+                }
+                let lens: BTreeSet<usize> = due
+                    .iter()
+                    .filter_map(|a| a.arguments.get(k).and_then(Value::as_array).map(Vec::len))
+                    .collect();
+                if let (1, Some(&n)) = (lens.len(), lens.first()) {
+                    p["minItems"] = serde_json::json!(n);
+                    p["maxItems"] = serde_json::json!(n);
+                }
+            }
             // Free text only as it was said.
             let mut gold = std::collections::BTreeMap::new();
             for a in &due {
@@ -834,13 +850,15 @@ fn next_write<'t, W: Fn(&str) -> bool>(
 
 /// Whether `problem` is one a note turns into the step it stands for ([`note_for`]): a gold
 /// write before its gold read or the customer's yes, an answer in words after the yes, a
-/// change asked about again once every gold write is made.
+/// change asked about again once every gold write is made, a gold write's tool called with
+/// other values past the bound (`off_gold_put`: put to the customer first).
 pub fn noted_problem(problem: &str) -> bool {
     [
         "reads_first",
         "unconfirmed_write",
         "words_after_yes",
         "confirm_after_done",
+        "off_gold_put",
     ]
     .iter()
     .any(|p| problem.starts_with(p))
@@ -876,7 +894,7 @@ done.)"
                 .into(),
         });
     }
-    problem.starts_with("unconfirmed_write").then(|| Note::Confirm {
+    (problem.starts_with("unconfirmed_write") || problem.starts_with("off_gold_put")).then(|| Note::Confirm {
         text: format!(
             "(Note to the agent, not from the customer: before you call {name} with {args}, the \
 policy asks for the customer's explicit yes. Do not call a tool now. In one short message, tell \
@@ -1431,6 +1449,9 @@ mod tests {
             dob.iter().all(|v| v.chars().any(|c| c.is_ascii_digit())),
             "{dob:?}"
         );
+        // As many passengers as the gold write has.
+        assert_eq!(props["passengers"]["maxItems"], json!(1));
+        assert_eq!(props["passengers"]["minItems"], json!(1));
         // An id is the seen-id grammar's to narrow, not this one's.
         assert!(props["reservation_id"].get("enum").is_none());
         // Said in other words than the gold value: left free.

@@ -794,8 +794,21 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                     !guide::writes_pending(task, &writes, is_write),
                 )
                 .or_else(|| guide::words_after_yes(&cx)),
+                // A call the parser cannot read (a fenced block of JSON in place of the call
+                // syntax) ends the attempt when taken: drawn again first.
+                ModelOutput::Malformed { .. } => Some("malformed".to_owned()),
                 _ => None,
             };
+            // Past the bound, a gold write's tool called with other values than the gold ones
+            // (a passenger's birth date from the reservation instead of the one the customer
+            // gave) is not made: the agent puts it to the customer under the confirmation note,
+            // and the customer, who knows what they asked for, can set it right.
+            let problem = problem.map(|why| match why.strip_prefix("write_off_gold: ") {
+                Some(tool) if exhausted && cx.task.actions.iter().any(|a| a.name == tool) => {
+                    format!("off_gold_put: {tool}")
+                }
+                _ => why,
+            });
             match problem {
                 // A write before what it needs (a gold read, the customer's yes), or words where
                 // the agreed write is due: the model makes that step instead, under a note the
