@@ -482,6 +482,25 @@ fn a_malformed_tool_call_ends_the_episode() {
     let summary = s.run(dir.path(), &one(0));
     assert_eq!(summary.failures[code::AGENT_MALFORMED], 1);
     assert_eq!(s.agent.remaining(), 1);
+
+    // Where agent replies are drawn again, a malformed one is, within the bound.
+    let dir = tempfile::tempdir().unwrap();
+    let broken =
+        "<tool_call>\n{\"name\": \"get_account\", \"arguments\": {\"account_id\": \n</tool_call>";
+    let mut s = guarded(
+        &[
+            broken,
+            &get_1002(),
+            CONFIRM,
+            &transfer(250.5),
+            "The transfer of 250.50 is done.",
+        ],
+        1,
+    );
+    s.require_gold_tools = false;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(summary.agent_resampled["malformed"], 1, "{summary:?}");
+    assert_eq!(summary.verified, 1, "{summary:?}");
 }
 
 #[test]
@@ -858,21 +877,38 @@ fn an_agent_call_that_would_spoil_the_conversation_is_drawn_again() {
         );
     }
 
-    // Bounded: past the bound the reply is used as sampled, and the write is made.
+    // Bounded: past the bound a hand-over is used as sampled, and ends the conversation.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Setup::new(
+        &[&get_1002(), &handover, &handover, "unused"],
+        &[ASK, "###STOP###"],
+    );
+    s.agent_resample = 1;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(summary.agent_resampled["needless_transfer"], 1);
+    assert_eq!(summary.failures[code::DB_MISMATCH], 1, "{summary:?}");
+
+    // Past the bound, the gold write's tool with other values is not made: the agent puts it
+    // to the customer under the confirmation note, the customer sets it right, and the gold
+    // write follows their yes.
     let dir = tempfile::tempdir().unwrap();
     let mut s = Setup::new(
         &[
             &get_1002(),
             &transfer(25.0),
             &transfer(25.0),
-            "The transfer is done.",
+            "I will move 25.00 from acc_1002 to acc_1001, memo rent share. Shall I?",
+            CONFIRM,
+            &transfer(250.5),
+            "The transfer of 250.50 is done.",
         ],
-        &[ASK, "###STOP###"],
+        &[ASK, "No, I said 250.50.", "Yes, please.", "###STOP###"],
     );
     s.agent_resample = 1;
     let summary = s.run(dir.path(), &one(0));
-    assert_eq!(summary.agent_resampled["write_off_gold"], 1);
-    assert_eq!(summary.failures[code::DB_MISMATCH], 1, "{summary:?}");
+    assert_eq!(summary.agent_resampled["write_off_gold"], 1, "{summary:?}");
+    assert_eq!(summary.agent_resampled["off_gold_put"], 1, "{summary:?}");
+    assert_eq!(summary.verified, 1, "{summary:?}");
 }
 
 #[test]
