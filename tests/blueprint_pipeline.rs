@@ -31,7 +31,7 @@ fn look() -> String {
 
 fn transfer(amount: f64) -> String {
     // The instruction states the amount: a write's values must be asked for (ground.write_unasked).
-    json!({"thought": "t", "instruction": format!("Barbara Allen here (acc_1002): please send {amount} over to acc_1001."),
+    json!({"thought": "t", "instruction": format!("You are Barbara Allen (acc_1002): you want {amount} sent over to acc_1001."),
         "actions": [{"name": "transfer_funds", "arguments": {"from_account_id": "acc_1002", "to_account_id": "acc_1001", "amount": amount}}], "outputs": []}).to_string()
 }
 
@@ -380,7 +380,7 @@ fn pure_reply(request: &apigen_mt::llm::ChatRequest) -> String {
             _ => "Grace Dijkstra",
         };
         let amount = [1.5, 2.5, 3.5][util::assistant_turns(request).min(2)];
-        json!({"thought": "t", "instruction": format!("{name} here ({user}): please send {amount} over to acc_1001."),
+        json!({"thought": "t", "instruction": format!("You are {name} ({user}): you want to send {amount} over to acc_1001."),
             "actions": [{"name": "transfer_funds", "arguments": {"from_account_id": user, "to_account_id": "acc_1001", "amount": amount}}], "outputs": []}).to_string()
     } else if request.constraint.is_some() {
         if text.contains("send 2.5") { NO } else { YES }.to_string()
