@@ -619,17 +619,7 @@ impl<'d> Grounder<'d> {
                 let Some(record) = self.record_by_id(id) else {
                     continue;
                 };
-                let mut values = Vec::new();
-                crate::blueprint::sampler::string_values(record, &mut values);
-                let referred = values.iter().any(|s| {
-                    let s = normalise(s);
-                    s.chars().count() >= 3
-                        && !own.contains(&s)
-                        && s != normalise(id)
-                        && s != normalise(&task.user_id)
-                        && contains_word(&text, &s)
-                });
-                if !referred {
+                if !referred_to(record, &text, &own, &[id, &task.user_id]) {
                     out.push((i, Finding::new(
                         "ground.write_unasked",
                         format!(
@@ -654,13 +644,7 @@ impl<'d> Grounder<'d> {
                     let Some(record) = self.public_record_holding(id) else {
                         continue;
                     };
-                    let mut values = Vec::new();
-                    crate::blueprint::sampler::string_values(record, &mut values);
-                    let referred = values.iter().any(|s| {
-                        let s = normalise(s);
-                        s.chars().count() >= 3 && !own.contains(&s) && contains_word(&text, &s)
-                    });
-                    if !referred {
+                    if !referred_to(record, &text, &own, &[]) {
                         out.push((i, Finding::new(
                             "ground.write_unasked",
                             format!(
@@ -842,6 +826,22 @@ fn subset_sum(xs: &[f64], x: f64, k: usize) -> bool {
 /// A set of findings' codes, for summaries.
 pub fn codes(findings: &[Finding]) -> BTreeSet<String> {
     findings.iter().map(|f| f.code.clone()).collect()
+}
+
+/// Whether the instruction `text` (normalised) refers to `record` by one of its strings of three
+/// characters or more that is not also the customer's own (`own`) nor one of `except` (the id
+/// the record is kept under, the customer's id).
+fn referred_to(record: &Value, text: &str, own: &HashSet<String>, except: &[&str]) -> bool {
+    let mut values = Vec::new();
+    crate::blueprint::sampler::string_values(record, &mut values);
+    let except: Vec<String> = except.iter().map(|e| normalise(e)).collect();
+    values.iter().any(|s| {
+        let s = normalise(s);
+        s.chars().count() >= 3
+            && !own.contains(&s)
+            && !except.contains(&s)
+            && contains_word(text, &s)
+    })
 }
 
 #[cfg(test)]

@@ -1478,11 +1478,11 @@ mod tests {
         ];
         let is_write = |n: &str| n == "freeze_account" || n == "transfer_funds";
         let terminate = ["transfer_to_human_agents".to_owned()];
-        let offered = |messages: &[Message], done: &[Action]| {
+        let offered_for = |task: &Task, messages: &[Message], done: &[Action]| {
             let cx = Context {
                 messages,
                 tools: &tools,
-                task: &task,
+                task,
                 done,
                 is_write,
                 terminate: &terminate,
@@ -1493,6 +1493,7 @@ mod tests {
                 .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
                 .collect::<Vec<_>>()
         };
+        let offered = |messages: &[Message], done: &[Action]| offered_for(&task, messages, done);
         let m = vec![Message::user("Freeze acc_1003, I lost my card.")];
         // The freeze is to be made, the transfer is not; no hand-over in the gold actions.
         assert_eq!(offered(&m, &[]), ["get_account", "freeze_account"]);
@@ -1554,21 +1555,7 @@ mod tests {
             "outputs": []
         }))
         .unwrap();
-        let names = |done: &[Action]| {
-            let cx = Context {
-                messages: &m,
-                tools: &tools,
-                task: &both,
-                done,
-                is_write,
-                terminate: &terminate,
-                aside: &[],
-            };
-            gated_tools(&tools, &cx)
-                .iter()
-                .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        };
+        let names = |done: &[Action]| offered_for(&both, &m, done);
         assert_eq!(names(&[]), ["get_account", "transfer_funds"]);
         let transferred = [Action::new(
             "transfer_funds",
