@@ -534,8 +534,13 @@ pub fn says_yes(line: &str) -> bool {
     if first == "confirm" {
         return true;
     }
-    YES.iter()
-        .any(|y| crate::domain::ground::contains_word(&l, y))
+    // A yes word in a question is none: "How can I proceed?" asks what comes next.
+    l.split_inclusive(['.', '!', '?'])
+        .filter(|s| !s.trim_end().ends_with('?'))
+        .any(|s| {
+            YES.iter()
+                .any(|y| crate::domain::ground::contains_word(s, y))
+        })
 }
 
 /// Whether the conversation so far lets the agent make a write now: since its last write (or
@@ -936,6 +941,8 @@ pub fn asks_for_change(flat: &str) -> bool {
         "could you provide",
         "can you provide",
         "please specify",
+        "confirm your",
+        "review the details",
     ]
     .iter()
     .any(|a| flat.contains(a))
@@ -1292,6 +1299,7 @@ mod tests {
             "That's correct, proceed.",
             "Confirm.",
             "I confirm.",
+            "I understand and will proceed with the transfer.",
         ] {
             assert!(says_yes(yes), "{yes}");
         }
@@ -1302,6 +1310,7 @@ mod tests {
             "Please confirm.",
             "Is it okay?",
             "Okay? What will it cost?",
+            "I appreciate your assistance. How can I proceed?",
         ] {
             assert!(!says_yes(no), "{no}");
         }
@@ -1575,6 +1584,16 @@ mod tests {
         ] {
             assert!(text_problem(bad, &tools, &[], false).is_some(), "{bad}");
         }
+        // With the writes made, a closing that asks to confirm again.
+        assert!(
+            text_problem(
+                "Before you freeze account acc_1002, please review the details and confirm your action.",
+                &tools,
+                &[],
+                true
+            )
+            .is_some()
+        );
         assert_eq!(
             text_problem(
                 "Your order #W1 is cancelled; the refund goes to your card.",
