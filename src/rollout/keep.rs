@@ -58,6 +58,9 @@ pub const AGENT_PHRASES: &[&str] = &[
     "what can i do for you",
     "how can i be of assistance",
     "i'm here to help",
+    "would you like to proceed",
+    "would you like me to",
+    "do you want me to",
 ];
 
 /// Words too common to show that a line is about the customer's situation.
@@ -1026,11 +1029,17 @@ mod user_line_tests {
             ),
             None
         );
-        assert!(
-            user_line_problem("How can I help you today?", ins, &[], &v)
-                .unwrap()
-                .starts_with("agent_voice")
-        );
+        for agent in [
+            "How can I help you today?",
+            "Sure! Would you like to proceed with the transaction?",
+        ] {
+            assert!(
+                user_line_problem(agent, ins, &[], &v)
+                    .unwrap()
+                    .starts_with("agent_voice"),
+                "{agent}"
+            );
+        }
         let asked = ["Please provide the amount you wish to transfer, and I will proceed."];
         assert!(
             user_line_problem(
