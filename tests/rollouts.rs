@@ -983,6 +983,43 @@ fn an_answer_in_words_after_the_customers_yes_becomes_the_write() {
 }
 
 #[test]
+fn a_noted_write_with_other_values_is_put_to_the_customer_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    // Under the note after the yes, the agent twice calls the transfer with another amount:
+    // not made; the reply drawn under the confirmation note puts it to the customer, who sets
+    // it right, and the gold transfer follows their next yes.
+    let mut s = Setup::new(
+        &[
+            &get_1002(),
+            CONFIRM,
+            "I will proceed with the transfer now.",
+            &transfer(25.0),
+            &transfer(25.0),
+            "I will move 25.00 from acc_1002 to acc_1001, memo rent share. Shall I?",
+            CONFIRM,
+            &transfer(250.5),
+            "The transfer of 250.50 is done.",
+        ],
+        &[
+            ASK,
+            "Yes, please.",
+            "No, I said 250.50.",
+            "Yes, please.",
+            "###STOP###",
+        ],
+    );
+    s.agent_resample = 3;
+    s.require_gold_tools = true;
+    let summary = s.run(dir.path(), &one(0));
+    assert_eq!(summary.verified, 1, "{summary:?}");
+    assert_eq!(summary.agent_resampled["words_after_yes"], 1, "{summary:?}");
+    assert_eq!(summary.agent_resampled["off_gold_put"], 1, "{summary:?}");
+    let t = &lines(&dir.path().join("trajectories.jsonl"))[0];
+    let calls = t["messages"].to_string();
+    assert!(!calls.contains("\\\"amount\\\": 25.0"), "{calls}");
+}
+
+#[test]
 fn a_confirmation_asked_after_the_write_becomes_the_closing() {
     let dir = tempfile::tempdir().unwrap();
     // The transfer is made; the agent asks to confirm it again. Under a note, the reply drawn

@@ -522,7 +522,7 @@ pub fn says_yes(line: &str) -> bool {
         .next()
         .unwrap_or("")
         .trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
-    if matches!(first, "no" | "not" | "nope" | "don't" | "dont" | "wait") {
+    if says_no(line) {
         return false;
     }
     // A question is not an answer: "Is it okay?" asks back.
@@ -548,17 +548,34 @@ pub fn says_yes(line: &str) -> bool {
 /// after it. The domains' policies all ask for it ("list the details and get an explicit
 /// 'yes'"); tau-bench's gold conversations do it before every write.
 pub fn confirmed<'a>(steps: impl DoubleEndedIterator<Item = Step<'a>>) -> bool {
-    // Read backwards to the last write: a yes, with the agent's words before it.
+    // Read backwards to the last write: a yes, with the agent's words before it, and no "no"
+    // from the customer since ("No, I said 250.50." takes the yes back).
     let mut yes = false;
+    let mut latest = true;
     for s in steps.rev() {
         match s {
             Step::AgentWrite => return false,
+            Step::User(line) if latest && says_no(line) => return false,
             Step::User(line) if says_yes(line) => yes = true,
             Step::AgentText if yes => return true,
             _ => {}
         }
+        if matches!(s, Step::User(_)) {
+            latest = false;
+        }
     }
     false
+}
+
+/// Whether a customer's line opens with a no ("No, I said 250.50.", "Wait, ...").
+fn says_no(line: &str) -> bool {
+    let l = normalise(line);
+    let first = l
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
+    matches!(first, "no" | "not" | "nope" | "don't" | "dont" | "wait")
 }
 
 /// The tools the agent's grammar offers for its next reply when the gold writes gate it
@@ -1324,6 +1341,16 @@ mod tests {
             [Step::AgentText, yes(), Step::AgentWrite, Step::Other].into_iter()
         ));
         assert!(!confirmed([Step::AgentText, Step::User("no")].into_iter()));
+        // A no since the yes takes it back.
+        assert!(!confirmed(
+            [
+                Step::AgentText,
+                yes(),
+                Step::AgentText,
+                Step::User("No, I said 250.50.")
+            ]
+            .into_iter()
+        ));
     }
 
     #[test]

@@ -797,7 +797,6 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                 // A call the parser cannot read (a fenced block of JSON in place of the call
                 // syntax) ends the attempt when taken: drawn again first.
                 ModelOutput::Malformed { .. } => Some("malformed".to_owned()),
-                _ => None,
             };
             // Past the bound, a gold write's tool called with other values than the gold ones
             // (a passenger's birth date from the reservation instead of the one the customer
@@ -882,12 +881,12 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                     tally(&mut agent_resampled, &why);
                     trace(agent.trace, "agent, noted", text);
                     noted += 1;
-                    let mut with_note = messages.clone();
-                    with_note.push(Message::user(text.clone()));
-                    let mut draw = |d: u64| {
+                    let mut draw = |text: &str, constraint: &crate::llm::Constraint, d: u64| {
+                        let mut with_note = messages.clone();
+                        with_note.push(Message::user(text.to_owned()));
                         let mut req = agent_request(
                             &tools,
-                            with_note.clone(),
+                            with_note,
                             agent,
                             seed ^ 0x5bd1_e995_c0f1_7e11 ^ steps as u64 ^ (noted << 20) ^ (d << 44),
                         );
@@ -900,10 +899,38 @@ pub fn run_episode(spec: &EpisodeSpec) -> Episode {
                         matches!(r, Ok(crate::llm::ChatReply { output: ModelOutput::Text { content }, .. })
                             if guide::echoes_note(content) || guide::text_problem(content, &tools, &messages, writes_done).is_some())
                     };
-                    let mut r = draw(0);
-                    if bad(&r) {
+                    // The call a note asked for, with other values than the gold write's (the
+                    // customer's old street for the new one): `write_off_gold`.
+                    let off_gold = |r: &Result<crate::llm::ChatReply, String>| match r {
+                        Ok(crate::llm::ChatReply {
+                            output: ModelOutput::ToolCalls { calls, .. },
+                            ..
+                        }) => calls.first().and_then(|c| {
+                            let arguments = call_arguments(c);
+                            let turn = guide::Turn {
+                                name: &c.name,
+                                arguments: &arguments,
+                            };
+                            guide::turn_problem(turn, &cx)
+                                .filter(|p| p.starts_with("write_off_gold"))
+                                .map(|_| (c.name.clone(), arguments))
+                        }),
+                        _ => None,
+                    };
+                    let mut r = draw(&text, &constraint, 0);
+                    if bad(&r) || off_gold(&r).is_some() {
                         tally(&mut agent_resampled, "note_echo");
-                        r = draw(1);
+                        r = draw(&text, &constraint, 1);
+                    }
+                    // Still off the gold values: not made, but put to the customer as it would
+                    // be made, who can set it right (as `off_gold_put` past the bound).
+                    if let Some((name, arguments)) = off_gold(&r) {
+                        if let Some(guide::Note::Confirm { text }) =
+                            guide::note_for(&format!("off_gold_put: {name}"), &name, &arguments)
+                        {
+                            tally(&mut agent_resampled, &format!("off_gold_put: {name}"));
+                            r = draw(&text, &crate::llm::Constraint::TextOrCallTo(vec![]), 2);
+                        }
                     }
                     break r;
                 }
