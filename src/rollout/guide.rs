@@ -1165,6 +1165,20 @@ mod tests {
     }
 
     /// Look up acc_1003, then freeze it for a lost card.
+    /// The gated tools for `task` after `messages`, with `write` the one write tool.
+    fn gated_for(tools: &[Value], task: &Task, messages: &[Message], write: &str) -> Vec<Value> {
+        let cx = Context {
+            messages,
+            tools,
+            task,
+            done: &[],
+            is_write: |n: &str| n == write,
+            terminate: &[],
+            aside: &[],
+        };
+        gated_tools(tools, &cx)
+    }
+
     fn freeze_task() -> Task {
         serde_json::from_value(json!({
             "user_id": "u1", "instruction": "freeze acc_1003",
@@ -1369,16 +1383,7 @@ mod tests {
             let mut args = Map::new();
             args.insert("amount".into(), amount);
             task.actions = vec![Action::new("transfer_funds", args)];
-            let cx = Context {
-                messages: &[],
-                tools: &tools,
-                task: &task,
-                done: &[],
-                is_write: |n: &str| n == "transfer_funds",
-                terminate: &[],
-                aside: &[],
-            };
-            let gated = gated_tools(&tools, &cx);
+            let gated = gated_for(&tools, &task, &[], "transfer_funds");
             let p = &gated[0]["function"]["parameters"]["properties"]["amount"];
             assert!(
                 (p["multipleOf"].as_f64().unwrap() - step).abs() < 1e-12,
@@ -1434,16 +1439,7 @@ mod tests {
         .unwrap();
         task.actions = vec![Action::new("update_reservation_passengers", args)];
         let gated = |messages: &[Message]| {
-            let cx = Context {
-                messages,
-                tools: &tools,
-                task: &task,
-                done: &[],
-                is_write: |n: &str| n == "update_reservation_passengers",
-                terminate: &[],
-                aside: &[],
-            };
-            let g = gated_tools(&tools, &cx);
+            let g = gated_for(&tools, &task, messages, "update_reservation_passengers");
             g[0]["function"]["parameters"]["properties"].clone()
         };
         let enum_of = |props: &Value, field: &str| -> Option<Vec<String>> {
