@@ -517,11 +517,7 @@ const YES: &[&str] = &[
 /// Whether a customer's line says yes: one of [`YES`], and it does not open with a no.
 pub fn says_yes(line: &str) -> bool {
     let l = normalise(line);
-    let first = l
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
+    let first = first_word(&l);
     if says_no(line) {
         return false;
     }
@@ -569,13 +565,18 @@ pub fn confirmed<'a>(steps: impl DoubleEndedIterator<Item = Step<'a>>) -> bool {
 
 /// Whether a customer's line opens with a no ("No, I said 250.50.", "Wait, ...").
 fn says_no(line: &str) -> bool {
-    let l = normalise(line);
-    let first = l
-        .split_whitespace()
+    matches!(
+        first_word(&normalise(line)),
+        "no" | "not" | "nope" | "don't" | "dont" | "wait"
+    )
+}
+
+/// The first word of a normalised line, its punctuation trimmed (an apostrophe kept).
+fn first_word(l: &str) -> &str {
+    l.split_whitespace()
         .next()
         .unwrap_or("")
-        .trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
-    matches!(first, "no" | "not" | "nope" | "don't" | "dont" | "wait")
+        .trim_matches(|c: char| !c.is_alphanumeric() && c != '\'')
 }
 
 /// The tools the agent's grammar offers for its next reply when the gold writes gate it
