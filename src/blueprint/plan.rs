@@ -230,21 +230,15 @@ pub fn sample(
         known.add(r);
     }
     // Values only other customers' records hold (a transfer's recipient account).
-    let own: std::collections::HashSet<String> = records
-        .iter()
-        .flat_map(|r| {
-            let mut v = Vec::new();
-            crate::blueprint::sampler::string_values(r, &mut v);
-            v
-        })
-        .collect();
-    let peer_only: std::collections::HashSet<String> = peers
-        .iter()
-        .flat_map(|r| {
-            let mut v = Vec::new();
-            crate::blueprint::sampler::string_values(r, &mut v);
-            v
-        })
+    let strings = |rs: &[Value]| {
+        let mut v = Vec::new();
+        rs.iter()
+            .for_each(|r| crate::blueprint::sampler::string_values(r, &mut v));
+        v
+    };
+    let own: std::collections::HashSet<String> = strings(&records).into_iter().collect();
+    let peer_only: std::collections::HashSet<String> = strings(peers)
+        .into_iter()
         .filter(|v| !own.contains(v) && v != user_id)
         .collect();
     // Public records the customer's records mention (the products they ordered).

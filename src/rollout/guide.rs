@@ -19,11 +19,11 @@
 //!   against the verifier, where the method as published rejects whole conversations).
 //! - **Writes gated** ([`gated_tools`]): the grammar offers a write tool only while a gold write
 //!   of it is the next one to make, in the gold order (with only the arguments the gold write
-//!   uses, a list as long as the gold one), a calculator or a scratchpad only where the gold actions use it or outputs are to be
-//!   worked out, a hand-over only
-//!   when the gold actions hand over: the rejections above applied while decoding. Its choices
-//!   are only those said, and its free text (a passenger's name, a birth date, a street) only
-//!   as it was said where the gold value was ([`said_values`]).
+//!   uses, a list as long as the gold one), a calculator or a scratchpad only where the gold
+//!   actions use it or outputs are to be worked out, a hand-over only when the gold actions hand
+//!   over: the rejections above applied while decoding. Its choices are only those said, and its
+//!   free text (a passenger's name, a birth date, a street) only as it was said where the gold
+//!   value was ([`said_values`]).
 //! - **Notes** ([`Note`]): a gold write called before the gold read it rests on, or before the
 //!   customer's yes ([`confirmed`]), is not made; the reply is drawn again under a note for that
 //!   one reply — "call get_account now", "say what you are about to do and ask them to confirm"
@@ -596,15 +596,6 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
     } = *cx;
     let is_write = &cx.is_write;
     let known = said(cx.messages);
-    let made = |a: &Action| {
-        done.iter().any(|d| {
-            d.name == a.name
-                && same(
-                    &Value::Object(d.arguments.clone()),
-                    &Value::Object(a.arguments.clone()),
-                )
-        })
-    };
     let mut out = Vec::new();
     for t in tools {
         let f = t.get("function").unwrap_or(t);
@@ -632,7 +623,7 @@ pub fn gated_tools<W: Fn(&str) -> bool>(tools: &[Value], cx: &Context<'_, W>) ->
         }
         // One write at a time, in the gold order.
         let due: Vec<&Action> = next_write(task, done, is_write)
-            .filter(|a| a.name == name && !made(a))
+            .filter(|a| a.name == name)
             .into_iter()
             .collect();
         if due.is_empty() {
@@ -1165,7 +1156,6 @@ mod tests {
         );
     }
 
-    /// Look up acc_1003, then freeze it for a lost card.
     /// The gated tools for `task` after `messages`, with `write` the one write tool.
     fn gated_for(tools: &[Value], task: &Task, messages: &[Message], write: &str) -> Vec<Value> {
         let cx = Context {
@@ -1180,6 +1170,7 @@ mod tests {
         gated_tools(tools, &cx)
     }
 
+    /// Look up acc_1003, then freeze it for a lost card.
     fn freeze_task() -> Task {
         serde_json::from_value(json!({
             "user_id": "u1", "instruction": "freeze acc_1003",
